@@ -1,0 +1,125 @@
+#pragma once
+// Every differentiable op qkv has. Each is a free function: it computes its value now and
+// returns a Variable that knows its backward. Elementwise ops broadcast as NumPy does, and
+// their backward sums the gradient back to each input's shape. Bad shapes throw ShapeError
+// naming the op and the shapes.
+#include <cstdint>
+#include <vector>
+
+#include "autograd/variable.hpp"
+#include "lib/blas.hpp"
+#include "lib/rng.hpp"
+
+namespace qkv {
+
+using blas::Trans;
+
+// ---- elementwise, broadcasting ---------------------------------------------------------
+Variable add(const Variable& a, const Variable& b);
+Variable sub(const Variable& a, const Variable& b);
+Variable mul(const Variable& a, const Variable& b);
+Variable div(const Variable& a, const Variable& b);
+Variable neg(const Variable& x);
+/// x^exponent; the exponent is a constant.
+Variable pow(const Variable& x, real exponent);
+/// x^y elementwise with broadcasting; dy uses log(x), so x must be positive where y needs a
+/// gradient.
+Variable pow(const Variable& x, const Variable& y);
+Variable add_scalar(const Variable& x, real value);
+Variable mul_scalar(const Variable& x, real value);
+Variable sqrt(const Variable& x);
+Variable exp(const Variable& x);
+Variable log(const Variable& x);
+Variable tanh(const Variable& x);
+Variable sigmoid(const Variable& x);
+Variable relu(const Variable& x);
+/// Exact GELU, x * Phi(x) with the normal CDF from erf (PyTorch's default).
+Variable gelu(const Variable& x);
+
+Variable operator+(const Variable& a, const Variable& b);
+Variable operator-(const Variable& a, const Variable& b);
+Variable operator*(const Variable& a, const Variable& b);
+Variable operator/(const Variable& a, const Variable& b);
+Variable operator-(const Variable& x);
+Variable operator+(const Variable& x, real value);
+Variable operator+(real value, const Variable& x);
+Variable operator-(const Variable& x, real value);
+Variable operator-(real value, const Variable& x);
+Variable operator*(const Variable& x, real value);
+Variable operator*(real value, const Variable& x);
+Variable operator/(const Variable& x, real value);
+
+// ---- reductions ------------------------------------------------------------------------
+/// Sum of every element: shape [].
+Variable sum(const Variable& x);
+/// Sum over `axes` (negative counts from the end); keepdim leaves them as extent 1.
+Variable sum(const Variable& x, const std::vector<long>& axes, bool keepdim = false);
+Variable mean(const Variable& x);
+Variable mean(const Variable& x, const std::vector<long>& axes, bool keepdim = false);
+/// Maximum over `axes`; the gradient goes to the first maximal element of each group.
+Variable max(const Variable& x, const std::vector<long>& axes, bool keepdim = false);
+
+// ---- shape -----------------------------------------------------------------------------
+/// Same elements, new shape; one extent may be -1 (inferred).
+Variable reshape(const Variable& x, const std::vector<long>& shape);
+/// Inserts an axis of extent 1 at `axis`.
+Variable unsqueeze(const Variable& x, long axis);
+/// Removes the axis `axis`, which must have extent 1.
+Variable squeeze(const Variable& x, long axis);
+/// Broadcasts x to `shape` (NumPy rules); the backward sums back.
+Variable expand(const Variable& x, const Shape& shape);
+/// Swaps two axes (the result is a contiguous copy).
+Variable transpose(const Variable& x, long axis0, long axis1);
+/// Reorders axes: result dim i is x's dim order[i].
+Variable permute(const Variable& x, const std::vector<std::size_t>& order);
+/// Elements [start, end) along `axis`.
+Variable slice(const Variable& x, long axis, std::size_t start, std::size_t end);
+/// Joins along an existing axis.
+Variable concat(const std::vector<Variable>& parts, long axis);
+/// Joins along a new axis.
+Variable stack(const std::vector<Variable>& parts, long axis);
+/// Cuts along `axis` into pieces of the given sizes (which must add up to the extent).
+std::vector<Variable> split(const Variable& x, const std::vector<std::size_t>& sizes, long axis);
+
+// ---- products --------------------------------------------------------------------------
+/// Matrix product through BLAS gemm. 2-d operands give [M, N]; n-d operands multiply their
+/// last two dims and broadcast the leading ones. Trans::Yes reads an operand transposed in
+/// place (no copy): matmul(q, k, Trans::No, Trans::Yes) is q kᵀ.
+Variable matmul(const Variable& a, const Variable& b, Trans transpose_a = Trans::No,
+                Trans transpose_b = Trans::No);
+/// x Wᵀ + b over the last dim of x: [..., in] x [out, in] -> [..., out], one gemm for all the
+/// leading dims. `bias` ([out]) may be undefined.
+Variable linear(const Variable& x, const Variable& weight, const Variable& bias);
+
+// ---- neural-network ops ----------------------------------------------------------------
+/// Rows of `weight` ([V, D]) picked by `indices` (any shape) -> [..., D]. The backward
+/// scatter-adds into the picked rows. Throws on an index outside [0, V).
+Variable embedding(const Variable& weight, const IndexArray& indices);
+/// Numerically stable softmax along `axis`.
+Variable softmax(const Variable& x, long axis);
+/// Numerically stable log-softmax along `axis`.
+Variable log_softmax(const Variable& x, long axis);
+
+struct CrossEntropyOptions {
+  /// Targets equal to this are not counted (PyTorch's default).
+  std::int64_t ignore_index = -100;
+  /// Weight moved from the target to a uniform distribution over classes.
+  real label_smoothing = 0;
+};
+/// Fused log-softmax + negative log-likelihood. logits [..., C], targets [...] -> scalar
+/// mean over the counted targets. When every target is ignored the loss is 0 with zero
+/// gradients (PyTorch gives NaN).
+Variable cross_entropy(const Variable& logits, const IndexArray& targets,
+                       const CrossEntropyOptions& options = {});
+/// Layer normalisation over the last dim; `weight` and `bias` ([D]) may be undefined.
+Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias,
+                    real eps = real(1e-5));
+/// Zeroes each element with probability p and scales the rest by 1/(1-p) when `training`;
+/// the identity otherwise.
+Variable dropout(const Variable& x, real p, bool training, Rng& rng);
+/// condition ? a : b, elementwise with broadcasting of all three.
+Variable where(const BoolArray& condition, const Variable& a, const Variable& b);
+/// x with `value` wherever `mask` is true (mask broadcasts to x).
+Variable masked_fill(const Variable& x, const BoolArray& mask, real value);
+
+}  // namespace qkv

@@ -1,0 +1,161 @@
+// Matrix products through BLAS gemm with transpose flags: transposed operands are read in
+// place, never copied, and gradients are accumulated straight into their buffers (beta = 1).
+#include <memory>
+
+#include "autograd/ops.hpp"
+#include "lib/error.hpp"
+
+namespace qkv {
+
+namespace {
+
+bool transposed(Trans t) { return t == Trans::Yes; }
+Trans flip(Trans t) { return transposed(t) ? Trans::No : Trans::Yes; }
+
+/// Where each product of a batched matmul reads and writes, worked out once in the forward
+/// pass and reused by the backward.
+struct MatmulPlan {
+  std::size_t m = 0, n = 0, k = 0;
+  std::size_t a_cols = 0, b_cols = 0;  // row strides of A and B as stored
+  std::vector<std::size_t> a_offsets, b_offsets;  // per output matrix, in elements
+  bool folded = false;  // A's batch dims folded into M: one gemm for the whole batch
+};
+
+std::string matmul_shapes(const Shape& a, Trans ta, const Shape& b, Trans tb) {
+  return to_string(a) + (transposed(ta) ? "ᵀ" : "") + " by " + to_string(b) + (transposed(tb) ? "ᵀ" : "");
+}
+
+}  // namespace
+
+Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
+  const Shape sa = a.shape(), sb = b.shape();
+  check_shape(sa.size() >= 2 && sb.size() >= 2, "matmul",
+              "operands need at least 2 dims, got " + matmul_shapes(sa, ta, sb, tb));
+  auto plan = std::make_shared<MatmulPlan>();
+  const std::size_t ra = sa[sa.size() - 2], ca = sa.back(), rb = sb[sb.size() - 2], cb = sb.back();
+  plan->m = transposed(ta) ? ca : ra;
+  plan->k = transposed(ta) ? ra : ca;
+  const std::size_t kb = transposed(tb) ? cb : rb;
+  plan->n = transposed(tb) ? rb : cb;
+  plan->a_cols = ca;
+  plan->b_cols = cb;
+  check_shape(plan->k == kb, "matmul",
+              "cannot multiply " + matmul_shapes(sa, ta, sb, tb) + ": inner dimensions " +
+                  std::to_string(plan->k) + " and " + std::to_string(kb) + " differ");
+
+  const Shape batch_a(sa.begin(), sa.end() - 2), batch_b(sb.begin(), sb.end() - 2);
+  const Shape batch = broadcast_shapes("matmul", batch_a, batch_b);
+  Shape out_shape = batch;
+  out_shape.push_back(plan->m);
+  out_shape.push_back(plan->n);
+  Array out = Array::from_shape(out_shape);
+  const std::size_t count = numel(batch);
+  const std::size_t m = plan->m, n = plan->n, k = plan->k;
+
+  // [B..., M, K] x [K, N]: A's rows are contiguous across the batch, so it is one gemm.
+  plan->folded = batch_b.empty() && !transposed(ta);
+  if (plan->folded) {
+    blas::gemm(ta, tb, count * m, n, k, 1, a.value().data(), plan->a_cols, b.value().data(), plan->b_cols,
+               0, out.data(), n);
+  } else {
+    const Shape a_strides = broadcast_strides(batch_a, batch), b_strides = broadcast_strides(batch_b, batch);
+    const std::size_t a_size = ra * ca, b_size = rb * cb;
+    plan->a_offsets.resize(count);
+    plan->b_offsets.resize(count);
+    const Shape batch_strides = strides_of(batch);
+    for (std::size_t i = 0; i < count; ++i) {
+      std::size_t rest = i, oa = 0, ob = 0;
+      for (std::size_t d = 0; d < batch.size(); ++d) {
+        const std::size_t index = rest / batch_strides[d];
+        rest %= batch_strides[d];
+        oa += index * a_strides[d];
+        ob += index * b_strides[d];
+      }
+      plan->a_offsets[i] = oa * a_size;
+      plan->b_offsets[i] = ob * b_size;
+      blas::gemm(ta, tb, m, n, k, 1, a.value().data() + plan->a_offsets[i], plan->a_cols,
+                 b.value().data() + plan->b_offsets[i], plan->b_cols, 0, out.data() + i * m * n, n);
+    }
+  }
+
+  return make_op("matmul", std::move(out), {a, b},
+                 [plan, ta, tb](const Array& g, const Array&, std::span<Variable> in) {
+    const MatmulPlan& p = *plan;
+    const real* pa = in[0].value().data();
+    const real* pb = in[1].value().data();
+    const std::size_t m = p.m, n = p.n, k = p.k;
+    // C = op(A) op(B): d op(A) = dC op(B)ᵀ and d op(B) = op(A)ᵀ dC. When an operand is
+    // stored transposed, its stored gradient is the transpose of that, which gemm computes by
+    // swapping the factors: dA_stored = op(B) dCᵀ, dB_stored = dCᵀ op(A).
+    if (p.folded) {
+      const std::size_t rows = g.size() / n;  // batch * M
+      if (in[0].requires_grad())
+        blas::gemm(Trans::No, flip(tb), rows, k, n, 1, g.data(), n, pb, p.b_cols, 1, in[0].grad_buffer().data(), k);
+      if (in[1].requires_grad()) {
+        real* db = in[1].grad_buffer().data();
+        if (transposed(tb)) blas::gemm(Trans::Yes, Trans::No, n, k, rows, 1, g.data(), n, pa, p.a_cols, 1, db, p.b_cols);
+        else blas::gemm(Trans::Yes, Trans::No, k, n, rows, 1, pa, p.a_cols, g.data(), n, 1, db, p.b_cols);
+      }
+      return;
+    }
+    for (std::size_t i = 0; i < p.a_offsets.size(); ++i) {
+      const real* gi = g.data() + i * m * n;
+      const real* ai = pa + p.a_offsets[i];
+      const real* bi = pb + p.b_offsets[i];
+      if (in[0].requires_grad()) {
+        real* da = in[0].grad_buffer().data() + p.a_offsets[i];
+        if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, 1, bi, p.b_cols, gi, n, 1, da, p.a_cols);
+        else blas::gemm(Trans::No, flip(tb), m, k, n, 1, gi, n, bi, p.b_cols, 1, da, p.a_cols);
+      }
+      if (in[1].requires_grad()) {
+        real* db = in[1].grad_buffer().data() + p.b_offsets[i];
+        if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, 1, gi, n, ai, p.a_cols, 1, db, p.b_cols);
+        else blas::gemm(flip(ta), Trans::No, k, n, m, 1, ai, p.a_cols, gi, n, 1, db, p.b_cols);
+      }
+    }
+  });
+}
+
+Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
+  const Shape sx = x.shape(), sw = weight.shape();
+  check_shape(sw.size() == 2, "linear", "weight must be [out, in], got " + to_string(sw));
+  check_shape(!sx.empty() && sx.back() == sw[1], "linear",
+              "input " + to_string(sx) + " does not end in the weight's input size " +
+                  std::to_string(sw[1]) + " (weight " + to_string(sw) + ")");
+  const std::size_t in_features = sw[1], out_features = sw[0];
+  if (bias.defined())
+    check_shape(bias.shape() == Shape{out_features}, "linear",
+                "bias " + to_string(bias.shape()) + " does not match weight " + to_string(sw));
+  const std::size_t rows = x.numel() / in_features;
+  Shape out_shape = sx;
+  out_shape.back() = out_features;
+  Array out = Array::from_shape(out_shape);
+  real* po = out.data();
+  if (bias.defined()) {
+    const real* pb = bias.value().data();
+    for (std::size_t r = 0; r < rows; ++r) std::copy(pb, pb + out_features, po + r * out_features);
+  }
+  // out[rows, out] (+)= x[rows, in] · W[out, in]ᵀ
+  blas::gemm(Trans::No, Trans::Yes, rows, out_features, in_features, 1, x.value().data(), in_features,
+             weight.value().data(), in_features, bias.defined() ? 1 : 0, po, out_features);
+
+  std::vector<Variable> inputs{x, weight};
+  if (bias.defined()) inputs.push_back(bias);
+  return make_op("linear", std::move(out), std::move(inputs),
+                 [rows, in_features, out_features](const Array& g, const Array&, std::span<Variable> in) {
+    if (in[0].requires_grad())  // dx[rows, in] += dy[rows, out] · W[out, in]
+      blas::gemm(Trans::No, Trans::No, rows, in_features, out_features, 1, g.data(), out_features,
+                 in[1].value().data(), in_features, 1, in[0].grad_buffer().data(), in_features);
+    if (in[1].requires_grad())  // dW[out, in] += dyᵀ[out, rows] · x[rows, in]
+      blas::gemm(Trans::Yes, Trans::No, out_features, in_features, rows, 1, g.data(), out_features,
+                 in[0].value().data(), in_features, 1, in[1].grad_buffer().data(), in_features);
+    if (in.size() > 2 && in[2].requires_grad()) {
+      real* db = in[2].grad_buffer().data();
+      const real* pg = g.data();
+      for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t j = 0; j < out_features; ++j) db[j] += pg[r * out_features + j];
+    }
+  });
+}
+
+}  // namespace qkv

@@ -1,0 +1,79 @@
+#pragma once
+// Loops over broadcast shapes. Elementwise ops and their backward reductions are all one
+// pattern: walk the output shape, read each operand through strides that are 0 along its
+// broadcast dimensions. The innermost dimension is handed to a callback as a whole row so the
+// compiler can vectorise it.
+#include <cstddef>
+#include <vector>
+
+#include "lib/shape.hpp"
+
+namespace qkv {
+
+/// For every innermost row of `shape`, calls
+///   row(offset_0, offset_1, ..., count)
+/// where offset_k is the element offset of operand k (read through `strides[k]`) at the row's
+/// start; along the row, operand k advances by `strides[k].back()`.
+template <std::size_t Operands, class Row>
+void for_each_row(const Shape& shape, const Shape (&strides)[Operands], Row&& row) {
+  const std::size_t rank = shape.size();
+  if (numel(shape) == 0) return;
+  if (rank == 0) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { row((I * 0)..., std::size_t{1}); }
+    (std::make_index_sequence<Operands>{});
+    return;
+  }
+  const std::size_t count = shape[rank - 1];
+  std::size_t rows = 1;
+  for (std::size_t d = 0; d + 1 < rank; ++d) rows *= shape[d];
+  std::vector<std::size_t> index(rank, 0);
+  std::size_t offsets[Operands] = {};
+  for (std::size_t r = 0; r < rows; ++r) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) { row(offsets[I]..., count); }
+    (std::make_index_sequence<Operands>{});
+    // Odometer over the outer dimensions, keeping the offsets in step.
+    for (std::size_t d = rank - 1; d-- > 0;) {
+      ++index[d];
+      for (std::size_t k = 0; k < Operands; ++k) offsets[k] += strides[k][d];
+      if (index[d] < shape[d]) break;
+      for (std::size_t k = 0; k < Operands; ++k) offsets[k] -= strides[k][d] * shape[d];
+      index[d] = 0;
+    }
+  }
+}
+
+/// out = f(a, b) elementwise with NumPy broadcasting; throws ShapeError naming `op`.
+template <class F>
+Array broadcast_map(const char* op, const Array& a, const Array& b, F f) {
+  if (a.shape() == b.shape()) {
+    Array out = Array::from_shape(a.shape());
+    const real* pa = a.data();
+    const real* pb = b.data();
+    real* po = out.data();
+    for (std::size_t i = 0, n = a.size(); i < n; ++i) po[i] = f(pa[i], pb[i]);
+    return out;
+  }
+  const Shape out_shape = broadcast_shapes(op, shape_of(a), shape_of(b));
+  Array out = Array::from_shape(out_shape);
+  const Shape strides[3] = {strides_of(out_shape), broadcast_strides(shape_of(a), out_shape),
+                            broadcast_strides(shape_of(b), out_shape)};
+  const std::size_t sa = strides[1].empty() ? 0 : strides[1].back();
+  const std::size_t sb = strides[2].empty() ? 0 : strides[2].back();
+  const real* pa = a.data();
+  const real* pb = b.data();
+  real* po = out.data();
+  for_each_row(out_shape, strides, [&](std::size_t o, std::size_t ia, std::size_t ib, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) po[o + i] = f(pa[ia + i * sa], pb[ib + i * sb]);
+  });
+  return out;
+}
+
+/// Sums `gradient` (shape S) down to `target` (a shape that broadcasts to S) and adds the
+/// result into `out` (shape `target`): the backward of broadcasting, and a sum over axes.
+void add_reduced_to(const Array& gradient, const Shape& target, Array& out);
+
+/// `source` broadcast to `shape` and added into `out` (shape `shape`): the backward of a
+/// reduction with keepdim.
+void add_broadcast_to(const Array& source, const Shape& shape, Array& out);
+
+}  // namespace qkv

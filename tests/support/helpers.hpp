@@ -1,0 +1,65 @@
+#pragma once
+// Small helpers shared by the test files.
+#include <doctest/doctest.h>
+
+#include <initializer_list>
+#include <string>
+
+#include "autograd/gradcheck.hpp"
+#include "autograd/ops.hpp"
+#include "lib/rng.hpp"
+#include "lib/shape.hpp"
+
+namespace qkv::test {
+
+/// An array of the given shape filled from a list, row-major.
+inline Array array_of(const Shape& shape, std::initializer_list<real> values) {
+  Array a = Array::from_shape(shape);
+  REQUIRE(values.size() == a.size());
+  std::copy(values.begin(), values.end(), a.data());
+  return a;
+}
+
+/// Seeded N(0, 1) values.
+inline Array random_array(const Shape& shape, std::uint64_t seed, real stddev = 1) {
+  Rng rng(seed);
+  return normal(shape, 0, stddev, rng);
+}
+
+/// Seeded values in [low, high).
+inline Array uniform_array(const Shape& shape, std::uint64_t seed, real low, real high) {
+  Rng rng(seed);
+  return uniform(shape, low, high, rng);
+}
+
+inline Variable leaf(const Array& a) { return Variable(a, true); }
+
+/// Largest |a - b| (shapes must match).
+inline double max_abs_diff(const Array& a, const Array& b) {
+  REQUIRE(a.shape() == b.shape());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::abs(double(a.data()[i]) - double(b.data()[i])));
+  return worst;
+}
+
+/// Runs gradcheck and fails the test with its report when it does not pass.
+#define QKV_CHECK_GRADIENTS(...)                                   \
+  do {                                                             \
+    const ::qkv::GradcheckResult qkv_result_ = ::qkv::gradcheck(__VA_ARGS__); \
+    INFO(qkv_result_.report());                                    \
+    CHECK(qkv_result_.passed);                                     \
+  } while (0)
+
+}  // namespace qkv::test
+
+#include "lib/safetensors.hpp"
+
+namespace qkv::test {
+
+/// tests/fixtures/<name>.safetensors, written by scripts/fixtures/<name>.py with PyTorch.
+inline TensorFile load_fixture(const std::string& name) {
+  return read_safetensors(std::string(QKV_SOURCE_DIR) + "/tests/fixtures/" + name + ".safetensors");
+}
+
+}  // namespace qkv::test

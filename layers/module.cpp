@@ -1,0 +1,126 @@
+#include "layers/module.hpp"
+
+#include <algorithm>
+
+#include "lib/error.hpp"
+#include "lib/safetensors.hpp"
+#include "lib/shape.hpp"
+
+namespace qkv {
+
+namespace {
+void check_new_name(const std::string& name, const std::string& what) {
+  check_arg(!name.empty() && name.find('.') == std::string::npos, "Module",
+            what + " name '" + name + "' must be non-empty and contain no '.'");
+}
+}  // namespace
+
+Variable Module::register_parameter(const std::string& name, Array value) {
+  check_new_name(name, "parameter");
+  Variable parameter(std::move(value), true);
+  parameters_.emplace_back(name, parameter);
+  return parameter;
+}
+
+Variable Module::register_buffer(const std::string& name, Array value) {
+  check_new_name(name, "buffer");
+  Variable buffer(std::move(value), false);
+  buffers_.emplace_back(name, buffer);
+  return buffer;
+}
+
+void Module::add_child(const std::string& name, std::shared_ptr<Module> module) {
+  check_arg(module != nullptr, "Module", "submodule '" + name + "' is null");
+  // Numbered children of a list ("layers.0") are allowed a dot; each part must be non-empty.
+  check_arg(!name.empty() && name.front() != '.' && name.back() != '.', "Module", "bad submodule name '" + name + "'");
+  children_.emplace_back(name, std::move(module));
+}
+
+void Module::collect(const std::string& prefix, bool buffers, std::vector<NamedVariable>& out) const {
+  for (const auto& [name, variable] : buffers ? buffers_ : parameters_) out.emplace_back(prefix + name, variable);
+  for (const auto& [name, child] : children_) child->collect(prefix + name + ".", buffers, out);
+}
+
+std::vector<NamedVariable> Module::named_parameters() const {
+  std::vector<NamedVariable> out;
+  collect("", false, out);
+  return out;
+}
+
+std::vector<Variable> Module::parameters() const {
+  std::vector<Variable> out;
+  for (auto& [name, variable] : named_parameters()) out.push_back(variable);
+  return out;
+}
+
+std::vector<NamedVariable> Module::named_buffers() const {
+  std::vector<NamedVariable> out;
+  collect("", true, out);
+  return out;
+}
+
+std::size_t Module::parameter_count() const {
+  std::size_t count = 0;
+  for (const auto& [name, variable] : named_parameters()) count += variable.numel();
+  return count;
+}
+
+void Module::train(bool training) {
+  training_ = training;
+  for (auto& [name, child] : children_) child->train(training);
+}
+
+void Module::zero_grad() {
+  for (auto& [name, variable] : named_parameters()) variable.zero_grad();
+}
+
+std::map<std::string, Array> Module::state_dict() const {
+  std::map<std::string, Array> state;
+  for (const auto& [name, variable] : named_parameters()) state.emplace(name, variable.value());
+  for (const auto& [name, variable] : named_buffers()) state.emplace(name, variable.value());
+  return state;
+}
+
+void Module::load_state_dict(const std::map<std::string, Array>& state) {
+  std::vector<NamedVariable> own = named_parameters();
+  for (auto& entry : named_buffers()) own.push_back(entry);
+  std::vector<std::string> missing, mis_shaped, unexpected;
+  for (const auto& [name, variable] : own) {
+    const auto found = state.find(name);
+    if (found == state.end()) missing.push_back(name);
+    else if (shape_of(found->second) != variable.shape())
+      mis_shaped.push_back(name + " (expected " + to_string(variable.shape()) + ", got " +
+                           to_string(shape_of(found->second)) + ")");
+  }
+  for (const auto& [name, value] : state)
+    if (std::none_of(own.begin(), own.end(), [&](const NamedVariable& e) { return e.first == name; }))
+      unexpected.push_back(name);
+  if (!missing.empty() || !mis_shaped.empty() || !unexpected.empty()) {
+    std::string message = "load_state_dict: the state does not fit this module";
+    auto list = [&](const char* title, const std::vector<std::string>& names) {
+      if (names.empty()) return;
+      message += std::string("\n  ") + title + " (" + std::to_string(names.size()) + "):";
+      for (const auto& n : names) message += " " + n + ";";
+    };
+    list("missing", missing);
+    list("unexpected", unexpected);
+    list("mis-shaped", mis_shaped);
+    throw Error(message);
+  }
+  for (auto& [name, variable] : own) variable.mutable_value() = state.at(name);
+}
+
+void Module::save(const std::string& path, const std::map<std::string, std::string>& metadata) const {
+  write_safetensors(path, state_dict(), {}, metadata);
+}
+
+void Module::load(const std::string& path) {
+  TensorFile file = read_safetensors(path);
+  try {
+    load_state_dict(file.reals);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+}
+
+}  // namespace qkv

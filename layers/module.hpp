@@ -1,0 +1,70 @@
+#pragma once
+// Module: the base of every layer. A module owns named parameters (trainable variables),
+// buffers (state that is saved but not trained, e.g. a sinusoidal table) and submodules, and
+// reports them with dotted names — `decoder.layers.0.self_attn.out_proj.weight` — the names
+// PyTorch would give the same layer, so weights move between the two by name.
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "autograd/gradcheck.hpp"
+#include "autograd/variable.hpp"
+
+namespace qkv {
+
+class Module {
+ public:
+  Module() = default;
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  /// Every parameter of this module and its submodules, in registration order.
+  std::vector<NamedVariable> named_parameters() const;
+  std::vector<Variable> parameters() const;
+  std::vector<NamedVariable> named_buffers() const;
+  /// Total number of trainable scalars.
+  std::size_t parameter_count() const;
+
+  /// Training mode (dropout active) for this module and all submodules.
+  void train(bool training = true);
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+
+  void zero_grad();
+
+  /// Parameters and buffers by dotted name.
+  std::map<std::string, Array> state_dict() const;
+  /// Copies values in by name. Any missing, unexpected or mis-shaped name is reported — all
+  /// of them, in one Error — and nothing is changed unless everything fits.
+  void load_state_dict(const std::map<std::string, Array>& state);
+  /// state_dict() to a safetensors file, atomically; `metadata` goes into its header.
+  void save(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const;
+  /// load_state_dict() from a safetensors file.
+  void load(const std::string& path);
+
+ protected:
+  /// Registers a trainable leaf and returns it (a handle sharing the stored variable).
+  Variable register_parameter(const std::string& name, Array value);
+  /// Registers saved, untrained state.
+  Variable register_buffer(const std::string& name, Array value);
+  /// Registers a submodule; its names are prefixed with `name.`.
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
+    add_child(name, module);
+    return module;
+  }
+
+ private:
+  void add_child(const std::string& name, std::shared_ptr<Module> module);
+  void collect(const std::string& prefix, bool buffers, std::vector<NamedVariable>& out) const;
+
+  std::vector<NamedVariable> parameters_;
+  std::vector<NamedVariable> buffers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = true;
+};
+
+}  // namespace qkv

@@ -1,0 +1,262 @@
+#include "layers/attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+
+#include "lib/broadcast.hpp"
+#include "lib/error.hpp"
+#include "lib/shape.hpp"
+
+namespace qkv {
+
+// ---- masks -----------------------------------------------------------------------------
+
+BoolArray allowed_from_valid_lens(const IndexArray& valid_lens, std::size_t queries, std::size_t keys) {
+  const Shape shape(valid_lens.shape().begin(), valid_lens.shape().end());
+  check_shape(shape.size() == 1 || (shape.size() == 2 && shape[1] == queries), "allowed_from_valid_lens",
+              "valid_lens must be [B] or [B, Tq] with Tq = " + std::to_string(queries) + ", got " + to_string(shape));
+  const std::size_t batch = shape[0];
+  const bool per_query = shape.size() == 2;
+  BoolArray allowed = BoolArray::from_shape({batch, queries, keys});
+  bool* out = allowed.data();
+  const std::int64_t* lens = valid_lens.data();
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < queries; ++i) {
+      const std::int64_t length = lens[per_query ? b * queries + i : b];
+      check_arg(length >= 0 && length <= static_cast<std::int64_t>(keys), "allowed_from_valid_lens",
+                "valid length " + std::to_string(length) + " at batch " + std::to_string(b) +
+                    " is outside [0, " + std::to_string(keys) + "] (there are " + std::to_string(keys) + " keys)");
+      bool* row = out + (b * queries + i) * keys;
+      for (std::size_t j = 0; j < keys; ++j) row[j] = static_cast<std::int64_t>(j) < length;
+    }
+  return allowed;
+}
+
+BoolArray causal_allowed(std::size_t queries, std::size_t keys, std::size_t query_start) {
+  BoolArray allowed = BoolArray::from_shape({queries, keys});
+  for (std::size_t i = 0; i < queries; ++i)
+    for (std::size_t j = 0; j < keys; ++j) allowed(i, j) = j <= query_start + i;
+  return allowed;
+}
+
+BoolArray window_allowed(std::size_t queries, std::size_t keys, std::size_t window, std::size_t query_start) {
+  BoolArray allowed = BoolArray::from_shape({queries, keys});
+  for (std::size_t i = 0; i < queries; ++i) {
+    const std::size_t position = query_start + i;
+    for (std::size_t j = 0; j < keys; ++j) allowed(i, j) = (j > position ? j - position : position - j) <= window;
+  }
+  return allowed;
+}
+
+std::optional<BoolArray> allowed_and(const std::optional<BoolArray>& a, const std::optional<BoolArray>& b) {
+  if (!a) return b;
+  if (!b) return a;
+  const Shape sa(a->shape().begin(), a->shape().end()), sb(b->shape().begin(), b->shape().end());
+  broadcast_shapes("allowed_and", sa, sb);  // throws naming both shapes
+  BoolArray both = *a && *b;
+  return both;
+}
+
+namespace {
+
+/// True when `mask` broadcasts to `target` without growing it.
+bool broadcasts_to(const Shape& mask, const Shape& target) {
+  if (mask.size() > target.size()) return false;
+  const std::size_t offset = target.size() - mask.size();
+  for (std::size_t i = 0; i < mask.size(); ++i)
+    if (mask[i] != 1 && mask[i] != target[offset + i]) return false;
+  return true;
+}
+
+}  // namespace
+
+Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
+  const Shape shape = scores.shape();
+  const Shape mask_shape(allowed.shape().begin(), allowed.shape().end());
+  check_shape(!shape.empty(), "masked_softmax", "scores must have at least one axis, got []");
+  check_shape(broadcasts_to(mask_shape, shape), "masked_softmax",
+              "allowed mask " + to_string(mask_shape) + " does not broadcast to scores " + to_string(shape));
+  Array out = Array::from_shape(shape);
+  const Shape strides[2] = {strides_of(shape), broadcast_strides(mask_shape, shape)};
+  const std::size_t mask_step = strides[1].back();
+  const real* x = scores.value().data();
+  const bool* keep = allowed.data();
+  real* y = out.data();
+  for_each_row(shape, strides, [&](std::size_t o, std::size_t m, std::size_t count) {
+    real largest = -std::numeric_limits<real>::infinity();
+    for (std::size_t j = 0; j < count; ++j)
+      if (keep[m + j * mask_step]) largest = std::max(largest, x[o + j]);
+    // No allowed key: the row attends to nothing, so it gets no weight at all.
+    if (largest == -std::numeric_limits<real>::infinity()) {
+      std::fill(y + o, y + o + count, real(0));
+      return;
+    }
+    real total = 0;
+    for (std::size_t j = 0; j < count; ++j) {
+      y[o + j] = keep[m + j * mask_step] ? std::exp(x[o + j] - largest) : real(0);
+      total += y[o + j];
+    }
+    for (std::size_t j = 0; j < count; ++j) y[o + j] /= total;
+  });
+
+  const std::size_t row_size = shape.back();
+  return make_op("masked_softmax", std::move(out), {scores},
+                 [row_size](const Array& g, const Array& y, std::span<Variable> in) {
+    if (!in[0].requires_grad()) return;
+    // dx = y ⊙ (g - Σ g y) per row. Masked entries have y = 0, so their gradient is exactly
+    // 0, and a fully masked row (all y = 0) passes no gradient back.
+    real* dx = in[0].grad_buffer().data();
+    const real* pg = g.data();
+    const real* py = y.data();
+    for (std::size_t start = 0, n = y.size(); start < n; start += row_size) {
+      real dot = 0;
+      for (std::size_t j = 0; j < row_size; ++j) dot += pg[start + j] * py[start + j];
+      for (std::size_t j = 0; j < row_size; ++j) dx[start + j] += py[start + j] * (pg[start + j] - dot);
+    }
+  });
+}
+
+Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed) {
+  return allowed ? masked_softmax(scores, *allowed) : softmax(scores, -1);
+}
+
+// ---- position hooks: defaults change nothing --------------------------------------------
+
+Variable AttentionPositionEncoding::encode_queries(const Variable& queries, std::size_t) const { return queries; }
+Variable AttentionPositionEncoding::encode_keys(const Variable& keys, std::size_t) const { return keys; }
+Variable AttentionPositionEncoding::score_term(const Variable&, std::size_t, std::size_t) const { return {}; }
+Variable AttentionPositionEncoding::score_bias(std::size_t, std::size_t, std::size_t, std::size_t) const { return {}; }
+Variable AttentionPositionEncoding::output_term(const Variable&, std::size_t) const { return {}; }
+
+// ---- dot-product attention ---------------------------------------------------------------
+
+DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, std::uint64_t seed)
+    : scale_(scale), dropout_(dropout), rng_(seed) {
+  check_arg(dropout >= 0 && dropout < 1, "DotProductAttention",
+            "dropout must be in [0, 1), got " + std::to_string(dropout));
+  if (scale.kind == ScoreScale::Kind::learned_temperature) {
+    check_arg(scale.value > 0, "DotProductAttention",
+              "a learned temperature must start positive, got " + std::to_string(scale.value));
+    temperature_ = register_parameter("temperature", full({}, scale.value));
+  }
+}
+
+real DotProductAttention::scale_factor(std::size_t key_size) const {
+  switch (scale_.kind) {
+    case ScoreScale::Kind::inverse_sqrt_dim: return real(1) / std::sqrt(static_cast<real>(key_size));
+    case ScoreScale::Kind::none: return 1;
+    case ScoreScale::Kind::inverse_dim: return real(1) / static_cast<real>(key_size);
+    case ScoreScale::Kind::fixed: return scale_.value;
+    case ScoreScale::Kind::learned_temperature: break;
+  }
+  throw Error("DotProductAttention: a learned temperature has no constant scale factor");
+}
+
+AttentionOutput DotProductAttention::forward(const Variable& queries, const Variable& keys, const Variable& values,
+                                             const std::optional<BoolArray>& allowed,
+                                             const AttentionPositionEncoding* positions, std::size_t query_start) {
+  const Shape sq = queries.shape(), sk = keys.shape(), sv = values.shape();
+  const std::string shapes = "queries " + to_string(sq) + ", keys " + to_string(sk) + ", values " + to_string(sv);
+  check_shape(sq.size() >= 2 && sk.size() == sq.size() && sv.size() == sq.size(), "DotProductAttention",
+              "queries, keys and values need the same rank (at least 2), got " + shapes);
+  check_shape(sq.back() == sk.back(), "DotProductAttention",
+              "queries and keys must have the same size in the last axis, got " + shapes);
+  check_shape(sk[sk.size() - 2] == sv[sv.size() - 2], "DotProductAttention",
+              "keys and values must have the same number of steps, got " + shapes);
+  check_shape(positions == nullptr || sq.size() == 4, "DotProductAttention",
+              "position encodings inside attention need [B, H, T, d] tensors, got " + shapes);
+
+  const Variable q = positions ? positions->encode_queries(queries, query_start) : queries;  // [..., Tq, d]
+  const Variable k = positions ? positions->encode_keys(keys, 0) : keys;                      // [..., Tk, d]
+  const std::size_t key_count = sk[sk.size() - 2];
+  Variable scores = matmul(q, k, Trans::No, Trans::Yes);  // [..., Tq, Tk]
+  if (positions) {
+    const Variable term = positions->score_term(q, query_start, key_count);
+    if (term.defined()) scores = scores + term;
+  }
+  if (scale_.kind == ScoreScale::Kind::learned_temperature) scores = scores / temperature_;
+  else if (const real factor = scale_factor(sq.back()); factor != 1) scores = scores * factor;
+  if (positions) {
+    const std::size_t heads = sq[1];
+    const Variable bias = positions->score_bias(heads, sq[2], query_start, key_count);
+    if (bias.defined()) scores = scores + bias;
+  }
+
+  if (allowed) {
+    const Shape mask_shape(allowed->shape().begin(), allowed->shape().end());
+    check_shape(broadcasts_to(mask_shape, scores.shape()), "DotProductAttention",
+                "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " +
+                    to_string(scores.shape()) + " (" + shapes + ")");
+  }
+  const Variable weights = masked_softmax(scores, allowed);  // [..., Tq, Tk]
+  const Variable attended = dropout_ > 0 ? dropout(weights, dropout_, is_training(), rng_) : weights;
+  Variable output = matmul(attended, values);  // [..., Tq, dv]
+  if (positions) {
+    const Variable term = positions->output_term(attended, query_start);
+    if (term.defined()) output = output + term;
+  }
+  return {output, weights};
+}
+
+// ---- additive attention ------------------------------------------------------------------
+
+AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size,
+                                     real dropout, std::uint64_t seed)
+    : query_size_(query_size), key_size_(key_size), hidden_size_(hidden_size), dropout_(dropout), rng_(seed) {
+  check_arg(query_size > 0 && key_size > 0 && hidden_size > 0, "AdditiveAttention",
+            "sizes must be positive, got query_size " + std::to_string(query_size) + ", key_size " +
+                std::to_string(key_size) + ", hidden_size " + std::to_string(hidden_size));
+  check_arg(dropout >= 0 && dropout < 1, "AdditiveAttention",
+            "dropout must be in [0, 1), got " + std::to_string(dropout));
+  // nn.Linear's default: U(-1/√fan_in, 1/√fan_in).
+  Rng init(seed ^ 0x9e3779b97f4a7c15ULL);
+  auto bound = [](std::size_t fan_in) { return real(1) / std::sqrt(static_cast<real>(fan_in)); };
+  w_q_ = register_parameter("W_q", uniform({hidden_size, query_size}, -bound(query_size), bound(query_size), init));
+  w_k_ = register_parameter("W_k", uniform({hidden_size, key_size}, -bound(key_size), bound(key_size), init));
+  v_ = register_parameter("v", uniform({hidden_size}, -bound(hidden_size), bound(hidden_size), init));
+}
+
+Variable AdditiveAttention::project_keys(const Variable& keys) const {
+  const Shape sk = keys.shape();
+  check_shape(sk.size() == 3 && sk[2] == key_size_, "AdditiveAttention",
+              "keys must be [B, Tk, " + std::to_string(key_size_) + "], got " + to_string(sk));
+  return linear(keys, w_k_, Variable());  // [B, Tk, hidden]
+}
+
+AttentionOutput AdditiveAttention::forward(const Variable& queries, const Variable& keys, const Variable& values,
+                                           const std::optional<BoolArray>& allowed) {
+  return forward_projected(queries, project_keys(keys), values, allowed);
+}
+
+AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, const Variable& projected_keys,
+                                                     const Variable& values, const std::optional<BoolArray>& allowed) {
+  const Shape sq = queries.shape(), sk = projected_keys.shape(), sv = values.shape();
+  const std::string shapes =
+      "queries " + to_string(sq) + ", projected keys " + to_string(sk) + ", values " + to_string(sv);
+  check_shape(sq.size() == 3 && sq[2] == query_size_, "AdditiveAttention",
+              "queries must be [B, Tq, " + std::to_string(query_size_) + "], got " + shapes);
+  check_shape(sk.size() == 3 && sk[2] == hidden_size_ && sk[0] == sq[0], "AdditiveAttention",
+              "projected keys must be [B, Tk, " + std::to_string(hidden_size_) + "] with the queries' B, got " + shapes);
+  check_shape(sv.size() == 3 && sv[0] == sq[0] && sv[1] == sk[1], "AdditiveAttention",
+              "values must be [B, Tk, dv] with the keys' B and Tk, got " + shapes);
+  const Shape score_shape{sq[0], sq[1], sk[1]};
+  if (allowed) {
+    const Shape mask_shape(allowed->shape().begin(), allowed->shape().end());
+    check_shape(broadcasts_to(mask_shape, score_shape), "AdditiveAttention",
+                "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " +
+                    to_string(score_shape) + " (" + shapes + ")");
+  }
+
+  const Variable projected_queries = linear(queries, w_q_, Variable());  // [B, Tq, hidden]
+  // Every query against every key: [B, Tq, 1, h] + [B, 1, Tk, h] -> [B, Tq, Tk, h].
+  const Variable features = tanh(unsqueeze(projected_queries, 2) + unsqueeze(projected_keys, 1));
+  const Variable v_row = reshape(v_, {1, static_cast<long>(hidden_size_)});  // [1, h]
+  const Variable scores = squeeze(linear(features, v_row, Variable()), -1);  // [B, Tq, Tk]
+  const Variable weights = masked_softmax(scores, allowed);
+  const Variable attended = dropout_ > 0 ? dropout(weights, dropout_, is_training(), rng_) : weights;
+  return {matmul(attended, values), weights};  // [B, Tq, dv]
+}
+
+}  // namespace qkv

@@ -1,0 +1,138 @@
+#pragma once
+// Attention building blocks: masks, masked softmax, the scoring functions (dot, scaled dot,
+// additive) and the hook through which positional schemes (relative, rotary, ALiBi) act
+// inside attention.
+//
+// Masks have ONE polarity everywhere in qkv: a BoolArray called `allowed` is true where a
+// query MAY attend to a key. Valid lengths are turned into the same thing. (PyTorch's
+// key_padding_mask and boolean attn_mask mean the opposite: true = ignore.)
+#include <cstdint>
+#include <optional>
+
+#include "autograd/ops.hpp"
+#include "layers/module.hpp"
+#include "lib/rng.hpp"
+
+namespace qkv {
+
+// ---- masks -----------------------------------------------------------------------------
+
+/// allowed[b, i, j] = j < valid_lens[b] (valid_lens [B]) or j < valid_lens[b, i]
+/// (valid_lens [B, Tq]) -> [B, Tq, Tk]. Lengths must lie in [0, Tk].
+BoolArray allowed_from_valid_lens(const IndexArray& valid_lens, std::size_t queries, std::size_t keys);
+/// [Tq, Tk]: query i, at absolute position query_start + i, may see key j iff j <= query_start + i.
+BoolArray causal_allowed(std::size_t queries, std::size_t keys, std::size_t query_start = 0);
+/// [Tq, Tk]: query i may see key j iff |query_start + i - j| <= window (local attention;
+/// combine with causal_allowed for a one-sided window).
+BoolArray window_allowed(std::size_t queries, std::size_t keys, std::size_t window, std::size_t query_start = 0);
+/// a AND b, broadcasting as NumPy does; nullopt on either side means "everything allowed".
+std::optional<BoolArray> allowed_and(const std::optional<BoolArray>& a, const std::optional<BoolArray>& b);
+
+/// Softmax over the last axis of scores [..., Tk], restricted to the allowed keys (`allowed`
+/// broadcasts to the scores). Masked entries get weight exactly 0 and gradient 0; a row with
+/// no allowed key gets all-zero weights and zero gradients — never NaN, never uniform weights
+/// over padding. A fused op: composing masked_fill + softmax cannot give that last row.
+Variable masked_softmax(const Variable& scores, const BoolArray& allowed);
+/// Plain softmax over the last axis when `allowed` is nullopt, masked_softmax otherwise.
+Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed);
+
+// ---- scoring ---------------------------------------------------------------------------
+
+/// What an attention layer gives back: the attended values and the weights that made them
+/// (the softmax output, before attention dropout).
+struct AttentionOutput {
+  Variable output;   // [..., Tq, dv]
+  Variable weights;  // [..., Tq, Tk]
+};
+
+/// How dot-product scores are scaled before the softmax.
+struct ScoreScale {
+  enum class Kind {
+    inverse_sqrt_dim,     // q·k / √d_k (Vaswani et al.; the default)
+    none,                 // q·k (plain dot-product attention)
+    inverse_dim,          // q·k / d_k
+    fixed,                // q·k * value
+    learned_temperature,  // q·k / τ with τ a trained parameter "temperature", starting at value
+  };
+  Kind kind = Kind::inverse_sqrt_dim;
+  real value = 1;
+
+  static ScoreScale inverse_sqrt_dim() { return {}; }
+  static ScoreScale none() { return {Kind::none, 1}; }
+  static ScoreScale inverse_dim() { return {Kind::inverse_dim, 1}; }
+  static ScoreScale fixed(real factor) { return {Kind::fixed, factor}; }
+  /// τ starts at `initial` (√d_k reproduces the default scaling at the start of training).
+  static ScoreScale learned_temperature(real initial) { return {Kind::learned_temperature, initial}; }
+};
+
+/// A position encoding that acts inside attention rather than on the input embeddings:
+/// relative (Shaw et al.), rotary (RoPE), ALiBi. Dot-product attention calls these hooks on
+/// per-head tensors laid out [B, H, T, d]. Queries sit at absolute positions query_start + i;
+/// keys at 0..Tk-1 (with a KV cache, all keys so far), so new keys start at key_start.
+/// Every hook defaults to "no change".
+class AttentionPositionEncoding : public Module {
+ public:
+  /// Applied to queries [B, H, Tq, d] before scoring (RoPE rotates them).
+  virtual Variable encode_queries(const Variable& queries, std::size_t query_start) const;
+  /// Applied to keys [B, H, Tk_new, d] before scoring and before they enter a KV cache.
+  virtual Variable encode_keys(const Variable& keys, std::size_t key_start) const;
+  /// A term [B, H, Tq, Tk] added to q·kᵀ before scaling (Shaw's key embeddings), or undefined.
+  virtual Variable score_term(const Variable& queries, std::size_t query_start, std::size_t keys) const;
+  /// A bias added to the scaled scores, broadcasting to [B, H, Tq, Tk] (ALiBi), or undefined.
+  virtual Variable score_bias(std::size_t heads, std::size_t queries, std::size_t query_start,
+                              std::size_t keys) const;
+  /// A term [B, H, Tq, dv] added to weights·V (Shaw's value embeddings), or undefined.
+  virtual Variable output_term(const Variable& weights, std::size_t query_start) const;
+};
+
+/// Dot-product attention: softmax(scale · q kᵀ + position terms) V over the last two axes,
+/// with any leading (batch, head) axes. Parameters: "temperature" only when the scale is
+/// learned.
+class DotProductAttention : public Module {
+ public:
+  explicit DotProductAttention(ScoreScale scale = {}, real dropout = 0, std::uint64_t seed = 0);
+
+  /// queries [..., Tq, d], keys [..., Tk, d], values [..., Tk, dv] -> output [..., Tq, dv] and
+  /// weights [..., Tq, Tk]. `allowed` broadcasts to [..., Tq, Tk]. `positions` (optional)
+  /// needs the [B, H, T, d] layout.
+  AttentionOutput forward(const Variable& queries, const Variable& keys, const Variable& values,
+                          const std::optional<BoolArray>& allowed = std::nullopt,
+                          const AttentionPositionEncoding* positions = nullptr, std::size_t query_start = 0);
+
+  /// The constant factor for key size d_k (not for a learned temperature, which is a parameter).
+  real scale_factor(std::size_t key_size) const;
+  const ScoreScale& scale() const { return scale_; }
+
+ private:
+  ScoreScale scale_;
+  real dropout_;
+  Rng rng_;
+  Variable temperature_;  // [] when the scale is learned
+};
+
+/// Additive (Bahdanau) attention: score(q, k) = vᵀ tanh(W_q q + W_k k). Parameters "W_q"
+/// [hidden, query_size], "W_k" [hidden, key_size], "v" [hidden].
+class AdditiveAttention : public Module {
+ public:
+  AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size, real dropout = 0,
+                    std::uint64_t seed = 0);
+
+  /// keys [B, Tk, key_size] -> W_k k [B, Tk, hidden]. A decoder computes this once per batch
+  /// and passes it to forward_projected at every step.
+  Variable project_keys(const Variable& keys) const;
+  /// queries [B, Tq, query_size], keys [B, Tk, key_size], values [B, Tk, dv], `allowed`
+  /// broadcasting to [B, Tq, Tk] -> output [B, Tq, dv], weights [B, Tq, Tk].
+  AttentionOutput forward(const Variable& queries, const Variable& keys, const Variable& values,
+                          const std::optional<BoolArray>& allowed = std::nullopt);
+  /// As forward, with keys already projected by project_keys.
+  AttentionOutput forward_projected(const Variable& queries, const Variable& projected_keys,
+                                    const Variable& values, const std::optional<BoolArray>& allowed = std::nullopt);
+
+ private:
+  std::size_t query_size_, key_size_, hidden_size_;
+  real dropout_;
+  Rng rng_;
+  Variable w_q_, w_k_, v_;
+};
+
+}  // namespace qkv

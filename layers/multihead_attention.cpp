@@ -1,0 +1,152 @@
+#include "layers/multihead_attention.hpp"
+
+#include <cmath>
+
+#include "lib/error.hpp"
+#include "lib/shape.hpp"
+
+namespace qkv {
+
+namespace {
+
+constexpr const char* kLayer = "MultiheadAttention";
+
+Shape shape_of_mask(const BoolArray& mask) { return Shape(mask.shape().begin(), mask.shape().end()); }
+
+BoolArray reshaped(BoolArray mask, const Shape& shape) {
+  mask.reshape(shape);
+  return mask;
+}
+
+/// Every field of `mask` as one allowed mask that broadcasts to [B, H, Tq, Tk]; queries sit
+/// at positions query_start + i, keys at 0..Tk-1.
+std::optional<BoolArray> resolve_mask(const AttentionMask& mask, std::size_t batch, std::size_t heads,
+                                      std::size_t queries, std::size_t keys, std::size_t query_start) {
+  const std::string scores = "the scores [B, H, Tq, Tk] = " + to_string({batch, heads, queries, keys});
+  std::optional<BoolArray> allowed;
+  if (mask.valid_lens) {
+    const Shape s(mask.valid_lens->shape().begin(), mask.valid_lens->shape().end());
+    check_shape((s.size() == 1 || (s.size() == 2 && s[1] == queries)) && s[0] == batch, kLayer,
+                "valid_lens must be [B] or [B, Tq] for " + scores + ", got " + to_string(s));
+    allowed = allowed_and(allowed, reshaped(allowed_from_valid_lens(*mask.valid_lens, queries, keys),
+                                            {batch, 1, queries, keys}));
+  }
+  if (mask.key_allowed) {
+    const Shape s = shape_of_mask(*mask.key_allowed);
+    check_shape(s == Shape{batch, keys}, kLayer, "key_allowed must be [B, Tk] for " + scores + ", got " + to_string(s));
+    allowed = allowed_and(allowed, reshaped(*mask.key_allowed, {batch, 1, 1, keys}));
+  }
+  if (mask.allowed) {
+    const Shape s = shape_of_mask(*mask.allowed);
+    const bool fits = (s.size() == 2 && s == Shape{queries, keys}) ||
+                      (s.size() == 3 && s == Shape{batch, queries, keys}) ||
+                      (s.size() == 4 && (s[0] == batch || s[0] == 1) && (s[1] == heads || s[1] == 1) &&
+                       s[2] == queries && s[3] == keys);
+    check_shape(fits, kLayer, "allowed must be [Tq, Tk], [B, Tq, Tk] or [B|1, H|1, Tq, Tk] for " + scores +
+                                  ", got " + to_string(s));
+    // A [B, Tq, Tk] mask gets its head axis here, so it does not align B with H.
+    allowed = allowed_and(allowed, s.size() == 3 ? reshaped(*mask.allowed, {batch, 1, queries, keys}) : *mask.allowed);
+  }
+  if (mask.causal) allowed = allowed_and(allowed, causal_allowed(queries, keys, query_start));
+  if (mask.window) allowed = allowed_and(allowed, window_allowed(queries, keys, *mask.window, query_start));
+  return allowed;
+}
+
+/// [B, T, E] -> [B, H, T, d_head]
+Variable split_heads(const Variable& x, std::size_t heads) {
+  const long batch = static_cast<long>(x.dim(0)), steps = static_cast<long>(x.dim(1));
+  const long head_dim = static_cast<long>(x.dim(2) / heads);
+  return permute(reshape(x, {batch, steps, static_cast<long>(heads), head_dim}), {0, 2, 1, 3});
+}
+
+/// [B, H, T, d_head] -> [B, T, E]
+Variable merge_heads(const Variable& x) {
+  const long batch = static_cast<long>(x.dim(0)), steps = static_cast<long>(x.dim(2));
+  const long embed = static_cast<long>(x.dim(1) * x.dim(3));
+  return reshape(permute(x, {0, 2, 1, 3}), {batch, steps, embed});
+}
+
+}  // namespace
+
+Variable MultiheadAttentionOutput::average_weights() const { return mean(weights, {1}); }
+
+MultiheadAttention::OutProjection::OutProjection(std::size_t embed_dim, bool with_bias, Rng& rng) {
+  // nn.MultiheadAttention's out_proj: kaiming_uniform(a=√5) = U(-1/√E, 1/√E), bias zero.
+  const real bound = real(1) / std::sqrt(static_cast<real>(embed_dim));
+  weight = register_parameter("weight", uniform({embed_dim, embed_dim}, -bound, bound, rng));
+  if (with_bias) bias = register_parameter("bias", zeros({embed_dim}));
+}
+
+MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, MultiheadAttentionOptions options)
+    : embed_dim_(embed_dim), num_heads_(num_heads) {
+  check_arg(embed_dim > 0 && num_heads > 0, kLayer,
+            "embed_dim and num_heads must be positive, got embed_dim " + std::to_string(embed_dim) +
+                ", num_heads " + std::to_string(num_heads));
+  check_arg(embed_dim % num_heads == 0, kLayer,
+            "embed_dim " + std::to_string(embed_dim) + " is not divisible by num_heads " + std::to_string(num_heads));
+  Rng rng(options.seed);
+  // nn.MultiheadAttention: xavier_uniform over the stacked [3E, E] weight, zero biases.
+  const real bound = std::sqrt(real(6) / static_cast<real>(4 * embed_dim));
+  in_proj_weight_ = register_parameter("in_proj_weight", uniform({3 * embed_dim, embed_dim}, -bound, bound, rng));
+  if (options.bias) in_proj_bias_ = register_parameter("in_proj_bias", zeros({3 * embed_dim}));
+  out_proj_ = register_module("out_proj", std::make_shared<OutProjection>(embed_dim, options.bias, rng));
+  attention_ = register_module("attention",
+                               std::make_shared<DotProductAttention>(options.scale, options.dropout, options.seed + 1));
+  if (options.positions) positions_ = register_module("positions", options.positions);
+}
+
+MultiheadAttentionOutput MultiheadAttention::forward(const Variable& x, const AttentionMask& mask, KVCache* cache) {
+  return forward(x, x, x, mask, cache);
+}
+
+MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,
+                                                     const AttentionMask& mask, KVCache* cache) {
+  const Shape sq = query.shape(), sk = key.shape(), sv = value.shape();
+  const std::string shapes = "query " + to_string(sq) + ", key " + to_string(sk) + ", value " + to_string(sv) +
+                             " (embed_dim " + std::to_string(embed_dim_) + ")";
+  check_shape(sq.size() == 3 && sk.size() == 3 && sv.size() == 3, kLayer,
+              "query, key and value must be [B, T, E] (batch first), got " + shapes);
+  check_shape(sq[2] == embed_dim_ && sk[2] == embed_dim_ && sv[2] == embed_dim_, kLayer,
+              "query, key and value must end in embed_dim, got " + shapes);
+  check_shape(sk[0] == sq[0] && sv[0] == sq[0] && sk[1] == sv[1], kLayer,
+              "batch sizes must agree and key and value must have the same length, got " + shapes);
+  const std::size_t batch = sq[0], queries = sq[1], embed = embed_dim_;
+
+  Variable q, k, v;  // [B, T, E]
+  if (query.id() == key.id() && key.id() == value.id()) {
+    // Self-attention: one gemm against the stacked weight, then cut into q, k, v.
+    const std::vector<Variable> parts = split(linear(query, in_proj_weight_, in_proj_bias_), {embed, embed, embed}, -1);
+    q = parts[0], k = parts[1], v = parts[2];
+  } else {
+    auto project = [&](const Variable& x, std::size_t block) {
+      const Variable weight = slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
+      const Variable bias = in_proj_bias_.defined() ? slice(in_proj_bias_, 0, block * embed, (block + 1) * embed)
+                                                    : Variable();
+      return linear(x, weight, bias);
+    };
+    q = project(query, 0), k = project(key, 1), v = project(value, 2);
+  }
+  q = split_heads(q, num_heads_);  // [B, H, Tq, d]
+  k = split_heads(k, num_heads_);  // [B, H, Tk_new, d]
+  v = split_heads(v, num_heads_);  // [B, H, Tk_new, d]
+
+  std::size_t past = 0;
+  if (cache) {
+    past = cache->length();
+    if (past > 0) {
+      check_shape(cache->keys.dim(0) == batch && cache->keys.dim(1) == num_heads_, kLayer,
+                  "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " + shapes);
+      k = concat({cache->keys, k}, 2);    // [B, H, past + Tk_new, d]
+      v = concat({cache->values, v}, 2);  // [B, H, past + Tk_new, d]
+    }
+    cache->keys = k;
+    cache->values = v;
+  }
+  const std::size_t keys = k.dim(2);
+  const std::optional<BoolArray> allowed = resolve_mask(mask, batch, num_heads_, queries, keys, past);
+  const AttentionOutput attended = attention_->forward(q, k, v, allowed, positions_.get(), past);
+  const Variable merged = merge_heads(attended.output);  // [B, Tq, E]
+  return {linear(merged, out_proj_->weight, out_proj_->bias), attended.weights};
+}
+
+}  // namespace qkv

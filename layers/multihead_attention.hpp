@@ -1,0 +1,91 @@
+#pragma once
+// Multi-head attention, batch first ([B, T, E]), with PyTorch's parameter names and layout
+// (nn.MultiheadAttention): in_proj_weight [3E, E], in_proj_bias [3E], out_proj.weight [E, E],
+// out_proj.bias [E] — a state dict moves between the two by name.
+//
+// Composed from primitive ops (linear, reshape, permute, matmul, masked softmax): no
+// hand-written backward.
+#include <cstdint>
+#include <memory>
+#include <optional>
+
+#include "layers/attention.hpp"
+
+namespace qkv {
+
+/// Which query may attend to which key. Every field is optional; the layer ANDs them into one
+/// `allowed` mask (true = may attend, the one polarity qkv uses).
+struct AttentionMask {
+  /// [B] or [B, Tq]: key j of batch b is real iff j < valid_lens[b] (or valid_lens[b, i]).
+  std::optional<IndexArray> valid_lens;
+  /// [B, Tk]: true where the key is a real token (NOT PyTorch's key_padding_mask polarity).
+  std::optional<BoolArray> key_allowed;
+  /// [Tq, Tk], [B, Tq, Tk] or [B|1, H|1, Tq, Tk]: any extra pattern.
+  std::optional<BoolArray> allowed;
+  /// Query at position p sees only keys at positions <= p.
+  bool causal = false;
+  /// Query at position p sees only keys at positions within `window` of p (both sides, or
+  /// only the past when causal).
+  std::optional<std::size_t> window;
+};
+
+/// Keys and values of the steps decoded so far, per head, for incremental self-attention.
+/// Feeding a sequence one step at a time through a cache gives the same outputs as one causal
+/// pass over the whole sequence.
+struct KVCache {
+  Variable keys;    // [B, H, T_past, d_head], after the position encoding's encode_keys
+  Variable values;  // [B, H, T_past, d_head]
+  std::size_t length() const { return keys.defined() ? keys.dim(2) : 0; }
+  void clear() { keys = Variable(); values = Variable(); }
+};
+
+struct MultiheadAttentionOptions {
+  real dropout = 0;  // on the attention weights, in training mode
+  bool bias = true;  // in_proj_bias and out_proj.bias
+  ScoreScale scale = ScoreScale::inverse_sqrt_dim();  // over the head size d_head = E / H
+  /// Relative / rotary / ALiBi positions inside attention; registered as submodule "positions".
+  std::shared_ptr<AttentionPositionEncoding> positions;
+  std::uint64_t seed = 0;  // initialisation and dropout
+};
+
+struct MultiheadAttentionOutput {
+  Variable output;   // [B, Tq, E]
+  Variable weights;  // [B, H, Tq, Tk], per head
+  /// Weights averaged over heads: [B, Tq, Tk] (PyTorch's average_attn_weights=True).
+  Variable average_weights() const;
+};
+
+class MultiheadAttention : public Module {
+ public:
+  /// Throws Error naming the layer when embed_dim is not divisible by num_heads.
+  MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, MultiheadAttentionOptions options = {});
+
+  /// query [B, Tq, E], key [B, Tk, E], value [B, Tk, E] (pass the same variable three times
+  /// for self-attention: it is projected with one gemm). With a cache, key and value are the
+  /// new steps only; they are appended to the cache, queries are placed after the cached
+  /// steps, and the mask's positions count from the start of the sequence.
+  MultiheadAttentionOutput forward(const Variable& query, const Variable& key, const Variable& value,
+                                   const AttentionMask& mask = {}, KVCache* cache = nullptr);
+  /// Self-attention: forward(x, x, x, ...).
+  MultiheadAttentionOutput forward(const Variable& x, const AttentionMask& mask = {}, KVCache* cache = nullptr);
+
+  std::size_t embed_dim() const { return embed_dim_; }
+  std::size_t num_heads() const { return num_heads_; }
+  std::size_t head_dim() const { return embed_dim_ / num_heads_; }
+
+ private:
+  /// The output projection, a submodule so its names are out_proj.weight / out_proj.bias.
+  class OutProjection : public Module {
+   public:
+    OutProjection(std::size_t embed_dim, bool bias, Rng& rng);
+    Variable weight, bias;
+  };
+
+  std::size_t embed_dim_, num_heads_;
+  Variable in_proj_weight_, in_proj_bias_;
+  std::shared_ptr<OutProjection> out_proj_;
+  std::shared_ptr<DotProductAttention> attention_;
+  std::shared_ptr<AttentionPositionEncoding> positions_;
+};
+
+}  // namespace qkv

@@ -1,0 +1,239 @@
+#include "layers/positional.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "lib/error.hpp"
+#include "lib/shape.hpp"
+
+namespace qkv {
+
+namespace {
+
+/// Indices start, start+1, ..., start+count-1.
+IndexArray positions_from(std::size_t start, std::size_t count) {
+  IndexArray indices = IndexArray::from_shape({count});
+  for (std::size_t t = 0; t < count; ++t) indices(t) = static_cast<std::int64_t>(start + t);
+  return indices;
+}
+
+/// The check both absolute encodings make on x [B, T, D] at positions start..start+T-1.
+void check_absolute_input(const char* layer, const Variable& x, std::size_t model_dim, std::size_t max_len,
+                          std::size_t start) {
+  const Shape s = x.shape();
+  check_shape(s.size() == 3 && s[2] == model_dim, layer,
+              "input must be [B, T, " + std::to_string(model_dim) + "], got " + to_string(s));
+  check_shape(start + s[1] <= max_len, layer,
+              "positions " + std::to_string(start) + ".." + std::to_string(start + s[1]) + " of input " +
+                  to_string(s) + " exceed max_len " + std::to_string(max_len));
+}
+
+}  // namespace
+
+// ---- absolute encodings ------------------------------------------------------------------
+
+Array sinusoidal_table(std::size_t max_len, std::size_t model_dim, real base) {
+  Array table = Array::from_shape({max_len, model_dim});
+  for (std::size_t p = 0; p < max_len; ++p)
+    for (std::size_t column = 0; column < model_dim; ++column) {
+      const std::size_t pair = column / 2;  // columns 2i and 2i+1 share a frequency
+      const double angle = static_cast<double>(p) /
+                           std::pow(static_cast<double>(base), 2.0 * static_cast<double>(pair) / static_cast<double>(model_dim));
+      table(p, column) = static_cast<real>(column % 2 == 0 ? std::sin(angle) : std::cos(angle));
+    }
+  return table;
+}
+
+SinusoidalPositionalEncoding::SinusoidalPositionalEncoding(std::size_t model_dim, std::size_t max_len, real dropout,
+                                                           std::uint64_t seed)
+    : model_dim_(model_dim), max_len_(max_len), dropout_(dropout), rng_(seed) {
+  check_arg(model_dim > 0 && max_len > 0, "SinusoidalPositionalEncoding",
+            "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
+  check_arg(dropout >= 0 && dropout < 1, "SinusoidalPositionalEncoding",
+            "dropout must be in [0, 1), got " + std::to_string(dropout));
+  table_ = register_buffer("pe", sinusoidal_table(max_len, model_dim));
+}
+
+Variable SinusoidalPositionalEncoding::forward(const Variable& x, std::size_t start) {
+  check_absolute_input("SinusoidalPositionalEncoding", x, model_dim_, max_len_, start);
+  const Variable encoded = x + slice(table_, 0, start, start + x.dim(1));  // [B, T, D] + [T, D]
+  return dropout_ > 0 ? dropout(encoded, dropout_, is_training(), rng_) : encoded;
+}
+
+LearnedPositionalEmbedding::LearnedPositionalEmbedding(std::size_t model_dim, std::size_t max_len, real dropout,
+                                                       std::uint64_t seed)
+    : model_dim_(model_dim), max_len_(max_len), dropout_(dropout), rng_(seed) {
+  check_arg(model_dim > 0 && max_len > 0, "LearnedPositionalEmbedding",
+            "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
+  check_arg(dropout >= 0 && dropout < 1, "LearnedPositionalEmbedding",
+            "dropout must be in [0, 1), got " + std::to_string(dropout));
+  Rng init(seed ^ 0x9e3779b97f4a7c15ULL);
+  weight_ = register_parameter("weight", normal({max_len, model_dim}, 0, real(0.02), init));
+}
+
+Variable LearnedPositionalEmbedding::forward(const Variable& x, std::size_t start) {
+  check_absolute_input("LearnedPositionalEmbedding", x, model_dim_, max_len_, start);
+  const Variable encoded = x + embedding(weight_, positions_from(start, x.dim(1)));  // [B, T, D] + [T, D]
+  return dropout_ > 0 ? dropout(encoded, dropout_, is_training(), rng_) : encoded;
+}
+
+// ---- relative positions (Shaw et al. 2018) -------------------------------------------------
+
+RelativePositionEncoding::RelativePositionEncoding(std::size_t head_dim, std::size_t max_distance,
+                                                   bool value_embeddings, std::uint64_t seed)
+    : head_dim_(head_dim), max_distance_(max_distance) {
+  check_arg(head_dim > 0, "RelativePositionEncoding", "head_dim must be positive, got 0");
+  Rng init(seed);
+  const std::size_t distances = 2 * max_distance + 1;
+  const real bound = std::sqrt(real(6) / static_cast<real>(distances + head_dim));  // xavier uniform
+  relative_keys_ = register_parameter("relative_keys", uniform({distances, head_dim}, -bound, bound, init));
+  if (value_embeddings)
+    relative_values_ = register_parameter("relative_values", uniform({distances, head_dim}, -bound, bound, init));
+}
+
+IndexArray RelativePositionEncoding::relative_indices(std::size_t queries, std::size_t query_start,
+                                                      std::size_t keys) const {
+  IndexArray indices = IndexArray::from_shape({queries, keys});
+  const auto k = static_cast<std::int64_t>(max_distance_);
+  for (std::size_t i = 0; i < queries; ++i)
+    for (std::size_t j = 0; j < keys; ++j) {
+      const std::int64_t distance = static_cast<std::int64_t>(j) - static_cast<std::int64_t>(query_start + i);
+      indices(i, j) = std::clamp(distance, -k, k) + k;
+    }
+  return indices;
+}
+
+Variable RelativePositionEncoding::score_term(const Variable& queries, std::size_t query_start,
+                                              std::size_t keys) const {
+  check_shape(queries.rank() == 4 && queries.dim(3) == head_dim_, "RelativePositionEncoding",
+              "queries must be [B, H, Tq, " + std::to_string(head_dim_) + "], got " + to_string(queries.shape()));
+  const std::size_t query_count = queries.dim(2);
+  const Variable table = embedding(relative_keys_, relative_indices(query_count, query_start, keys));  // [Tq, Tk, d]
+  // q_i · a_ij for every (i, j): [B, H, Tq, 1, d] x [Tq, Tk, d]ᵀ -> [B, H, Tq, 1, Tk]
+  return squeeze(matmul(unsqueeze(queries, 3), table, Trans::No, Trans::Yes), 3);  // [B, H, Tq, Tk]
+}
+
+Variable RelativePositionEncoding::output_term(const Variable& weights, std::size_t query_start) const {
+  if (!relative_values_.defined()) return {};
+  check_shape(weights.rank() == 4, "RelativePositionEncoding",
+              "weights must be [B, H, Tq, Tk], got " + to_string(weights.shape()));
+  const std::size_t query_count = weights.dim(2), keys = weights.dim(3);
+  const Variable table = embedding(relative_values_, relative_indices(query_count, query_start, keys));  // [Tq, Tk, d]
+  // Σ_j α_ij a_ij: [B, H, Tq, 1, Tk] x [Tq, Tk, d] -> [B, H, Tq, 1, d]
+  return squeeze(matmul(unsqueeze(weights, 3), table), 3);  // [B, H, Tq, d]
+}
+
+// ---- rotary (RoPE) -------------------------------------------------------------------------
+
+namespace {
+
+/// cos and sin of (start + t) θ_i, θ_i = base^(-2i/d): [T, d/2] each.
+struct RotaryAngles {
+  std::vector<real> cos, sin;
+};
+
+RotaryAngles rotary_angles(std::size_t steps, std::size_t dim, std::size_t start, real base) {
+  const std::size_t pairs = dim / 2;
+  RotaryAngles angles{std::vector<real>(steps * pairs), std::vector<real>(steps * pairs)};
+  for (std::size_t t = 0; t < steps; ++t)
+    for (std::size_t i = 0; i < pairs; ++i) {
+      const double theta = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / static_cast<double>(dim));
+      const double angle = static_cast<double>(start + t) * theta;
+      angles.cos[t * pairs + i] = static_cast<real>(std::cos(angle));
+      angles.sin[t * pairs + i] = static_cast<real>(std::sin(angle));
+    }
+  return angles;
+}
+
+/// out = R(±angle) x on each pair (x_2i, x_2i+1), for blocks of [T, d]; `direction` -1
+/// rotates backwards (the transpose, which is the backward of the forward rotation).
+void rotate_pairs(const real* x, real* out, std::size_t size, std::size_t steps, std::size_t dim,
+                  const RotaryAngles& angles, real direction, bool accumulate) {
+  const std::size_t pairs = dim / 2, block = steps * dim;
+  for (std::size_t offset = 0; offset < size; offset += block)
+    for (std::size_t t = 0; t < steps; ++t)
+      for (std::size_t i = 0; i < pairs; ++i) {
+        const real c = angles.cos[t * pairs + i], s = direction * angles.sin[t * pairs + i];
+        const std::size_t at = offset + t * dim + 2 * i;
+        const real a = x[at], b = x[at + 1];
+        const real first = a * c - b * s, second = a * s + b * c;
+        if (accumulate) out[at] += first, out[at + 1] += second;
+        else out[at] = first, out[at + 1] = second;
+      }
+}
+
+}  // namespace
+
+Variable rotary_embedding(const Variable& x, std::size_t start, real base) {
+  const Shape s = x.shape();
+  check_shape(s.size() >= 2 && s.back() % 2 == 0, "rotary_embedding",
+              "input must be [..., T, d] with d even, got " + to_string(s));
+  const std::size_t steps = s[s.size() - 2], dim = s.back();
+  auto angles = std::make_shared<RotaryAngles>(rotary_angles(steps, dim, start, base));
+  Array out = Array::from_shape(s);
+  rotate_pairs(x.value().data(), out.data(), out.size(), steps, dim, *angles, 1, false);
+  return make_op("rotary_embedding", std::move(out), {x},
+                 [angles, steps, dim](const Array& g, const Array&, std::span<Variable> in) {
+    if (!in[0].requires_grad()) return;
+    // A rotation is orthogonal: its backward is the rotation the other way.
+    rotate_pairs(g.data(), in[0].grad_buffer().data(), g.size(), steps, dim, *angles, -1, true);
+  });
+}
+
+RotaryPositionEncoding::RotaryPositionEncoding(std::size_t head_dim, real base) : head_dim_(head_dim), base_(base) {
+  check_arg(head_dim > 0 && head_dim % 2 == 0, "RotaryPositionEncoding",
+            "head_dim must be even and positive (it rotates pairs), got " + std::to_string(head_dim));
+  check_arg(base > 1, "RotaryPositionEncoding", "base must exceed 1, got " + std::to_string(base));
+}
+
+Variable RotaryPositionEncoding::encode_queries(const Variable& queries, std::size_t query_start) const {
+  check_shape(queries.rank() >= 2 && queries.dim(-1) == head_dim_, "RotaryPositionEncoding",
+              "queries must be [..., T, " + std::to_string(head_dim_) + "], got " + to_string(queries.shape()));
+  return rotary_embedding(queries, query_start, base_);
+}
+
+Variable RotaryPositionEncoding::encode_keys(const Variable& keys, std::size_t key_start) const {
+  check_shape(keys.rank() >= 2 && keys.dim(-1) == head_dim_, "RotaryPositionEncoding",
+              "keys must be [..., T, " + std::to_string(head_dim_) + "], got " + to_string(keys.shape()));
+  return rotary_embedding(keys, key_start, base_);
+}
+
+// ---- ALiBi ---------------------------------------------------------------------------------
+
+std::vector<real> alibi_slopes(std::size_t num_heads) {
+  check_arg(num_heads > 0, "alibi_slopes", "num_heads must be positive, got 0");
+  auto power_of_two_slopes = [](std::size_t n) {
+    // start = 2^(-8/n); slopes start^1, ..., start^n.
+    const double start = std::pow(2.0, -8.0 / static_cast<double>(n));
+    std::vector<real> slopes(n);
+    for (std::size_t h = 0; h < n; ++h) slopes[h] = static_cast<real>(std::pow(start, static_cast<double>(h + 1)));
+    return slopes;
+  };
+  std::size_t closest = 1;
+  while (closest * 2 <= num_heads) closest *= 2;
+  std::vector<real> slopes = power_of_two_slopes(closest);
+  if (closest == num_heads) return slopes;
+  // The paper's code: the rest are every other slope of the next power of two.
+  const std::vector<real> finer = alibi_slopes(2 * closest);
+  for (std::size_t h = 0; slopes.size() < num_heads; h += 2) slopes.push_back(finer[h]);
+  return slopes;
+}
+
+ALiBi::ALiBi(std::size_t num_heads) : slopes_(alibi_slopes(num_heads)) {}
+
+Variable ALiBi::score_bias(std::size_t heads, std::size_t queries, std::size_t query_start, std::size_t keys) const {
+  check_shape(heads == slopes_.size(), "ALiBi",
+              "built for " + std::to_string(slopes_.size()) + " heads but the scores have " + std::to_string(heads));
+  Array bias = Array::from_shape({heads, queries, keys});  // broadcasts over B
+  for (std::size_t h = 0; h < heads; ++h)
+    for (std::size_t i = 0; i < queries; ++i)
+      for (std::size_t j = 0; j < keys; ++j) {
+        const std::size_t position = query_start + i;
+        const auto distance = static_cast<real>(j > position ? j - position : position - j);
+        bias(h, i, j) = -slopes_[h] * distance;
+      }
+  return Variable(std::move(bias));
+}
+
+}  // namespace qkv

@@ -8,12 +8,18 @@
 // key_padding_mask and boolean attn_mask mean the opposite: true = ignore.)
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "autograd/ops.hpp"
 #include "layers/module.hpp"
 #include "lib/rng.hpp"
 
 namespace qkv {
+
+namespace detail {
+/// A real number as a person writes it in an error message: 0.5, 1e-06, 3.
+std::string format_number(real value);
+}  // namespace detail
 
 // ---- masks -----------------------------------------------------------------------------
 

@@ -1,0 +1,261 @@
+// MultiheadAttention: parity with PyTorch's nn.MultiheadAttention(batch_first=True) (values,
+// per-head and averaged weights, gradients of inputs and parameters), gradcheck with every
+// kind of mask, the KV cache against full causal recomputation, and bad configs and shapes.
+#include <memory>
+
+#include "layers/multihead_attention.hpp"
+#include "layers/positional.hpp"
+#include "support/helpers.hpp"
+
+using namespace qkv;
+using namespace qkv::test;
+
+namespace {
+
+constexpr std::size_t kE = 8, kH = 2;
+
+/// A MultiheadAttention with PyTorch's parameters from tests/fixtures/mha.safetensors.
+std::unique_ptr<MultiheadAttention> torch_mha(const TensorFile& fixture) {
+  auto mha = std::make_unique<MultiheadAttention>(kE, kH);
+  std::map<std::string, Array> state;
+  for (const char* name : {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"})
+    state[name] = fixture.reals.at(name);
+  mha->load_state_dict(state);
+  return mha;
+}
+
+}  // namespace
+
+TEST_CASE("MultiheadAttention: PyTorch's parameter names and shapes") {
+  MultiheadAttention mha(8, 2);
+  const auto parameters = mha.named_parameters();
+  REQUIRE(parameters.size() == 4);
+  CHECK(parameters[0].first == "in_proj_weight");
+  CHECK(parameters[0].second.shape() == Shape{24, 8});
+  CHECK(parameters[1].first == "in_proj_bias");
+  CHECK(parameters[1].second.shape() == Shape{24});
+  CHECK(parameters[2].first == "out_proj.weight");
+  CHECK(parameters[2].second.shape() == Shape{8, 8});
+  CHECK(parameters[3].first == "out_proj.bias");
+  CHECK(parameters[3].second.shape() == Shape{8});
+  CHECK(mha.head_dim() == 4);
+  MultiheadAttention no_bias(8, 2, {.bias = false});
+  CHECK(no_bias.named_parameters().size() == 2);
+  MultiheadAttention learned(8, 2, {.scale = ScoreScale::learned_temperature(2)});
+  CHECK(learned.named_parameters().back().first == "attention.temperature");
+}
+
+TEST_CASE("MultiheadAttention: bad configs name the layer and the numbers") {
+  CHECK_THROWS_WITH_AS(MultiheadAttention(10, 3), "MultiheadAttention: embed_dim 10 is not divisible by num_heads 3",
+                       Error);
+  CHECK_THROWS_WITH_AS(MultiheadAttention(8, 0),
+                       "MultiheadAttention: embed_dim and num_heads must be positive, got embed_dim 8, num_heads 0",
+                       Error);
+}
+
+TEST_CASE("MultiheadAttention matches PyTorch: self, cross, key padding, causal") {
+  const TensorFile fixture = load_fixture("mha");
+  const IndexArray valid_lens = fixture.integers.at("padding.valid_lens");
+  for (const std::string name : {"self", "cross", "padding", "causal"}) {
+    CAPTURE(name);
+    auto mha = torch_mha(fixture);
+    const auto input = [&](const std::string& what) { return Variable(fixture.reals.at(name + "." + what), true); };
+    const Variable query = input("query");
+    const bool self = fixture.reals.count(name + ".key") == 0;
+    const Variable key = self ? query : input("key");
+    const Variable value = self ? query : input("value");
+    AttentionMask mask;
+    if (name == "padding") mask.valid_lens = valid_lens;
+    if (name == "causal") mask.causal = true;
+
+    const MultiheadAttentionOutput out = mha->forward(query, key, value, mask);
+    CHECK(out.weights.shape() == Shape{2, kH, 4, key.dim(1)});
+    CHECK(max_abs_diff(out.output.value(), fixture.reals.at(name + ".output")) < 1e-12);
+    CHECK(max_abs_diff(out.weights.value(), fixture.reals.at(name + ".weights")) < 1e-12);
+    CHECK(max_abs_diff(out.average_weights().value(), fixture.reals.at(name + ".average_weights")) < 1e-12);
+
+    const Variable loss = sum(out.output * Variable(fixture.reals.at(name + ".r_out"))) +
+                          sum(out.weights * Variable(fixture.reals.at(name + ".r_weights")));
+    loss.backward();
+    CHECK(max_abs_diff(query.grad(), fixture.reals.at(name + ".grad.query")) < 1e-12);
+    if (!self) {
+      CHECK(max_abs_diff(key.grad(), fixture.reals.at(name + ".grad.key")) < 1e-12);
+      CHECK(max_abs_diff(value.grad(), fixture.reals.at(name + ".grad.value")) < 1e-12);
+    }
+    for (const auto& [parameter, variable] : mha->named_parameters()) {
+      CAPTURE(parameter);
+      CHECK(max_abs_diff(variable.grad(), fixture.reals.at(name + ".grad." + parameter)) < 1e-12);
+    }
+  }
+}
+
+TEST_CASE("MultiheadAttention: a key_allowed mask is the same as valid lengths") {
+  const TensorFile fixture = load_fixture("mha");
+  auto mha = torch_mha(fixture);
+  const Variable q(fixture.reals.at("padding.query")), k(fixture.reals.at("padding.key")),
+      v(fixture.reals.at("padding.value"));
+  AttentionMask by_lengths, by_mask;
+  by_lengths.valid_lens = IndexArray{3, 5};
+  by_mask.key_allowed = BoolArray{{true, true, true, false, false}, {true, true, true, true, true}};
+  CHECK(max_abs_diff(mha->forward(q, k, v, by_lengths).output.value(), mha->forward(q, k, v, by_mask).output.value()) ==
+        0);
+  CHECK(max_abs_diff(mha->forward(q, k, v, by_mask).output.value(), fixture.reals.at("padding.output")) < 1e-12);
+}
+
+TEST_CASE("MultiheadAttention: gradcheck w.r.t. inputs and every parameter, under every mask") {
+  MultiheadAttention mha(6, 3, {.seed = 3});
+  // Non-zero biases so that their gradients are exercised through the whole layer.
+  for (auto& [name, p] : mha.named_parameters())
+    if (name.find("bias") != std::string::npos) p.mutable_value() = random_array(p.shape(), 4, 0.5);
+  const Array x = random_array({2, 4, 6}, 60), memory = random_array({2, 5, 6}, 61);
+
+  AttentionMask padded;  // batch 1 has no keys at all: fully masked rows
+  padded.valid_lens = IndexArray{3, 0};
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], in[1], in[1], padded).output; },
+                      {Variable(x), Variable(memory)}, mha.named_parameters());
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], in[1], in[1], padded).weights; },
+                      {Variable(x), Variable(memory)}, mha.named_parameters());
+
+  AttentionMask causal_window;
+  causal_window.causal = true;
+  causal_window.window = 1;
+  causal_window.valid_lens = IndexArray{{4, 4, 4, 4}, {1, 2, 2, 3}};  // per-query lengths
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], causal_window).output; }, {Variable(x)},
+                      mha.named_parameters());
+
+  AttentionMask patterned;  // an explicit [B, H, Tq, Tk] mask with one fully masked row
+  BoolArray allowed = BoolArray::from_shape({2, 3, 4, 5});
+  Rng rng(9);
+  for (auto& a : allowed) a = rng.uniform() < 0.6;
+  for (std::size_t j = 0; j < 5; ++j) allowed(1, 2, 3, j) = false;
+  patterned.allowed = allowed;
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], in[1], in[2], patterned).output; },
+                      {Variable(x), Variable(memory), Variable(random_array({2, 5, 6}, 62))}, mha.named_parameters());
+
+  MultiheadAttention unbiased(6, 2, {.bias = false, .seed = 4});
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return unbiased.forward(in[0], in[1], in[1]).output; },
+                      {Variable(x), Variable(memory)}, unbiased.named_parameters());
+}
+
+TEST_CASE("MultiheadAttention: a fully masked query row gets zero weights and only the output bias") {
+  MultiheadAttention mha(4, 2, {.seed = 5});
+  mha.named_parameters()[3].second.mutable_value() = array_of({4}, {1, 2, 3, 4});  // out_proj.bias
+  AttentionMask mask;
+  mask.valid_lens = IndexArray{0};
+  const MultiheadAttentionOutput out = mha.forward(Variable(random_array({1, 3, 4}, 70)), mask);
+  CHECK(max_abs_diff(out.weights.value(), zeros({1, 2, 3, 3})) == 0);
+  for (std::size_t t = 0; t < 3; ++t)
+    for (std::size_t e = 0; e < 4; ++e) CHECK(out.output.value()(0, t, e) == real(e + 1));
+}
+
+TEST_CASE("MultiheadAttention: local window attention sees only nearby keys") {
+  MultiheadAttention mha(4, 2, {.seed = 6});
+  AttentionMask mask;
+  mask.window = 1;
+  const Array w = mha.forward(Variable(random_array({1, 5, 4}, 71)), mask).weights.value();
+  for (std::size_t h = 0; h < 2; ++h)
+    for (std::size_t i = 0; i < 5; ++i)
+      for (std::size_t j = 0; j < 5; ++j)
+        if (i > j + 1 || j > i + 1) CHECK(w(0, h, i, j) == 0);
+        else CHECK(w(0, h, i, j) > 0);
+}
+
+namespace {
+
+/// Runs x [B, T, E] through `mha` one step at a time with a KV cache and checks every step's
+/// output and weights against one causal pass over the whole sequence.
+void check_cache_matches_full_pass(MultiheadAttention& mha, const Array& x, std::optional<std::size_t> window = {}) {
+  const std::size_t B = x.shape(0), T = x.shape(1), E = x.shape(2);
+  AttentionMask causal;
+  causal.causal = true;
+  causal.window = window;
+  const MultiheadAttentionOutput full = mha.forward(Variable(x), causal);
+  KVCache cache;
+  for (std::size_t t = 0; t < T; ++t) {
+    const Variable step(Array(xt::view(x, xt::all(), xt::range(t, t + 1), xt::all())));  // [B, 1, E]
+    const MultiheadAttentionOutput out = mha.forward(step, causal, &cache);
+    CHECK(cache.length() == t + 1);
+    REQUIRE(out.output.shape() == Shape{B, 1, E});
+    REQUIRE(out.weights.shape() == Shape{B, mha.num_heads(), 1, t + 1});
+    const Array expected = xt::view(full.output.value(), xt::all(), xt::range(t, t + 1), xt::all());
+    CHECK(max_abs_diff(out.output.value(), expected) < 1e-12);
+    const Array expected_weights =
+        xt::view(full.weights.value(), xt::all(), xt::all(), xt::range(t, t + 1), xt::range(0, t + 1));
+    CHECK(max_abs_diff(out.weights.value(), expected_weights) < 1e-12);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("MultiheadAttention: incremental decoding with a KV cache equals full causal recomputation") {
+  const Array x = random_array({2, 6, 8}, 80);
+  SUBCASE("no positions") {
+    MultiheadAttention mha(8, 2, {.seed = 7});
+    check_cache_matches_full_pass(mha, x);
+    check_cache_matches_full_pass(mha, x, 2);
+  }
+  SUBCASE("rotary") {
+    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RotaryPositionEncoding>(4), .seed = 8});
+    check_cache_matches_full_pass(mha, x);
+  }
+  SUBCASE("ALiBi") {
+    MultiheadAttention mha(8, 2, {.positions = std::make_shared<ALiBi>(2), .seed = 9});
+    check_cache_matches_full_pass(mha, x);
+  }
+  SUBCASE("relative (Shaw)") {
+    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RelativePositionEncoding>(4, 2), .seed = 10});
+    check_cache_matches_full_pass(mha, x);
+  }
+  SUBCASE("a cache can be cleared and reused") {
+    MultiheadAttention mha(8, 2, {.seed = 7});
+    KVCache cache;
+    AttentionMask causal;
+    causal.causal = true;
+    mha.forward(Variable(random_array({2, 3, 8}, 81)), causal, &cache);
+    CHECK(cache.length() == 3);
+    cache.clear();
+    CHECK(cache.length() == 0);
+    check_cache_matches_full_pass(mha, x);
+  }
+}
+
+TEST_CASE("MultiheadAttention: bad shapes and masks name the layer and the shapes") {
+  MultiheadAttention mha(8, 2);
+  const Variable x(zeros({2, 4, 8})), m(zeros({2, 5, 8}));
+  CHECK_THROWS_WITH_AS(mha.forward(Variable(zeros({2, 4, 6}))),
+                       "MultiheadAttention: query, key and value must end in embed_dim, got query [2, 4, 6], "
+                       "key [2, 4, 6], value [2, 4, 6] (embed_dim 8)",
+                       ShapeError);
+  CHECK_THROWS_WITH_AS(mha.forward(Variable(zeros({4, 8}))),
+                       "MultiheadAttention: query, key and value must be [B, T, E] (batch first), got query [4, 8], "
+                       "key [4, 8], value [4, 8] (embed_dim 8)",
+                       ShapeError);
+  CHECK_THROWS_WITH_AS(mha.forward(x, m, Variable(zeros({2, 3, 8}))),
+                       "MultiheadAttention: batch sizes must agree and key and value must have the same length, got "
+                       "query [2, 4, 8], key [2, 5, 8], value [2, 3, 8] (embed_dim 8)",
+                       ShapeError);
+  AttentionMask lens;
+  lens.valid_lens = IndexArray{1, 2, 3};
+  CHECK_THROWS_WITH_AS(mha.forward(x, m, m, lens),
+                       "MultiheadAttention: valid_lens must be [B] or [B, Tq] for the scores [B, H, Tq, Tk] = "
+                       "[2, 2, 4, 5], got [3]",
+                       ShapeError);
+  AttentionMask keys;
+  keys.key_allowed = BoolArray::from_shape({2, 4});
+  CHECK_THROWS_WITH_AS(mha.forward(x, m, m, keys),
+                       "MultiheadAttention: key_allowed must be [B, Tk] for the scores [B, H, Tq, Tk] = [2, 2, 4, 5], "
+                       "got [2, 4]",
+                       ShapeError);
+  AttentionMask pattern;
+  pattern.allowed = BoolArray::from_shape({5, 4});
+  CHECK_THROWS_WITH_AS(mha.forward(x, m, m, pattern),
+                       "MultiheadAttention: allowed must be [Tq, Tk], [B, Tq, Tk] or [B|1, H|1, Tq, Tk] for the "
+                       "scores [B, H, Tq, Tk] = [2, 2, 4, 5], got [5, 4]",
+                       ShapeError);
+  KVCache cache;
+  mha.forward(x, {}, &cache);
+  CHECK_THROWS_WITH_AS(mha.forward(Variable(zeros({3, 1, 8})), {}, &cache),
+                       "MultiheadAttention: the KV cache holds keys [2, 2, 4, 4] but this call has query [3, 1, 8], "
+                       "key [3, 1, 8], value [3, 1, 8] (embed_dim 8)",
+                       ShapeError);
+}

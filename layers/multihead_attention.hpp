@@ -17,16 +17,16 @@ namespace qkv {
 /// `allowed` mask (true = may attend, the one polarity qkv uses).
 struct AttentionMask {
   /// [B] or [B, Tq]: key j of batch b is real iff j < valid_lens[b] (or valid_lens[b, i]).
-  std::optional<IndexArray> valid_lens;
+  std::optional<IndexArray> valid_lens = std::nullopt;
   /// [B, Tk]: true where the key is a real token (NOT PyTorch's key_padding_mask polarity).
-  std::optional<BoolArray> key_allowed;
+  std::optional<BoolArray> key_allowed = std::nullopt;
   /// [Tq, Tk], [B, Tq, Tk] or [B|1, H|1, Tq, Tk]: any extra pattern.
-  std::optional<BoolArray> allowed;
+  std::optional<BoolArray> allowed = std::nullopt;
   /// Query at position p sees only keys at positions <= p.
   bool causal = false;
   /// Query at position p sees only keys at positions within `window` of p (both sides, or
   /// only the past when causal).
-  std::optional<std::size_t> window;
+  std::optional<std::size_t> window = std::nullopt;
 };
 
 /// Keys and values of the steps decoded so far, per head, for incremental self-attention.
@@ -44,7 +44,7 @@ struct MultiheadAttentionOptions {
   bool bias = true;  // in_proj_bias and out_proj.bias
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();  // over the head size d_head = E / H
   /// Relative / rotary / ALiBi positions inside attention; registered as submodule "positions".
-  std::shared_ptr<AttentionPositionEncoding> positions;
+  std::shared_ptr<AttentionPositionEncoding> positions = nullptr;
   std::uint64_t seed = 0;  // initialisation and dropout
 };
 

@@ -85,7 +85,7 @@ TEST_CASE("masked_softmax: a fully masked row has zero weights and zero gradient
   const Variable scores(random_array({2, 3, 4}, 2), true);
   BoolArray allowed = bools({2, 3, 4}, {1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1,   //
                                         0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1});
-  const Variable y = masked_softmax(scores, allowed);
+  Variable y = masked_softmax(scores, allowed);
   for (std::size_t j = 0; j < 4; ++j) {
     CHECK(y.value()(0, 1, j) == 0);
     CHECK(y.value()(1, 0, j) == 0);

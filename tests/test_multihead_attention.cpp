@@ -3,6 +3,8 @@
 // kind of mask, the KV cache against full causal recomputation, and bad configs and shapes.
 #include <memory>
 
+#include <xtensor/xview.hpp>
+
 #include "layers/multihead_attention.hpp"
 #include "layers/positional.hpp"
 #include "support/helpers.hpp"
@@ -74,7 +76,7 @@ TEST_CASE("MultiheadAttention matches PyTorch: self, cross, key padding, causal"
     CHECK(max_abs_diff(out.weights.value(), fixture.reals.at(name + ".weights")) < 1e-12);
     CHECK(max_abs_diff(out.average_weights().value(), fixture.reals.at(name + ".average_weights")) < 1e-12);
 
-    const Variable loss = sum(out.output * Variable(fixture.reals.at(name + ".r_out"))) +
+    Variable loss = sum(out.output * Variable(fixture.reals.at(name + ".r_out"))) +
                           sum(out.weights * Variable(fixture.reals.at(name + ".r_weights")));
     loss.backward();
     CHECK(max_abs_diff(query.grad(), fixture.reals.at(name + ".grad.query")) < 1e-12);

@@ -5,6 +5,8 @@
 #include <functional>
 #include <memory>
 
+#include <xtensor/xview.hpp>
+
 #include "layers/multihead_attention.hpp"
 #include "layers/positional.hpp"
 #include "support/helpers.hpp"

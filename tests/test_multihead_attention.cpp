@@ -58,6 +58,8 @@ TEST_CASE("MultiheadAttention: bad configs name the layer and the numbers") {
 TEST_CASE("MultiheadAttention matches PyTorch: self, cross, key padding, causal") {
   const TensorFile fixture = load_fixture("mha");
   const IndexArray valid_lens = fixture.integers.at("padding.valid_lens");
+  double worst = 0;  // reported below: the brief asks for 1e-5, float64 gives ~1e-15
+  const auto diff = [&](const Array& a, const Array& b) { return worst = std::max(worst, max_abs_diff(a, b)); };
   for (const std::string name : {"self", "cross", "padding", "causal"}) {
     CAPTURE(name);
     auto mha = torch_mha(fixture);
@@ -72,23 +74,24 @@ TEST_CASE("MultiheadAttention matches PyTorch: self, cross, key padding, causal"
 
     const MultiheadAttentionOutput out = mha->forward(query, key, value, mask);
     CHECK(out.weights.shape() == Shape{2, kH, 4, key.dim(1)});
-    CHECK(max_abs_diff(out.output.value(), fixture.reals.at(name + ".output")) < 1e-12);
-    CHECK(max_abs_diff(out.weights.value(), fixture.reals.at(name + ".weights")) < 1e-12);
-    CHECK(max_abs_diff(out.average_weights().value(), fixture.reals.at(name + ".average_weights")) < 1e-12);
+    CHECK(diff(out.output.value(), fixture.reals.at(name + ".output")) < 1e-12);
+    CHECK(diff(out.weights.value(), fixture.reals.at(name + ".weights")) < 1e-12);
+    CHECK(diff(out.average_weights().value(), fixture.reals.at(name + ".average_weights")) < 1e-12);
 
     Variable loss = sum(out.output * Variable(fixture.reals.at(name + ".r_out"))) +
                           sum(out.weights * Variable(fixture.reals.at(name + ".r_weights")));
     loss.backward();
-    CHECK(max_abs_diff(query.grad(), fixture.reals.at(name + ".grad.query")) < 1e-12);
+    CHECK(diff(query.grad(), fixture.reals.at(name + ".grad.query")) < 1e-12);
     if (!self) {
-      CHECK(max_abs_diff(key.grad(), fixture.reals.at(name + ".grad.key")) < 1e-12);
-      CHECK(max_abs_diff(value.grad(), fixture.reals.at(name + ".grad.value")) < 1e-12);
+      CHECK(diff(key.grad(), fixture.reals.at(name + ".grad.key")) < 1e-12);
+      CHECK(diff(value.grad(), fixture.reals.at(name + ".grad.value")) < 1e-12);
     }
     for (const auto& [parameter, variable] : mha->named_parameters()) {
       CAPTURE(parameter);
-      CHECK(max_abs_diff(variable.grad(), fixture.reals.at(name + ".grad." + parameter)) < 1e-12);
+      CHECK(diff(variable.grad(), fixture.reals.at(name + ".grad." + parameter)) < 1e-12);
     }
   }
+  MESSAGE("worst difference from PyTorch over values, weights and gradients: " << worst);
 }
 
 TEST_CASE("MultiheadAttention: a key_allowed mask is the same as valid lengths") {

@@ -211,6 +211,21 @@ TEST_CASE("MultiheadAttention: incremental decoding with a KV cache equals full 
     MultiheadAttention mha(8, 2, {.positions = std::make_shared<RelativePositionEncoding>(4, 2), .seed = 10});
     check_cache_matches_full_pass(mha, x);
   }
+  SUBCASE("a prompt fed at once, then single steps") {
+    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RotaryPositionEncoding>(4), .seed = 11});
+    AttentionMask causal;
+    causal.causal = true;
+    const MultiheadAttentionOutput full = mha.forward(Variable(x), causal);
+    KVCache cache;
+    const Variable prompt(Array(xt::view(x, xt::all(), xt::range(0, 4), xt::all())));  // [B, 4, E]
+    const Array first = mha.forward(prompt, causal, &cache).output.value();
+    CHECK(max_abs_diff(first, Array(xt::view(full.output.value(), xt::all(), xt::range(0, 4), xt::all()))) < 1e-12);
+    for (std::size_t t = 4; t < 6; ++t) {
+      const Variable step(Array(xt::view(x, xt::all(), xt::range(t, t + 1), xt::all())));  // [B, 1, E]
+      const Array out = mha.forward(step, causal, &cache).output.value();
+      CHECK(max_abs_diff(out, Array(xt::view(full.output.value(), xt::all(), xt::range(t, t + 1), xt::all()))) < 1e-12);
+    }
+  }
   SUBCASE("a cache can be cleared and reused") {
     MultiheadAttention mha(8, 2, {.seed = 7});
     KVCache cache;

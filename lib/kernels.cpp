@@ -16,6 +16,7 @@ namespace {
 /// The maximum of every fibre, into `maxes` ([outer · inner]).
 void fibre_max(const real* x, AxisSplit split, real* maxes) {
   const auto [outer, size, inner] = split;
+  if (size == 0) return;  // an empty axis has no max, and no element will need one
   for (std::size_t o = 0; o < outer; ++o) {
     const real* block = x + o * size * inner;  // [size, inner]
     real* block_max = maxes + o * inner;       // [inner]

@@ -1,5 +1,8 @@
 // Neural-network ops: values against PyTorch (scripts/fixtures/nn_ops.py), gradients by
 // gradcheck, and the errors a user sees for bad targets, indices, axes and probabilities.
+//
+// `qkv::where` is called qualified: with a BoolArray argument, argument-dependent lookup also
+// finds xt::where, whose forwarding-reference overload wins against ours.
 #include <cmath>
 #include <limits>
 
@@ -37,8 +40,6 @@ std::string error_message(Call call) {
   return "";
 }
 
-// `where` is called qualified below: with a BoolArray argument, argument-dependent lookup
-// would also find xt::where, which takes any arguments and wins overload resolution.
 BoolArray bool_array(const Shape& shape, std::initializer_list<bool> values) {
   BoolArray a = BoolArray::from_shape(shape);
   REQUIRE(values.size() == a.size());
@@ -126,6 +127,17 @@ TEST_CASE("softmax by hand: rows sum to 1, shift invariance, a size-1 axis") {
   for (real& v : log_expected) v = std::log(v);
   CHECK(max_abs_diff(log_softmax(x, 1).value(), log_expected) < 1e-13);
   CHECK(max_abs_diff(softmax(Variable(random_array({4, 1}, 3)), 1).value(), full({4, 1}, 1)) == 0);
+}
+
+TEST_CASE("softmax and log_softmax of empty arrays are empty") {
+  for (const Shape& shape : {Shape{2, 0}, Shape{0, 3}}) {
+    CAPTURE(to_string(shape));
+    const Variable x(zeros(shape), true);
+    Variable y = softmax(x, -1), log_y = log_softmax(x, 0);
+    CHECK(y.shape() == shape);
+    CHECK(log_y.shape() == shape);
+    y.backward(zeros(shape));
+  }
 }
 
 TEST_CASE("cross_entropy by hand: two rows, one ignored, and label smoothing") {

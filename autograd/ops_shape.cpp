@@ -155,8 +155,8 @@ Variable reshape(const Variable& x, const std::vector<long>& shape) {
   }
   if (inferred < shape.size()) {
     // With a zero among the given extents, any value fits the -1: refuse to guess.
-    check_shape(known != 0 && x.numel() % known == 0, "reshape", what + ": the -1 cannot be inferred");
-    out_shape[inferred] = x.numel() / known;
+    check_shape(known != 0, "reshape", what + ": the -1 is ambiguous next to an extent of 0");
+    out_shape[inferred] = x.numel() / known;  // a remainder is caught by the count check below
   }
   check_shape(numel(out_shape) == x.numel(), "reshape", what + ": element counts differ");
   return reshaped("reshape", x, out_shape);

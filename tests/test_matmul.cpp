@@ -106,6 +106,19 @@ TEST_CASE("matmul gradients on every path") {
                       {Variable(random_array({2, 3, 4}, 250))});
 }
 
+TEST_CASE("matmul with an empty dimension gives zeros, not garbage") {
+  // K = 0: every entry is an empty sum.
+  Variable a = leaf(zeros({2, 3, 0})), b = leaf(zeros({0, 4}));
+  const Variable c = matmul(a, b);
+  CHECK(max_abs_diff(c.value(), zeros({2, 3, 4})) == 0);
+  sum(c).backward();
+  CHECK(b.grad().size() == 0);
+  // An empty batch and an empty M on the batched path.
+  CHECK(matmul(Variable(zeros({0, 2, 3})), Variable(zeros({0, 3, 4}))).shape() == Shape{0, 2, 4});
+  CHECK(matmul(Variable(zeros({2, 0, 3})), Variable(zeros({2, 4, 3})), Trans::No, Trans::Yes).shape() ==
+        Shape{2, 0, 4});
+}
+
 TEST_CASE("matmul sends gradients only to operands that want them") {
   Variable a = leaf(random_array({2, 3, 4}, 260));
   const Variable b(random_array({4, 5}, 261));

@@ -99,42 +99,58 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& x, const At
   return forward(x, x, x, mask, cache);
 }
 
-MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,
-                                                     const AttentionMask& mask, KVCache* cache) {
+namespace {
+
+/// The check every entry point makes on its [B, T, E] inputs; returns the shapes for messages.
+std::string check_inputs(const Variable& query, const Variable& key, const Variable& value, std::size_t embed_dim) {
   const Shape sq = query.shape(), sk = key.shape(), sv = value.shape();
   const std::string shapes = "query " + to_string(sq) + ", key " + to_string(sk) + ", value " + to_string(sv) +
-                             " (embed_dim " + std::to_string(embed_dim_) + ")";
+                             " (embed_dim " + std::to_string(embed_dim) + ")";
   check_shape(sq.size() == 3 && sk.size() == 3 && sv.size() == 3, kLayer,
               "query, key and value must be [B, T, E] (batch first), got " + shapes);
-  check_shape(sq[2] == embed_dim_ && sk[2] == embed_dim_ && sv[2] == embed_dim_, kLayer,
+  check_shape(sq[2] == embed_dim && sk[2] == embed_dim && sv[2] == embed_dim, kLayer,
               "query, key and value must end in embed_dim, got " + shapes);
   check_shape(sk[0] == sq[0] && sv[0] == sq[0] && sk[1] == sv[1], kLayer,
               "batch sizes must agree and key and value must have the same length, got " + shapes);
-  const std::size_t batch = sq[0], queries = sq[1], embed = embed_dim_;
+  return shapes;
+}
 
-  Variable q, k, v;  // [B, T, E]
+}  // namespace
+
+Variable MultiheadAttention::project(const Variable& x, std::size_t block) const {
+  const std::size_t embed = embed_dim_;
+  const Variable weight = slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
+  const Variable bias =
+      in_proj_bias_.defined() ? slice(in_proj_bias_, 0, block * embed, (block + 1) * embed) : Variable();  // [E]
+  return split_heads(linear(x, weight, bias), num_heads_);  // [B, H, T, d]
+}
+
+MultiheadAttentionOutput MultiheadAttention::attend(const Variable& q, const Variable& k, const Variable& v,
+                                                    const AttentionMask& mask, std::size_t query_start) {
+  const std::optional<BoolArray> allowed = resolve_mask(mask, q.dim(0), num_heads_, q.dim(2), k.dim(2), query_start);
+  const AttentionOutput attended = attention_->forward(q, k, v, allowed, positions_.get(), query_start);
+  const Variable merged = merge_heads(attended.output);  // [B, Tq, E]
+  return {linear(merged, out_proj_->weight, out_proj_->bias), attended.weights};
+}
+
+MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,
+                                                     const AttentionMask& mask, KVCache* cache) {
+  const std::string shapes = check_inputs(query, key, value, embed_dim_);
+  const std::size_t embed = embed_dim_;
+  Variable q, k, v;  // [B, H, T, d]
   if (query.id() == key.id() && key.id() == value.id()) {
     // Self-attention: one gemm against the stacked weight, then cut into q, k, v.
     const std::vector<Variable> parts = split(linear(query, in_proj_weight_, in_proj_bias_), {embed, embed, embed}, -1);
-    q = parts[0], k = parts[1], v = parts[2];
+    q = split_heads(parts[0], num_heads_), k = split_heads(parts[1], num_heads_), v = split_heads(parts[2], num_heads_);
   } else {
-    auto project = [&](const Variable& x, std::size_t block) {
-      const Variable weight = slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
-      const Variable bias = in_proj_bias_.defined() ? slice(in_proj_bias_, 0, block * embed, (block + 1) * embed)
-                                                    : Variable();
-      return linear(x, weight, bias);
-    };
     q = project(query, 0), k = project(key, 1), v = project(value, 2);
   }
-  q = split_heads(q, num_heads_);  // [B, H, Tq, d]
-  k = split_heads(k, num_heads_);  // [B, H, Tk_new, d]
-  v = split_heads(v, num_heads_);  // [B, H, Tk_new, d]
 
   std::size_t past = 0;
   if (cache) {
     past = cache->length();
     if (past > 0) {
-      check_shape(cache->keys.dim(0) == batch && cache->keys.dim(1) == num_heads_, kLayer,
+      check_shape(cache->keys.dim(0) == q.dim(0) && cache->keys.dim(1) == num_heads_, kLayer,
                   "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " + shapes);
       k = concat({cache->keys, k}, 2);    // [B, H, past + Tk_new, d]
       v = concat({cache->values, v}, 2);  // [B, H, past + Tk_new, d]
@@ -142,11 +158,22 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
     cache->keys = k;
     cache->values = v;
   }
-  const std::size_t keys = k.dim(2);
-  const std::optional<BoolArray> allowed = resolve_mask(mask, batch, num_heads_, queries, keys, past);
-  const AttentionOutput attended = attention_->forward(q, k, v, allowed, positions_.get(), past);
-  const Variable merged = merge_heads(attended.output);  // [B, Tq, E]
-  return {linear(merged, out_proj_->weight, out_proj_->bias), attended.weights};
+  return attend(q, k, v, mask, past);
+}
+
+KVCache MultiheadAttention::project_memory(const Variable& memory) const {
+  check_inputs(memory, memory, memory, embed_dim_);
+  return {project(memory, 1), project(memory, 2)};
+}
+
+MultiheadAttentionOutput MultiheadAttention::attend_to_memory(const Variable& query, const KVCache& memory,
+                                                              const AttentionMask& mask) {
+  check_arg(memory.length() > 0, kLayer, "attend_to_memory needs a cache filled by project_memory, got an empty one");
+  check_inputs(query, query, query, embed_dim_);
+  check_shape(memory.keys.dim(0) == query.dim(0) && memory.keys.dim(1) == num_heads_, kLayer,
+              "the memory holds keys " + to_string(memory.keys.shape()) + " but the query is " +
+                  to_string(query.shape()) + " (embed_dim " + std::to_string(embed_dim_) + ")");
+  return attend(project(query, 0), memory.keys, memory.values, mask, 0);
 }
 
 }  // namespace qkv

@@ -29,11 +29,12 @@ struct AttentionMask {
   std::optional<std::size_t> window = std::nullopt;
 };
 
-/// Keys and values of the steps decoded so far, per head, for incremental self-attention.
-/// Feeding a sequence one step at a time through a cache gives the same outputs as one causal
-/// pass over the whole sequence.
+/// Projected keys and values, per head. For incremental self-attention it holds the steps
+/// decoded so far: feeding a sequence one step at a time through a cache gives the same
+/// outputs as one causal pass over the whole sequence. For cross-attention, project_memory
+/// fills one with the encoder's keys and values once per batch.
 struct KVCache {
-  Variable keys;    // [B, H, T_past, d_head], after the position encoding's encode_keys
+  Variable keys;    // [B, H, T_past, d_head], before any position encoding (applied per call)
   Variable values;  // [B, H, T_past, d_head]
   std::size_t length() const { return keys.defined() ? keys.dim(2) : 0; }
   void clear() { keys = Variable(); values = Variable(); }
@@ -69,6 +70,13 @@ class MultiheadAttention : public Module {
   /// Self-attention: forward(x, x, x, ...).
   MultiheadAttentionOutput forward(const Variable& x, const AttentionMask& mask = {}, KVCache* cache = nullptr);
 
+  /// Cross-attention for a decoder: memory [B, Tk, E] (the encoder's output) projected to keys
+  /// and values once per batch, then reused at every decoding step by attend_to_memory.
+  KVCache project_memory(const Variable& memory) const;
+  /// forward(query, memory, memory, mask) with the memory's projections taken from
+  /// project_memory. Queries count from position 0 for masks and position encodings.
+  MultiheadAttentionOutput attend_to_memory(const Variable& query, const KVCache& memory, const AttentionMask& mask = {});
+
   std::size_t embed_dim() const { return embed_dim_; }
   std::size_t num_heads() const { return num_heads_; }
   std::size_t head_dim() const { return embed_dim_ / num_heads_; }
@@ -80,6 +88,12 @@ class MultiheadAttention : public Module {
     OutProjection(std::size_t embed_dim, bool bias, Rng& rng);
     Variable weight, bias;
   };
+
+  /// x [B, T, E] through block 0 (q), 1 (k) or 2 (v) of the stacked projection -> [B, H, T, d].
+  Variable project(const Variable& x, std::size_t block) const;
+  /// Attention over per-head q [B, H, Tq, d], k and v [B, H, Tk, d], then the output projection.
+  MultiheadAttentionOutput attend(const Variable& q, const Variable& k, const Variable& v, const AttentionMask& mask,
+                                  std::size_t query_start);
 
   std::size_t embed_dim_, num_heads_;
   Variable in_proj_weight_, in_proj_bias_;

@@ -239,6 +239,34 @@ TEST_CASE("MultiheadAttention: incremental decoding with a KV cache equals full 
   }
 }
 
+TEST_CASE("MultiheadAttention: cross-attention against memory projected once equals projecting every call") {
+  MultiheadAttention mha(8, 2, {.seed = 12});
+  for (auto& [name, p] : mha.named_parameters())
+    if (name.find("bias") != std::string::npos) p.mutable_value() = random_array(p.shape(), 13, 0.5);
+  const Array memory = random_array({2, 5, 8}, 90), queries = random_array({2, 3, 8}, 91);
+  AttentionMask padding;
+  padding.valid_lens = IndexArray{5, 2};
+  const KVCache projected = mha.project_memory(Variable(memory));
+  CHECK(projected.keys.shape() == Shape{2, 2, 5, 4});
+  for (std::size_t t = 0; t < 3; ++t) {  // one decoder step at a time
+    const Variable step(Array(xt::view(queries, xt::all(), xt::range(t, t + 1), xt::all())));  // [B, 1, E]
+    const Variable m(memory);
+    const MultiheadAttentionOutput expected = mha.forward(step, m, m, padding);
+    const MultiheadAttentionOutput out = mha.attend_to_memory(step, projected, padding);
+    CHECK(max_abs_diff(out.output.value(), expected.output.value()) < 1e-14);
+    CHECK(max_abs_diff(out.weights.value(), expected.weights.value()) < 1e-14);
+  }
+  QKV_CHECK_GRADIENTS(
+      [&](const auto& in) { return mha.attend_to_memory(in[0], mha.project_memory(in[1]), padding).output; },
+      {Variable(queries), Variable(memory)}, mha.named_parameters());
+  CHECK_THROWS_WITH_AS(mha.attend_to_memory(Variable(queries), KVCache{}),
+                       "MultiheadAttention: attend_to_memory needs a cache filled by project_memory, got an empty one",
+                       Error);
+  CHECK_THROWS_WITH_AS(mha.attend_to_memory(Variable(zeros({3, 1, 8})), projected),
+                       "MultiheadAttention: the memory holds keys [2, 2, 5, 4] but the query is [3, 1, 8] (embed_dim 8)",
+                       ShapeError);
+}
+
 TEST_CASE("MultiheadAttention: bad shapes and masks name the layer and the shapes") {
   MultiheadAttention mha(8, 2);
   const Variable x(zeros({2, 4, 8})), m(zeros({2, 5, 8}));

@@ -366,7 +366,7 @@ void draw_colour_bar(SvgBuilder& svg, double x, double y, double height) {
   for (int stop = 0; stop <= kStops; ++stop)
     gradient += "<stop offset=\"" + num(double(stop) / kStops, 4) + "\" stop-color=\"" + viridis(double(stop) / kStops) + "\"/>";
   svg.raw(gradient + "</linearGradient></defs>\n");
-  svg.text(x, y - 7, "weight", kSmallFont, std::string("fill=\"") + kGreyText + "\"");
+  svg.text(x, y - 14, "weight", kSmallFont, std::string("fill=\"") + kGreyText + "\"");
   svg.rect(x, y, kColourBarWidth, height, "fill=\"url(#qkv-viridis)\" stroke=\"#999\"");
   for (const double tick : {0.0, 0.25, 0.5, 0.75, 1.0}) {
     const double tick_y = y + (1 - tick) * height;
@@ -432,7 +432,8 @@ std::string render_heatmaps(const std::vector<const Array*>& matrices, const std
 struct Axis {
   double low = 0, high = 1;
   bool log = false;
-  std::vector<double> ticks;
+  std::vector<double> ticks;        // labelled
+  std::vector<double> minor_ticks;  // unlabelled: 2..9 x 10^k between the decades of a log axis
   double pixel_low = 0, pixel_high = 1;
 
   double to_pixel(double value) const {
@@ -456,11 +457,23 @@ double round_up_125(double value) {
   return 10 * decade;
 }
 
-Axis make_axis(double low, double high, bool log, std::size_t max_ticks) {
+Axis make_axis(double low, double high, bool log, std::size_t max_ticks, const std::vector<double>& chosen_ticks,
+               bool integer_data) {
   Axis axis;
   axis.log = log;
+  if (!chosen_ticks.empty()) {
+    axis.ticks = chosen_ticks;
+    std::sort(axis.ticks.begin(), axis.ticks.end());
+    axis.low = std::min(low, axis.ticks.front());
+    axis.high = std::max(high, axis.ticks.back());
+    if (axis.high == axis.low) axis.high = log ? axis.low * 10 : axis.low + 1;
+    return axis;
+  }
   if (!log) {
     axis.ticks = nice_ticks(low, high, max_ticks);
+    // Epochs and steps are whole numbers: ask for fewer ticks rather than label "2.5".
+    while (integer_data && max_ticks > 2 && axis.ticks[1] - axis.ticks[0] < 1)
+      axis.ticks = nice_ticks(low, high, --max_ticks);
     axis.low = axis.ticks.front();
     axis.high = axis.ticks.back();
     return axis;
@@ -483,6 +496,11 @@ Axis make_axis(double low, double high, bool log, std::size_t max_ticks) {
   const std::size_t stride = (decades.size() + max_ticks - 1) / max_ticks;
   axis.ticks.clear();
   for (std::size_t k = 0; k < decades.size(); k += stride) axis.ticks.push_back(decades[k]);
+  // Minor ticks show where 2, 3, ... 9 fall, so a value between decades can still be read off.
+  if (stride == 1)
+    for (double decade = first_decade; decade <= last_decade; ++decade)
+      for (int m = 2; m <= 9; ++m)
+        if (inside(m * std::pow(10.0, decade))) axis.minor_ticks.push_back(m * std::pow(10.0, decade));
   return axis;
 }
 
@@ -493,9 +511,9 @@ std::string log_tick_label(double value) {
   return num(mantissa, 1) + "e" + num(exponent, 0);
 }
 
-std::vector<std::string> tick_labels(const Axis& axis) {
+std::vector<std::string> tick_labels(const Axis& axis, bool chosen) {
   std::vector<std::string> labels;
-  if (axis.log) {
+  if (axis.log || chosen) {
     for (const double tick : axis.ticks) labels.push_back(log_tick_label(tick));
     return labels;
   }
@@ -667,10 +685,12 @@ std::string attention_connections_svg(const AttentionMap& map) {
 std::string line_chart_svg(const LineChart& chart) {
   constexpr const char* op = "line_chart_svg";
   constexpr double kPlotWidth = 560, kPlotHeight = 320, kLabelFont = 12, kTickFont = 11;
-  constexpr std::size_t kMaxTicks = 8, kMostPointsWithMarkers = 40;
+  // The x axis is wider than it is tall, so it has room for more labels.
+  constexpr std::size_t kMaxXTicks = 10, kMaxYTicks = 8, kMostPointsWithMarkers = 40;
   check_arg(!chart.series.empty(), op, "no series to draw");
 
   double x_low = std::numeric_limits<double>::infinity(), x_high = -x_low, y_low = x_low, y_high = -x_low;
+  bool integer_x = true;
   for (const Series& series : chart.series) {
     check_shape(series.x.size() == series.y.size(), op,
                 "series '" + series.name + "' has " + std::to_string(series.x.size()) + " x values but " +
@@ -682,25 +702,39 @@ std::string line_chart_svg(const LineChart& chart) {
       check_arg(!chart.log_x || x > 0, op, point + ", which a log x axis cannot show");
       check_arg(!chart.log_y || y > 0, op, point + ", which a log y axis cannot show");
       x_low = std::min(x_low, x), x_high = std::max(x_high, x);
+      integer_x = integer_x && x == std::round(x);
       y_low = std::min(y_low, y), y_high = std::max(y_high, y);
     }
   }
   check_arg(x_low <= x_high, op, "no finite (x, y) point in any series: nothing to draw");
+  for (const double tick : chart.x_ticks)
+    check_arg(std::isfinite(tick) && (!chart.log_x || tick > 0), op,
+              "x tick " + num(tick, 6) + " cannot be shown on " + (chart.log_x ? "a log" : "an") + " x axis");
 
-  Axis x_axis = make_axis(x_low, x_high, chart.log_x, kMaxTicks);
-  Axis y_axis = make_axis(y_low, y_high, chart.log_y, kMaxTicks);
-  const std::vector<std::string> x_ticks = tick_labels(x_axis), y_ticks = tick_labels(y_axis);
+  Axis x_axis = make_axis(x_low, x_high, chart.log_x, kMaxXTicks, chart.x_ticks, integer_x);
+  Axis y_axis = make_axis(y_low, y_high, chart.log_y, kMaxYTicks, {}, false);
+  const std::vector<std::string> x_ticks = tick_labels(x_axis, !chart.x_ticks.empty()), y_ticks = tick_labels(y_axis, false);
 
   const double y_label_band = chart.y_label.empty() ? 0 : kLabelFont + 12;
   const double plot_left = kMargin + y_label_band + widest(y_ticks, kTickFont) + 10;
   const double plot_top = kMargin + (chart.title.empty() ? 6 : title_band(chart.title) + 4);
   const double plot_bottom = plot_top + kPlotHeight, plot_right = plot_left + kPlotWidth;
-  x_axis.pixel_low = plot_left, x_axis.pixel_high = plot_right;
-  y_axis.pixel_low = plot_bottom, y_axis.pixel_high = plot_top;
+  // The axes' domains stop a little inside the frame, so points at the ends are not drawn on it.
+  constexpr double kInset = 8;
+  x_axis.pixel_low = plot_left + kInset, x_axis.pixel_high = plot_right - kInset;
+  y_axis.pixel_low = plot_bottom - kInset, y_axis.pixel_high = plot_top + kInset;
 
   SvgBuilder svg;
   draw_title(svg, chart.title);
   // Grid lines and tick labels first, so the data is drawn over them.
+  for (const double tick : x_axis.minor_ticks) {
+    const double x = x_axis.to_pixel(tick);
+    svg.line(x, plot_top, x, plot_bottom + 2, "stroke=\"#f2f2f2\"");
+  }
+  for (const double tick : y_axis.minor_ticks) {
+    const double y = y_axis.to_pixel(tick);
+    svg.line(plot_left - 2, y, plot_right, y, "stroke=\"#f2f2f2\"");
+  }
   for (std::size_t k = 0; k < x_axis.ticks.size(); ++k) {
     const double x = x_axis.to_pixel(x_axis.ticks[k]);
     svg.line(x, plot_top, x, plot_bottom + 4, "stroke=\"#e3e3e3\"");

@@ -69,6 +69,9 @@ struct LineChart {
   std::vector<Series> series;
   bool log_x = false;  // e.g. d_k = 8, 16, ..., 1024
   bool log_y = false;  // e.g. a loss falling over decades
+  // Where to label the x axis instead of at round numbers, e.g. at the d_k values measured
+  // ({8, 16, ..., 1024}); empty for automatic ticks.
+  std::vector<double> x_ticks;
 };
 
 /// Axes with round-number ticks and light grid lines, one colour per series (markers on short

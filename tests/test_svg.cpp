@@ -392,7 +392,23 @@ TEST_CASE("svg: log axes tick at 1-2-5 numbers when few, else at powers of ten")
   wide.series.push_back({"entropy", {8, 64, 1024}, {0.002, 1, 900}, false});
   const std::string wide_svg = line_chart_svg(wide);
   CHECK(texts_of_class(wide_svg, "ytick") == std::vector<std::string>{"0.01", "0.1", "1", "10", "100", "1000"});
-  CHECK(texts_of_class(wide_svg, "xtick") == std::vector<std::string>{"10", "100", "1000"});
+  CHECK(texts_of_class(wide_svg, "xtick") == std::vector<std::string>{"5", "10", "20", "50", "100", "200", "500", "1000",
+                                                                      "2000"});
+  // Unlabelled minor grid lines at 2..9 x 10^k inside [0.002, 1000] on the y axis: 8 in each of
+  // the five decades from 0.01, and 0.002 ... 0.009 below it.
+  CHECK(count(wide_svg, "stroke=\"#f2f2f2\"") == 8 * 5 + 8);
+}
+
+TEST_CASE("svg: a line chart can be labelled at chosen x values") {
+  LineChart chart;
+  chart.log_x = true;
+  chart.x_ticks = {512, 8, 32, 128};
+  chart.series.push_back({"entropy", {8, 32, 128, 512}, {3.4, 3.3, 2.1, 0.4}, false});
+  const std::string svg = line_chart_svg(chart);
+  CHECK(xml_problem(svg) == "");
+  CHECK(texts_of_class(svg, "xtick") == std::vector<std::string>{"8", "32", "128", "512"});
+  chart.x_ticks = {0, 8};
+  CHECK_THROWS_WITH_AS(line_chart_svg(chart), "line_chart_svg: x tick 0 cannot be shown on a log x axis", Error);
 }
 
 TEST_CASE("svg: bad line charts are refused naming the series") {

@@ -300,10 +300,20 @@ HeatmapLayout layout_heatmap(std::size_t rows, std::size_t columns, const std::v
   return layout;
 }
 
+// Token labels as drawn on the axes (shortened) and as shown in tooltips (whole), all clean UTF-8.
+struct TokenLabels {
+  std::vector<std::string> queries, keys;
+  std::vector<std::string> full_queries, full_keys;
+
+  TokenLabels(const std::vector<std::string>& query_labels, const std::vector<std::string>& key_labels)
+      : queries(short_labels(query_labels)), keys(short_labels(key_labels)) {
+    for (const auto& label : query_labels) full_queries.push_back(clean_utf8(label));
+    for (const auto& label : key_labels) full_keys.push_back(clean_utf8(label));
+  }
+};
+
 void draw_heatmap(SvgBuilder& svg, double x0, double y0, const HeatmapLayout& layout, const Array& weights,
-                  const std::vector<std::string>& queries, const std::vector<std::string>& keys,
-                  const std::vector<std::string>& full_queries, const std::vector<std::string>& full_keys,
-                  const std::string& panel_title) {
+                  const TokenLabels& labels, const std::string& panel_title) {
   const double cells_x = x0 + layout.cells_x(), cells_y = y0 + layout.cells_y(), cell = layout.cell;
   const std::size_t rows = layout.rows, columns = layout.columns;
   if (!panel_title.empty())
@@ -317,7 +327,7 @@ void draw_heatmap(SvgBuilder& svg, double x0, double y0, const HeatmapLayout& la
       const double value = data[i * columns + j];
       svg.rect(cells_x + double(j) * cell, cells_y + double(i) * cell, cell, cell,
                "class=\"cell\" fill=\"" + viridis(value) + "\"",
-               full_queries[i] + " → " + full_keys[j] + ": " + fixed(value, 4));
+               labels.full_queries[i] + " → " + labels.full_keys[j] + ": " + fixed(value, 4));
     }
   svg.rect(cells_x, cells_y, double(columns) * cell, double(rows) * cell, "fill=\"none\" stroke=\"#999\"");
   svg.raw("</g>\n");
@@ -337,15 +347,15 @@ void draw_heatmap(SvgBuilder& svg, double x0, double y0, const HeatmapLayout& la
 
   const double font = layout.font, baseline_shift = font * 0.35;
   for (std::size_t i = 0; i < rows; i += layout.label_stride)
-    svg.text(cells_x - 5, cells_y + (double(i) + 0.5) * cell + baseline_shift, queries[i], font,
+    svg.text(cells_x - 5, cells_y + (double(i) + 0.5) * cell + baseline_shift, labels.queries[i], font,
              "class=\"query\" text-anchor=\"end\"");
   for (std::size_t j = 0; j < columns; j += layout.label_stride) {
     const double x = cells_x + (double(j) + 0.5) * cell, y = cells_y - 5;
     if (layout.rotate_keys) {
       const double shifted = x + baseline_shift;
-      svg.text(shifted, y, keys[j], font, "class=\"key\" transform=\"rotate(-90 " + num(shifted) + " " + num(y) + ")\"");
+      svg.text(shifted, y, labels.keys[j], font, "class=\"key\" transform=\"rotate(-90 " + num(shifted) + " " + num(y) + ")\"");
     } else {
-      svg.text(x, y, keys[j], font, "class=\"key\" text-anchor=\"middle\"");
+      svg.text(x, y, labels.keys[j], font, "class=\"key\" text-anchor=\"middle\"");
     }
   }
 
@@ -377,19 +387,17 @@ void draw_colour_bar(SvgBuilder& svg, double x, double y, double height) {
 
 // One heatmap or a grid of them, sharing labels, layout and one colour bar.
 std::string render_heatmaps(const std::vector<const Array*>& matrices, const std::vector<std::string>& panel_titles,
-                            const std::vector<std::string>& full_queries, const std::vector<std::string>& full_keys,
+                            const std::vector<std::string>& query_labels, const std::vector<std::string>& key_labels,
                             std::size_t columns, const std::string& title, bool grid) {
-  const std::vector<std::string> queries = short_labels(full_queries), keys = short_labels(full_keys);
-  std::vector<std::string> clean_full_queries, clean_full_keys;
-  for (const auto& label : full_queries) clean_full_queries.push_back(clean_utf8(label));
-  for (const auto& label : full_keys) clean_full_keys.push_back(clean_utf8(label));
+  const TokenLabels labels(query_labels, key_labels);
   double panel_title_width = 0;
   for (const auto& panel_title : panel_titles)
     panel_title_width = std::max(panel_title_width, text_width(clean_utf8(panel_title), kPanelTitleFont * 1.1));
-  const std::size_t rows = queries.size(), key_count = keys.size();
+  const std::size_t rows = labels.queries.size(), key_count = labels.keys.size();
   // A single map gets large cells; a grid's panels are kept small enough to sit side by side.
-  const HeatmapLayout layout = grid ? layout_heatmap(rows, key_count, queries, keys, 220, 22, panel_title_width)
-                                    : layout_heatmap(rows, key_count, queries, keys, 520, 40, 0);
+  const HeatmapLayout layout =
+      grid ? layout_heatmap(rows, key_count, labels.queries, labels.keys, 220, 22, panel_title_width)
+           : layout_heatmap(rows, key_count, labels.queries, labels.keys, 520, 40, 0);
 
   SvgBuilder svg;
   draw_title(svg, title);
@@ -400,8 +408,7 @@ std::string render_heatmaps(const std::vector<const Array*>& matrices, const std
   for (std::size_t p = 0; p < matrices.size(); ++p) {
     const double x = kMargin + double(p % columns) * (layout.width + kGap);
     const double y = panels_y + double(p / columns) * (layout.height + kGap);
-    draw_heatmap(svg, x, y, layout, *matrices[p], queries, keys, clean_full_queries, clean_full_keys,
-                 grid ? panel_titles[p] : std::string());
+    draw_heatmap(svg, x, y, layout, *matrices[p], labels, grid ? panel_titles[p] : std::string());
   }
   const double panels_right = kMargin + double(used_columns) * layout.width + double(used_columns - 1) * kGap;
   const double panels_bottom = panels_y + double(panel_rows) * layout.height + double(panel_rows - 1) * kGap;
@@ -616,7 +623,8 @@ std::string attention_grid_svg(const AttentionGrid& grid) {
 std::string attention_connections_svg(const AttentionMap& map) {
   constexpr double kFont = 13, kLinkHeight = 170, kSmallestDrawn = 0.02, kWidestLine = 6;
   check_attention("attention_connections_svg", "", map.weights, map.queries.size(), map.keys.size());
-  const std::vector<std::string> sources = short_labels(map.keys), targets = short_labels(map.queries);
+  const TokenLabels labels(map.queries, map.keys);
+  const std::vector<std::string>&sources = labels.keys, &targets = labels.queries;
 
   // Each token gets a slot as wide as its label, so rows of long and short tokens both fit.
   const auto slot_centres = [&](const std::vector<std::string>& labels, double& row_width) {
@@ -660,7 +668,7 @@ std::string attention_connections_svg(const AttentionMap& map) {
     svg.line(target_x[link.target], target_anchor, source_x[link.source], source_anchor,
              "class=\"link\" stroke=\"#31688e\" stroke-linecap=\"round\" stroke-width=\"" +
                  num(kWidestLine * link.weight, 3) + "\" stroke-opacity=\"" + num(opacity, 3) + "\"",
-             clean_utf8(map.queries[link.target]) + " → " + clean_utf8(map.keys[link.source]) + ": " +
+             labels.full_queries[link.target] + " → " + labels.full_keys[link.source] + ": " +
                  fixed(link.weight, 4));
   }
   for (std::size_t j = 0; j < sources.size(); ++j) {

@@ -1,5 +1,7 @@
 #include "lib/svg.hpp"
 
+#include "lib/atomic_file.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -582,21 +584,10 @@ std::vector<double> nice_ticks(double low, double high, std::size_t max_ticks) {
 
 void write_svg(const std::string& path, const std::string& svg) {
   check_arg(!path.empty(), "write_svg", "the path is empty");
-  const std::string temporary = path + ".tmp." + std::to_string(::getpid());
-  std::FILE* file = std::fopen(temporary.c_str(), "wb");
-  if (file == nullptr) throw Error("write_svg: " + path + ": cannot create " + temporary + ": " + std::strerror(errno));
-  bool written = std::fwrite(svg.data(), 1, svg.size(), file) == svg.size() && std::fflush(file) == 0 &&
-                 ::fsync(::fileno(file)) == 0;
-  int reason = written ? 0 : errno;
-  if (std::fclose(file) != 0 && written) written = false, reason = errno;
-  if (!written) {
-    ::unlink(temporary.c_str());
-    throw Error("write_svg: " + path + ": writing " + temporary + " failed: " + std::strerror(reason));
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    reason = errno;
-    ::unlink(temporary.c_str());
-    throw Error("write_svg: " + path + ": cannot rename the temporary file into place: " + std::strerror(reason));
+  try {
+    write_file_atomically(path, svg);
+  } catch (const Error& e) {
+    throw Error(std::string("write_svg: ") + e.what());
   }
 }
 

@@ -42,5 +42,5 @@ TEST_CASE("atomic file: commit replaces, abandoning leaves the old file and no d
 
 TEST_CASE("atomic file: errors name the file") {
   const std::string missing = "/nonexistent_qkv_dir/model.safetensors";
-  CHECK_THROWS_WITH_AS(write_file_atomically(missing, "x"), doctest::Contains(missing), Error);
+  CHECK_THROWS_WITH_AS(write_file_atomically(missing, "x"), doctest::Contains(missing.c_str()), Error);
 }

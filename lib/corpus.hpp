@@ -107,7 +107,7 @@ enum class CorpusSplit {
 };
 
 struct CorpusOptions {
-  TsvOptions tsv;
+  TsvOptions tsv = {};
   CorpusSplit split = CorpusSplit::by_source;
   std::size_t validation_every = 10;
   std::size_t d2l_num_train = 512;

@@ -10,7 +10,10 @@
 //     hypothesis lengths; brevity penalty BP = 1 if c > r, else exp(1 - r / c) (0 if c = 0);
 //   * BLEU = 100 * BP * (p_1 p_2 p_3 p_4)^(1/4), no smoothing: 0 when any p_n is 0 (including
 //     a corpus with no n-gram of some order).
-// This is what NLTK's corpus_bleu computes with its default weights and no smoothing function.
+// This is what NLTK's corpus_bleu computes with its default weights and no smoothing function,
+// with one difference: NLTK counts max(1, number of n-grams) for a hypothesis shorter than n,
+// which lowers p_n for corpora with such hypotheses. Here a short hypothesis adds no n-grams
+// of that order, as the definition says.
 // The string overload splits on spaces; tokenize hypotheses and references the same way.
 #include <array>
 #include <cstddef>

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <array>
-#include <set>
+#include <unordered_set>
 #include <utility>
 
 #include "lib/error.hpp"
@@ -23,7 +23,7 @@ template <class Generate>
 Dataset distinct_splits(const char* task, const TaskOptions& options, Generate generate) {
   const std::size_t total = options.train_size + options.validation_size + options.test_size;
   Rng rng(options.seed);
-  std::set<Tokens> seen_sources;
+  std::unordered_set<std::string> seen_sources;  // sources joined with U+001F, which no task emits
   std::vector<SentencePair> pool;
   pool.reserve(total);
   // Each draw is new with good probability for every task here; this bound only stops a
@@ -34,7 +34,9 @@ Dataset distinct_splits(const char* task, const TaskOptions& options, Generate g
               "could only draw " + std::to_string(pool.size()) + " distinct examples of the " +
                   std::to_string(total) + " requested");
     SentencePair pair = generate(rng);
-    if (seen_sources.insert(pair.source).second) pool.push_back(std::move(pair));
+    std::string key;
+    for (const std::string& token : pair.source) (key += token) += '\x1F';
+    if (seen_sources.insert(std::move(key)).second) pool.push_back(std::move(pair));
   }
   for (std::size_t i = pool.size(); i > 1; --i)  // Fisher-Yates
     std::swap(pool[i - 1], pool[static_cast<std::size_t>(rng.below(i))]);

@@ -2,9 +2,13 @@
 // batching. Corpus tests that need shared/data/fra-eng.tsv say SKIPPED when it is absent.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <numeric>
 #include <set>
 #include <string>
 #include <unordered_set>

@@ -12,12 +12,6 @@
 
 namespace qkv {
 
-std::string detail::format_number(real value) {
-  std::ostringstream text;
-  text << value;
-  return text.str();
-}
-
 // ---- masks -----------------------------------------------------------------------------
 
 BoolArray allowed_from_valid_lens(const IndexArray& valid_lens, std::size_t queries, std::size_t keys) {
@@ -142,10 +136,10 @@ Variable AttentionPositionEncoding::output_term(const Variable&, std::size_t) co
 DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, std::uint64_t seed)
     : scale_(scale), dropout_(dropout), rng_(seed) {
   check_arg(dropout >= 0 && dropout < 1, "DotProductAttention",
-            "dropout must be in [0, 1), got " + detail::format_number(dropout));
+            "dropout must be in [0, 1), got " + format_number(dropout));
   if (scale.kind == ScoreScale::Kind::learned_temperature) {
     check_arg(scale.value > 0, "DotProductAttention",
-              "a learned temperature must start positive, got " + detail::format_number(scale.value));
+              "a learned temperature must start positive, got " + format_number(scale.value));
     temperature_ = register_parameter("temperature", full({}, scale.value));
   }
 }
@@ -216,7 +210,7 @@ AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_siz
             "sizes must be positive, got query_size " + std::to_string(query_size) + ", key_size " +
                 std::to_string(key_size) + ", hidden_size " + std::to_string(hidden_size));
   check_arg(dropout >= 0 && dropout < 1, "AdditiveAttention",
-            "dropout must be in [0, 1), got " + detail::format_number(dropout));
+            "dropout must be in [0, 1), got " + format_number(dropout));
   // nn.Linear's default: U(-1/√fan_in, 1/√fan_in).
   Rng init(seed ^ 0x9e3779b97f4a7c15ULL);
   auto bound = [](std::size_t fan_in) { return real(1) / std::sqrt(static_cast<real>(fan_in)); };

@@ -16,11 +16,6 @@
 
 namespace qkv {
 
-namespace detail {
-/// A real number as a person writes it in an error message: 0.5, 1e-06, 3.
-std::string format_number(real value);
-}  // namespace detail
-
 // ---- masks -----------------------------------------------------------------------------
 
 /// allowed[b, i, j] = j < valid_lens[b] (valid_lens [B]) or j < valid_lens[b, i]

@@ -51,7 +51,7 @@ SinusoidalPositionalEncoding::SinusoidalPositionalEncoding(std::size_t model_dim
   check_arg(model_dim > 0 && max_len > 0, "SinusoidalPositionalEncoding",
             "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
   check_arg(dropout >= 0 && dropout < 1, "SinusoidalPositionalEncoding",
-            "dropout must be in [0, 1), got " + detail::format_number(dropout));
+            "dropout must be in [0, 1), got " + format_number(dropout));
   table_ = register_buffer("pe", sinusoidal_table(max_len, model_dim));
 }
 
@@ -67,7 +67,7 @@ LearnedPositionalEmbedding::LearnedPositionalEmbedding(std::size_t model_dim, st
   check_arg(model_dim > 0 && max_len > 0, "LearnedPositionalEmbedding",
             "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
   check_arg(dropout >= 0 && dropout < 1, "LearnedPositionalEmbedding",
-            "dropout must be in [0, 1), got " + detail::format_number(dropout));
+            "dropout must be in [0, 1), got " + format_number(dropout));
   Rng init(seed ^ 0x9e3779b97f4a7c15ULL);
   weight_ = register_parameter("weight", normal({max_len, model_dim}, 0, real(0.02), init));
 }
@@ -184,7 +184,7 @@ Variable rotary_embedding(const Variable& x, std::size_t start, real base) {
 RotaryPositionEncoding::RotaryPositionEncoding(std::size_t head_dim, real base) : head_dim_(head_dim), base_(base) {
   check_arg(head_dim > 0 && head_dim % 2 == 0, "RotaryPositionEncoding",
             "head_dim must be even and positive (it rotates pairs), got " + std::to_string(head_dim));
-  check_arg(base > 1, "RotaryPositionEncoding", "base must exceed 1, got " + detail::format_number(base));
+  check_arg(base > 1, "RotaryPositionEncoding", "base must exceed 1, got " + format_number(base));
 }
 
 Variable RotaryPositionEncoding::encode_queries(const Variable& queries, std::size_t query_start) const {

@@ -29,6 +29,10 @@ class ParseError : public Error {
 /// `[2, 3, 4]`
 std::string to_string(const Shape& shape);
 
+/// A number as a person writes it in an error message: 0.1, 1e-06, 3 (shortest form that
+/// reads back the same in practice).
+std::string format_number(double value);
+
 /// Throws ShapeError("<op>: <message>") when `condition` is false.
 inline void check_shape(bool condition, const char* op, const std::string& message) {
   if (!condition) throw ShapeError(std::string(op) + ": " + message);

@@ -1,6 +1,8 @@
 #include "lib/shape.hpp"
 
 #include <algorithm>
+#include <limits>
+#include <sstream>
 
 namespace qkv {
 
@@ -11,6 +13,13 @@ std::string to_string(const Shape& shape) {
     text += std::to_string(shape[i]);
   }
   return text + "]";
+}
+
+std::string format_number(double value) {
+  std::ostringstream out;
+  out.precision(std::numeric_limits<double>::max_digits10 - 2);  // 0.1 prints as 0.1
+  out << value;
+  return out.str();
 }
 
 std::size_t numel(const Shape& shape) {

@@ -23,13 +23,6 @@ Array counter_array(std::int64_t count) {
 
 }  // namespace
 
-std::string format_number(double value) {
-  std::ostringstream out;
-  out.precision(std::numeric_limits<double>::max_digits10 - 2);  // 0.1 prints as 0.1
-  out << value;
-  return out.str();
-}
-
 Optimizer::Optimizer(std::string name, std::vector<NamedVariable> parameters, double learning_rate,
                      std::vector<std::string> slot_names)
     : name_(std::move(name)), parameters_(std::move(parameters)), slot_names_(std::move(slot_names)) {

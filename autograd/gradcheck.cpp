@@ -63,7 +63,8 @@ std::string GradcheckResult::report() const {
   std::string text = passed ? "gradcheck passed: " : "gradcheck FAILED: ";
   text += std::to_string(failed) + " of " + std::to_string(checked) + " values outside atol " +
           format_double(options.atol) + " + rtol " + format_double(options.rtol) + " * |numeric|" +
-          (options.fast_mode ? " (fast mode: one random direction per tensor)" : "") + "\n";
+          (options.fast_mode ? " (fast mode: one random direction per tensor)" : "") + "\n" +
+          "  values are derivatives of s = sum(output * R) for a fixed random R of the output's shape\n";
   if (checked > 0) text += "  worst: " + describe(worst) + "\n";
   for (const auto& failure : failures) text += "  failed: " + describe(failure) + "\n";
   for (const auto& t : tensors)

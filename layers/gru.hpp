@@ -70,6 +70,10 @@ class GRU : public Module {
   /// change the state nor produce output (zeros), and the reverse direction starts at each
   /// sequence's last valid step — what PyTorch gives for a pack_padded_sequence input.
   GRUOutput forward(const Variable& input, const IndexArray& valid_lens, const Variable& h0 = {}) const;
+  GRUOutput operator()(const Variable& input, const Variable& h0 = {}) const { return forward(input, h0); }
+  GRUOutput operator()(const Variable& input, const IndexArray& valid_lens, const Variable& h0 = {}) const {
+    return forward(input, valid_lens, h0);
+  }
 
   std::size_t input_size() const { return input_size_; }
   std::size_t hidden_size() const { return hidden_size_; }

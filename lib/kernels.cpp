@@ -1,0 +1,288 @@
+#include "lib/kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "lib/broadcast.hpp"
+
+namespace qkv::kernels {
+
+namespace {
+
+// A "fibre" is the `size` elements along the axis at one (outer, inner) position; element s of
+// fibre (o, j) sits at offset (o · size + s) · inner + j and the fibre's number is o · inner + j.
+
+/// The maximum of every fibre, into `maxes` ([outer · inner]).
+void fibre_max(const real* x, AxisSplit split, real* maxes) {
+  const auto [outer, size, inner] = split;
+  if (size == 0) return;  // an empty axis has no max, and no element will need one
+  for (std::size_t o = 0; o < outer; ++o) {
+    const real* block = x + o * size * inner;  // [size, inner]
+    real* block_max = maxes + o * inner;       // [inner]
+    std::copy(block, block + inner, block_max);
+    for (std::size_t s = 1; s < size; ++s)
+      for (std::size_t j = 0; j < inner; ++j) block_max[j] = std::max(block_max[j], block[s * inner + j]);
+  }
+}
+
+/// For every fibre: total = Σ_s term(offset, fibre) in double, value = finish(fibre, total),
+/// then update(offset, fibre, value) for each of its elements. The last axis (inner == 1)
+/// walks contiguous rows; other axes walk [size, inner] blocks row by row so that the inner
+/// loop stays contiguous too, with one running total per inner position.
+template <class Term, class Finish, class Update>
+void sum_then_update(AxisSplit split, Term term, Finish finish, Update update) {
+  const auto [outer, size, inner] = split;
+  if (inner == 1) {
+    for (std::size_t o = 0; o < outer; ++o) {
+      const std::size_t base = o * size;
+      double total = 0;
+      for (std::size_t s = 0; s < size; ++s) total += term(base + s, o);
+      const real value = finish(o, total);
+      for (std::size_t s = 0; s < size; ++s) update(base + s, o, value);
+    }
+    return;
+  }
+  std::vector<double> totals(inner);
+  std::vector<real> values(inner);
+  for (std::size_t o = 0; o < outer; ++o) {
+    const std::size_t base = o * size * inner;
+    const std::size_t first_fibre = o * inner;
+    std::fill(totals.begin(), totals.end(), 0.0);
+    for (std::size_t s = 0; s < size; ++s)
+      for (std::size_t j = 0; j < inner; ++j) totals[j] += term(base + s * inner + j, first_fibre + j);
+    for (std::size_t j = 0; j < inner; ++j) values[j] = finish(first_fibre + j, totals[j]);
+    for (std::size_t s = 0; s < size; ++s)
+      for (std::size_t j = 0; j < inner; ++j) update(base + s * inner + j, first_fibre + j, values[j]);
+  }
+}
+
+Shape shape_of_mask(const BoolArray& mask) { return Shape(mask.shape().begin(), mask.shape().end()); }
+
+}  // namespace
+
+// ---- softmax ------------------------------------------------------------------------------
+
+void softmax_forward(const real* x, real* y, AxisSplit split) {
+  // Subtracting each fibre's max keeps every exp() in (0, 1]: no overflow for any logits.
+  std::vector<real> maxes(split.outer * split.inner);
+  fibre_max(x, split, maxes.data());
+  sum_then_update(
+      split,
+      [&](std::size_t i, std::size_t f) {
+        y[i] = std::exp(x[i] - maxes[f]);
+        return double(y[i]);
+      },
+      [](std::size_t, double total) { return real(1.0 / total); },
+      [&](std::size_t i, std::size_t, real inverse_total) { y[i] *= inverse_total; });
+}
+
+void log_softmax_forward(const real* x, real* y, AxisSplit split) {
+  std::vector<real> maxes(split.outer * split.inner);
+  fibre_max(x, split, maxes.data());
+  // log softmax = (x - max) - log Σ exp(x - max): the sum is >= 1, so its log is finite, and
+  // x - max is formed before anything large is added (max + log Σ would round away the small
+  // part for logits around 1e4 in float32).
+  sum_then_update(
+      split, [&](std::size_t i, std::size_t f) { return std::exp(double(x[i] - maxes[f])); },
+      [](std::size_t, double total) { return real(std::log(total)); },
+      [&](std::size_t i, std::size_t f, real log_total) { y[i] = (x[i] - maxes[f]) - log_total; });
+}
+
+void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+  sum_then_update(
+      split, [&](std::size_t i, std::size_t) { return double(grad_y[i]) * double(y[i]); },
+      [](std::size_t, double total) { return real(total); },
+      [&](std::size_t i, std::size_t, real dot) { grad_x[i] += y[i] * (grad_y[i] - dot); });
+}
+
+void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+  sum_then_update(
+      split, [&](std::size_t i, std::size_t) { return double(grad_y[i]); },
+      [](std::size_t, double total) { return real(total); },
+      [&](std::size_t i, std::size_t, real grad_total) { grad_x[i] += grad_y[i] - std::exp(y[i]) * grad_total; });
+}
+
+// ---- cross-entropy ----------------------------------------------------------------------------
+
+CrossEntropyForward cross_entropy_forward(const real* logits, const std::int64_t* targets,
+                                          std::size_t rows, std::size_t classes,
+                                          std::int64_t ignore_index, real label_smoothing,
+                                          real* row_max, real* row_log_total) {
+  const AxisSplit split{rows, classes, 1};  // [rows, C], softmax over C
+  fibre_max(logits, split, row_max);
+  sum_then_update(
+      split, [&](std::size_t i, std::size_t row) { return std::exp(double(logits[i] - row_max[row])); },
+      [&](std::size_t row, double total) {
+        row_log_total[row] = real(std::log(total));
+        return real(0);
+      },
+      [](std::size_t, std::size_t, real) {});
+
+  const double smoothing = label_smoothing;
+  double loss_total = 0;
+  CrossEntropyForward result;
+  for (std::size_t row = 0; row < rows; ++row) {
+    if (targets[row] == ignore_index) continue;
+    ++result.counted;
+    const real* z = logits + row * classes;  // [C]
+    const double max = row_max[row], log_total = row_log_total[row];
+    // -log p_c = (max - z_c) + log_total, so mean_c(-log p_c) = max - mean_c(z_c) + log_total.
+    const double target_nll = (max - double(z[targets[row]])) + log_total;
+    double uniform_nll = 0;
+    if (smoothing != 0) {
+      double shifted_total = 0;
+      for (std::size_t c = 0; c < classes; ++c) shifted_total += max - double(z[c]);
+      uniform_nll = shifted_total / double(classes) + log_total;
+    }
+    loss_total += (1 - smoothing) * target_nll + smoothing * uniform_nll;
+  }
+  // Nothing counted: the loss is 0 rather than PyTorch's 0/0 = NaN.
+  if (result.counted > 0) result.loss = real(loss_total / double(result.counted));
+  return result;
+}
+
+void cross_entropy_backward(real grad_loss, const real* logits, const std::int64_t* targets,
+                            const real* row_max, const real* row_log_total, std::size_t rows, std::size_t classes,
+                            std::int64_t ignore_index, real label_smoothing, std::size_t counted,
+                            real* grad_logits) {
+  if (counted == 0) return;
+  const real scale = grad_loss / real(counted);
+  const real uniform_share = label_smoothing / real(classes);
+  const real target_share = real(1) - label_smoothing;
+  for (std::size_t row = 0; row < rows; ++row) {
+    if (targets[row] == ignore_index) continue;
+    const real* z = logits + row * classes;  // [C]
+    real* dz = grad_logits + row * classes;  // [C]
+    const real max = row_max[row], log_total = row_log_total[row];
+    // d loss_row / dz = softmax(z) - (smoothed target distribution).
+    for (std::size_t c = 0; c < classes; ++c)
+      dz[c] += scale * (std::exp((z[c] - max) - log_total) - uniform_share);
+    dz[targets[row]] -= scale * target_share;
+  }
+}
+
+// ---- layer norm ---------------------------------------------------------------------------
+
+void layer_norm_forward(const real* x, const real* weight, const real* bias, std::size_t rows,
+                        std::size_t dim, real eps, real* y, real* mean, real* rstd) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    const real* xr = x + row * dim;  // [D]
+    real* yr = y + row * dim;        // [D]
+    double total = 0;
+    for (std::size_t i = 0; i < dim; ++i) total += xr[i];
+    const double row_mean = total / double(dim);
+    // Two passes (mean, then squared deviations) instead of E[x²] - E[x]²: no cancellation.
+    double squares = 0;
+    for (std::size_t i = 0; i < dim; ++i) {
+      const double deviation = xr[i] - row_mean;
+      squares += deviation * deviation;
+    }
+    const real row_rstd = real(1.0 / std::sqrt(squares / double(dim) + double(eps)));
+    mean[row] = real(row_mean);
+    rstd[row] = row_rstd;
+    for (std::size_t i = 0; i < dim; ++i) {
+      const real normalized = (xr[i] - mean[row]) * row_rstd;
+      yr[i] = normalized * (weight ? weight[i] : real(1)) + (bias ? bias[i] : real(0));
+    }
+  }
+}
+
+void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
+                         const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
+                         real* grad_weight, real* grad_bias) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    const real* gr = grad_y + row * dim;  // [D]
+    const real* xr = x + row * dim;       // [D]
+    const real row_mean = mean[row], row_rstd = rstd[row];
+    if (grad_weight || grad_bias) {
+      for (std::size_t i = 0; i < dim; ++i) {
+        if (grad_weight) grad_weight[i] += gr[i] * (xr[i] - row_mean) * row_rstd;
+        if (grad_bias) grad_bias[i] += gr[i];
+      }
+    }
+    if (!grad_x) continue;
+    // ĝ = grad_y ⊙ weight; the two means are the projections that normalisation removes.
+    double grad_total = 0, grad_dot_normalized = 0;
+    for (std::size_t i = 0; i < dim; ++i) {
+      const double g = double(gr[i]) * (weight ? double(weight[i]) : 1.0);
+      grad_total += g;
+      grad_dot_normalized += g * double(xr[i] - row_mean) * double(row_rstd);
+    }
+    const real grad_mean = real(grad_total / double(dim));
+    const real grad_dot_mean = real(grad_dot_normalized / double(dim));
+    real* dxr = grad_x + row * dim;  // [D]
+    for (std::size_t i = 0; i < dim; ++i) {
+      const real g = gr[i] * (weight ? weight[i] : real(1));
+      const real normalized = (xr[i] - row_mean) * row_rstd;
+      dxr[i] += row_rstd * (g - grad_mean - normalized * grad_dot_mean);
+    }
+  }
+}
+
+// ---- embedding ------------------------------------------------------------------------------
+
+void embedding_forward(const real* weight, const std::int64_t* indices, std::size_t count,
+                       std::size_t dim, real* out) {
+  for (std::size_t i = 0; i < count; ++i) {
+    const real* row = weight + static_cast<std::size_t>(indices[i]) * dim;  // [D]
+    std::copy(row, row + dim, out + i * dim);
+  }
+}
+
+void embedding_backward(const real* grad_out, const std::int64_t* indices, std::size_t count,
+                        std::size_t dim, real* grad_weight) {
+  for (std::size_t i = 0; i < count; ++i) {
+    real* row = grad_weight + static_cast<std::size_t>(indices[i]) * dim;  // [D]
+    const real* g = grad_out + i * dim;                                     // [D]
+    for (std::size_t k = 0; k < dim; ++k) row[k] += g[k];
+  }
+}
+
+// ---- dropout ----------------------------------------------------------------------------------
+
+void dropout_mask(real p, Rng& rng, std::size_t count, real* mask) {
+  // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
+  const real keep_scale = real(1) / (real(1) - p);
+  for (std::size_t i = 0; i < count; ++i) mask[i] = rng.uniform() < double(p) ? real(0) : keep_scale;
+}
+
+// ---- where ----------------------------------------------------------------------------------
+
+Array where_select(const char* op, const BoolArray& condition, const Array& a, const Array& b) {
+  const Shape condition_shape = shape_of_mask(condition);
+  const Shape out_shape =
+      broadcast_shapes(op, broadcast_shapes(op, condition_shape, shape_of(a)), shape_of(b));
+  Array out = Array::from_shape(out_shape);
+  const Shape strides[4] = {strides_of(out_shape), broadcast_strides(condition_shape, out_shape),
+                            broadcast_strides(shape_of(a), out_shape), broadcast_strides(shape_of(b), out_shape)};
+  // Along a row each operand advances by its last stride (0 when broadcast along it).
+  const auto row_step = [](const Shape& s) { return s.empty() ? std::size_t{0} : s.back(); };
+  const std::size_t sc = row_step(strides[1]), sa = row_step(strides[2]), sb = row_step(strides[3]);
+  const bool* pc = condition.data();
+  const real* pa = a.data();
+  const real* pb = b.data();
+  real* po = out.data();
+  for_each_row(out_shape, strides,
+               [&](std::size_t o, std::size_t ic, std::size_t ia, std::size_t ib, std::size_t count) {
+                 for (std::size_t i = 0; i < count; ++i)
+                   po[o + i] = pc[ic + i * sc] ? pa[ia + i * sa] : pb[ib + i * sb];
+               });
+  return out;
+}
+
+Array where_gradient(const BoolArray& condition, const Array& gradient, bool keep_when) {
+  const Shape shape = shape_of(gradient);
+  Array out = Array::from_shape(shape);
+  const Shape strides[2] = {strides_of(shape), broadcast_strides(shape_of_mask(condition), shape)};
+  const std::size_t sc = strides[1].empty() ? 0 : strides[1].back();
+  const bool* pc = condition.data();
+  const real* pg = gradient.data();
+  real* po = out.data();
+  for_each_row(shape, strides, [&](std::size_t o, std::size_t ic, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) po[o + i] = pc[ic + i * sc] == keep_when ? pg[o + i] : real(0);
+  });
+  return out;
+}
+
+}  // namespace qkv::kernels

@@ -1,0 +1,98 @@
+#pragma once
+// Fused numerical kernels for the neural-network ops: softmax, log-softmax, softmax + NLL
+// (cross-entropy), layer norm, embedding gather/scatter, dropout masks and masked selection.
+//
+// Plain functions over raw pointers and Arrays: lib knows nothing of autograd. Each forward
+// kernel has its backward beside it; backward kernels ADD into the gradient buffers they are
+// given (the autograd contract), and a null gradient pointer means "not needed".
+//
+// Reductions that decide precision (softmax sums, layer-norm moments, the loss) accumulate in
+// double, so the float32 build keeps its digits on long rows.
+#include <cstddef>
+#include <cstdint>
+
+#include "lib/rng.hpp"
+#include "lib/shape.hpp"
+#include "lib/tensor.hpp"
+
+namespace qkv::kernels {
+
+// ---- softmax along one axis ---------------------------------------------------------------
+// `split` describes the input as [outer, size, inner] around the softmax axis (split_at_axis);
+// inner == 1 (the last axis) takes a contiguous-row fast path.
+
+/// y = exp(x - max) / Σ exp(x - max) along the axis.
+void softmax_forward(const real* x, real* y, AxisSplit split);
+/// y = x - max - log Σ exp(x - max) along the axis.
+void log_softmax_forward(const real* x, real* y, AxisSplit split);
+/// grad_x += y ⊙ (grad_y - Σ grad_y ⊙ y), from the softmax output y (no Jacobian).
+void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split);
+/// grad_x += grad_y - exp(y) Σ grad_y, from the log-softmax output y.
+void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split);
+
+// ---- cross-entropy: log-softmax + NLL fused over rows of C classes --------------------------
+// Targets must already be validated: each is in [0, C) or equals `ignore_index`.
+
+struct CrossEntropyForward {
+  real loss = 0;            // mean over counted rows; 0 when none is counted
+  std::size_t counted = 0;  // rows whose target is not ignore_index
+};
+
+/// logits [rows, C], targets [rows]. Writes each row's max logit and log Σ exp(logits - max)
+/// into `row_max` and `row_log_total` ([rows] each) so that the backward can rebuild the
+/// probabilities without keeping a [rows, C] copy. (Kept apart rather than summed into one
+/// logsumexp: for logits near 1e4 in float32 the sum would round away the small part.)
+/// With smoothing ε the row loss is
+///   (1 - ε) · (-log p_target) + ε · mean_c(-log p_c)   (PyTorch's definition).
+CrossEntropyForward cross_entropy_forward(const real* logits, const std::int64_t* targets,
+                                          std::size_t rows, std::size_t classes,
+                                          std::int64_t ignore_index, real label_smoothing,
+                                          real* row_max, real* row_log_total);
+/// grad_logits += grad_loss / counted · (softmax - (1 - ε) onehot(target) - ε / C) on counted
+/// rows; ignored rows (and everything when counted == 0) receive nothing.
+void cross_entropy_backward(real grad_loss, const real* logits, const std::int64_t* targets,
+                            const real* row_max, const real* row_log_total, std::size_t rows, std::size_t classes,
+                            std::int64_t ignore_index, real label_smoothing, std::size_t counted,
+                            real* grad_logits);
+
+// ---- layer norm over the last dim ---------------------------------------------------------
+
+/// x [rows, D] -> y = (x - mean) · rstd ⊙ weight + bias, rstd = 1 / sqrt(var + eps) with the
+/// biased variance. `weight` and `bias` ([D]) may be null (1 and 0). Writes mean and rstd
+/// ([rows]) for the backward.
+void layer_norm_forward(const real* x, const real* weight, const real* bias, std::size_t rows,
+                        std::size_t dim, real eps, real* y, real* mean, real* rstd);
+/// Adds the gradients w.r.t. x, weight and bias; any of the three outputs may be null. With
+/// x̂ = (x - mean) · rstd and ĝ = grad_y ⊙ weight:
+///   grad_x = rstd · (ĝ - mean(ĝ) - x̂ · mean(ĝ ⊙ x̂)),  grad_weight = Σ_rows grad_y ⊙ x̂,
+///   grad_bias = Σ_rows grad_y.
+void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
+                         const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
+                         real* grad_weight, real* grad_bias);
+
+// ---- embedding ------------------------------------------------------------------------------
+// Indices must already be validated to lie in [0, V).
+
+/// out[i] = weight[indices[i]] for `count` indices; weight is [V, dim], out [count, dim].
+void embedding_forward(const real* weight, const std::int64_t* indices, std::size_t count,
+                       std::size_t dim, real* out);
+/// grad_weight[indices[i]] += grad_out[i]: repeated indices accumulate.
+void embedding_backward(const real* grad_out, const std::int64_t* indices, std::size_t count,
+                        std::size_t dim, real* grad_weight);
+
+// ---- dropout --------------------------------------------------------------------------------
+
+/// Fills `mask` ([count]) with 0 (dropped, probability p) or 1 / (1 - p) (kept), one uniform
+/// draw from `rng` per element, in order. Requires 0 <= p < 1.
+void dropout_mask(real p, Rng& rng, std::size_t count, real* mask);
+
+// ---- selection under a broadcast boolean mask -------------------------------------------------
+
+/// condition ? a : b with NumPy broadcasting of all three; throws ShapeError naming `op` and
+/// the shapes when they do not broadcast.
+Array where_select(const char* op, const BoolArray& condition, const Array& a, const Array& b);
+/// The part of `gradient` where `condition` (broadcast to gradient's shape) equals
+/// `keep_when`, zeros elsewhere: the backward of where_select for one branch.
+Array where_gradient(const BoolArray& condition, const Array& gradient, bool keep_when);
+
+}  // namespace qkv::kernels

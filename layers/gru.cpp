@@ -157,20 +157,20 @@ GRUOutput GRU::run(const Variable& input, const std::vector<std::size_t>* length
       const Weights& w = weights_[index];
       // All steps' input projections in one gemm: [T, B, I] -> [T, B, 3H].
       const Variable input_gates = linear(layer_input, w.weight_ih, w.bias_ih);
-      Variable h = h0.defined() ? reshape(slice(h0, 0, index, index + 1), {long(batch), long(hidden)})
+      Variable h = h0.defined() ? squeeze(slice(h0, 0, index, index + 1), 0)
                                 : Variable(zeros({batch, hidden}));  // [B, H]
       std::vector<Variable> outputs(steps);
       for (std::size_t s = 0; s < steps; ++s) {
         const std::size_t t = direction == 0 ? s : steps - 1 - s;
-        const Variable gates_t = reshape(slice(input_gates, 0, t, t + 1), {long(batch), long(3 * hidden)});
+        const Variable gates_t = squeeze(slice(input_gates, 0, t, t + 1), 0);          // [B, 3H]
         const Variable next = gru_step(gates_t, h, w.weight_hh, w.bias_hh, hidden);  // [B, H]
         if (all_valid[t]) {
           h = next;
           outputs[t] = h;
         } else {
-          // (qkv:: because xt::where is found by argument lookup on BoolArray.)
           // Padded sequences keep their state, so the reverse direction starts from h0 at
-          // each sequence's own last valid step.
+          // each sequence's own last valid step. (qkv:: because argument lookup on
+          // BoolArray would also find xt::where.)
           h = qkv::where(keep[t], next, h);
           outputs[t] = qkv::masked_fill(h, padded[t], 0);
         }

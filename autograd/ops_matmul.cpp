@@ -44,7 +44,14 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
                   std::to_string(plan->k) + " and " + std::to_string(kb) + " differ");
 
   const Shape batch_a(sa.begin(), sa.end() - 2), batch_b(sb.begin(), sb.end() - 2);
-  const Shape batch = broadcast_shapes("matmul", batch_a, batch_b);
+  Shape batch;
+  try {
+    batch = broadcast_shapes("matmul", batch_a, batch_b);
+  } catch (const ShapeError&) {
+    // broadcast_shapes names only the batch dims; the user needs to see the operands.
+    throw ShapeError("matmul: cannot multiply " + matmul_shapes(sa, ta, sb, tb) + ": batch dimensions " +
+                     to_string(batch_a) + " and " + to_string(batch_b) + " do not broadcast");
+  }
   Shape out_shape = batch;
   out_shape.push_back(plan->m);
   out_shape.push_back(plan->n);

@@ -1,8 +1,5 @@
 #include "lib/safetensors.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -11,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <type_traits>
 
+#include "lib/atomic_file.hpp"
 #include "lib/error.hpp"
 #include "lib/shape.hpp"
 
@@ -36,19 +34,6 @@ void convert(const char* bytes, std::size_t count, Target* out) {
     Source value;
     std::memcpy(&value, bytes + i * sizeof(Source), sizeof(Source));
     out[i] = static_cast<Target>(value);
-  }
-}
-
-void write_all(int fd, const void* data, std::size_t size, const std::string& path) {
-  const char* bytes = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t written = ::write(fd, bytes, size);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      throw Error(path + ": write failed: " + std::strerror(errno));
-    }
-    bytes += written;
-    size -= static_cast<std::size_t>(written);
   }
 }
 
@@ -155,30 +140,13 @@ void write_safetensors(const std::string& path, const std::map<std::string, Arra
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
   const std::uint64_t header_size = header_text.size();
 
-  const std::string temporary = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(temporary + ": cannot create: " + std::strerror(errno));
-  try {
-    write_all(fd, &header_size, 8, temporary);
-    write_all(fd, header_text.data(), header_text.size(), temporary);
-    // std::map iterates in the same sorted order as above, matching the offsets.
-    for (const auto& [name, array] : reals) write_all(fd, array.data(), array.size() * sizeof(real), temporary);
-    for (const auto& [name, array] : integers) write_all(fd, array.data(), array.size() * sizeof(std::int64_t), temporary);
-    if (::fsync(fd) != 0) throw Error(temporary + ": fsync failed: " + std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(temporary.c_str());
-    throw;
-  }
-  if (::close(fd) != 0) {
-    ::unlink(temporary.c_str());
-    throw Error(temporary + ": close failed: " + std::strerror(errno));
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const std::string reason = std::strerror(errno);
-    ::unlink(temporary.c_str());
-    throw Error(path + ": cannot rename the temporary file into place: " + reason);
-  }
+  AtomicFile file(path);
+  file.write(&header_size, 8);
+  file.write(header_text.data(), header_text.size());
+  // std::map iterates in the same sorted order as above, matching the offsets.
+  for (const auto& [name, array] : reals) file.write(array.data(), array.size() * sizeof(real));
+  for (const auto& [name, array] : integers) file.write(array.data(), array.size() * sizeof(std::int64_t));
+  file.commit();
 }
 
 }  // namespace qkv

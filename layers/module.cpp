@@ -15,8 +15,18 @@ void check_new_name(const std::string& name, const std::string& what) {
 }
 }  // namespace
 
+void Module::check_unique(const std::string& name) const {
+  // A repeated name would make state_dict() keep one of the two and silently drop the other.
+  const auto same = [&](const auto& entry) { return entry.first == name; };
+  check_arg(std::none_of(parameters_.begin(), parameters_.end(), same) &&
+                std::none_of(buffers_.begin(), buffers_.end(), same) &&
+                std::none_of(children_.begin(), children_.end(), same),
+            "Module", "the name '" + name + "' is already registered in this module");
+}
+
 Variable Module::register_parameter(const std::string& name, Array value) {
   check_new_name(name, "parameter");
+  check_unique(name);
   Variable parameter(std::move(value), true);
   parameters_.emplace_back(name, parameter);
   return parameter;
@@ -24,6 +34,7 @@ Variable Module::register_parameter(const std::string& name, Array value) {
 
 Variable Module::register_buffer(const std::string& name, Array value) {
   check_new_name(name, "buffer");
+  check_unique(name);
   Variable buffer(std::move(value), false);
   buffers_.emplace_back(name, buffer);
   return buffer;
@@ -33,6 +44,7 @@ void Module::add_child(const std::string& name, std::shared_ptr<Module> module) 
   check_arg(module != nullptr, "Module", "submodule '" + name + "' is null");
   // Numbered children of a list ("layers.0") are allowed a dot; each part must be non-empty.
   check_arg(!name.empty() && name.front() != '.' && name.back() != '.', "Module", "bad submodule name '" + name + "'");
+  check_unique(name);
   children_.emplace_back(name, std::move(module));
 }
 

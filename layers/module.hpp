@@ -59,6 +59,8 @@ class Module {
 
  private:
   void add_child(const std::string& name, std::shared_ptr<Module> module);
+  /// Throws when `name` is already a parameter, buffer or submodule of this module.
+  void check_unique(const std::string& name) const;
   void collect(const std::string& prefix, bool buffers, std::vector<NamedVariable>& out) const;
 
   std::vector<NamedVariable> parameters_;

@@ -1,0 +1,190 @@
+#include "layers/gru.hpp"
+
+#include <cmath>
+
+#include "autograd/ops.hpp"
+#include "lib/error.hpp"
+
+namespace qkv {
+
+namespace {
+
+/// One GRU step given the input half of the gates, `input_gates` = W_ih x + b_ih [B, 3H].
+/// Only the hidden half is computed here, so a GRU can project all time steps' inputs at once.
+Variable gru_step(const Variable& input_gates, const Variable& h, const Variable& weight_hh,
+                  const Variable& bias_hh, std::size_t hidden) {
+  const Variable hidden_gates = linear(h, weight_hh, bias_hh);          // [B, 3H]
+  const auto xi = split(input_gates, {hidden, hidden, hidden}, 1);      // 3 x [B, H]: r, z, n
+  const auto hi = split(hidden_gates, {hidden, hidden, hidden}, 1);     // 3 x [B, H]
+  const Variable r = sigmoid(xi[0] + hi[0]);
+  const Variable z = sigmoid(xi[1] + hi[1]);
+  const Variable n = tanh(xi[2] + r * hi[2]);
+  return n + z * (h - n);  // (1 - z) ⊙ n + z ⊙ h, one op fewer
+}
+
+Array init_uniform(const Shape& shape, std::size_t hidden, Rng& rng) {
+  const real bound = real(1) / std::sqrt(real(hidden));
+  return uniform(shape, -bound, bound, rng);
+}
+
+}  // namespace
+
+// ---- GRUCell ------------------------------------------------------------------------------
+
+GRUCell::GRUCell(std::size_t input_size, std::size_t hidden_size, Rng& rng, const GRUCellOptions& options)
+    : input_size_(input_size), hidden_size_(hidden_size) {
+  check_arg(input_size > 0 && hidden_size > 0, "GRUCell",
+            "input_size and hidden_size must be positive, got " + std::to_string(input_size) + " and " +
+                std::to_string(hidden_size));
+  const std::size_t gates = 3 * hidden_size;
+  weight_ih_ = register_parameter("weight_ih", init_uniform({gates, input_size}, hidden_size, rng));
+  weight_hh_ = register_parameter("weight_hh", init_uniform({gates, hidden_size}, hidden_size, rng));
+  if (options.bias) {
+    bias_ih_ = register_parameter("bias_ih", init_uniform({gates}, hidden_size, rng));
+    bias_hh_ = register_parameter("bias_hh", init_uniform({gates}, hidden_size, rng));
+  }
+}
+
+std::string GRUCell::describe() const {
+  return "GRUCell(" + std::to_string(input_size_) + ", " + std::to_string(hidden_size_) + ")";
+}
+
+Variable GRUCell::forward(const Variable& x, const Variable& h) const {
+  const Shape sx = x.shape();
+  check_shape(sx.size() == 2 && sx[1] == input_size_, describe().c_str(),
+              "input " + to_string(sx) + " must be [batch, " + std::to_string(input_size_) + "]");
+  const Shape expected_h{sx[0], hidden_size_};
+  if (h.defined())
+    check_shape(h.shape() == expected_h, describe().c_str(),
+                "hidden state " + to_string(h.shape()) + " must be " + to_string(expected_h) + " for input " +
+                    to_string(sx));
+  const Variable state = h.defined() ? h : Variable(zeros(expected_h));
+  return gru_step(linear(x, weight_ih_, bias_ih_), state, weight_hh_, bias_hh_, hidden_size_);
+}
+
+// ---- GRU ----------------------------------------------------------------------------------
+
+GRU::GRU(std::size_t input_size, std::size_t hidden_size, Rng& rng, const GRUOptions& options)
+    : input_size_(input_size), hidden_size_(hidden_size), options_(options) {
+  check_arg(input_size > 0 && hidden_size > 0 && options.num_layers > 0, "GRU",
+            "input_size, hidden_size and num_layers must be positive, got " + std::to_string(input_size) + ", " +
+                std::to_string(hidden_size) + " and " + std::to_string(options.num_layers));
+  check_arg(options.dropout >= 0 && options.dropout < 1, describe().c_str(),
+            "dropout must be in [0, 1), got " + std::to_string(options.dropout));
+  const std::size_t gates = 3 * hidden_size;
+  for (std::size_t layer = 0; layer < options.num_layers; ++layer) {
+    const std::size_t layer_input = layer == 0 ? input_size : hidden_size * num_directions();
+    for (std::size_t direction = 0; direction < num_directions(); ++direction) {
+      const std::string suffix = "_l" + std::to_string(layer) + (direction == 1 ? "_reverse" : "");
+      Weights w;
+      w.weight_ih = register_parameter("weight_ih" + suffix, init_uniform({gates, layer_input}, hidden_size, rng));
+      w.weight_hh = register_parameter("weight_hh" + suffix, init_uniform({gates, hidden_size}, hidden_size, rng));
+      if (options.bias) {
+        w.bias_ih = register_parameter("bias_ih" + suffix, init_uniform({gates}, hidden_size, rng));
+        w.bias_hh = register_parameter("bias_hh" + suffix, init_uniform({gates}, hidden_size, rng));
+      }
+      weights_.push_back(std::move(w));
+    }
+  }
+  if (options.dropout > 0) dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout, rng));
+}
+
+std::string GRU::describe() const {
+  return "GRU(" + std::to_string(input_size_) + ", " + std::to_string(hidden_size_) +
+         ", num_layers=" + std::to_string(options_.num_layers) + (options_.bidirectional ? ", bidirectional" : "") +
+         ")";
+}
+
+GRU::Extents GRU::check_input(const Shape& shape) const {
+  const std::string layout = options_.batch_first ? "[batch, time, " : "[time, batch, ";
+  check_shape(shape.size() == 3 && shape[2] == input_size_ && shape[0] > 0 && shape[1] > 0, describe().c_str(),
+              "input " + to_string(shape) + " must be " + layout + std::to_string(input_size_) +
+                  "] with batch and time > 0");
+  return options_.batch_first ? Extents{shape[0], shape[1]} : Extents{shape[1], shape[0]};
+}
+
+GRUOutput GRU::forward(const Variable& input, const Variable& h0) const { return run(input, nullptr, h0); }
+
+GRUOutput GRU::forward(const Variable& input, const IndexArray& valid_lens, const Variable& h0) const {
+  const Shape shape = input.shape();
+  const auto [batch, steps] = check_input(shape);
+  const Shape lens_shape(valid_lens.shape().begin(), valid_lens.shape().end());
+  check_shape(lens_shape == Shape{batch}, describe().c_str(),
+              "valid_lens " + to_string(lens_shape) + " must be [" + std::to_string(batch) + "] for input " +
+                  to_string(shape));
+  std::vector<std::size_t> lengths(batch);
+  for (std::size_t b = 0; b < batch; ++b) {
+    const std::int64_t length = valid_lens(b);
+    check_arg(length >= 0 && static_cast<std::size_t>(length) <= steps, describe().c_str(),
+              "valid_lens[" + std::to_string(b) + "] = " + std::to_string(length) + " is outside [0, " +
+                  std::to_string(steps) + "] for input " + to_string(shape));
+    lengths[b] = static_cast<std::size_t>(length);
+  }
+  return run(input, &lengths, h0);
+}
+
+GRUOutput GRU::run(const Variable& input, const std::vector<std::size_t>* lengths, const Variable& h0) const {
+  const Shape shape = input.shape();
+  const auto [batch, steps] = check_input(shape);
+  const std::size_t hidden = hidden_size_, directions = num_directions(), layers = options_.num_layers;
+  const Shape hidden_shape{layers * directions, batch, hidden};
+  if (h0.defined())
+    check_shape(h0.shape() == hidden_shape, describe().c_str(),
+                "h0 " + to_string(h0.shape()) + " must be " + to_string(hidden_shape) + " for input " + to_string(shape));
+
+  // Step t keeps sequence b's new state where t < length[b] ([B, 1], broadcast over H); when
+  // every sequence is valid at t the masking is skipped.
+  std::vector<BoolArray> keep(steps), padded(steps);
+  std::vector<bool> all_valid(steps, true);
+  if (lengths)
+    for (std::size_t t = 0; t < steps; ++t) {
+      keep[t] = BoolArray::from_shape({batch, 1});
+      padded[t] = BoolArray::from_shape({batch, 1});
+      for (std::size_t b = 0; b < batch; ++b) {
+        keep[t](b, 0) = t < (*lengths)[b];
+        padded[t](b, 0) = !keep[t](b, 0);
+        if (!keep[t](b, 0)) all_valid[t] = false;
+      }
+    }
+
+  // Time-major inside, so each step's slice is one contiguous block.
+  Variable layer_input = options_.batch_first ? transpose(input, 0, 1) : input;  // [T, B, I]
+  std::vector<Variable> finals;                                                   // L·D x [B, H]
+  for (std::size_t layer = 0; layer < layers; ++layer) {
+    std::vector<Variable> direction_outputs;
+    for (std::size_t direction = 0; direction < directions; ++direction) {
+      const std::size_t index = layer * directions + direction;
+      const Weights& w = weights_[index];
+      // All steps' input projections in one gemm: [T, B, I] -> [T, B, 3H].
+      const Variable input_gates = linear(layer_input, w.weight_ih, w.bias_ih);
+      Variable h = h0.defined() ? squeeze(slice(h0, 0, index, index + 1), 0)
+                                : Variable(zeros({batch, hidden}));  // [B, H]
+      std::vector<Variable> outputs(steps);
+      for (std::size_t s = 0; s < steps; ++s) {
+        const std::size_t t = direction == 0 ? s : steps - 1 - s;
+        const Variable gates_t = squeeze(slice(input_gates, 0, t, t + 1), 0);          // [B, 3H]
+        const Variable next = gru_step(gates_t, h, w.weight_hh, w.bias_hh, hidden);  // [B, H]
+        if (all_valid[t]) {
+          h = next;
+          outputs[t] = h;
+        } else {
+          // Padded sequences keep their state, so the reverse direction starts from h0 at
+          // each sequence's own last valid step. (qkv:: because argument lookup on
+          // BoolArray would also find xt::where.)
+          h = qkv::where(keep[t], next, h);
+          outputs[t] = qkv::masked_fill(h, padded[t], 0);
+        }
+      }
+      direction_outputs.push_back(stack(outputs, 0));  // [T, B, H]
+      finals.push_back(h);
+    }
+    layer_input = directions == 1 ? direction_outputs[0] : concat(direction_outputs, 2);  // [T, B, D·H]
+    if (dropout_ && layer + 1 < layers) layer_input = dropout_->forward(layer_input);
+  }
+  GRUOutput result;
+  result.output = options_.batch_first ? transpose(layer_input, 0, 1) : layer_input;  // [B, T, D·H]
+  result.hidden = stack(finals, 0);                                                    // [L·D, B, H]
+  return result;
+}
+
+}  // namespace qkv

@@ -1,0 +1,31 @@
+#include "layers/linear.hpp"
+
+#include <cmath>
+
+#include "autograd/ops.hpp"
+#include "lib/error.hpp"
+
+namespace qkv {
+
+Linear::Linear(std::size_t in_features, std::size_t out_features, Rng& rng, const LinearOptions& options)
+    : in_features_(in_features), out_features_(out_features) {
+  check_arg(in_features > 0 && out_features > 0, "Linear",
+            "in_features and out_features must be positive, got " + std::to_string(in_features) + " and " +
+                std::to_string(out_features));
+  const real bound = real(1) / std::sqrt(real(in_features));
+  weight_ = register_parameter("weight", uniform({out_features, in_features}, -bound, bound, rng));
+  if (options.bias) bias_ = register_parameter("bias", uniform({out_features}, -bound, bound, rng));
+}
+
+std::string Linear::describe() const {
+  return "Linear(" + std::to_string(in_features_) + " -> " + std::to_string(out_features_) + ")";
+}
+
+Variable Linear::forward(const Variable& x) const {
+  const Shape shape = x.shape();
+  check_shape(!shape.empty() && shape.back() == in_features_, describe().c_str(),
+              "input " + to_string(shape) + " must end in " + std::to_string(in_features_) + " features");
+  return linear(x, weight_, bias_);
+}
+
+}  // namespace qkv

@@ -1,0 +1,44 @@
+#include "layers/normalization.hpp"
+
+#include <cmath>
+#include <sstream>
+
+#include "autograd/ops.hpp"
+#include "lib/error.hpp"
+
+namespace qkv {
+
+LayerNorm::LayerNorm(std::size_t normalized_size, const LayerNormOptions& options)
+    : size_(normalized_size), eps_(options.eps) {
+  check_arg(normalized_size > 0, "LayerNorm", "normalized_size must be positive, got 0");
+  check_arg(options.eps > 0 && std::isfinite(options.eps), describe().c_str(),
+            "eps must be positive and finite, got " + std::to_string(options.eps));
+  if (options.elementwise_affine) {
+    weight_ = register_parameter("weight", full({size_}, 1));
+    bias_ = register_parameter("bias", zeros({size_}));
+  }
+}
+
+std::string LayerNorm::describe() const { return "LayerNorm(" + std::to_string(size_) + ")"; }
+
+Variable LayerNorm::forward(const Variable& x) const {
+  const Shape shape = x.shape();
+  check_shape(!shape.empty() && shape.back() == size_, describe().c_str(),
+              "input " + to_string(shape) + " must end in " + std::to_string(size_) + " features");
+  return layer_norm(x, weight_, bias_, eps_);
+}
+
+Dropout::Dropout(real p, Rng& rng) : p_(p), rng_(rng.next_u64()) {
+  // p = 1 would scale the kept elements by 1/0; nobody trains with it.
+  check_arg(p >= 0 && p < 1, "Dropout", "p must be in [0, 1), got " + std::to_string(p));
+}
+
+std::string Dropout::describe() const {
+  std::ostringstream text;
+  text << "Dropout(p=" << p_ << ")";
+  return text.str();
+}
+
+Variable Dropout::forward(const Variable& x) { return dropout(x, p_, is_training(), rng_); }
+
+}  // namespace qkv

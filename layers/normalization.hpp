@@ -1,0 +1,63 @@
+#pragma once
+// LayerNorm and Dropout, as torch.nn.LayerNorm (over the last dim) and torch.nn.Dropout.
+#include <cstddef>
+#include <string>
+
+#include "layers/module.hpp"
+#include "lib/rng.hpp"
+
+namespace qkv {
+
+struct LayerNormOptions {
+  real eps = real(1e-5);
+  /// Learnable per-feature scale `weight` (ones) and shift `bias` (zeros).
+  bool elementwise_affine = true;
+};
+
+/// Normalises over the last dim, of size `normalized_size`.
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(std::size_t normalized_size, const LayerNormOptions& options = {});
+
+  /// [..., D] -> [..., D]
+  Variable forward(const Variable& x) const;
+  Variable operator()(const Variable& x) const { return forward(x); }
+
+  std::size_t normalized_size() const { return size_; }
+  real eps() const { return eps_; }
+  /// Undefined without elementwise_affine.
+  const Variable& weight() const { return weight_; }
+  const Variable& bias() const { return bias_; }
+  /// "LayerNorm(6)", the prefix of this layer's error messages.
+  std::string describe() const;
+
+ private:
+  std::size_t size_;
+  real eps_;
+  Variable weight_;  // [D]
+  Variable bias_;    // [D]
+};
+
+/// In training mode, zeroes each element with probability p and scales the rest by 1/(1-p);
+/// in eval mode, the identity.
+class Dropout : public Module {
+ public:
+  /// The layer keeps its own random stream, seeded from `rng` here, so it never refers to a
+  /// generator that may be gone by the time forward runs — and a fixed seed reproduces the
+  /// same masks.
+  Dropout(real p, Rng& rng);
+
+  /// Draws a new mask on each call in training mode, hence not const.
+  Variable forward(const Variable& x);
+  Variable operator()(const Variable& x) { return forward(x); }
+
+  real p() const { return p_; }
+  /// "Dropout(p=0.1)", the prefix of this layer's error messages.
+  std::string describe() const;
+
+ private:
+  real p_;
+  Rng rng_;
+};
+
+}  // namespace qkv

@@ -12,6 +12,7 @@ function(qkv_add_library folder precision)
   if(sources)
     add_library(${target} STATIC ${sources})
     target_link_libraries(${target} PRIVATE qkv_warnings)
+    qkv_precompile_headers(${target})
     set(scope PUBLIC)
   else()  # a folder with headers only (so far)
     add_library(${target} INTERFACE)
@@ -24,4 +25,10 @@ function(qkv_add_library folder precision)
   if(ARGC GREATER 2)
     target_link_libraries(${target} ${scope} qkv_${ARGV2}${QKV_SUFFIX_${precision}})
   endif()
+endfunction()
+
+# xtensor's headers dominate compile time; parsing them once per target halves a clean build.
+function(qkv_precompile_headers target)
+  target_precompile_headers(${target} PRIVATE
+    <xtensor/xarray.hpp> <functional> <map> <memory> <span> <string> <vector>)
 endfunction()

@@ -210,7 +210,7 @@ TEST_CASE("Dropout gradcheck with a fixed mask") {
       {Variable(random_array({4, 6}, 15))});
 }
 
-TEST_CASE("Dropout: p outside [0, 1) is refused") {
+TEST_CASE("Dropout: p outside 0 <= p < 1 is refused") {
   Rng rng(16);
   CHECK_THROWS_WITH_AS(Dropout(1, rng), "Dropout: p must be in [0, 1), got 1.000000", Error);
   CHECK_THROWS_AS(Dropout(-0.1, rng), Error);

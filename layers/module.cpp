@@ -96,29 +96,18 @@ std::map<std::string, Array> Module::state_dict() const {
 void Module::load_state_dict(const std::map<std::string, Array>& state) {
   std::vector<NamedVariable> own = named_parameters();
   for (auto& entry : named_buffers()) own.push_back(entry);
-  std::vector<std::string> missing, mis_shaped, unexpected;
+  NameMismatch mismatch({"missing", "unexpected", "mis-shaped"});
   for (const auto& [name, variable] : own) {
     const auto found = state.find(name);
-    if (found == state.end()) missing.push_back(name);
+    if (found == state.end()) mismatch.add("missing", name);
     else if (shape_of(found->second) != variable.shape())
-      mis_shaped.push_back(name + " (expected " + to_string(variable.shape()) + ", got " +
-                           to_string(shape_of(found->second)) + ")");
+      mismatch.add("mis-shaped", name + " (expected " + to_string(variable.shape()) + ", got " +
+                                     to_string(shape_of(found->second)) + ")");
   }
   for (const auto& [name, value] : state)
     if (std::none_of(own.begin(), own.end(), [&](const NamedVariable& e) { return e.first == name; }))
-      unexpected.push_back(name);
-  if (!missing.empty() || !mis_shaped.empty() || !unexpected.empty()) {
-    std::string message = "load_state_dict: the state does not fit this module";
-    auto list = [&](const char* title, const std::vector<std::string>& names) {
-      if (names.empty()) return;
-      message += std::string("\n  ") + title + " (" + std::to_string(names.size()) + "):";
-      for (const auto& n : names) message += " " + n + ";";
-    };
-    list("missing", missing);
-    list("unexpected", unexpected);
-    list("mis-shaped", mis_shaped);
-    throw Error(message);
-  }
+      mismatch.add("unexpected", name);
+  mismatch.throw_if_any("load_state_dict: the state does not fit this module");
   for (auto& [name, variable] : own) variable.mutable_value() = state.at(name);
 }
 

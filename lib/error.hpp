@@ -3,6 +3,8 @@
 // so a user can find the bad call without a debugger.
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "lib/tensor.hpp"
 
@@ -32,6 +34,22 @@ std::string to_string(const Shape& shape);
 /// A number as a person writes it in an error message: 0.1, 1e-06, 3 (shortest form that
 /// reads back the same in practice).
 std::string format_number(double value);
+
+/// Everything wrong with a set of named tensors (missing, unexpected, mis-shaped, …), reported
+/// in one Error so that a user fixes a checkpoint in one go instead of one name per run.
+class NameMismatch {
+ public:
+  /// `categories` fixes the order in which they print; empty ones are left out.
+  explicit NameMismatch(const std::vector<std::string>& categories);
+  /// Adds `item` under `category` (one of those given to the constructor).
+  void add(const std::string& category, const std::string& item);
+  bool empty() const;
+  /// Throws Error("<headline>\n  <category> (<n>): a; b; …") when anything was added.
+  void throw_if_any(const std::string& headline) const;
+
+ private:
+  std::vector<std::pair<std::string, std::vector<std::string>>> categories_;
+};
 
 /// Throws ShapeError("<op>: <message>") when `condition` is false.
 inline void check_shape(bool condition, const char* op, const std::string& message) {

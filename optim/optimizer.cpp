@@ -93,33 +93,22 @@ void Optimizer::load_state(const std::map<std::string, Array>& state) {
     expected.emplace(name + ".step", Shape{});
     for (const auto& slot_name : slot_names_) expected.emplace(name + "." + slot_name, parameters_[i].second.shape());
   }
-  std::vector<std::string> missing, unexpected, mis_shaped, bad_counters;
+  const std::string bad_counter = "counters that are not whole numbers >= 0";
+  NameMismatch mismatch({"missing", "unexpected", "mis-shaped", bad_counter});
   for (const auto& [name, shape] : expected) {
     const auto found = state.find(name);
     if (found == state.end()) {
-      missing.push_back(name);
+      mismatch.add("missing", name);
     } else if (shape_of(found->second) != shape) {
-      mis_shaped.push_back(name + " (expected " + to_string(shape) + ", got " + to_string(shape_of(found->second)) + ")");
+      mismatch.add("mis-shaped", name + " (expected " + to_string(shape) + ", got " + to_string(shape_of(found->second)) + ")");
     } else if (shape.empty()) {  // a counter: a non-negative whole number
       const double count = static_cast<double>(found->second());
-      if (!(count >= 0) || std::floor(count) != count) bad_counters.push_back(name + " = " + format_number(count));
+      if (!(count >= 0) || std::floor(count) != count) mismatch.add(bad_counter, name + " = " + format_number(count));
     }
   }
   for (const auto& [name, value] : state)
-    if (!expected.count(name)) unexpected.push_back(name);
-  if (!missing.empty() || !unexpected.empty() || !mis_shaped.empty() || !bad_counters.empty()) {
-    std::string message = name_ + ": load_state: the state does not fit this optimizer";
-    auto list = [&](const char* title, const std::vector<std::string>& names) {
-      if (names.empty()) return;
-      message += std::string("\n  ") + title + " (" + std::to_string(names.size()) + "):";
-      for (const auto& n : names) message += " " + n + ";";
-    };
-    list("missing", missing);
-    list("unexpected", unexpected);
-    list("mis-shaped", mis_shaped);
-    list("counters that are not whole numbers >= 0", bad_counters);
-    throw Error(message);
-  }
+    if (!expected.count(name)) mismatch.add("unexpected", name);
+  mismatch.throw_if_any(name_ + ": load_state: the state does not fit this optimizer");
   step_count_ = static_cast<std::int64_t>(state.at(step_key)());
   for (std::size_t i = 0; i < parameters_.size(); ++i) {
     const std::string& name = parameters_[i].first;

@@ -115,6 +115,7 @@ GradcheckResult gradcheck(const GradcheckFunction& function, std::vector<Variabl
     if (!std::isfinite(entry.analytic) || !std::isfinite(entry.numeric)) entry.rel_error = INFINITY;
     ++summary.checked;
     ++result.checked;
+    result.max_abs_error = std::max(result.max_abs_error, entry.abs_error);
     summary.worst_rel_error = std::max(summary.worst_rel_error, entry.rel_error);
     if (result.checked == 1 || entry.rel_error > result.worst.rel_error) result.worst = entry;
     if (!entry.passed) {

@@ -54,6 +54,7 @@ struct GradcheckResult {
   std::size_t checked = 0;
   std::size_t failed = 0;
   GradcheckEntry worst;                       // the entry with the largest rel_error
+  double max_abs_error = 0;                   // the largest abs_error of any entry
   std::vector<GradcheckEntry> failures;       // the first few failures, in order found
   std::vector<GradcheckTensorSummary> tensors;
   GradcheckOptions options;

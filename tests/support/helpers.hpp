@@ -2,6 +2,7 @@
 // Small helpers shared by the test files.
 #include <doctest/doctest.h>
 
+#include <cstdio>
 #include <initializer_list>
 #include <string>
 
@@ -43,10 +44,37 @@ inline double max_abs_diff(const Array& a, const Array& b) {
   return worst;
 }
 
+/// Totals over every gradient check a test process runs, printed when it exits, so the
+/// errors quoted in notes are measured, not remembered.
+struct GradcheckTally {
+  std::size_t checks = 0, values = 0;
+  double worst_abs = 0, worst_rel = 0;
+  std::string worst_rel_where;
+  ~GradcheckTally() {
+    if (checks == 0) return;
+    std::printf("gradcheck tally: %zu checks, %zu values, worst abs error %.3g, worst rel error %.3g (%s)\n",
+                checks, values, worst_abs, worst_rel, worst_rel_where.c_str());
+  }
+};
+inline GradcheckTally gradcheck_tally;
+
+inline void tally(const GradcheckResult& result, const char* file, int line) {
+  auto& t = gradcheck_tally;
+  ++t.checks;
+  t.values += result.checked;
+  t.worst_abs = std::max(t.worst_abs, result.max_abs_error);
+  if (result.passed && result.worst.rel_error > t.worst_rel) {
+    t.worst_rel = result.worst.rel_error;
+    t.worst_rel_where = std::string(file) + ":" + std::to_string(line) + " " + result.worst.tensor +
+                        ", |numeric| " + std::to_string(std::abs(result.worst.numeric));
+  }
+}
+
 /// Runs gradcheck and fails the test with its report when it does not pass.
 #define QKV_CHECK_GRADIENTS(...)                                   \
   do {                                                             \
     const ::qkv::GradcheckResult qkv_result_ = ::qkv::gradcheck(__VA_ARGS__); \
+    ::qkv::test::tally(qkv_result_, __FILE__, __LINE__);           \
     INFO(qkv_result_.report());                                    \
     CHECK(qkv_result_.passed);                                     \
   } while (0)

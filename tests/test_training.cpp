@@ -26,7 +26,7 @@ namespace {
 
 /// Rows of a [N, ...] array, in the given order.
 Array take_rows(const Array& a, const std::vector<std::size_t>& rows) {
-  Shape shape = a.shape();
+  Shape shape(a.shape().begin(), a.shape().end());
   const std::size_t row_size = a.size() / shape[0];
   shape[0] = rows.size();
   Array out = Array::from_shape(shape);
@@ -89,7 +89,8 @@ class ToyModel : public Seq2SeqModel {
     std::vector<Variable> logits;
     std::vector<Variable> attention;
     for (std::size_t t = 0; t < target_input.shape()[1]; ++t) {
-      const IndexArray column = xt::eval(xt::view(target_input, xt::all(), t));  // [B]
+      IndexArray column = IndexArray::from_shape({target_input.shape()[0]});  // [B]
+      for (std::size_t b = 0; b < column.size(); ++b) column(b) = target_input(b, t);
       StepOutput step = decode_step(*state, column);
       logits.push_back(step.logits);
       attention.push_back(Variable(step.attention[0].second));
@@ -129,7 +130,7 @@ fs::path fresh_directory(const std::string& name) {
 /// log P(y | x) by teacher forcing: the sum of log-softmax at each label (y ends in <eos>).
 double sequence_log_probability(Seq2SeqModel& model, const IndexArray& source, const IndexArray& lengths,
                                 const std::vector<std::int64_t>& labels) {
-  IndexArray input = IndexArray::from_shape({1, labels.size()});
+  IndexArray input = xt::zeros<std::int64_t>(Shape{1, labels.size()});  // [1, T]
   input(0, 0) = Vocab::bos_id;
   for (std::size_t t = 1; t < labels.size(); ++t) input(0, t) = labels[t - 1];
   const NoGradGuard no_grad;

@@ -5,6 +5,12 @@
 
 #include "lib/error.hpp"
 
+// Built-in kinds join as their headers land on main.
+#if __has_include("models/transformer.hpp")
+#include "models/transformer.hpp"
+#define QKV_HAS_TRANSFORMER 1
+#endif
+
 namespace qkv::models {
 namespace {
 
@@ -13,9 +19,22 @@ struct Registry {
   std::map<std::string, ModelFactory> factories;
 };
 
-/// The built-in kinds are added here as their headers land.
 Registry& registry() {
   static Registry instance;
+  static const bool built_in = [] {
+    Registry& r = instance;
+#ifdef QKV_HAS_TRANSFORMER
+    r.factories.emplace("transformer", [](const nlohmann::json& config, std::size_t source, std::size_t target) {
+      nlohmann::json sized = config;
+      sized["source_vocab_size"] = source;
+      sized["target_vocab_size"] = target;
+      return std::shared_ptr<Seq2SeqModel>(TransformerModel::from_config(sized));
+    });
+#endif
+    (void)r;
+    return true;
+  }();
+  (void)built_in;
   return instance;
 }
 

@@ -1,0 +1,78 @@
+#include "models/registry.hpp"
+
+#include <map>
+#include <mutex>
+
+#include "lib/error.hpp"
+
+// Built-in kinds join as their headers land on main.
+#if __has_include("models/transformer.hpp")
+#include "models/transformer.hpp"
+#define QKV_HAS_TRANSFORMER 1
+#endif
+
+namespace qkv::models {
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, ModelFactory> factories;
+};
+
+Registry& registry() {
+  static Registry instance;
+  static const bool built_in = [] {
+    Registry& r = instance;
+#ifdef QKV_HAS_TRANSFORMER
+    r.factories.emplace("transformer", [](const nlohmann::json& config, std::size_t source, std::size_t target) {
+      nlohmann::json sized = config;
+      sized["source_vocab_size"] = source;
+      sized["target_vocab_size"] = target;
+      return std::shared_ptr<Seq2SeqModel>(TransformerModel::from_config(sized));
+    });
+#endif
+    (void)r;
+    return true;
+  }();
+  (void)built_in;
+  return instance;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string text;
+  for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
+  return text.empty() ? "(none)" : text;
+}
+
+}  // namespace
+
+std::vector<std::string> model_kinds() {
+  Registry& r = registry();
+  const std::lock_guard lock(r.mutex);
+  std::vector<std::string> names;
+  for (const auto& [name, factory] : r.factories) names.push_back(name);
+  return names;
+}
+
+std::shared_ptr<Seq2SeqModel> make_model(const std::string& kind, const nlohmann::json& config,
+                                         std::size_t source_vocab_size, std::size_t target_vocab_size) {
+  ModelFactory factory;
+  {
+    Registry& r = registry();
+    const std::lock_guard lock(r.mutex);
+    const auto found = r.factories.find(kind);
+    if (found != r.factories.end()) factory = found->second;
+  }
+  if (!factory) throw Error("make_model: unknown model kind '" + kind + "'; known kinds: " + joined(model_kinds()));
+  return factory(config, source_vocab_size, target_vocab_size);
+}
+
+void register_model_kind(const std::string& kind, ModelFactory factory) {
+  Registry& r = registry();
+  const std::lock_guard lock(r.mutex);
+  check_arg(!kind.empty() && factory != nullptr, "register_model_kind", "needs a name and a factory");
+  if (!r.factories.emplace(kind, std::move(factory)).second)
+    throw Error("register_model_kind: model kind '" + kind + "' is already registered");
+}
+
+}  // namespace qkv::models

@@ -135,6 +135,7 @@ Variable AttentionPositionEncoding::output_term(const Variable&, std::size_t) co
 
 DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, std::uint64_t seed)
     : scale_(scale), dropout_(dropout), rng_(seed) {
+  register_random_stream("dropout_rng", rng_);
   check_arg(dropout >= 0 && dropout < 1, "DotProductAttention",
             "dropout must be in [0, 1), got " + format_number(dropout));
   if (scale.kind == ScoreScale::Kind::learned_temperature) {
@@ -206,6 +207,7 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
 AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size,
                                      real dropout, std::uint64_t seed)
     : query_size_(query_size), key_size_(key_size), hidden_size_(hidden_size), dropout_(dropout), rng_(seed) {
+  register_random_stream("dropout_rng", rng_);
   check_arg(query_size > 0 && key_size > 0 && hidden_size > 0, "AdditiveAttention",
             "sizes must be positive, got query_size " + std::to_string(query_size) + ", key_size " +
                 std::to_string(key_size) + ", hidden_size " + std::to_string(hidden_size));

@@ -111,6 +111,40 @@ void Module::load_state_dict(const std::map<std::string, Array>& state) {
   for (auto& [name, variable] : own) variable.mutable_value() = state.at(name);
 }
 
+void Module::register_random_stream(const std::string& name, Rng& stream) {
+  check_new_name(name, "random stream");
+  for (const auto& [existing, pointer] : random_streams_)
+    check_arg(existing != name, "Module", "the random stream name '" + name + "' is already registered in this module");
+  random_streams_.emplace_back(name, &stream);
+}
+
+std::map<std::string, std::string> Module::random_state() const {
+  std::map<std::string, std::string> state;
+  for (const auto& [name, stream] : random_streams_) state.emplace(name, stream->save_state());
+  for (const auto& [child_name, child] : children_)
+    for (const auto& [name, text] : child->random_state()) state.emplace(child_name + "." + name, text);
+  return state;
+}
+
+void Module::load_random_state(const std::map<std::string, std::string>& state) {
+  // Flatten our own streams with their dotted names first, so nothing changes on a mismatch.
+  std::vector<std::pair<std::string, Rng*>> own;
+  std::vector<std::pair<std::string, const Module*>> pending{{"", this}};
+  while (!pending.empty()) {
+    auto [prefix, module] = pending.back();
+    pending.pop_back();
+    for (const auto& [name, stream] : module->random_streams_) own.emplace_back(prefix + name, stream);
+    for (const auto& [name, child] : module->children_) pending.emplace_back(prefix + name + ".", child.get());
+  }
+  NameMismatch mismatch({"missing", "unexpected"});
+  for (const auto& [name, stream] : own)
+    if (!state.contains(name)) mismatch.add("missing", name);
+  for (const auto& [name, text] : state)
+    if (std::none_of(own.begin(), own.end(), [&](const auto& e) { return e.first == name; })) mismatch.add("unexpected", name);
+  mismatch.throw_if_any("load_random_state: the random streams do not fit this module");
+  for (auto& [name, stream] : own) stream->load_state(state.at(name));
+}
+
 void Module::save(const std::string& path, const std::map<std::string, std::string>& metadata) const {
   write_safetensors(path, state_dict(), {}, metadata);
 }

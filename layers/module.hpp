@@ -11,6 +11,7 @@
 
 #include "autograd/gradcheck.hpp"
 #include "autograd/variable.hpp"
+#include "lib/rng.hpp"
 
 namespace qkv {
 
@@ -40,6 +41,13 @@ class Module {
   /// Copies values in by name. Any missing, unexpected or mis-shaped name is reported — all
   /// of them, in one Error — and nothing is changed unless everything fits.
   void load_state_dict(const std::map<std::string, Array>& state);
+  /// Every random stream (dropout generators) of this module and its submodules by dotted
+  /// name, as Rng::save_state text: with the weights and the optimizer, what a checkpoint
+  /// needs for a resumed run to draw the same dropout masks as an uninterrupted one.
+  std::map<std::string, std::string> random_state() const;
+  /// Restores random_state(); every missing or unexpected name is reported in one Error.
+  void load_random_state(const std::map<std::string, std::string>& state);
+
   /// state_dict() to a safetensors file, atomically; `metadata` goes into its header.
   void save(const std::string& path, const std::map<std::string, std::string>& metadata = {}) const;
   /// load_state_dict() from a safetensors file.
@@ -50,6 +58,9 @@ class Module {
   Variable register_parameter(const std::string& name, Array value);
   /// Registers saved, untrained state.
   Variable register_buffer(const std::string& name, Array value);
+  /// Registers a random stream the module draws from (it must live as long as the module,
+  /// e.g. a member), so that checkpoints can save and restore it.
+  void register_random_stream(const std::string& name, Rng& stream);
   /// Registers a submodule; its names are prefixed with `name.`.
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
@@ -65,6 +76,7 @@ class Module {
 
   std::vector<NamedVariable> parameters_;
   std::vector<NamedVariable> buffers_;
+  std::vector<std::pair<std::string, Rng*>> random_streams_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
 };

@@ -29,6 +29,7 @@ Variable LayerNorm::forward(const Variable& x) const {
 }
 
 Dropout::Dropout(real p, Rng& rng) : p_(p), rng_(rng.next_u64()) {
+  register_random_stream("dropout_rng", rng_);
   // p = 1 would scale the kept elements by 1/0; nobody trains with it.
   check_arg(p >= 0 && p < 1, "Dropout", "p must be in [0, 1), got " + std::to_string(p));
 }

@@ -48,6 +48,7 @@ Array sinusoidal_table(std::size_t max_len, std::size_t model_dim, real base) {
 SinusoidalPositionalEncoding::SinusoidalPositionalEncoding(std::size_t model_dim, std::size_t max_len, real dropout,
                                                            std::uint64_t seed)
     : model_dim_(model_dim), max_len_(max_len), dropout_(dropout), rng_(seed) {
+  register_random_stream("dropout_rng", rng_);
   check_arg(model_dim > 0 && max_len > 0, "SinusoidalPositionalEncoding",
             "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
   check_arg(dropout >= 0 && dropout < 1, "SinusoidalPositionalEncoding",
@@ -64,6 +65,7 @@ Variable SinusoidalPositionalEncoding::forward(const Variable& x, std::size_t st
 LearnedPositionalEmbedding::LearnedPositionalEmbedding(std::size_t model_dim, std::size_t max_len, real dropout,
                                                        std::uint64_t seed)
     : model_dim_(model_dim), max_len_(max_len), dropout_(dropout), rng_(seed) {
+  register_random_stream("dropout_rng", rng_);
   check_arg(model_dim > 0 && max_len > 0, "LearnedPositionalEmbedding",
             "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
   check_arg(dropout >= 0 && dropout < 1, "LearnedPositionalEmbedding",

@@ -1,6 +1,10 @@
 #include "lib/rng.hpp"
 
+#include "lib/error.hpp"
+
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <numbers>
 
 namespace qkv {
@@ -55,6 +59,29 @@ std::uint64_t Rng::below(std::uint64_t bound) {
   do draw = next_u64();
   while (draw >= limit);
   return draw % bound;
+}
+
+std::string Rng::save_state() const {
+  char text[5 * 17 + 2];
+  std::uint64_t spare_bits;
+  std::memcpy(&spare_bits, &spare_normal_, sizeof spare_bits);
+  std::snprintf(text, sizeof text, "%016llx %016llx %016llx %016llx %016llx %d",
+                static_cast<unsigned long long>(state_[0]), static_cast<unsigned long long>(state_[1]),
+                static_cast<unsigned long long>(state_[2]), static_cast<unsigned long long>(state_[3]),
+                static_cast<unsigned long long>(spare_bits), has_spare_ ? 1 : 0);
+  return text;
+}
+
+void Rng::load_state(const std::string& state) {
+  unsigned long long words[5];
+  int has_spare = 0, consumed = 0;
+  const int fields = std::sscanf(state.c_str(), "%16llx %16llx %16llx %16llx %16llx %d%n", &words[0], &words[1],
+                                 &words[2], &words[3], &words[4], &has_spare, &consumed);
+  check_arg(fields == 6 && static_cast<std::size_t>(consumed) == state.size() && (has_spare == 0 || has_spare == 1),
+            "Rng::load_state", "not a saved generator state: '" + state + "'");
+  for (int i = 0; i < 4; ++i) state_[i] = words[i];
+  std::memcpy(&spare_normal_, &words[4], sizeof spare_normal_);
+  has_spare_ = has_spare == 1;
 }
 
 Array uniform(const Shape& shape, real low, real high, Rng& rng) {

@@ -3,6 +3,7 @@
 // from <random>, whose distributions differ between standard libraries: the same seed gives
 // the same numbers on every build.
 #include <cstdint>
+#include <string>
 
 #include "lib/tensor.hpp"
 
@@ -21,6 +22,12 @@ class Rng {
   double normal();
   /// Uniform integer in [0, bound).
   std::uint64_t below(std::uint64_t bound);
+
+  /// The generator's whole state as text (hex words), for checkpoints: a generator restored
+  /// from it continues with exactly the numbers the saved one would have drawn.
+  std::string save_state() const;
+  /// Restores save_state()'s text; throws Error on anything else.
+  void load_state(const std::string& state);
 
  private:
   std::uint64_t state_[4];

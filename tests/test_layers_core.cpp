@@ -403,3 +403,24 @@ TEST_CASE("Module: a repeated name is refused") {
   CHECK_THROWS_AS(Twice(2), Error);
   CHECK_THROWS_AS(Twice(3), Error);
 }
+
+TEST_CASE("Module random streams: saved and restored, a restored dropout draws the same masks") {
+  Rng rng(3);
+  auto make = [&] {
+    auto outer = std::make_shared<Dropout>(real(0.5), rng);
+    return outer;
+  };
+  auto first = make();
+  const Variable x(full({4, 8}, 1));
+  first->forward(x);  // advance the stream
+  const auto saved = first->random_state();
+  REQUIRE(saved.size() == 1);
+  CHECK(saved.begin()->first == "dropout_rng");
+  const Array expected = first->forward(x).value();
+  auto second = make();  // a different stream until restored
+  CHECK(max_abs_diff(second->forward(x).value(), expected) > 0);
+  second->load_random_state(saved);
+  CHECK(max_abs_diff(second->forward(x).value(), expected) == 0);
+  CHECK_THROWS_WITH_AS(second->load_random_state({}), doctest::Contains("missing (1): dropout_rng;"), Error);
+  CHECK_THROWS_WITH_AS(second->load_random_state({{"dropout_rng", "garbage"}}), doctest::Contains("not a saved generator state"), Error);
+}

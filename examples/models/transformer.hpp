@@ -1,0 +1,92 @@
+#pragma once
+// The tiny encoder-decoder transformer (Vaswani et al. 2017) for the toy tasks and small
+// corpora: separate source and target embeddings scaled by √d_model, a position scheme, an
+// encoder and a decoder stack (layers/transformer.hpp), and a Linear to the target vocabulary.
+//
+// Positions: "sinusoidal" and "learned" add a table to the embeddings; "relative" (Shaw et
+// al., distances clipped to relative_max_distance, per-layer tables) and "rope" act inside
+// every self-attention layer. Cross-attention has no position term in any scheme.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "models/seq2seq.hpp"
+#include "layers/embedding.hpp"
+#include "layers/positional.hpp"
+#include "layers/transformer.hpp"
+
+namespace qkv::models {
+
+enum class PositionalKind { sinusoidal, learned, relative, rope };
+std::string to_string(PositionalKind kind);
+/// Throws Error listing the accepted names.
+PositionalKind parse_positional_kind(const std::string& name);
+
+struct TransformerConfig {
+  std::size_t source_vocab_size = 0;
+  std::size_t target_vocab_size = 0;
+  std::size_t d_model = 64;
+  std::size_t num_heads = 4;
+  std::size_t encoder_layers = 2;
+  std::size_t decoder_layers = 2;
+  std::size_t dim_feedforward = 256;
+  real dropout = real(0.1);
+  Activation activation = Activation::relu;
+  /// Pre-LN; the stacks then end with a final LayerNorm, as pre-LN needs.
+  bool norm_first = false;
+  PositionalKind positional = PositionalKind::sinusoidal;
+  /// Shaw's clipping distance k ("relative" only).
+  std::size_t relative_max_distance = 16;
+  /// How attention scores are scaled; `value` is the factor of "fixed" and the initial
+  /// temperature of "learned_temperature".
+  ScoreScale scale = ScoreScale::inverse_sqrt_dim();
+  /// Longest source or target sequence (the size of the position tables).
+  std::size_t max_length = 256;
+  std::uint64_t seed = 0;
+
+  /// Throws Error naming the field for a zero size, d_model not divisible by num_heads, odd
+  /// head size with rope, or dropout outside [0, 1).
+  void validate() const;
+};
+
+/// Every field, by name; the scale as {"kind": "...", "value": x}.
+void to_json(nlohmann::json& json, const TransformerConfig& config);
+/// Missing fields keep their defaults; an unknown field or a bad value throws Error naming it.
+void from_json(const nlohmann::json& json, TransformerConfig& config);
+
+class TransformerModel : public Seq2SeqModel {
+ public:
+  explicit TransformerModel(const TransformerConfig& config);
+  /// Rebuilds a model from config() (what checkpoints write to config.json).
+  static std::unique_ptr<TransformerModel> from_config(const nlohmann::json& json);
+
+  /// Cross-attention maps "layer L head H" (1-based), each [B, T, S].
+  Seq2SeqOutput forward(const IndexArray& source, const IndexArray& source_lengths,
+                        const IndexArray& target_input) override;
+  std::unique_ptr<DecoderState> start_decoding(const IndexArray& source, const IndexArray& source_lengths) override;
+  /// Cross-attention maps "layer L head H", each [B, S].
+  StepOutput decode_step(DecoderState& state, const IndexArray& previous_tokens) override;
+  std::string kind() const override { return "transformer"; }
+  nlohmann::json config() const override { return config_; }
+
+  const TransformerConfig& transformer_config() const { return config_; }
+
+ private:
+  /// The encoder's output [B, S, D] for source [B, S].
+  Variable encode(const IndexArray& source, const IndexArray& source_lengths);
+  /// tokens [B, T] at positions start.. -> embedding · √d_model (+ table), then dropout.
+  Variable embed(const Embedding& embedding, Module* positions, const IndexArray& tokens, std::size_t start);
+  /// Per-layer cross-attention [B, H, T, S] -> named maps [B, T, S].
+  std::vector<NamedAttention> name_attention(const std::vector<Variable>& cross_attention) const;
+
+  TransformerConfig config_;
+  std::shared_ptr<Embedding> source_embedding_, target_embedding_;
+  /// Sinusoidal or learned tables, one per side; null for relative / rope.
+  std::shared_ptr<Module> source_positions_, target_positions_;
+  std::shared_ptr<Dropout> embedding_dropout_;
+  std::shared_ptr<TransformerEncoder> encoder_;
+  std::shared_ptr<TransformerDecoder> decoder_;
+  std::shared_ptr<Linear> output_;
+};
+
+}  // namespace qkv::models

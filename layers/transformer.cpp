@@ -1,0 +1,313 @@
+#include "layers/transformer.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+#include "lib/error.hpp"
+#include "lib/shape.hpp"
+
+namespace qkv {
+
+std::string to_string(Activation activation) { return activation == Activation::relu ? "relu" : "gelu"; }
+
+Activation parse_activation(const std::string& name) {
+  if (name == "relu") return Activation::relu;
+  if (name == "gelu") return Activation::gelu;
+  throw Error("activation: expected \"relu\" or \"gelu\", got \"" + name + "\"");
+}
+
+namespace {
+
+std::string describe_layer(const char* kind, const TransformerLayerOptions& options) {
+  std::ostringstream text;
+  text << kind << "(d_model=" << options.d_model << ", nhead=" << options.nhead << ")";
+  return text.str();
+}
+
+/// The checks both layer kinds make on their options, with the layer's name in the message.
+void check_options(const TransformerLayerOptions& options, const std::string& layer) {
+  check_arg(options.d_model > 0 && options.nhead > 0 && options.dim_feedforward > 0, layer.c_str(),
+            "d_model, nhead and dim_feedforward must be positive, got d_model " + std::to_string(options.d_model) +
+                ", nhead " + std::to_string(options.nhead) + ", dim_feedforward " +
+                std::to_string(options.dim_feedforward));
+  check_arg(options.d_model % options.nhead == 0, layer.c_str(),
+            "d_model " + std::to_string(options.d_model) + " is not divisible by nhead " +
+                std::to_string(options.nhead));
+  check_arg(options.dropout >= 0 && options.dropout < 1, layer.c_str(),
+            "dropout must be in [0, 1), got " + format_number(options.dropout));
+  check_arg(options.layer_norm_eps > 0, layer.c_str(),
+            "layer_norm_eps must be positive, got " + format_number(options.layer_norm_eps));
+}
+
+/// x must be [B, T, d_model]; `what` names the argument in the message.
+void check_sequence(const Variable& x, std::size_t d_model, const std::string& layer, const std::string& what) {
+  check_shape(x.rank() == 3 && x.dim(2) == d_model, layer.c_str(),
+              what + " must be [B, T, d_model] with d_model " + std::to_string(d_model) + ", got " +
+                  to_string(x.shape()));
+}
+
+MultiheadAttentionOptions attention_options(const TransformerLayerOptions& options, bool with_positions,
+                                            std::uint64_t seed) {
+  MultiheadAttentionOptions result;
+  result.dropout = options.dropout;
+  result.bias = options.bias;
+  result.scale = options.scale;
+  if (with_positions && options.self_attention_positions) result.positions = options.self_attention_positions();
+  result.seed = seed;
+  return result;
+}
+
+Variable activate(const Variable& x, Activation activation) {
+  return activation == Activation::relu ? relu(x) : gelu(x);
+}
+
+/// Rows `rows` of x along axis 0, as a plain value: x [B, ...] -> [rows.size(), ...].
+Variable take_rows(const Variable& x, const std::vector<std::size_t>& rows, const char* op) {
+  if (!x.defined()) return x;
+  const Array& value = x.value();
+  Shape shape = x.shape();
+  const std::size_t row_size = numel(shape) / std::max<std::size_t>(shape[0], 1);
+  for (const std::size_t row : rows)
+    check_arg(row < shape[0], op,
+              "row " + std::to_string(row) + " is out of range for a batch of " + std::to_string(shape[0]));
+  shape[0] = rows.size();
+  Array result = zeros(shape);
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    std::copy_n(value.data() + rows[i] * row_size, row_size, result.data() + i * row_size);
+  return Variable(std::move(result));
+}
+
+}  // namespace
+
+// ---- encoder layer -----------------------------------------------------------------------
+
+TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerOptions& options) : options_(options) {
+  check_options(options, describe());
+  Rng rng(options.seed);
+  const LinearOptions linear{.bias = options.bias};
+  const LayerNormOptions norm{.eps = options.layer_norm_eps};
+  // Registration order is PyTorch's, so named_parameters() lists the same names in the same order.
+  self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(
+                                                options.d_model, options.nhead,
+                                                attention_options(options, true, rng.next_u64())));
+  linear1_ = register_module("linear1", std::make_shared<Linear>(options.d_model, options.dim_feedforward, rng, linear));
+  dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout, rng));
+  linear2_ = register_module("linear2", std::make_shared<Linear>(options.dim_feedforward, options.d_model, rng, linear));
+  norm1_ = register_module("norm1", std::make_shared<LayerNorm>(options.d_model, norm));
+  norm2_ = register_module("norm2", std::make_shared<LayerNorm>(options.d_model, norm));
+  dropout1_ = register_module("dropout1", std::make_shared<Dropout>(options.dropout, rng));
+  dropout2_ = register_module("dropout2", std::make_shared<Dropout>(options.dropout, rng));
+}
+
+std::string TransformerEncoderLayer::describe() const { return describe_layer("TransformerEncoderLayer", options_); }
+
+TransformerLayerOutput TransformerEncoderLayer::forward(const Variable& x, const AttentionMask& mask) {
+  check_sequence(x, options_.d_model, describe(), "the input");
+  Variable weights;  // [B, H, S, S]
+  const auto self_attention_block = [&](const Variable& in) {
+    MultiheadAttentionOutput attended = self_attn_->forward(in, mask);
+    weights = attended.weights;
+    return dropout1_->forward(attended.output);  // [B, S, D]
+  };
+  const auto feed_forward_block = [&](const Variable& in) {
+    const Variable hidden = dropout_->forward(activate(linear1_->forward(in), options_.activation));  // [B, S, F]
+    return dropout2_->forward(linear2_->forward(hidden));                                            // [B, S, D]
+  };
+  Variable y = x;  // [B, S, D]
+  if (options_.norm_first) {
+    y = y + self_attention_block(norm1_->forward(y));
+    y = y + feed_forward_block(norm2_->forward(y));
+  } else {
+    y = norm1_->forward(y + self_attention_block(y));
+    y = norm2_->forward(y + feed_forward_block(y));
+  }
+  return {y, weights, Variable()};
+}
+
+// ---- decoder layer -----------------------------------------------------------------------
+
+TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerOptions& options) : options_(options) {
+  check_options(options, describe());
+  Rng rng(options.seed);
+  const LinearOptions linear{.bias = options.bias};
+  const LayerNormOptions norm{.eps = options.layer_norm_eps};
+  self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(
+                                                options.d_model, options.nhead,
+                                                attention_options(options, true, rng.next_u64())));
+  multihead_attn_ = register_module("multihead_attn", std::make_shared<MultiheadAttention>(
+                                                          options.d_model, options.nhead,
+                                                          attention_options(options, false, rng.next_u64())));
+  linear1_ = register_module("linear1", std::make_shared<Linear>(options.d_model, options.dim_feedforward, rng, linear));
+  dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout, rng));
+  linear2_ = register_module("linear2", std::make_shared<Linear>(options.dim_feedforward, options.d_model, rng, linear));
+  norm1_ = register_module("norm1", std::make_shared<LayerNorm>(options.d_model, norm));
+  norm2_ = register_module("norm2", std::make_shared<LayerNorm>(options.d_model, norm));
+  norm3_ = register_module("norm3", std::make_shared<LayerNorm>(options.d_model, norm));
+  dropout1_ = register_module("dropout1", std::make_shared<Dropout>(options.dropout, rng));
+  dropout2_ = register_module("dropout2", std::make_shared<Dropout>(options.dropout, rng));
+  dropout3_ = register_module("dropout3", std::make_shared<Dropout>(options.dropout, rng));
+}
+
+std::string TransformerDecoderLayer::describe() const { return describe_layer("TransformerDecoderLayer", options_); }
+
+TransformerLayerOutput TransformerDecoderLayer::run(const Variable& target, const Attend& self_attention,
+                                                    const Attend& cross_attention) {
+  TransformerLayerOutput result;
+  const auto self_attention_block = [&](const Variable& in) {
+    MultiheadAttentionOutput attended = self_attention(in);
+    result.self_attention = attended.weights;     // [B, H, T, T_keys]
+    return dropout1_->forward(attended.output);  // [B, T, D]
+  };
+  const auto cross_attention_block = [&](const Variable& in) {
+    MultiheadAttentionOutput attended = cross_attention(in);
+    result.cross_attention = attended.weights;    // [B, H, T, S]
+    return dropout2_->forward(attended.output);  // [B, T, D]
+  };
+  const auto feed_forward_block = [&](const Variable& in) {
+    const Variable hidden = dropout_->forward(activate(linear1_->forward(in), options_.activation));  // [B, T, F]
+    return dropout3_->forward(linear2_->forward(hidden));                                            // [B, T, D]
+  };
+  Variable y = target;  // [B, T, D]
+  if (options_.norm_first) {
+    y = y + self_attention_block(norm1_->forward(y));
+    y = y + cross_attention_block(norm2_->forward(y));
+    y = y + feed_forward_block(norm3_->forward(y));
+  } else {
+    y = norm1_->forward(y + self_attention_block(y));
+    y = norm2_->forward(y + cross_attention_block(y));
+    y = norm3_->forward(y + feed_forward_block(y));
+  }
+  result.output = y;
+  return result;
+}
+
+TransformerLayerOutput TransformerDecoderLayer::forward(const Variable& target, const Variable& memory,
+                                                        const AttentionMask& target_mask,
+                                                        const AttentionMask& memory_mask) {
+  check_sequence(target, options_.d_model, describe(), "the target");
+  check_sequence(memory, options_.d_model, describe(), "the memory");
+  check_shape(memory.dim(0) == target.dim(0), describe().c_str(),
+              "target " + to_string(target.shape()) + " and memory " + to_string(memory.shape()) +
+                  " have different batch sizes");
+  return run(
+      target, [&](const Variable& x) { return self_attn_->forward(x, target_mask); },
+      [&](const Variable& x) { return multihead_attn_->forward(x, memory, memory, memory_mask); });
+}
+
+TransformerDecoderLayerCache TransformerDecoderLayer::start(const Variable& memory) const {
+  check_sequence(memory, options_.d_model, describe(), "the memory");
+  return {KVCache{}, multihead_attn_->project_memory(memory)};
+}
+
+TransformerLayerOutput TransformerDecoderLayer::step(const Variable& target, TransformerDecoderLayerCache& cache,
+                                                     const AttentionMask& memory_mask) {
+  check_sequence(target, options_.d_model, describe(), "the target");
+  check_arg(cache.memory.length() > 0, describe().c_str(), "step needs a cache from start(memory), got an empty one");
+  check_shape(cache.memory.keys.dim(0) == target.dim(0), describe().c_str(),
+              "the cache holds a batch of " + std::to_string(cache.memory.keys.dim(0)) + " but the target is " +
+                  to_string(target.shape()));
+  // The new steps see every cached step and, among themselves, only the past: the MHA places
+  // them after the cache, so `causal` counts from the start of the sequence.
+  const AttentionMask causal{.causal = true};
+  return run(
+      target, [&](const Variable& x) { return self_attn_->forward(x, causal, &cache.self_attention); },
+      [&](const Variable& x) { return multihead_attn_->attend_to_memory(x, cache.memory, memory_mask); });
+}
+
+void TransformerDecoderCache::select_rows(const std::vector<std::size_t>& rows) {
+  constexpr const char* op = "TransformerDecoderCache::select_rows";
+  for (TransformerDecoderLayerCache& layer : layers) {
+    for (KVCache* cache : {&layer.self_attention, &layer.memory}) {
+      cache->keys = take_rows(cache->keys, rows, op);      // [rows, H, T, d]
+      cache->values = take_rows(cache->values, rows, op);  // [rows, H, T, d]
+    }
+  }
+}
+
+// ---- stacks ------------------------------------------------------------------------------
+
+namespace {
+
+/// Layer i of a stack: the same options, its own seed.
+TransformerLayerOptions layer_options_at(TransformerLayerOptions options, std::size_t index) {
+  options.seed = options.seed * 1000003 + index + 1;
+  return options;
+}
+
+}  // namespace
+
+TransformerEncoder::TransformerEncoder(const TransformerLayerOptions& layer_options, std::size_t num_layers,
+                                       bool final_norm) {
+  check_arg(num_layers > 0, "TransformerEncoder", "num_layers must be positive, got 0");
+  for (std::size_t i = 0; i < num_layers; ++i)
+    layers_.push_back(register_module("layers." + std::to_string(i),
+                                      std::make_shared<TransformerEncoderLayer>(layer_options_at(layer_options, i))));
+  if (final_norm)
+    norm_ = register_module("norm", std::make_shared<LayerNorm>(layer_options.d_model,
+                                                                LayerNormOptions{.eps = layer_options.layer_norm_eps}));
+}
+
+TransformerEncoder::Output TransformerEncoder::forward(const Variable& x, const AttentionMask& mask) {
+  Output result;
+  Variable y = x;  // [B, S, D]
+  for (const auto& layer : layers_) {
+    TransformerLayerOutput out = layer->forward(y, mask);
+    y = out.output;
+    result.self_attention.push_back(out.self_attention);
+  }
+  result.output = norm_ ? norm_->forward(y) : y;
+  return result;
+}
+
+TransformerDecoder::TransformerDecoder(const TransformerLayerOptions& layer_options, std::size_t num_layers,
+                                       bool final_norm) {
+  check_arg(num_layers > 0, "TransformerDecoder", "num_layers must be positive, got 0");
+  for (std::size_t i = 0; i < num_layers; ++i)
+    layers_.push_back(register_module("layers." + std::to_string(i),
+                                      std::make_shared<TransformerDecoderLayer>(layer_options_at(layer_options, i))));
+  if (final_norm)
+    norm_ = register_module("norm", std::make_shared<LayerNorm>(layer_options.d_model,
+                                                                LayerNormOptions{.eps = layer_options.layer_norm_eps}));
+}
+
+Variable TransformerDecoder::finish(const Variable& x) const { return norm_ ? norm_->forward(x) : x; }
+
+TransformerDecoder::Output TransformerDecoder::forward(const Variable& target, const Variable& memory,
+                                                       const AttentionMask& target_mask,
+                                                       const AttentionMask& memory_mask) {
+  Output result;
+  Variable y = target;  // [B, T, D]
+  for (const auto& layer : layers_) {
+    TransformerLayerOutput out = layer->forward(y, memory, target_mask, memory_mask);
+    y = out.output;
+    result.self_attention.push_back(out.self_attention);
+    result.cross_attention.push_back(out.cross_attention);
+  }
+  result.output = finish(y);
+  return result;
+}
+
+TransformerDecoderCache TransformerDecoder::start(const Variable& memory) const {
+  TransformerDecoderCache cache;
+  for (const auto& layer : layers_) cache.layers.push_back(layer->start(memory));
+  return cache;
+}
+
+TransformerDecoder::Output TransformerDecoder::step(const Variable& target, TransformerDecoderCache& cache,
+                                                    const AttentionMask& memory_mask) {
+  check_arg(cache.layers.size() == layers_.size(), "TransformerDecoder",
+            "the cache has " + std::to_string(cache.layers.size()) + " layers but the decoder has " +
+                std::to_string(layers_.size()) + "; build it with start(memory)");
+  Output result;
+  Variable y = target;  // [B, T_new, D]
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    TransformerLayerOutput out = layers_[i]->step(y, cache.layers[i], memory_mask);
+    y = out.output;
+    result.self_attention.push_back(out.self_attention);
+    result.cross_attention.push_back(out.cross_attention);
+  }
+  result.output = finish(y);
+  return result;
+}
+
+}  // namespace qkv

@@ -1,0 +1,125 @@
+#pragma once
+// The Bahdanau attention seq2seq model (Bahdanau, Cho & Bengio 2015; d2l.ai §11.4, "Bahdanau
+// Attention"), a Seq2SeqModel.
+//
+//   encoder   source ids [B, S] -> Embedding (row 0 = <pad>, zero, never trained) [B, S, E]
+//             -> GRU (bidirectional by default) over each source's valid length
+//             -> outputs [B, S, D·H] (zeros past the length), one per source position.
+//   bridge    the decoder's initial state. Bidirectional (or unequal layer counts): the top
+//             encoder layer's final forward and backward states [B, D·H] -> Linear -> tanh
+//             -> [B, L_dec·H], one H-slice per decoder layer (Bahdanau 2015, s_0 = tanh(W_s h←_1),
+//             with the forward state added). Unidirectional with equal layer counts: the encoder's
+//             final states are used as they are (d2l).
+//   decoder   per target step t, with s = the previous decoder state (top layer):
+//               weights_t = masked softmax over the valid source positions of vᵀ tanh(W_q s + W_k k_j)
+//               context_t = Σ_j weights_t[j] · k_j                            [B, D·H]
+//               s_t       = stacked GRUCells on [embedding(y_{t-1}); context_t] (input feeding)
+//               logits_t  = Linear(s_t)                                       [B, V_target]
+//             The output layer reads the decoder state only, as d2l does (not Bahdanau's deep
+//             output over [s_t; context_t; embedding]): it keeps the output gemm one
+//             [B·T, H] x [H, V] product over all steps.
+//
+// Hoisted out of the time loop, so a step does only what depends on the previous step:
+// the source keys' projection W_k k (once per batch, `AdditiveAttention::project_keys`), the
+// embedding of all target inputs (one lookup), the mask, and the output projection (one gemm
+// over all steps in `forward`).
+//
+// Dropout (config.dropout) acts on both embeddings' outputs, between stacked encoder GRU layers
+// and between stacked decoder cells, in training mode only.
+//
+// Parameter names: source_embedding.weight, encoder.weight_ih_l0(_reverse)..., bridge.weight
+// (when present), attention.W_q / W_k / v, target_embedding.weight, decoder.<l>.weight_ih...,
+// output.weight / output.bias.
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <vector>
+
+#include "layers/attention.hpp"
+#include "layers/embedding.hpp"
+#include "layers/gru.hpp"
+#include "layers/linear.hpp"
+#include "layers/normalization.hpp"
+#include "models/seq2seq.hpp"
+
+namespace qkv::models {
+
+struct BahdanauConfig {
+  std::size_t source_vocab_size = 0;  // required: no default fits every corpus
+  std::size_t target_vocab_size = 0;  // required
+  std::size_t embed_size = 64;
+  std::size_t hidden_size = 128;      // per direction in the encoder; the decoder's state size
+  std::size_t encoder_layers = 1;
+  bool bidirectional = true;          // the encoder
+  std::size_t decoder_layers = 1;
+  std::size_t attention_size = 128;   // width of W_q q + W_k k
+  real dropout = 0.1;
+  std::uint64_t seed = 0;             // initial weights and dropout masks
+
+  /// Throws Error naming the field for a zero size or a dropout outside [0, 1).
+  void validate() const;
+  friend bool operator==(const BahdanauConfig&, const BahdanauConfig&) = default;
+};
+
+/// Every field, by name (the seed as a number).
+void to_json(nlohmann::json& json, const BahdanauConfig& config);
+/// Missing fields take their defaults, except the two vocabulary sizes, which are required.
+/// Throws Error for a missing vocabulary size, an unknown key (a typo would otherwise be
+/// silently ignored) or a value of the wrong type, and validates the result.
+void from_json(const nlohmann::json& json, BahdanauConfig& config);
+
+/// What the Bahdanau decoder carries between steps. Rows of every member are batch rows.
+class BahdanauState : public DecoderState {
+ public:
+  Variable encoder_outputs;          // [B, S, D·H] — the attention's keys and values
+  Variable projected_keys;           // [B, S, A]   — W_k k, computed once
+  BoolArray allowed;                 // [B, 1, S]   — true at valid source positions
+  std::vector<Variable> hidden;      // L_dec x [B, H], bottom layer first
+
+  /// Gathers rows through the `embedding` op (a row gather with a backward), so a state
+  /// built with gradients on keeps them.
+  void select_rows(const std::vector<std::size_t>& rows) override;
+  std::size_t batch_size() const { return allowed.shape()[0]; }
+};
+
+class BahdanauModel : public Seq2SeqModel {
+ public:
+  explicit BahdanauModel(const BahdanauConfig& config);
+  /// Rebuilds a model from `config()` output (the weights are the seed's, not a checkpoint's).
+  static std::shared_ptr<BahdanauModel> from_config(const nlohmann::json& config);
+
+  /// Also returns "attention" [B, T, S]: the weights each target position gave the source.
+  Seq2SeqOutput forward(const IndexArray& source, const IndexArray& source_lengths,
+                        const IndexArray& target_input) override;
+  std::unique_ptr<DecoderState> start_decoding(const IndexArray& source, const IndexArray& source_lengths) override;
+  /// `state` must come from this model's start_decoding; "attention" is [B, S].
+  StepOutput decode_step(DecoderState& state, const IndexArray& previous_tokens) override;
+  std::string kind() const override { return "bahdanau"; }
+  nlohmann::json config() const override { return config_; }
+  const BahdanauConfig& bahdanau_config() const { return config_; }
+
+ private:
+  /// Encodes and prepares everything the decoder needs except the target.
+  BahdanauState encode(const IndexArray& source, const IndexArray& source_lengths);
+  /// One decoder step on the embedded previous tokens [B, E]: updates state.hidden and returns
+  /// the attention weights [B, 1, S].
+  Variable step(BahdanauState& state, const Variable& embedded);
+  /// Throws ShapeError naming the model unless source is [B, S] (B, S > 0) and lengths [B] lie in
+  /// [0, S] (a zero-length source gets all-zero attention weights and a zero context).
+  void check_source(const IndexArray& source, const IndexArray& source_lengths) const;
+  /// Applies dropout when configured (identity otherwise).
+  Variable drop(const Variable& x) const;
+
+  BahdanauConfig config_;
+  std::shared_ptr<Embedding> source_embedding_, target_embedding_;
+  std::shared_ptr<GRU> encoder_;
+  std::shared_ptr<Linear> bridge_;  // null when the encoder's final states are used directly
+  std::shared_ptr<AdditiveAttention> attention_;
+  std::vector<std::shared_ptr<GRUCell>> decoder_;
+  std::shared_ptr<Linear> output_;
+  std::shared_ptr<Dropout> dropout_;  // null when config.dropout == 0
+};
+
+}  // namespace qkv::models

@@ -45,16 +45,6 @@ void randomise(Module& module, std::uint64_t seed) {
   }
 }
 
-/// The worst gradcheck error seen in this file, reported once per test case.
-struct GradcheckTally {
-  double worst_abs = 0, worst_rel = 0;
-  void check(const GradcheckResult& result) {
-    INFO(result.report());
-    CHECK(result.passed);
-    worst_abs = std::max(worst_abs, result.worst.abs_error);
-    worst_rel = std::max(worst_rel, result.worst.rel_error);
-  }
-};
 
 }  // namespace
 
@@ -154,7 +144,6 @@ TEST_CASE("Transformer layers and stacks match PyTorch: outputs and all gradient
 }
 
 TEST_CASE("TransformerEncoderLayer: gradcheck, post-LN and pre-LN, relu and gelu, fully masked rows") {
-  GradcheckTally tally;
   AttentionMask padded;  // batch 1 has no keys at all
   padded.valid_lens = IndexArray{3, 0};
   const Array x = random_array({2, 4, 6}, 10);
@@ -168,21 +157,19 @@ TEST_CASE("TransformerEncoderLayer: gradcheck, post-LN and pre-LN, relu and gelu
       options.seed = 5;
       TransformerEncoderLayer layer(options);
       randomise(layer, 20);
-      tally.check(gradcheck([&](const auto& in) { return layer.forward(in[0], padded).output; }, {Variable(x)},
-                            layer.named_parameters()));
+      QKV_CHECK_GRADIENTS([&](const auto& in) { return layer.forward(in[0], padded).output; }, {Variable(x)},
+                            layer.named_parameters());
     }
   }
   TransformerEncoder stack(small_options(true, Activation::gelu), 2, true);
   randomise(stack, 30);
   AttentionMask lengths;
   lengths.valid_lens = IndexArray{2, 4};
-  tally.check(gradcheck([&](const auto& in) { return stack.forward(in[0], lengths).output; },
-                        {Variable(random_array({2, 4, kD}, 11))}, stack.named_parameters()));
-  MESSAGE("encoder gradcheck: worst abs error " << tally.worst_abs << ", worst rel error " << tally.worst_rel);
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return stack.forward(in[0], lengths).output; },
+                        {Variable(random_array({2, 4, kD}, 11))}, stack.named_parameters());
 }
 
 TEST_CASE("TransformerDecoderLayer: gradcheck, post-LN and pre-LN, relu and gelu, fully masked memory rows") {
-  GradcheckTally tally;
   AttentionMask memory_mask;  // batch 1 sees no memory at all
   memory_mask.valid_lens = IndexArray{4, 0};
   const AttentionMask causal{.causal = true};
@@ -195,19 +182,18 @@ TEST_CASE("TransformerDecoderLayer: gradcheck, post-LN and pre-LN, relu and gelu
       options.seed = 6;
       TransformerDecoderLayer layer(options);
       randomise(layer, 50);
-      tally.check(gradcheck([&](const auto& in) { return layer.forward(in[0], in[1], causal, memory_mask).output; },
-                            {Variable(target), Variable(memory)}, layer.named_parameters()));
+      QKV_CHECK_GRADIENTS([&](const auto& in) { return layer.forward(in[0], in[1], causal, memory_mask).output; },
+                            {Variable(target), Variable(memory)}, layer.named_parameters());
       // The cross-attention weights, as plotted, are differentiable too.
-      tally.check(gradcheck(
+      QKV_CHECK_GRADIENTS(
           [&](const auto& in) { return layer.forward(in[0], in[1], causal, memory_mask).cross_attention; },
-          {Variable(target), Variable(memory)}, layer.named_parameters()));
+          {Variable(target), Variable(memory)}, layer.named_parameters());
     }
   }
   TransformerDecoder stack(small_options(false, Activation::gelu), 2, true);
   randomise(stack, 60);
-  tally.check(gradcheck([&](const auto& in) { return stack.forward(in[0], in[1], causal, memory_mask).output; },
-                        {Variable(target), Variable(memory)}, stack.named_parameters()));
-  MESSAGE("decoder gradcheck: worst abs error " << tally.worst_abs << ", worst rel error " << tally.worst_rel);
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return stack.forward(in[0], in[1], causal, memory_mask).output; },
+                        {Variable(target), Variable(memory)}, stack.named_parameters());
 }
 
 TEST_CASE("TransformerDecoder: stepping one token at a time equals the full causal pass") {

@@ -5,11 +5,8 @@
 
 #include "lib/error.hpp"
 
-// Built-in kinds join as their headers land on main.
-#if __has_include("models/transformer.hpp")
+#include "models/bahdanau.hpp"
 #include "models/transformer.hpp"
-#define QKV_HAS_TRANSFORMER 1
-#endif
 
 namespace qkv::models {
 namespace {
@@ -23,15 +20,18 @@ Registry& registry() {
   static Registry instance;
   static const bool built_in = [] {
     Registry& r = instance;
-#ifdef QKV_HAS_TRANSFORMER
-    r.factories.emplace("transformer", [](const nlohmann::json& config, std::size_t source, std::size_t target) {
-      nlohmann::json sized = config;
-      sized["source_vocab_size"] = source;
-      sized["target_vocab_size"] = target;
-      return std::shared_ptr<Seq2SeqModel>(TransformerModel::from_config(sized));
+    // The checkpoint's config holds the hyperparameters; the vocabularies give the sizes.
+    auto sized = [](nlohmann::json config, std::size_t source, std::size_t target) {
+      config["source_vocab_size"] = source;
+      config["target_vocab_size"] = target;
+      return config;
+    };
+    r.factories.emplace("transformer", [sized](const nlohmann::json& config, std::size_t source, std::size_t target) {
+      return std::shared_ptr<Seq2SeqModel>(TransformerModel::from_config(sized(config, source, target)));
     });
-#endif
-    (void)r;
+    r.factories.emplace("bahdanau", [sized](const nlohmann::json& config, std::size_t source, std::size_t target) {
+      return std::shared_ptr<Seq2SeqModel>(BahdanauModel::from_config(sized(config, source, target)));
+    });
     return true;
   }();
   (void)built_in;

@@ -39,6 +39,8 @@ Dataset load_data(const json& spec) {
   if (spec.contains("task")) {
     TaskOptions options;
     options.seed = spec.at("seed").get<std::uint64_t>();
+    options.train_size = spec.value("train_size", options.train_size);
+    options.validation_size = options.test_size = spec.value("eval_size", options.validation_size);
     return make_task(spec.at("task").get<std::string>(), options);
   }
   const std::string file = spec.at("file").get<std::string>();
@@ -62,7 +64,8 @@ json model_config(const std::string& kind, const CLI::App& app, std::size_t embe
       config["scale"] = {{"kind", name}, {"value", 1.0}};
     }
   } else {
-    config.update({{"embed_size", embed}, {"hidden_size", hidden}, {"num_layers", layers}});
+    config.update({{"embed_size", embed}, {"hidden_size", hidden}, {"attention_size", hidden},
+                   {"encoder_layers", layers}, {"decoder_layers", layers}});
   }
   return config;
 }
@@ -114,6 +117,10 @@ int run(int argc, char** argv) {
     return names;
   }());
   app.add_option("--task", task, "generated task: dates, numbers, reverse, copy");
+  std::size_t train_size = TaskOptions{}.train_size, eval_size = TaskOptions{}.validation_size;
+  app.add_option("--train-size", train_size, "generated task: training examples")->check(CLI::PositiveNumber);
+  app.add_option("--eval-size", eval_size, "generated task: validation and test examples each")
+      ->check(CLI::PositiveNumber);
   app.add_option("--data", data_file, "two-column TSV corpus");
   app.add_flag("--reverse-pairs", reverse_pairs, "swap the TSV columns");
   app.add_option("--split", split, "default | d2l")->check(CLI::IsMember({"default", "d2l"}));
@@ -163,7 +170,8 @@ int run(int argc, char** argv) {
     if (task.empty() == data_file.empty()) throw Error("give exactly one of --task NAME and --data FILE.tsv");
     json spec;
     if (!task.empty())
-      spec = {{"task", task}, {"seed", seed}, {"preprocess", task == "dates" ? "characters" : "words"}};
+      spec = {{"task", task}, {"seed", seed}, {"preprocess", task == "dates" ? "characters" : "words"},
+              {"train_size", train_size}, {"eval_size", eval_size}};
     else
       spec = {{"file", fs::absolute(data_file).string()}, {"reverse", reverse_pairs}, {"split", split},
               {"preprocess", "d2l"}};

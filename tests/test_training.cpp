@@ -408,3 +408,33 @@ TEST_CASE("trainer: changed options on resume and a non-finite loss are reported
   CHECK(result.message.find("at step 7") != std::string::npos);
   CHECK(load_checkpoint(dir.string()).progress.step == 6);  // the last good checkpoint stays
 }
+
+TEST_CASE("trainer: with dropout, a resumed transformer draws the same masks and losses bit for bit") {
+  const Dataset data = tiny_reverse(64);
+  const Vocabs vocabs = build_vocabs(data.train);
+  const nlohmann::json config = {{"d_model", 16}, {"num_heads", 2}, {"encoder_layers", 1}, {"decoder_layers", 1},
+                                 {"dim_feedforward", 32}, {"dropout", 0.1}, {"seed", 5}};
+  auto model = [&] { return make_model("transformer", config, vocabs.source.size(), vocabs.target.size()); };
+  const TrainOptions options = tiny_options();
+  const fs::path straight_dir = fresh_directory("dropout_straight"), resumed_dir = fresh_directory("dropout_resumed");
+  std::vector<double> straight, resumed;
+  {
+    Trainer trainer(model(), vocabs, data, options, straight_dir.string());
+    trainer.train([&](const StepInfo& info) { straight.push_back(info.loss); });
+  }
+  {
+    TrainOptions first = options;
+    first.epochs = 1;
+    Trainer trainer(model(), vocabs, data, first, resumed_dir.string());
+    trainer.train([&](const StepInfo& info) { resumed.push_back(info.loss); });
+  }
+  {
+    Checkpoint checkpoint = load_checkpoint(resumed_dir.string());
+    CHECK(checkpoint.model->random_state().size() > 0);  // the dropout streams were saved
+    Trainer trainer(std::move(checkpoint), data, options);
+    trainer.train([&](const StepInfo& info) { resumed.push_back(info.loss); });
+  }
+  REQUIRE(straight.size() == 8);  // 64 pairs / 16, two epochs
+  REQUIRE(resumed.size() == straight.size());
+  for (std::size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i + 1);
+}

@@ -260,6 +260,14 @@ Checkpoint load_checkpoint(const std::string& directory) {
     throw Error("checkpoint " + directory + ": model.safetensors is from step " +
                 (step == header.metadata.end() ? std::string("?") : step->second) + " but config.json from step " +
                 std::to_string(checkpoint.progress.step) + " (a torn save?)");
+  // The dropout streams, so that a resumed run draws the masks an uninterrupted one would.
+  try {
+    checkpoint.model->load_random_state(field<json>(config, "random_state", where).get<std::map<std::string, std::string>>());
+  } catch (const Error& e) {
+    throw Error("checkpoint " + directory + ": " + e.what());
+  } catch (const json::exception& e) {
+    throw Error(where + ": random_state is not an object of strings: " + e.what());
+  }
   return checkpoint;
 }
 
@@ -280,6 +288,7 @@ void Trainer::save_checkpoint(const std::string& directory) const {
                        {"training", options_.to_json()},
                        {"data", data_spec_},
                        {"progress", progress_to_json(progress_)},
+                       {"random_state", model_->random_state()},
                        {"history", history_}};
   write_file_atomically((staging / "config.json").string(), config.dump(2) + "\n");
   for (const char* name : {"model.safetensors", "optimizer.safetensors", "config.json"}) {

@@ -17,6 +17,8 @@ echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
 # halt_on_error and abort make any report fail its test; leaks count as reports.
 export ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1
 export UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1
-cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Release -DQKV_SANITIZE=ON >/dev/null
+# -O1, the level the sanitizers' authors recommend, compiles much faster than Release's -O3.
+cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -DNDEBUG" \
+  -DQKV_SANITIZE=ON >/dev/null
 cmake --build build-sanitize -j"$jobs"
 ctest --test-dir build-sanitize -j"$jobs" --output-on-failure

@@ -13,6 +13,7 @@
 #include "lib/tasks.hpp"
 #include "optim/adam.hpp"
 #include "support/helpers.hpp"
+#include "support/overfit.hpp"
 
 using namespace qkv;
 using namespace qkv::test;
@@ -346,18 +347,7 @@ TEST_CASE("Bahdanau learns: 150 Adam steps overfit one batch of the reverse task
   config.dropout = 0;
   config.seed = 11;
   BahdanauModel model(config);
-  Adam adam(model.named_parameters(), {.lr = 1e-2});
-  const CrossEntropyOptions ignore_pad{.ignore_index = 0};
-  double first = 0, last = 0;
-  for (int step = 0; step < 150; ++step) {
-    adam.zero_grad();
-    Variable loss = cross_entropy(model.forward(batch.source, batch.source_lengths, batch.target_input).logits,
-                                        batch.target_output, ignore_pad);
-    loss.backward();
-    adam.step();
-    if (step == 0) first = loss.value()();
-    last = loss.value()();
-  }
+  const auto [first, last] = overfit_one_batch(model, batch, 1e-2, 150);
   MESSAGE("reverse overfit: loss " << first << " -> " << last);
   CHECK(first > 2.0);   // about log(V) at the start: nothing is known yet
   CHECK(last < 0.05 * first);

@@ -10,6 +10,7 @@
 #include "models/transformer.hpp"
 #include "optim/adam.hpp"
 #include "support/helpers.hpp"
+#include "support/overfit.hpp"
 
 using namespace qkv;
 using namespace qkv::models;
@@ -254,20 +255,7 @@ TEST_CASE("TransformerModel: 100 Adam steps overfit one batch of the reverse tas
   config.max_length = 32;
   config.seed = 5;
   TransformerModel model(config);
-  Adam adam(model.named_parameters(), {.lr = 3e-3});
-  CrossEntropyOptions loss_options;
-  loss_options.ignore_index = 0;
-
-  double first = 0, last = 0;
-  for (int step = 0; step < 100; ++step) {
-    adam.zero_grad();
-    const Variable logits = model.forward(batch.source, batch.source_lengths, batch.target_input).logits;
-    Variable loss = cross_entropy(logits, batch.target_output, loss_options);
-    loss.backward();
-    adam.step();
-    if (step == 0) first = loss.item();
-    last = loss.item();
-  }
+  const auto [first, last] = overfit_one_batch(model, batch, 3e-3, 100);
   MESSAGE("reverse overfit: loss " << first << " -> " << last);
   CHECK(first > 2.0);
   CHECK(last < 0.1 * first);

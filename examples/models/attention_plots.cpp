@@ -50,7 +50,14 @@ AttentionPlots write_attention_plots(Seq2SeqModel& model, const Vocabs& vocabs, 
   // so its last token is an output but never an input.
   std::vector<std::int64_t> inputs{Vocab::bos_id};
   inputs.insert(inputs.end(), hypothesis.tokens.begin(), hypothesis.tokens.end());
-  Tokens outputs = vocabs.target.decode(hypothesis.tokens);
+  // Every id as its token, specials too: an untrained model may well produce <pad> or <bos>,
+  // and each still has a row in the maps.
+  const auto labels = [&](std::span<const std::int64_t> ids) {
+    Tokens tokens;
+    for (const std::int64_t id : ids) tokens.push_back(vocabs.target.token(id));
+    return tokens;
+  };
+  Tokens outputs = labels(hypothesis.tokens);
   if (hypothesis.finished)
     outputs.push_back("<eos>");
   else
@@ -61,9 +68,7 @@ AttentionPlots write_attention_plots(Seq2SeqModel& model, const Vocabs& vocabs, 
 
   Tokens source_labels = source;
   source_labels.push_back("<eos>");
-  const Tokens input_labels = vocabs.target.decode(inputs);
-  Tokens target_inputs{"<bos>"};  // decode() drops <bos>; the plot shows it
-  target_inputs.insert(target_inputs.end(), input_labels.begin(), input_labels.end());
+  const Tokens target_inputs = labels(inputs);
 
   const std::vector<AttentionGroup> groups = model.attention_groups(batch.source, batch.source_lengths, target_input);
   for (const AttentionGroup& group : groups) {

@@ -6,9 +6,11 @@
 //
 // Writes DIR/config.json, model.safetensors, optimizer.safetensors, metrics.jsonl, best/,
 // curves.svg and the attention plots of the first test sentence (models/attention_plots.hpp:
-// attention.svg, attention-connections.svg and, for the transformer, the self-attention). Ctrl-C saves a checkpoint and exits. The last
-// line is `final: val_loss=… token_acc=… exact=… bleu=…` on the test set (the validation set
-// for corpora without one). Bad arguments: one line on stderr, exit status 2.
+// attention.svg, attention-connections.svg and, for the transformer, the self-attention).
+// Ctrl-C saves a checkpoint and exits. The last line is `final: val_loss=… token_acc=…
+// exact=… bleu=…` on the test set (the validation set for corpora without one), of the
+// checkpoint with the best validation metric (best/). Bad arguments: one line on stderr,
+// exit status 2.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -160,15 +162,24 @@ int run(int argc, char** argv) {
     return 130;
   }
 
+  // The test set judges the model validation chose (best/), as a user would ship it.
+  const fs::path out = trainer->out_dir();
+  std::shared_ptr<Seq2SeqModel> chosen(&trainer->model(), [](Seq2SeqModel*) {});
+  if (fs::exists(out / "best" / "config.json")) {
+    const Checkpoint best = load_checkpoint((out / "best").string());
+    chosen = best.model;
+    const json& entry = best.history.back();
+    spdlog::info("testing the best checkpoint by validation {}: epoch {:.2f}, step {}", trainer->options().best_metric,
+                 entry.at("epoch").get<double>(), entry.at("step").get<std::int64_t>());
+  }
   const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
-  const Evaluation final = evaluate(trainer->model(), held_out, trainer->vocabs(), trainer->options().decode,
-                                    trainer->options().eval_batch_size);
+  const Evaluation final =
+      evaluate(*chosen, held_out, trainer->vocabs(), trainer->options().decode, trainer->options().eval_batch_size);
   for (std::size_t i = 0; i < std::min<std::size_t>(5, final.groups.size()); ++i)
     spdlog::info("{}  =>  {}", detokenize(data_spec, final.groups[i].source),
                  detokenize(data_spec, trainer->vocabs().target.decode(final.decoded[i].tokens)));
-  const fs::path out = trainer->out_dir();
   write_curves(trainer->history(), out);
-  const AttentionPlots plots = write_attention_plots(trainer->model(), trainer->vocabs(), held_out[0].source, data_spec,
+  const AttentionPlots plots = write_attention_plots(*chosen, trainer->vocabs(), held_out[0].source, data_spec,
                                                      trainer->options().decode, (out / "attention").string());
   std::string entropies;
   double uniform = 0;

@@ -10,6 +10,7 @@
 // and makes the exit status 1. --attention-svg FILE writes the attention plots of the first
 // sentence (models/attention_plots.hpp: FILE, FILE-connections.svg, ...).
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -74,6 +75,8 @@ int run(int argc, char** argv) {
     return 2;
   }
   blas::set_num_threads(threads);
+  // stdout carries the translations and nothing else, so logs go to stderr.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("qkv-translate"));
   const Checkpoint checkpoint = load_checkpoint(checkpoint_dir);
   Seq2SeqModel& model = *checkpoint.model;
   model.eval();

@@ -121,9 +121,26 @@ int main(int argc, char** argv) {
                "time greedy decoding (KV cache, no grad, eval mode) of --decode-length tokens per sentence instead");
   app.add_option("--decode-length", decode_length)->check(CLI::PositiveNumber);
   app.add_option("--seed", seed);
+  bool sgemm = false;
+  app.add_flag("--sgemm", sgemm, "time OpenBLAS sgemm on 1024x1024 matrices instead (the peak to compare with)");
   CLI11_PARSE(app, argc, argv);
 
   try {
+    if (sgemm) {
+      blas::set_num_threads(threads);
+      const std::size_t n = 1024;
+      std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+      std::vector<double> times;
+      for (int i = 0; i < 12; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        blas::sgemm(n, n, n, a.data(), b.data(), c.data());
+        if (i >= 2) times.push_back(milliseconds_since(start));
+      }
+      nlohmann::ordered_json result = {{"config", "sgemm-1024"}, {"threads", threads},
+                                       {"gflops_per_s", 2.0 * double(n * n * n) / (median(times) / 1000.0) / 1e9}};
+      std::printf("%s\n", result.dump().c_str());
+      return 0;
+    }
     const BenchConfig config = bench_config(config_name);
     blas::set_num_threads(threads);
     nlohmann::json model_config = config.model;

@@ -165,10 +165,23 @@ def main():
                         help="time greedy decoding (the usual nn.Transformer loop over the growing prefix)")
     parser.add_argument("--decode-length", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sgemm", action="store_true", help="time torch.mm on 1024x1024 float32 matrices instead")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     set_openblas_threads(args.threads)
+    if args.sgemm:
+        a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
+        for _ in range(2):
+            torch.mm(a, b)
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        print(json.dumps({"config": "sgemm-1024", "threads": args.threads,
+                          "gflops_per_s": 2 * 1024 ** 3 / median(times) / 1e9}))
+        return
     torch.manual_seed(args.seed)
     c = CONFIGS[args.config]
     model = Transformer(c) if c["kind"] == "transformer" else Bahdanau(c)

@@ -2,9 +2,11 @@
 // that input's shape (add_reduced_to).
 #include <cmath>
 #include <numbers>
+#include <type_traits>
 
 #include "autograd/ops.hpp"
 #include "lib/broadcast.hpp"
+#include "lib/vector_math.hpp"
 
 namespace qkv {
 
@@ -123,7 +125,10 @@ Variable log(const Variable& x) {
 }
 
 Variable tanh(const Variable& x) {
-  return unary("tanh", x, [](real v) { return std::tanh(v); }, [](real, real y) { return real(1) - y * y; });
+  return unary("tanh", x, [](real v) {
+    if constexpr (std::is_same_v<real, float>) return vector_math::tanh(v);
+    else return std::tanh(v);
+  }, [](real, real y) { return real(1) - y * y; });
 }
 
 Variable sigmoid(const Variable& x) {
@@ -131,6 +136,7 @@ Variable sigmoid(const Variable& x) {
   return unary(
       "sigmoid", x,
       [](real v) {
+        if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(v);
         if (v >= 0) return real(1) / (real(1) + std::exp(-v));
         const real e = std::exp(v);
         return e / (real(1) + e);

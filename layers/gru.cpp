@@ -62,6 +62,16 @@ Variable GRUCell::forward(const Variable& x, const Variable& h) const {
   return gru_step(linear(x, weight_ih_, bias_ih_), state, weight_hh_, bias_hh_, hidden_size_);
 }
 
+Variable GRUCell::forward_gates(const Variable& input_gates, const Variable& h) const {
+  const Shape sg = input_gates.shape();
+  check_shape(sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.shape() == Shape{sg[0], hidden_size_},
+              describe().c_str(),
+              "input gates " + to_string(sg) + " must be [batch, " + std::to_string(3 * hidden_size_) +
+                  "] and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
+                  (h.defined() ? to_string(h.shape()) : std::string("none")));
+  return gru_step(input_gates, h, weight_hh_, bias_hh_, hidden_size_);
+}
+
 // ---- GRU ----------------------------------------------------------------------------------
 
 GRU::GRU(std::size_t input_size, std::size_t hidden_size, Rng& rng, const GRUOptions& options)

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "lib/broadcast.hpp"
+#include "lib/vector_math.hpp"
 
 namespace qkv::kernels {
 
@@ -253,6 +255,119 @@ void dropout_mask(real p, Rng& rng, std::size_t count, real* mask) {
   for (std::size_t i = 0; i < count; ++i)
     mask[i] = keep_scale * static_cast<real>((local.next_u64() >> 11) >= threshold);
   rng = local;
+}
+
+// ---- additive attention scores -------------------------------------------------------------
+
+namespace {
+real tanh_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::tanh(x);
+  else return std::tanh(x);
+}
+}  // namespace
+
+void additive_scores_forward(const real* queries, const real* keys, const real* v, std::size_t batch,
+                             std::size_t query_count, std::size_t key_count, std::size_t hidden, real* features,
+                             real* scores) {
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i) {
+      const real* q = queries + (b * query_count + i) * hidden;  // [A]
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const real* k = keys + (b * key_count + j) * hidden;      // [A]
+        const std::size_t row = (b * query_count + i) * key_count + j;
+        real* __restrict f = features + row * hidden;            // [A]
+        for (std::size_t a = 0; a < hidden; ++a) f[a] = tanh_of(q[a] + k[a]);
+        real total = 0;
+        for (std::size_t a = 0; a < hidden; ++a) total += v[a] * f[a];
+        scores[row] = total;
+      }
+    }
+}
+
+void additive_scores_backward(const real* grad_scores, const real* features, const real* v, std::size_t batch,
+                              std::size_t query_count, std::size_t key_count, std::size_t hidden,
+                              real* grad_queries, real* grad_keys, real* grad_v) {
+  std::vector<real> d(hidden);  // grad · v ⊙ (1 - f²) of one (b, i, j)
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i)
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const std::size_t row = (b * query_count + i) * key_count + j;
+        const real g = grad_scores[row];
+        const real* __restrict f = features + row * hidden;
+        if (grad_v)
+          for (std::size_t a = 0; a < hidden; ++a) grad_v[a] += g * f[a];
+        real* __restrict dd = d.data();
+        for (std::size_t a = 0; a < hidden; ++a) dd[a] = g * v[a] * (real(1) - f[a] * f[a]);
+        if (grad_queries) {
+          real* dq = grad_queries + (b * query_count + i) * hidden;
+          for (std::size_t a = 0; a < hidden; ++a) dq[a] += dd[a];
+        }
+        if (grad_keys) {
+          real* dk = grad_keys + (b * key_count + j) * hidden;
+          for (std::size_t a = 0; a < hidden; ++a) dk[a] += dd[a];
+        }
+      }
+}
+
+// ---- GRU cell ------------------------------------------------------------------------------
+
+namespace {
+real sigmoid_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(x);
+  else return x >= 0 ? real(1) / (real(1) + std::exp(-x)) : std::exp(x) / (real(1) + std::exp(x));
+}
+}  // namespace
+
+void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
+                      std::size_t hidden, real* h_next, real* saved) {
+  for (std::size_t b = 0; b < batch; ++b) {
+    const real* xi = input_gates + b * 3 * hidden;   // [3H]
+    const real* hi = hidden_gates + b * 3 * hidden;  // [3H]
+    const real* hb = h + b * hidden;                 // [H]
+    real* __restrict r = saved + b * 3 * hidden;     // r, z, n: [3H]
+    real* __restrict z = r + hidden;
+    real* __restrict n = z + hidden;
+    real* __restrict out = h_next + b * hidden;
+    for (std::size_t j = 0; j < hidden; ++j) {
+      r[j] = sigmoid_of(xi[j] + hi[j]);
+      z[j] = sigmoid_of(xi[hidden + j] + hi[hidden + j]);
+      n[j] = tanh_of(xi[2 * hidden + j] + r[j] * hi[2 * hidden + j]);
+      out[j] = n[j] + z[j] * (hb[j] - n[j]);
+    }
+  }
+}
+
+void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
+                       std::size_t batch, std::size_t hidden, real* grad_input_gates, real* grad_hidden_gates,
+                       real* grad_h) {
+  for (std::size_t b = 0; b < batch; ++b) {
+    const real* g = grad_h_next + b * hidden;
+    const real* hi = hidden_gates + b * 3 * hidden;
+    const real* hb = h + b * hidden;
+    const real* r = saved + b * 3 * hidden;
+    const real* z = r + hidden;
+    const real* n = z + hidden;
+    real* di = grad_input_gates ? grad_input_gates + b * 3 * hidden : nullptr;
+    real* dhg = grad_hidden_gates ? grad_hidden_gates + b * 3 * hidden : nullptr;
+    real* dh = grad_h ? grad_h + b * hidden : nullptr;
+    for (std::size_t j = 0; j < hidden; ++j) {
+      // h' = n + z (h - n): through n with weight 1 - z, through z with h - n, through h with z.
+      const real dn = g[j] * (real(1) - z[j]) * (real(1) - n[j] * n[j]);  // d(i_n + r h_n)
+      const real dz = g[j] * (hb[j] - n[j]) * z[j] * (real(1) - z[j]);     // d(i_z + h_z)
+      const real dr = dn * hi[2 * hidden + j] * r[j] * (real(1) - r[j]);   // d(i_r + h_r)
+      if (di) {
+        di[j] += dr;
+        di[hidden + j] += dz;
+        di[2 * hidden + j] += dn;
+      }
+      if (dhg) {
+        dhg[j] += dr;
+        dhg[hidden + j] += dz;
+        dhg[2 * hidden + j] += dn * r[j];
+      }
+      if (dh) dh[j] += g[j] * z[j];
+    }
+  }
 }
 
 // ---- where ----------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ namespace qkv::vector_math {
 /// e^x for float32 within ~2 ulps; about 0 below -87 (true values under 1e-38) and saturating
 /// at e^88.7 above.
 inline float exp(float x) {
-  x = std::fmin(std::fmax(x, -87.3f), 88.7f);
+  // Ternaries, not fmin/fmax: those keep NaN rules that stop the loop from vectorising.
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.7f ? 88.7f : x;
   // n = round(x / ln2) with the 1.5·2^23 trick (no floor call, so it vectorises on SSE2).
   constexpr float shifter = 12582912.0f;
   const float shifted = x * 1.44269504088896341f + shifter;

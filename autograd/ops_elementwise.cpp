@@ -14,7 +14,10 @@ namespace {
 
 /// Adds `gradient` (the output's shape) into `input`'s gradient, reduced to its shape.
 void accumulate_reduced(Variable& input, const Array& gradient) {
-  if (input.requires_grad()) add_reduced_to(gradient, input.shape(), input.grad_buffer());
+  if (!input.requires_grad()) return;
+  // Same shape: add_grad copies into a fresh buffer instead of zero-filling and adding.
+  if (gradient.shape() == input.value().shape()) input.add_grad(gradient);
+  else add_reduced_to(gradient, input.shape(), input.grad_buffer());
 }
 
 /// An op y = f(x) whose derivative is written from x and y: dy/dx = derivative(x, y).
@@ -31,8 +34,13 @@ Variable unary(const char* name, const Variable& x, Forward forward, Derivative 
                    const real* __restrict px = inputs[0].value().data();
                    const real* __restrict py = y.data();
                    const real* __restrict pg = g.data();
-                   real* __restrict pd = inputs[0].grad_buffer().data();
-                   for (std::size_t i = 0, n = g.size(); i < n; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
+                   bool accumulate = true;
+                   real* __restrict pd = inputs[0].grad_buffer(accumulate).data();
+                   const std::size_t n = g.size();
+                   if (accumulate)
+                     for (std::size_t i = 0; i < n; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
+                   else  // a fresh buffer: write, no zero-fill first
+                     for (std::size_t i = 0; i < n; ++i) pd[i] = pg[i] * derivative(px[i], py[i]);
                  });
 }
 

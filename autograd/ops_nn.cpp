@@ -232,8 +232,9 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
   check_arg(p >= 0 && p <= 1, "dropout", "probability p must be in [0, 1], got " + format_real(p));
   if (!training || p == 0) return x;
   const Shape shape = x.shape();
-  auto mask = std::make_shared<Array>(zeros(shape));  // 0 or 1/(1-p), same shape as x
-  // p == 1 drops everything: the mask stays zero (1/(1-p) would be infinite) and no draws are made.
+  // 0 or 1/(1-p), same shape as x. p == 1 drops everything: the mask is zero (1/(1-p) would
+  // be infinite) and no draws are made; otherwise dropout_mask writes every element.
+  auto mask = std::make_shared<Array>(p < 1 ? Array::from_shape(shape) : zeros(shape));
   if (p < 1) kernels::dropout_mask(p, rng, mask->size(), mask->data());
   Array y = Array::from_shape(shape);
   const real* px = x.value().data();

@@ -320,52 +320,52 @@ real sigmoid_of(real x) {
 
 void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
                       std::size_t hidden, real* h_next, real* saved) {
+  // One simple loop per gate, so that each vectorises.
   for (std::size_t b = 0; b < batch; ++b) {
-    const real* xi = input_gates + b * 3 * hidden;   // [3H]
-    const real* hi = hidden_gates + b * 3 * hidden;  // [3H]
-    const real* hb = h + b * hidden;                 // [H]
-    real* __restrict r = saved + b * 3 * hidden;     // r, z, n: [3H]
+    const real* __restrict xi = input_gates + b * 3 * hidden;   // [3H]: i_r, i_z, i_n
+    const real* __restrict hi = hidden_gates + b * 3 * hidden;  // [3H]: h_r, h_z, h_n
+    const real* __restrict hb = h + b * hidden;                 // [H]
+    real* __restrict r = saved + b * 3 * hidden;                // saved [3H]: r, z, n
     real* __restrict z = r + hidden;
     real* __restrict n = z + hidden;
     real* __restrict out = h_next + b * hidden;
-    for (std::size_t j = 0; j < hidden; ++j) {
-      r[j] = sigmoid_of(xi[j] + hi[j]);
-      z[j] = sigmoid_of(xi[hidden + j] + hi[hidden + j]);
-      n[j] = tanh_of(xi[2 * hidden + j] + r[j] * hi[2 * hidden + j]);
-      out[j] = n[j] + z[j] * (hb[j] - n[j]);
-    }
+    for (std::size_t j = 0; j < hidden; ++j) r[j] = sigmoid_of(xi[j] + hi[j]);
+    for (std::size_t j = 0; j < hidden; ++j) z[j] = sigmoid_of(xi[hidden + j] + hi[hidden + j]);
+    for (std::size_t j = 0; j < hidden; ++j) n[j] = tanh_of(xi[2 * hidden + j] + r[j] * hi[2 * hidden + j]);
+    for (std::size_t j = 0; j < hidden; ++j) out[j] = n[j] + z[j] * (hb[j] - n[j]);
   }
 }
 
 void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
                        std::size_t batch, std::size_t hidden, real* grad_input_gates, real* grad_hidden_gates,
                        real* grad_h) {
+  std::vector<real> pre(3 * hidden);  // gradients w.r.t. the gates' pre-activations of one row
   for (std::size_t b = 0; b < batch; ++b) {
-    const real* g = grad_h_next + b * hidden;
-    const real* hi = hidden_gates + b * 3 * hidden;
-    const real* hb = h + b * hidden;
-    const real* r = saved + b * 3 * hidden;
-    const real* z = r + hidden;
-    const real* n = z + hidden;
-    real* di = grad_input_gates ? grad_input_gates + b * 3 * hidden : nullptr;
-    real* dhg = grad_hidden_gates ? grad_hidden_gates + b * 3 * hidden : nullptr;
-    real* dh = grad_h ? grad_h + b * hidden : nullptr;
-    for (std::size_t j = 0; j < hidden; ++j) {
-      // h' = n + z (h - n): through n with weight 1 - z, through z with h - n, through h with z.
-      const real dn = g[j] * (real(1) - z[j]) * (real(1) - n[j] * n[j]);  // d(i_n + r h_n)
-      const real dz = g[j] * (hb[j] - n[j]) * z[j] * (real(1) - z[j]);     // d(i_z + h_z)
-      const real dr = dn * hi[2 * hidden + j] * r[j] * (real(1) - r[j]);   // d(i_r + h_r)
-      if (di) {
-        di[j] += dr;
-        di[hidden + j] += dz;
-        di[2 * hidden + j] += dn;
-      }
-      if (dhg) {
-        dhg[j] += dr;
-        dhg[hidden + j] += dz;
-        dhg[2 * hidden + j] += dn * r[j];
-      }
-      if (dh) dh[j] += g[j] * z[j];
+    const real* __restrict g = grad_h_next + b * hidden;
+    const real* __restrict hi = hidden_gates + b * 3 * hidden;
+    const real* __restrict hb = h + b * hidden;
+    const real* __restrict r = saved + b * 3 * hidden;
+    const real* __restrict z = r + hidden;
+    const real* __restrict n = z + hidden;
+    real* __restrict dr = pre.data();  // d(i_r + h_r)
+    real* __restrict dz = dr + hidden;  // d(i_z + h_z)
+    real* __restrict dn = dz + hidden;  // d(i_n + r h_n)
+    // h' = n + z (h - n): through n with weight 1 - z, through z with h - n, through h with z.
+    for (std::size_t j = 0; j < hidden; ++j) dn[j] = g[j] * (real(1) - z[j]) * (real(1) - n[j] * n[j]);
+    for (std::size_t j = 0; j < hidden; ++j) dz[j] = g[j] * (hb[j] - n[j]) * z[j] * (real(1) - z[j]);
+    for (std::size_t j = 0; j < hidden; ++j) dr[j] = dn[j] * hi[2 * hidden + j] * r[j] * (real(1) - r[j]);
+    if (grad_input_gates) {
+      real* __restrict di = grad_input_gates + b * 3 * hidden;
+      for (std::size_t j = 0; j < 3 * hidden; ++j) di[j] += pre[j];
+    }
+    if (grad_hidden_gates) {
+      real* __restrict dg = grad_hidden_gates + b * 3 * hidden;
+      for (std::size_t j = 0; j < 2 * hidden; ++j) dg[j] += pre[j];
+      for (std::size_t j = 0; j < hidden; ++j) dg[2 * hidden + j] += dn[j] * r[j];
+    }
+    if (grad_h) {
+      real* __restrict dh = grad_h + b * hidden;
+      for (std::size_t j = 0; j < hidden; ++j) dh[j] += g[j] * z[j];
     }
   }
 }

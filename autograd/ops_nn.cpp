@@ -207,7 +207,9 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
                               saved->mean.data(), saved->rstd.data());
 
   // Inputs are x, then weight and bias when given; their slots in `inputs` are fixed here.
-  std::vector<Variable> inputs{x};
+  std::vector<Variable> inputs;
+  inputs.reserve(3);  // also keeps GCC 12 from a false -Warray-bounds on the growth path
+  inputs.push_back(x);
   const std::size_t no_slot = 0;  // slot 0 is x, so 0 means "absent" for weight and bias
   const std::size_t weight_slot = weight.defined() ? inputs.size() : no_slot;
   if (weight.defined()) inputs.push_back(weight);
@@ -232,21 +234,17 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
   check_arg(p >= 0 && p <= 1, "dropout", "probability p must be in [0, 1], got " + format_real(p));
   if (!training || p == 0) return x;
   const Shape shape = x.shape();
-  // 0 or 1/(1-p), same shape as x. p == 1 drops everything: the mask is zero (1/(1-p) would
-  // be infinite) and no draws are made; otherwise dropout_mask writes every element.
-  auto mask = std::make_shared<Array>(p < 1 ? Array::from_shape(shape) : zeros(shape));
-  if (p < 1) kernels::dropout_mask(p, rng, mask->size(), mask->data());
+  // p == 1 drops everything: zeros, and no draws are made (1/(1-p) would be infinite).
+  if (p == 1)
+    return make_op("dropout", zeros(shape), {x}, [](const Array&, const Array&, std::span<Variable> in) {
+      if (in[0].requires_grad()) in[0].grad_buffer();  // a zero gradient
+    });
+  const std::size_t count = x.numel();
+  auto keep = std::make_shared<std::vector<std::uint8_t>>(count);  // 1 kept, 0 dropped
   Array y = Array::from_shape(shape);
-  const real* px = x.value().data();
-  const real* pm = mask->data();
-  real* py = y.data();
-  for (std::size_t i = 0, n = y.size(); i < n; ++i) py[i] = px[i] * pm[i];
-  return make_op("dropout", std::move(y), {x}, [mask](const Array& g, const Array&, std::span<Variable> in) {
-    if (!in[0].requires_grad()) return;
-    const real* pg = g.data();
-    const real* pm = mask->data();
-    real* pd = in[0].grad_buffer().data();
-    for (std::size_t i = 0, n = g.size(); i < n; ++i) pd[i] += pg[i] * pm[i];
+  kernels::dropout_forward(x.value().data(), p, rng, count, keep->data(), y.data());
+  return make_op("dropout", std::move(y), {x}, [keep, p](const Array& g, const Array&, std::span<Variable> in) {
+    if (in[0].requires_grad()) kernels::dropout_backward(g.data(), keep->data(), p, g.size(), in[0].grad_buffer().data());
   });
 }
 

@@ -5,10 +5,12 @@
 #include <limits>
 #include <memory>
 #include <sstream>
+#include <type_traits>
 
 #include "lib/broadcast.hpp"
 #include "lib/error.hpp"
 #include "lib/shape.hpp"
+#include "lib/vector_math.hpp"
 
 namespace qkv {
 
@@ -62,6 +64,12 @@ std::optional<BoolArray> allowed_and(const std::optional<BoolArray>& a, const st
 
 namespace {
 
+/// e^x: the vectorisable float32 version in training builds, std::exp in float64.
+real exp_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::exp(x);
+  else return std::exp(x);
+}
+
 /// True when `mask` broadcasts to `target` without growing it.
 bool broadcasts_to(const Shape& mask, const Shape& target) {
   if (mask.size() > target.size()) return false;
@@ -96,7 +104,7 @@ Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
     }
     real total = 0;
     for (std::size_t j = 0; j < count; ++j) {
-      y[o + j] = keep[m + j * mask_step] ? std::exp(x[o + j] - largest) : real(0);
+      y[o + j] = keep[m + j * mask_step] ? exp_of(x[o + j] - largest) : real(0);
       total += y[o + j];
     }
     for (std::size_t j = 0; j < count; ++j) y[o + j] /= total;

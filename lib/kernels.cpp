@@ -243,18 +243,22 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 
 // ---- dropout ----------------------------------------------------------------------------------
 
-void dropout_mask(real p, Rng& rng, std::size_t count, real* mask) {
+void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
   // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
   const real keep_scale = real(1) / (real(1) - p);
   // rng.uniform() < p, decided on the integer draw without a branch (a 10% drop rate makes the
   // branch unpredictable): uniform() is u · 2^-53 with u = draw >> 11 exact, so it is below p
-  // exactly when u < ceil(p · 2^53). Same draws, same masks. A local copy of the generator
-  // keeps its state in registers.
+  // exactly when u < ceil(p · 2^53). A local copy of the generator keeps its state in registers.
   const auto threshold = static_cast<std::uint64_t>(std::ceil(double(p) * 0x1.0p53));
   Rng local = rng;
-  for (std::size_t i = 0; i < count; ++i)
-    mask[i] = keep_scale * static_cast<real>((local.next_u64() >> 11) >= threshold);
+  for (std::size_t i = 0; i < count; ++i) keep[i] = static_cast<std::uint8_t>((local.next_u64() >> 11) >= threshold);
   rng = local;
+  for (std::size_t i = 0; i < count; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+}
+
+void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x) {
+  const real keep_scale = real(1) / (real(1) - p);
+  for (std::size_t i = 0; i < count; ++i) grad_x[i] += grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
 }
 
 // ---- additive attention scores -------------------------------------------------------------

@@ -110,9 +110,12 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 
 // ---- dropout --------------------------------------------------------------------------------
 
-/// Fills `mask` ([count]) with 0 (dropped, probability p) or 1 / (1 - p) (kept), one uniform
-/// draw from `rng` per element, in order. Requires 0 <= p < 1.
-void dropout_mask(real p, Rng& rng, std::size_t count, real* mask);
+/// Draws whether each of `count` elements is kept (one uniform draw from `rng` per element, in
+/// order; dropped with probability p) into `keep` (1 or 0, a byte each: a quarter of a float
+/// mask's memory traffic) and writes y = x · keep / (1 - p). Requires 0 <= p < 1.
+void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y);
+/// grad_x += grad_y · keep / (1 - p).
+void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x);
 
 // ---- selection under a broadcast boolean mask -------------------------------------------------
 

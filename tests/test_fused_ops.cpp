@@ -7,9 +7,9 @@ using namespace qkv::test;
 
 TEST_CASE("additive_scores: equals vᵀ tanh(q + k) composed from primitive ops") {
   const Variable q(random_array({2, 3, 5}, 1), true), k(random_array({2, 4, 5}, 2), true), v(random_array({5}, 3), true);
-  const Variable fused = additive_scores(q, k, v);  // [2, 3, 4]
+  Variable fused = additive_scores(q, k, v);  // [2, 3, 4]
   const Variable features = tanh(unsqueeze(q, 2) + unsqueeze(k, 1));                // [2, 3, 4, 5]
-  const Variable composed = squeeze(linear(features, reshape(v, {1, 5}), Variable()), -1);  // [2, 3, 4]
+  Variable composed = squeeze(linear(features, reshape(v, {1, 5}), Variable()), -1);  // [2, 3, 4]
   REQUIRE(fused.shape() == Shape{2, 3, 4});
   CHECK(max_abs_diff(fused.value(), composed.value()) < 1e-12);
 
@@ -59,7 +59,7 @@ Variable composed_gru(const Variable& input_gates, const Variable& hidden_gates,
 TEST_CASE("gru_cell: equals the GRU equations composed from primitive ops, values and gradients") {
   const Variable xi(random_array({3, 12}, 21, 2), true), hg(random_array({3, 12}, 22, 2), true),
       h(random_array({3, 4}, 23), true);
-  const Variable fused = gru_cell(xi, hg, h), composed = composed_gru(xi, hg, h);
+  Variable fused = gru_cell(xi, hg, h), composed = composed_gru(xi, hg, h);
   CHECK(max_abs_diff(fused.value(), composed.value()) < 1e-12);
   const Array upstream = random_array({3, 4}, 24);
   fused.backward(upstream);

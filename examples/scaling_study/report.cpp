@@ -184,12 +184,12 @@ std::vector<std::string> write_report(const std::string& directory, const Report
   variance.write(directory, "dot_variance.csv", written);
 
   Csv softmax({"d_k", "scaling", "factor", "score_std", "entropy", "entropy_max", "predicted_entropy", "max_weight",
-               "saturated_share", "jacobian_norm", "predicted_jacobian_norm", "query_grad_norm", "key_grad_norm"});
+               "saturated_share", "jacobian_norm", "predicted_jacobian_norm", "query_grad_norm", "query_grad_median", "key_grad_norm"});
   for (const SoftmaxStatistics& c : statistics.cells)
     softmax.row({std::to_string(c.key_size), scaling_id(c.scaling), cell(c.factor), cell(c.score_std),
                  cell(c.entropy), cell(c.entropy_max), cell(c.predicted_entropy), cell(c.max_weight),
                  cell(c.saturated_share), cell(c.jacobian_norm), cell(c.predicted_jacobian_norm),
-                 cell(c.query_grad_norm), cell(c.key_grad_norm)});
+                 cell(c.query_grad_norm), cell(c.query_grad_median), cell(c.key_grad_norm)});
   softmax.write(directory, "softmax_statistics.csv", written);
 
   // ---- part 1: plots --------------------------------------------------------------------
@@ -226,15 +226,17 @@ std::vector<std::string> write_report(const std::string& directory, const Report
               {Series{"maximum ln n", {dims.front(), dims.back()}, {max_entropy, max_entropy}, true}},
               false);
   const double uniform_jacobian = std::sqrt(double(so.keys) - 1) / double(so.keys);
-  per_scaling("jacobian_norm.svg", "Frobenius norm of the softmax Jacobian", "||diag(p) − ppᵀ||_F",
+  per_scaling("jacobian_norm.svg", "Frobenius norm of the softmax Jacobian", "‖diag(p) − ppᵀ‖_F",
               &SoftmaxStatistics::jacobian_norm, &SoftmaxStatistics::predicted_jacobian_norm,
               {Series{"uniform weights √(n−1)/n", {dims.front(), dims.back()}, {uniform_jacobian, uniform_jacobian}, true}},
               false);
   per_scaling("saturation.svg", "Share of rows with largest weight > 0.99", "share of rows",
               &SoftmaxStatistics::saturated_share, nullptr, {}, false);
-  per_scaling("query_gradient.svg", "||∂L/∂q|| through DotProductAttention (autograd)", "mean gradient norm",
+  per_scaling("query_gradient.svg", "mean ‖∂L/∂q‖ through DotProductAttention (autograd)", "mean gradient norm",
               &SoftmaxStatistics::query_grad_norm, nullptr, {}, true);
-  per_scaling("key_gradient.svg", "||∂L/∂K|| through DotProductAttention (autograd)", "mean gradient norm",
+  per_scaling("query_gradient_median.svg", "median ‖∂L/∂q‖ through DotProductAttention (autograd)",
+              "median gradient norm", &SoftmaxStatistics::query_grad_median, nullptr, {}, true);
+  per_scaling("key_gradient.svg", "‖∂L/∂K‖ through DotProductAttention (autograd)", "mean gradient norm",
               &SoftmaxStatistics::key_grad_norm, nullptr, {}, true);
 
   // ---- part 2: tables -------------------------------------------------------------------
@@ -292,7 +294,7 @@ std::vector<std::string> write_report(const std::string& directory, const Report
       {"loss", "probe loss", "cross-entropy per token", &ProbePoint::probe_loss, true},
       {"entropy", "attention entropy H / ln(keys)", "normalised entropy", &ProbePoint::entropy, false},
       {"abs_logit", "mean |scaled attention score|", "mean |logit|", &ProbePoint::mean_abs_logit, true},
-      {"qk_grad_norm", "gradient norm of W_q, W_k", "||∇||", &ProbePoint::qk_grad_norm, true},
+      {"qk_grad_norm", "gradient norm of W_q, W_k", "‖∇‖", &ProbePoint::qk_grad_norm, true},
   };
   for (const std::size_t d : sw.key_sizes)
     for (const Curve& c : charts) {
@@ -323,17 +325,17 @@ std::vector<std::string> write_report(const std::string& directory, const Report
   md << "\n### Softmax over the scaled scores\n\n"
      << "Entropy in nats (maximum ln " << so.keys << " = " << fixed(max_entropy, 3)
      << "); *pred.* is the same quantity for n i.i.d. N(0, σ²) logits with σ = factor·√d_k. "
-     << "Saturated: share of rows whose largest weight exceeds 0.99. ||J||: Frobenius norm of the softmax "
-     << "Jacobian (uniform weights: " << fixed(uniform_jacobian, 3) << "). ||∂q||, ||∂K||: mean gradient norms by "
-     << "autograd through DotProductAttention, for L = Σ output ⊙ g, g ~ N(0, 1/d_k).\n\n"
-     << "| d_k | scaling | score std | entropy | pred. | max weight | saturated | ||J|| | pred. | ||∂q|| | ||∂K|| |\n"
-     << "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+     << "Saturated: share of rows whose largest weight exceeds 0.99. ‖J‖: Frobenius norm of the softmax "
+     << "Jacobian (uniform weights: " << fixed(uniform_jacobian, 3) << "). ‖∂q‖, ‖∂K‖: mean gradient norms by "
+     << "autograd through DotProductAttention, for L = Σ output ⊙ g, g ~ N(0, 1/d_k) (mean, and median for q).\n\n"
+     << "| d_k | scaling | score std | entropy | pred. | max weight | saturated | ‖J‖ | pred. | ‖∂q‖ | median ‖∂q‖ | ‖∂K‖ |\n"
+     << "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const SoftmaxStatistics& c : statistics.cells)
     md << "| " << c.key_size << " | " << scaling_label(c.scaling) << " | " << general(c.score_std) << " | "
        << fixed(c.entropy, 3) << " | " << fixed(c.predicted_entropy, 3) << " | " << fixed(c.max_weight, 3) << " | "
        << fixed(100 * c.saturated_share, 1) << "% | " << fixed(c.jacobian_norm, 3) << " | "
        << fixed(c.predicted_jacobian_norm, 3) << " | " << general(c.query_grad_norm) << " | "
-       << general(c.key_grad_norm) << " |\n";
+       << general(c.query_grad_median) << " | " << general(c.key_grad_norm) << " |\n";
 
   // The headline comparison, computed from the table above.
   for (const Scaling s : so.scalings) {
@@ -358,7 +360,7 @@ std::vector<std::string> write_report(const std::string& directory, const Report
      << "%: first probe at or above that token accuracy, averaged over the runs that reached it "
      << "(reached/runs). Final loss and accuracy: the Trainer's evaluation after the last step. Entropy: "
      << "H / ln(keys) averaged over every attention row of every layer (1 = uniform), at the end. |logit|: mean "
-     << "absolute scaled score at the end. ||∇attn||: gradient norm of all attention parameters, mean over "
+     << "absolute scaled score at the end. ‖∇attn‖: gradient norm of all attention parameters, mean over "
      << "training.\n\n"
      << "| scaling | d_k | heads | steps to " << fixed(100 * sw.target_accuracy, 0)
      << "% | reached | final loss | final token acc | exact match | entropy | abs logit | grad norm attn |"

@@ -119,7 +119,7 @@ GradientNorms measure_gradients(const ScoreScale& scale, std::size_t key_size, s
   DotProductAttention attention(scale);
   Rng rng(seed);
   const real upstream_std = real(1) / std::sqrt(static_cast<real>(key_size));
-  GradientNorms sums;
+  std::vector<double> query_norms, key_norms;
   for (std::size_t done = 0; done < trials; done += kGradientChunk) {
     const std::size_t chunk = std::min(kGradientChunk, trials - done);
     Variable queries(normal({chunk, 1, key_size}, 0, 1, rng), true);  // [C, 1, d]
@@ -127,18 +127,24 @@ GradientNorms measure_gradients(const ScoreScale& scale, std::size_t key_size, s
     const Variable values(normal({chunk, keys, key_size}, 0, 1, rng));  // [C, n, d]
     const Array upstream = normal({chunk, 1, key_size}, 0, upstream_std, rng);  // [C, 1, d] = ∂L/∂output
     attention.forward(queries, keys_, values).output.backward(upstream);
-    const auto add_row_norms = [&](const Array& grad, double& total) {
+    const auto row_norms = [chunk](const Array& grad, std::vector<double>& norms) {
       const std::size_t row = grad.size() / chunk;
       for (std::size_t t = 0; t < chunk; ++t) {
         double squares = 0;
         for (std::size_t i = 0; i < row; ++i) squares += double(grad.data()[t * row + i]) * grad.data()[t * row + i];
-        total += std::sqrt(squares);
+        norms.push_back(std::sqrt(squares));
       }
     };
-    add_row_norms(queries.grad(), sums.query);
-    add_row_norms(keys_.grad(), sums.key);
+    row_norms(queries.grad(), query_norms);
+    row_norms(keys_.grad(), key_norms);
   }
-  return {sums.query / double(trials), sums.key / double(trials)};
+  const auto mean = [](const std::vector<double>& v) {
+    double total = 0;
+    for (const double x : v) total += x;
+    return total / double(v.size());
+  };
+  std::nth_element(query_norms.begin(), query_norms.begin() + long(trials / 2), query_norms.end());
+  return {.query = mean(query_norms), .query_median = query_norms[trials / 2], .key = mean(key_norms)};
 }
 
 StatisticsResult measure_statistics(const StatisticsOptions& options,
@@ -210,10 +216,11 @@ StatisticsResult measure_statistics(const StatisticsOptions& options,
                               .jacobian_norm = m.mean(m.jacobian),
                               .predicted_jacobian_norm = predicted.mean(predicted.jacobian),
                               .query_grad_norm = gradients.query,
+                              .query_grad_median = gradients.query_median,
                               .key_grad_norm = gradients.key});
     }
     if (progress)
-      progress("statistics: d_k = " + std::to_string(d) + ": Var(q·k) = " + format_number(variance) + " (theory " +
+      progress("statistics: d_k = " + std::to_string(d) + ": Var(q·k) = " + format_number(std::round(variance * 100) / 100) + " (theory " +
                std::to_string(d) + ")");
   }
   return result;

@@ -79,6 +79,7 @@ struct SoftmaxStatistics {
   double jacobian_norm = 0;       // mean ||diag(p) − p pᵀ||_F
   double predicted_jacobian_norm = 0;
   double query_grad_norm = 0;     // mean ||∂L/∂q|| by autograd (see measure_gradients)
+  double query_grad_median = 0;   // median ||∂L/∂q||: saturated rows pass almost nothing back
   double key_grad_norm = 0;       // mean ||∂L/∂K||_F
 };
 
@@ -109,8 +110,9 @@ double softmax_jacobian_norm(std::span<const double> weights);
 /// N(0, 1), and the loss L = Σ output ⊙ g with g ~ N(0, 1/d_k), so that ∂L/∂weights has unit
 /// variance per entry whatever d_k is. One batched forward and backward per chunk of trials.
 struct GradientNorms {
-  double query = 0;  // mean over trials of ||∂L/∂q||
-  double key = 0;    // mean over trials of ||∂L/∂K||_F
+  double query = 0;         // mean over trials of ||∂L/∂q||
+  double query_median = 0;  // median over trials of ||∂L/∂q||
+  double key = 0;           // mean over trials of ||∂L/∂K||_F
 };
 GradientNorms measure_gradients(const ScoreScale& scale, std::size_t key_size, std::size_t keys, std::size_t trials,
                                 std::uint64_t seed);

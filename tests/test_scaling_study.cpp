@@ -42,59 +42,62 @@ std::vector<const SoftmaxStatistics*> cells_of(Scaling scaling) {
 
 }  // namespace
 
-TEST_CASE("scaling study: Var(q·k) is within 5% of d_k at every d_k, as the standard error predicts") {
-  const StatisticsResult& result = seeded_statistics();
-  REQUIRE(result.variances.size() == 8);
-  for (const DotVariance& v : result.variances) {
-    CAPTURE(v.key_size);
-    CAPTURE(v.variance);
-    CHECK(v.theory == double(v.key_size));
-    CHECK(v.relative_error < 0.05);
-    // The standard error measured from the sample matches the formula the trial count was chosen by.
-    const double predicted = variance_standard_error(v.key_size, 10, 8000);
-    CHECK(v.standard_error == doctest::Approx(predicted).epsilon(0.25));
-    CHECK(predicted <= 0.0101);
+// One test case with subcases, so that ctest (one process per test case) draws the statistics once.
+TEST_CASE("scaling study: properties of a seeded statistics run") {
+  SUBCASE("Var(q·k) is within 5% of d_k at every d_k, as the standard error predicts") {
+    const StatisticsResult& result = seeded_statistics();
+    REQUIRE(result.variances.size() == 8);
+    for (const DotVariance& v : result.variances) {
+      CAPTURE(v.key_size);
+      CAPTURE(v.variance);
+      CHECK(v.theory == double(v.key_size));
+      CHECK(v.relative_error < 0.05);
+      // The standard error measured from the sample matches the formula the trial count was chosen by.
+      const double predicted = variance_standard_error(v.key_size, 10, 8000);
+      CHECK(v.standard_error == doctest::Approx(predicted).epsilon(0.25));
+      CHECK(predicted <= 0.0101);
+    }
   }
-}
 
-TEST_CASE("scaling study: without scaling the entropy falls as d_k grows; with 1/sqrt(d_k) it stays put") {
-  const auto none = cells_of(Scaling::none);
-  const auto inverse_sqrt = cells_of(Scaling::inverse_sqrt_dim);
-  const auto inverse_dim = cells_of(Scaling::inverse_dim);
-  REQUIRE(none.size() == 8);
-  REQUIRE(inverse_sqrt.size() == 8);
-  REQUIRE(inverse_dim.size() == 8);
-  for (std::size_t i = 1; i < none.size(); ++i) {
-    CAPTURE(none[i]->key_size);
-    CHECK(none[i]->entropy < none[i - 1]->entropy);
-    CHECK(none[i]->saturated_share > none[i - 1]->saturated_share);
-    CHECK(none[i]->jacobian_norm < none[i - 1]->jacobian_norm);
-    // 1/d_k goes the other way: towards uniform weights, entropy ln n.
-    CHECK(inverse_dim[i]->entropy > inverse_dim[i - 1]->entropy);
+  SUBCASE("without scaling the entropy falls as d_k grows, with 1/sqrt(d_k) it stays put") {
+    const auto none = cells_of(Scaling::none);
+    const auto inverse_sqrt = cells_of(Scaling::inverse_sqrt_dim);
+    const auto inverse_dim = cells_of(Scaling::inverse_dim);
+    REQUIRE(none.size() == 8);
+    REQUIRE(inverse_sqrt.size() == 8);
+    REQUIRE(inverse_dim.size() == 8);
+    for (std::size_t i = 1; i < none.size(); ++i) {
+      CAPTURE(none[i]->key_size);
+      CHECK(none[i]->entropy < none[i - 1]->entropy);
+      CHECK(none[i]->saturated_share > none[i - 1]->saturated_share);
+      CHECK(none[i]->jacobian_norm < none[i - 1]->jacobian_norm);
+      // 1/d_k goes the other way: towards uniform weights, entropy ln n.
+      CHECK(inverse_dim[i]->entropy > inverse_dim[i - 1]->entropy);
+    }
+    // From d_k = 4 to 512 the unscaled softmax goes from spread out to mostly one-hot.
+    CHECK(none.front()->entropy > 1.2);
+    CHECK(none.back()->entropy < 0.2);
+    CHECK(none.back()->saturated_share > 0.6);
+    CHECK(inverse_dim.back()->entropy == doctest::Approx(std::log(10.0)).epsilon(0.01));
+    double low = 1e9, high = 0;
+    for (const SoftmaxStatistics* c : inverse_sqrt) {
+      low = std::min(low, c->entropy), high = std::max(high, c->entropy);
+      CHECK(c->saturated_share < 0.01);
+      CHECK(c->score_std == doctest::Approx(1).epsilon(0.05));
+    }
+    CHECK((high - low) / low < 0.03);  // within 3% across d_k = 4..512
   }
-  // From d_k = 4 to 512 the unscaled softmax goes from spread out to mostly one-hot.
-  CHECK(none.front()->entropy > 1.2);
-  CHECK(none.back()->entropy < 0.2);
-  CHECK(none.back()->saturated_share > 0.6);
-  CHECK(inverse_dim.back()->entropy == doctest::Approx(std::log(10.0)).epsilon(0.01));
-  double low = 1e9, high = 0;
-  for (const SoftmaxStatistics* c : inverse_sqrt) {
-    low = std::min(low, c->entropy), high = std::max(high, c->entropy);
-    CHECK(c->saturated_share < 0.01);
-    CHECK(c->score_std == doctest::Approx(1).epsilon(0.05));
-  }
-  CHECK((high - low) / low < 0.03);  // within 3% across d_k = 4..512
-}
 
-TEST_CASE("scaling study: the measured entropy and Jacobian norm follow the Gaussian-logit prediction") {
-  // Given q, the scores are exactly i.i.d. N(0, |q|²); |q|²/d_k -> 1 as d_k grows, so the
-  // prediction with σ² = factor²·d_k is close at large d_k (the d_k = 4 cells differ more).
-  for (const SoftmaxStatistics& c : seeded_statistics().cells) {
-    if (c.key_size < 64) continue;
-    CAPTURE(c.key_size);
-    CAPTURE(scaling_id(c.scaling));
-    CHECK(std::abs(c.entropy - c.predicted_entropy) < 0.05 * std::log(10.0));
-    CHECK(std::abs(c.jacobian_norm - c.predicted_jacobian_norm) < 0.02);
+  SUBCASE("the measured entropy and Jacobian norm follow the Gaussian-logit prediction") {
+    // Given q, the scores are exactly i.i.d. N(0, |q|²); |q|²/d_k -> 1 as d_k grows, so the
+    // prediction with σ² = factor²·d_k is close at large d_k (the d_k = 4 cells differ more).
+    for (const SoftmaxStatistics& c : seeded_statistics().cells) {
+      if (c.key_size < 64) continue;
+      CAPTURE(c.key_size);
+      CAPTURE(scaling_id(c.scaling));
+      CHECK(std::abs(c.entropy - c.predicted_entropy) < 0.05 * std::log(10.0));
+      CHECK(std::abs(c.jacobian_norm - c.predicted_jacobian_norm) < 0.02);
+    }
   }
 }
 

@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
     if (samples->count() == 0) stats.prediction_samples = 5000;
     if (seeds->count() == 0) sweep.seeds = 1;
     if (steps->count() == 0) sweep.steps = 100;
-    if (probe_every->count() == 0) sweep.probe_every = 10;
+    if (probe_every->count() == 0) sweep.probe_every = 20;
   }
   if (!scaling_ids.empty()) {
     sweep.scalings.clear();

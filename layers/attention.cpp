@@ -6,6 +6,7 @@
 #include <memory>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 
 #include "lib/broadcast.hpp"
 #include "lib/error.hpp"
@@ -141,6 +142,18 @@ Variable AttentionPositionEncoding::output_term(const Variable&, std::size_t) co
 
 // ---- dot-product attention ---------------------------------------------------------------
 
+AttentionObserver::AttentionObserver(Callback callback) : callback_(std::move(callback)), previous_(current()) {
+  current() = this;
+}
+
+AttentionObserver::~AttentionObserver() { current() = previous_; }
+
+AttentionObserver*& AttentionObserver::current() {
+  thread_local AttentionObserver* observer = nullptr;
+  return observer;
+}
+
+
 DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, std::uint64_t seed)
     : scale_(scale), dropout_(dropout), rng_(seed) {
   register_random_stream("dropout_rng", rng_);
@@ -201,6 +214,8 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
                     to_string(scores.shape()) + " (" + shapes + ")");
   }
   const Variable weights = masked_softmax(scores, allowed);  // [..., Tq, Tk]
+  if (const AttentionObserver* observer = AttentionObserver::current())
+    observer->callback_(scores.value(), weights.value(), allowed);
   const Variable attended = dropout_ > 0 ? dropout(weights, dropout_, is_training(), rng_) : weights;
   Variable output = matmul(attended, values);  // [..., Tq, dv]
   if (positions) {

@@ -7,6 +7,7 @@
 // query MAY attend to a key. Valid lengths are turned into the same thing. (PyTorch's
 // key_padding_mask and boolean attn_mask mean the opposite: true = ignore.)
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -84,6 +85,28 @@ class AttentionPositionEncoding : public Module {
                               std::size_t keys) const;
   /// A term [B, H, Tq, dv] added to weights·V (Shaw's value embeddings), or undefined.
   virtual Variable output_term(const Variable& weights, std::size_t query_start) const;
+};
+
+/// While alive, sees the scores and weights of every DotProductAttention::forward on this
+/// thread (the innermost observer when they nest) — for diagnostics that need what the
+/// softmax saw inside a model, e.g. qkv-scaling-study's attention logits during training.
+/// Nothing is recorded when no observer is installed.
+class AttentionObserver {
+ public:
+  /// scores: the scaled scores fed to the softmax [..., Tq, Tk] (position terms included);
+  /// weights: its output [..., Tq, Tk]; allowed: the mask broadcasting to them, if any.
+  using Callback =
+      std::function<void(const Array& scores, const Array& weights, const std::optional<BoolArray>& allowed)>;
+  explicit AttentionObserver(Callback callback);
+  ~AttentionObserver();
+  AttentionObserver(const AttentionObserver&) = delete;
+  AttentionObserver& operator=(const AttentionObserver&) = delete;
+
+ private:
+  friend class DotProductAttention;
+  static AttentionObserver*& current();
+  Callback callback_;
+  AttentionObserver* previous_;
 };
 
 /// Dot-product attention: softmax(scale · q kᵀ + position terms) V over the last two axes,

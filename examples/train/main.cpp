@@ -107,7 +107,9 @@ int run(int argc, char** argv) {
     data_spec = line.task.empty() ? corpus_data_spec(line.data_file, line.reverse_pairs, line.split)
                                   : task_data_spec(line.task, line.seed, line.train_size, line.eval_size);
     data = load_data(data_spec);
-    const Vocabs vocabs = line.split == "d2l" ? d2l_vocabs(data) : build_vocabs(data.train);
+    // --split d2l reproduces d2l.ai's vocabularies exactly (min_freq 2 over cut sentences).
+    const Vocabs vocabs =
+        line.split == "d2l" ? d2l_vocabs(data) : build_vocabs(data.train, {.min_freq = line.min_freq});
     auto model = make_model(line.model, model_config(line), vocabs.source.size(), vocabs.target.size());
     TrainOptions options;
     options.seed = line.seed;

@@ -13,6 +13,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   for (const auto& name : models::model_kinds()) kinds += (kinds.empty() ? "" : ", ") + name;
   app.add_option("--model", line.model, "model kind: " + kinds);
   app.add_option("--task", line.task, "generated task: dates, numbers, reverse, copy");
+  app.add_option("--min-freq", line.min_freq, "vocabulary: tokens seen fewer times in training become <unk>")
+      ->check(CLI::Range(1, 1000000));
   app.add_option("--train-size", line.train_size, "generated task: training examples")->check(CLI::PositiveNumber);
   app.add_option("--eval-size", line.eval_size, "generated task: validation and test examples each")
       ->check(CLI::PositiveNumber);

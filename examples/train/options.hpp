@@ -15,6 +15,7 @@ struct CommandLine {
   std::string data_file;  // --data FILE.tsv
   bool reverse_pairs = false;
   std::string split = "default";  // "default" | "d2l"
+  std::size_t min_freq = 2;       // tokens seen fewer times in training become <unk>
   std::size_t train_size = 0;     // 0: the task's default
   std::size_t eval_size = 0;      // 0: the task's default
   std::string out;

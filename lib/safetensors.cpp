@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <type_traits>
@@ -42,9 +43,12 @@ void convert(const char* bytes, std::size_t count, Target* out) {
 TensorFile read_safetensors(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  // A directory opens too, and its "size" can be anything (2^63 - 1 on ext4).
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) fail(path, "not a regular file");
   in.seekg(0, std::ios::end);
   const std::streamoff end = in.tellg();
-  if (end < 0) fail(path, "cannot read: not a regular file?");  // a directory opens, but has no size
+  if (end < 0) fail(path, "cannot tell the file's size");
   const auto file_size = static_cast<std::uint64_t>(end);
   in.seekg(0);
   std::string bytes(file_size, '\0');

@@ -11,6 +11,7 @@ packages=(
   nlohmann-json3-dev                 # checkpoint headers, configs, metrics
   libcli11-dev                       # command lines
   doctest-dev                        # tests
+  clang libclang-rt-14-dev           # the sanitizer pass and libFuzzer (tests/fuzz)
 )
 
 missing=()

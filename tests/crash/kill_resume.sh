@@ -3,10 +3,11 @@
 #
 #   tests/crash/kill_resume.sh [TRIALS] [QKV_TRAIN]     (defaults: 50, build/examples/qkv-train)
 #
-# A tiny Bahdanau model trains with an epoch of 4 steps, so most of its time goes to evaluating and
+# A tiny Bahdanau model trains with epochs of one step, so much of its time goes to evaluating and
 # writing checkpoints (model, optimizer, config.json, metrics.jsonl, best/). Each trial starts
-# qkv-train — fresh while no checkpoint exists, else `--resume DIR` — and SIGKILLs it after a
-# random 0.1-1.5 s. After every kill:
+# qkv-train — fresh while no checkpoint exists, else `--resume DIR` — and SIGKILLs it: odd
+# trials after a random 0.1-1.5 s, even trials just after it starts writing a checkpoint file
+# (plus a random few microseconds). After every kill:
 #   - if a checkpoint had been written before, DIR/config.json must still exist;
 #   - its step must not have gone back;
 #   - `qkv-train --resume DIR` (and --resume DIR/best) must load it and train on, until a SIGINT
@@ -24,7 +25,7 @@ train=${2:-build/examples/qkv-train}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dir=$work/run
-model=(--model bahdanau --task reverse --train-size 64 --eval-size 8 --batch 16 --embed 16 --hidden 16
+model=(--model bahdanau --task reverse --train-size 16 --eval-size 4 --batch 16 --embed 16 --hidden 16
        --layers 1 --seed 1)
 
 fail() {
@@ -47,8 +48,24 @@ for ((trial = 1; trial <= trials; trial++)); do
     "$train" "${model[@]}" --epochs 100000 --out "$dir" --threads 1 >"$work/trial.out" 2>&1 &
   fi
   pid=$!
-  sleep "$(printf '0.%03d' $((100 + RANDOM % 900)))"
-  (( RANDOM % 2 )) && sleep 0.5
+  if ((trial % 2)); then
+    # Odd trials: a random moment.
+    sleep "$(printf '0.%03d' $((100 + RANDOM % 900)))"
+    ((RANDOM % 2)) && sleep 0.5
+  else
+    # Even trials: aimed at a checkpoint write. lib/atomic_file names its temporary files
+    # NAME.tmp.PID, so a glob (no fork, microseconds) sees this process start writing one;
+    # a random number of further polls spreads the kills over the save's files and renames.
+    shopt -s nullglob
+    polls=0 extra=$((RANDOM % 40))
+    while kill -0 "$pid" 2>/dev/null && ((polls < 2000000)); do
+      writing=("$dir"/.staging/*.tmp."$pid" "$dir"/*.tmp."$pid" "$dir"/best/.staging/*.tmp."$pid")
+      ((${#writing[@]} > 0)) && break
+      ((++polls))
+    done
+    for ((i = 0; i < extra; i++)); do [[ -e /proc/$pid ]]; done
+    shopt -u nullglob
+  fi
   kill -0 "$pid" 2>/dev/null || { wait "$pid" || true; fail "qkv-train exited on its own: $(tail -3 "$work/trial.out")"; }
   kill -KILL "$pid"
   wait "$pid" 2>/dev/null || true

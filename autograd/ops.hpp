@@ -111,6 +111,16 @@ struct CrossEntropyOptions {
 /// gradients (PyTorch gives NaN).
 Variable cross_entropy(const Variable& logits, const IndexArray& targets,
                        const CrossEntropyOptions& options = {});
+/// Additive (Bahdanau) attention scores, fused: queries [B, Tq, A], keys [B, Tk, A], v [A] ->
+/// [B, Tq, Tk] with scores[b, i, j] = vᵀ tanh(queries[b, i] + keys[b, j]). Same values as
+/// composing unsqueeze, add, tanh and a product with v, without the [B, Tq, Tk, A] temporaries
+/// (the tanh values are kept for the backward).
+Variable additive_scores(const Variable& queries, const Variable& keys, const Variable& v);
+/// The GRU update, fused (PyTorch's equations, gate order r, z, n): input_gates = W_ih x + b_ih
+/// and hidden_gates = W_hh h + b_hh, both [B, 3H], and h [B, H] ->
+///   h' = n + z ⊙ (h - n), r = σ(i_r + h_r), z = σ(i_z + h_z), n = tanh(i_n + r ⊙ h_n).
+/// One op instead of the ~15 elementwise ones it replaces.
+Variable gru_cell(const Variable& input_gates, const Variable& hidden_gates, const Variable& h);
 /// Layer normalisation over the last dim; `weight` and `bias` ([D]) may be undefined.
 Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias,
                     real eps = real(1e-5));

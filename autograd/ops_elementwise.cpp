@@ -2,9 +2,11 @@
 // that input's shape (add_reduced_to).
 #include <cmath>
 #include <numbers>
+#include <type_traits>
 
 #include "autograd/ops.hpp"
 #include "lib/broadcast.hpp"
+#include "lib/vector_math.hpp"
 
 namespace qkv {
 
@@ -12,7 +14,10 @@ namespace {
 
 /// Adds `gradient` (the output's shape) into `input`'s gradient, reduced to its shape.
 void accumulate_reduced(Variable& input, const Array& gradient) {
-  if (input.requires_grad()) add_reduced_to(gradient, input.shape(), input.grad_buffer());
+  if (!input.requires_grad()) return;
+  // Same shape: add_grad copies into a fresh buffer instead of zero-filling and adding.
+  if (gradient.shape() == input.value().shape()) input.add_grad(gradient);
+  else add_reduced_to(gradient, input.shape(), input.grad_buffer());
 }
 
 /// An op y = f(x) whose derivative is written from x and y: dy/dx = derivative(x, y).
@@ -25,11 +30,17 @@ Variable unary(const char* name, const Variable& x, Forward forward, Derivative 
   for (std::size_t i = 0, n = in.size(); i < n; ++i) py[i] = forward(px[i]);
   return make_op(name, std::move(out), {x},
                  [derivative](const Array& g, const Array& y, std::span<Variable> inputs) {
-                   const real* px = inputs[0].value().data();
-                   const real* py = y.data();
-                   const real* pg = g.data();
-                   real* pd = inputs[0].grad_buffer().data();
-                   for (std::size_t i = 0, n = g.size(); i < n; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
+                   // Distinct buffers (restrict) so that the loop vectorises.
+                   const real* __restrict px = inputs[0].value().data();
+                   const real* __restrict py = y.data();
+                   const real* __restrict pg = g.data();
+                   bool accumulate = true;
+                   real* __restrict pd = inputs[0].grad_buffer(accumulate).data();
+                   const std::size_t n = g.size();
+                   if (accumulate)
+                     for (std::size_t i = 0; i < n; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
+                   else  // a fresh buffer: write, no zero-fill first
+                     for (std::size_t i = 0; i < n; ++i) pd[i] = pg[i] * derivative(px[i], py[i]);
                  });
 }
 
@@ -122,7 +133,10 @@ Variable log(const Variable& x) {
 }
 
 Variable tanh(const Variable& x) {
-  return unary("tanh", x, [](real v) { return std::tanh(v); }, [](real, real y) { return real(1) - y * y; });
+  return unary("tanh", x, [](real v) {
+    if constexpr (std::is_same_v<real, float>) return vector_math::tanh(v);
+    else return std::tanh(v);
+  }, [](real, real y) { return real(1) - y * y; });
 }
 
 Variable sigmoid(const Variable& x) {
@@ -130,6 +144,7 @@ Variable sigmoid(const Variable& x) {
   return unary(
       "sigmoid", x,
       [](real v) {
+        if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(v);
         if (v >= 0) return real(1) / (real(1) + std::exp(-v));
         const real e = std::exp(v);
         return e / (real(1) + e);
@@ -139,7 +154,7 @@ Variable sigmoid(const Variable& x) {
 
 Variable relu(const Variable& x) {
   return unary("relu", x, [](real v) { return v > 0 ? v : real(0); },
-               [](real v, real) { return v > 0 ? real(1) : real(0); });
+               [](real v, real) { return static_cast<real>(v > 0); });
 }
 
 Variable gelu(const Variable& x) {

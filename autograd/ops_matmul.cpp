@@ -94,14 +94,19 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
     // C = op(A) op(B): d op(A) = dC op(B)ᵀ and d op(B) = op(A)ᵀ dC. When an operand is
     // stored transposed, its stored gradient is the transpose of that, which gemm computes by
     // swapping the factors: dA_stored = op(B) dCᵀ, dB_stored = dCᵀ op(A).
+    bool accumulate = true;
     if (p.folded) {
+      // Each gradient is one gemm over the whole buffer: a fresh buffer is written (beta 0).
       const std::size_t rows = g.size() / n;  // batch * M
-      if (in[0].requires_grad())
-        blas::gemm(Trans::No, flip(tb), rows, k, n, 1, g.data(), n, pb, p.b_cols, 1, in[0].grad_buffer().data(), k);
+      if (in[0].requires_grad()) {
+        real* da = in[0].grad_buffer(accumulate).data();
+        blas::gemm(Trans::No, flip(tb), rows, k, n, 1, g.data(), n, pb, p.b_cols, accumulate ? 1 : 0, da, k);
+      }
       if (in[1].requires_grad()) {
-        real* db = in[1].grad_buffer().data();
-        if (transposed(tb)) blas::gemm(Trans::Yes, Trans::No, n, k, rows, 1, g.data(), n, pa, p.a_cols, 1, db, p.b_cols);
-        else blas::gemm(Trans::Yes, Trans::No, k, n, rows, 1, pa, p.a_cols, g.data(), n, 1, db, p.b_cols);
+        real* db = in[1].grad_buffer(accumulate).data();
+        const real beta = accumulate ? 1 : 0;
+        if (transposed(tb)) blas::gemm(Trans::Yes, Trans::No, n, k, rows, 1, g.data(), n, pa, p.a_cols, beta, db, p.b_cols);
+        else blas::gemm(Trans::Yes, Trans::No, k, n, rows, 1, pa, p.a_cols, g.data(), n, beta, db, p.b_cols);
       }
       return;
     }
@@ -150,12 +155,17 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
   if (bias.defined()) inputs.push_back(bias);
   return make_op("linear", std::move(out), std::move(inputs),
                  [rows, in_features, out_features](const Array& g, const Array&, std::span<Variable> in) {
-    if (in[0].requires_grad())  // dx[rows, in] += dy[rows, out] · W[out, in]
+    bool accumulate = true;  // false: a fresh gradient buffer, written with beta 0
+    if (in[0].requires_grad()) {  // dx[rows, in] += dy[rows, out] · W[out, in]
+      real* dx = in[0].grad_buffer(accumulate).data();
       blas::gemm(Trans::No, Trans::No, rows, in_features, out_features, 1, g.data(), out_features,
-                 in[1].value().data(), in_features, 1, in[0].grad_buffer().data(), in_features);
-    if (in[1].requires_grad())  // dW[out, in] += dyᵀ[out, rows] · x[rows, in]
+                 in[1].value().data(), in_features, accumulate ? 1 : 0, dx, in_features);
+    }
+    if (in[1].requires_grad()) {  // dW[out, in] += dyᵀ[out, rows] · x[rows, in]
+      real* dw = in[1].grad_buffer(accumulate).data();
       blas::gemm(Trans::Yes, Trans::No, out_features, in_features, rows, 1, g.data(), out_features,
-                 in[0].value().data(), in_features, 1, in[1].grad_buffer().data(), in_features);
+                 in[0].value().data(), in_features, accumulate ? 1 : 0, dw, in_features);
+    }
     if (in.size() > 2 && in[2].requires_grad()) {
       real* db = in[2].grad_buffer().data();
       const real* pg = g.data();

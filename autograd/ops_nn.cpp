@@ -142,6 +142,46 @@ Variable cross_entropy(const Variable& logits, const IndexArray& targets, const 
                  });
 }
 
+Variable additive_scores(const Variable& queries, const Variable& keys, const Variable& v) {
+  const Shape sq = queries.shape(), sk = keys.shape(), sv = v.shape();
+  check_shape(sq.size() == 3 && sk.size() == 3 && sv.size() == 1 && sq[0] == sk[0] && sq[2] == sk[2] && sv[0] == sq[2],
+              "additive_scores",
+              "queries must be [B, Tq, A], keys [B, Tk, A] and v [A], got queries " + to_string(sq) + ", keys " +
+                  to_string(sk) + ", v " + to_string(sv));
+  const std::size_t batch = sq[0], query_count = sq[1], key_count = sk[1], hidden = sq[2];
+  auto features = std::make_shared<Array>(Array::from_shape({batch, query_count, key_count, hidden}));
+  Array scores = Array::from_shape({batch, query_count, key_count});
+  kernels::additive_scores_forward(queries.value().data(), keys.value().data(), v.value().data(), batch, query_count,
+                                   key_count, hidden, features->data(), scores.data());
+  return make_op("additive_scores", std::move(scores), {queries, keys, v},
+                 [features, batch, query_count, key_count, hidden](const Array& g, const Array&,
+                                                                   std::span<Variable> in) {
+    kernels::additive_scores_backward(g.data(), features->data(), in[2].value().data(), batch, query_count, key_count,
+                                      hidden, in[0].requires_grad() ? in[0].grad_buffer().data() : nullptr,
+                                      in[1].requires_grad() ? in[1].grad_buffer().data() : nullptr,
+                                      in[2].requires_grad() ? in[2].grad_buffer().data() : nullptr);
+  });
+}
+
+Variable gru_cell(const Variable& input_gates, const Variable& hidden_gates, const Variable& h) {
+  const Shape si = input_gates.shape(), sg = hidden_gates.shape(), sh = h.shape();
+  check_shape(sh.size() == 2 && si == Shape{sh[0], 3 * sh[1]} && sg == si, "gru_cell",
+              "input_gates and hidden_gates must be [B, 3H] for h [B, H], got input_gates " + to_string(si) +
+                  ", hidden_gates " + to_string(sg) + ", h " + to_string(sh));
+  const std::size_t batch = sh[0], hidden = sh[1];
+  auto saved = std::make_shared<Array>(Array::from_shape({batch, 3 * hidden}));  // r, z, n
+  Array h_next = Array::from_shape({batch, hidden});
+  kernels::gru_cell_forward(input_gates.value().data(), hidden_gates.value().data(), h.value().data(), batch, hidden,
+                            h_next.data(), saved->data());
+  return make_op("gru_cell", std::move(h_next), {input_gates, hidden_gates, h},
+                 [saved, batch, hidden](const Array& g, const Array&, std::span<Variable> in) {
+    kernels::gru_cell_backward(g.data(), in[1].value().data(), in[2].value().data(), saved->data(), batch, hidden,
+                               in[0].requires_grad() ? in[0].grad_buffer().data() : nullptr,
+                               in[1].requires_grad() ? in[1].grad_buffer().data() : nullptr,
+                               in[2].requires_grad() ? in[2].grad_buffer().data() : nullptr);
+  });
+}
+
 Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, real eps) {
   const Shape shape = x.shape();
   check_shape(!shape.empty() && shape.back() > 0, "layer_norm",
@@ -192,8 +232,9 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
   check_arg(p >= 0 && p <= 1, "dropout", "probability p must be in [0, 1], got " + format_real(p));
   if (!training || p == 0) return x;
   const Shape shape = x.shape();
-  auto mask = std::make_shared<Array>(zeros(shape));  // 0 or 1/(1-p), same shape as x
-  // p == 1 drops everything: the mask stays zero (1/(1-p) would be infinite) and no draws are made.
+  // 0 or 1/(1-p), same shape as x. p == 1 drops everything: the mask is zero (1/(1-p) would
+  // be infinite) and no draws are made; otherwise dropout_mask writes every element.
+  auto mask = std::make_shared<Array>(p < 1 ? Array::from_shape(shape) : zeros(shape));
   if (p < 1) kernels::dropout_mask(p, rng, mask->size(), mask->data());
   Array y = Array::from_shape(shape);
   const real* px = x.value().data();

@@ -164,6 +164,16 @@ Array& Variable::grad_buffer() {
   return n.grad;
 }
 
+Array& Variable::grad_buffer(bool& accumulate) {
+  detail::Node& n = node();
+  accumulate = n.has_grad && n.grad.shape() == n.value.shape();
+  if (!accumulate) {
+    n.grad = Array::from_shape(shape_of(n.value));
+    n.has_grad = true;
+  }
+  return n.grad;
+}
+
 void Variable::add_grad(const Array& gradient) {
   detail::Node& n = node();
   check_shape(gradient.shape() == n.value.shape(), "add_grad",

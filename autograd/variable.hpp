@@ -63,6 +63,11 @@ class Variable {
   /// The gradient buffer, allocated as zeros on first use: ops accumulate into it in place
   /// (gemm with beta = 1). Allocation is lazy so that unused gradients cost nothing.
   Array& grad_buffer();
+  /// For backward functions that can write a gradient as cheaply as add it (gemm with beta 0
+  /// or 1): the buffer, with `accumulate` set to whether it already holds a gradient. When it
+  /// comes back false the buffer is uninitialised and must be overwritten in full, which saves
+  /// zero-filling it first.
+  Array& grad_buffer(bool& accumulate);
   /// grad += gradient (same shape). For backward functions.
   void add_grad(const Array& gradient);
   /// Sets the gradient to zero, keeping its buffer for the next step.

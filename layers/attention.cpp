@@ -253,10 +253,8 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
   }
 
   const Variable projected_queries = linear(queries, w_q_, Variable());  // [B, Tq, hidden]
-  // Every query against every key: [B, Tq, 1, h] + [B, 1, Tk, h] -> [B, Tq, Tk, h].
-  const Variable features = tanh(unsqueeze(projected_queries, 2) + unsqueeze(projected_keys, 1));
-  const Variable v_row = reshape(v_, {1, static_cast<long>(hidden_size_)});  // [1, h]
-  const Variable scores = squeeze(linear(features, v_row, Variable()), -1);  // [B, Tq, Tk]
+  // Every query against every key, vᵀ tanh(W_q q + W_k k), in one fused op.
+  const Variable scores = additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
   const Variable weights = masked_softmax(scores, allowed);
   const Variable attended = dropout_ > 0 ? dropout(weights, dropout_, is_training(), rng_) : weights;
   return {matmul(attended, values), weights};  // [B, Tq, dv]

@@ -12,14 +12,10 @@ namespace {
 /// One GRU step given the input half of the gates, `input_gates` = W_ih x + b_ih [B, 3H].
 /// Only the hidden half is computed here, so a GRU can project all time steps' inputs at once.
 Variable gru_step(const Variable& input_gates, const Variable& h, const Variable& weight_hh,
-                  const Variable& bias_hh, std::size_t hidden) {
-  const Variable hidden_gates = linear(h, weight_hh, bias_hh);          // [B, 3H]
-  const auto xi = split(input_gates, {hidden, hidden, hidden}, 1);      // 3 x [B, H]: r, z, n
-  const auto hi = split(hidden_gates, {hidden, hidden, hidden}, 1);     // 3 x [B, H]
-  const Variable r = sigmoid(xi[0] + hi[0]);
-  const Variable z = sigmoid(xi[1] + hi[1]);
-  const Variable n = tanh(xi[2] + r * hi[2]);
-  return n + z * (h - n);  // (1 - z) ⊙ n + z ⊙ h, one op fewer
+                  const Variable& bias_hh) {
+  const Variable hidden_gates = linear(h, weight_hh, bias_hh);  // [B, 3H]
+  // The gate equations (see gru.hpp) as one fused op: a GRU runs them once per time step.
+  return gru_cell(input_gates, hidden_gates, h);  // [B, H]
 }
 
 Array init_uniform(const Shape& shape, std::size_t hidden, Rng& rng) {
@@ -59,7 +55,17 @@ Variable GRUCell::forward(const Variable& x, const Variable& h) const {
                 "hidden state " + to_string(h.shape()) + " must be " + to_string(expected_h) + " for input " +
                     to_string(sx));
   const Variable state = h.defined() ? h : Variable(zeros(expected_h));
-  return gru_step(linear(x, weight_ih_, bias_ih_), state, weight_hh_, bias_hh_, hidden_size_);
+  return gru_step(linear(x, weight_ih_, bias_ih_), state, weight_hh_, bias_hh_);
+}
+
+Variable GRUCell::forward_gates(const Variable& input_gates, const Variable& h) const {
+  const Shape sg = input_gates.shape();
+  check_shape(sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.shape() == Shape{sg[0], hidden_size_},
+              describe().c_str(),
+              "input gates " + to_string(sg) + " must be [batch, " + std::to_string(3 * hidden_size_) +
+                  "] and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
+                  (h.defined() ? to_string(h.shape()) : std::string("none")));
+  return gru_step(input_gates, h, weight_hh_, bias_hh_);
 }
 
 // ---- GRU ----------------------------------------------------------------------------------
@@ -163,7 +169,7 @@ GRUOutput GRU::run(const Variable& input, const std::vector<std::size_t>* length
       for (std::size_t s = 0; s < steps; ++s) {
         const std::size_t t = direction == 0 ? s : steps - 1 - s;
         const Variable gates_t = squeeze(slice(input_gates, 0, t, t + 1), 0);          // [B, 3H]
-        const Variable next = gru_step(gates_t, h, w.weight_hh, w.bias_hh, hidden);  // [B, H]
+        const Variable next = gru_step(gates_t, h, w.weight_hh, w.bias_hh);  // [B, H]
         if (all_valid[t]) {
           h = next;
           outputs[t] = h;

@@ -28,6 +28,12 @@ class GRUCell : public Module {
 
   /// `h` undefined means zeros, as in PyTorch.
   Variable forward(const Variable& x, const Variable& h = {}) const;
+  /// The step from the input half of the gates, `input_gates` = W_ih x + b_ih [B, 3H], computed
+  /// by the caller: a decoder whose input is partly known for every step up front (the target
+  /// embeddings) projects that part for all steps in one gemm. `h` [B, H] is required.
+  Variable forward_gates(const Variable& input_gates, const Variable& h) const;
+  const Variable& weight_ih() const { return weight_ih_; }  // [3H, I]
+  const Variable& bias_ih() const { return bias_ih_; }      // [3H], undefined without bias
   Variable operator()(const Variable& x, const Variable& h = {}) const { return forward(x, h); }
 
   std::size_t input_size() const { return input_size_; }

@@ -2,11 +2,30 @@
 
 #include <cblas.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <type_traits>
 
 namespace qkv::blas {
 
 namespace {
+
+// Every op returns a fresh array, and a training step allocates and frees the same few hundred
+// sizes over and over. glibc serves blocks above its mmap threshold (128 KB at first) with a
+// fresh mmap and returns them with munmap, and trims the heap top as soon as it is free, so
+// each such array cost page faults on first touch: a fifth of a small transformer's step.
+// Keeping them on the heap lets freed blocks be reused by the next step; peak memory is
+// unchanged (the heap's top is kept, not grown). Set here, the one file every qkv program links.
+[[maybe_unused]] const bool heap_tuned = [] {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
+#endif
+  return true;
+}();
+
 CBLAS_TRANSPOSE to_cblas(Trans trans) { return trans == Trans::Yes ? CblasTrans : CblasNoTrans; }
 blasint to_int(std::size_t value) { return static_cast<blasint>(value); }
 // One name for both precisions, so gemm() compiles whichever `real` is.

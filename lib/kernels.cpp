@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "lib/broadcast.hpp"
+#include "lib/vector_math.hpp"
 
 namespace qkv::kernels {
 
@@ -244,7 +246,128 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 void dropout_mask(real p, Rng& rng, std::size_t count, real* mask) {
   // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
   const real keep_scale = real(1) / (real(1) - p);
-  for (std::size_t i = 0; i < count; ++i) mask[i] = rng.uniform() < double(p) ? real(0) : keep_scale;
+  // rng.uniform() < p, decided on the integer draw without a branch (a 10% drop rate makes the
+  // branch unpredictable): uniform() is u · 2^-53 with u = draw >> 11 exact, so it is below p
+  // exactly when u < ceil(p · 2^53). Same draws, same masks. A local copy of the generator
+  // keeps its state in registers.
+  const auto threshold = static_cast<std::uint64_t>(std::ceil(double(p) * 0x1.0p53));
+  Rng local = rng;
+  for (std::size_t i = 0; i < count; ++i)
+    mask[i] = keep_scale * static_cast<real>((local.next_u64() >> 11) >= threshold);
+  rng = local;
+}
+
+// ---- additive attention scores -------------------------------------------------------------
+
+namespace {
+real tanh_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::tanh(x);
+  else return std::tanh(x);
+}
+}  // namespace
+
+void additive_scores_forward(const real* queries, const real* keys, const real* v, std::size_t batch,
+                             std::size_t query_count, std::size_t key_count, std::size_t hidden, real* features,
+                             real* scores) {
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i) {
+      const real* q = queries + (b * query_count + i) * hidden;  // [A]
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const real* k = keys + (b * key_count + j) * hidden;      // [A]
+        const std::size_t row = (b * query_count + i) * key_count + j;
+        real* __restrict f = features + row * hidden;            // [A]
+        for (std::size_t a = 0; a < hidden; ++a) f[a] = tanh_of(q[a] + k[a]);
+        real total = 0;
+        for (std::size_t a = 0; a < hidden; ++a) total += v[a] * f[a];
+        scores[row] = total;
+      }
+    }
+}
+
+void additive_scores_backward(const real* grad_scores, const real* features, const real* v, std::size_t batch,
+                              std::size_t query_count, std::size_t key_count, std::size_t hidden,
+                              real* grad_queries, real* grad_keys, real* grad_v) {
+  std::vector<real> d(hidden);  // grad · v ⊙ (1 - f²) of one (b, i, j)
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i)
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const std::size_t row = (b * query_count + i) * key_count + j;
+        const real g = grad_scores[row];
+        const real* __restrict f = features + row * hidden;
+        if (grad_v)
+          for (std::size_t a = 0; a < hidden; ++a) grad_v[a] += g * f[a];
+        real* __restrict dd = d.data();
+        for (std::size_t a = 0; a < hidden; ++a) dd[a] = g * v[a] * (real(1) - f[a] * f[a]);
+        if (grad_queries) {
+          real* dq = grad_queries + (b * query_count + i) * hidden;
+          for (std::size_t a = 0; a < hidden; ++a) dq[a] += dd[a];
+        }
+        if (grad_keys) {
+          real* dk = grad_keys + (b * key_count + j) * hidden;
+          for (std::size_t a = 0; a < hidden; ++a) dk[a] += dd[a];
+        }
+      }
+}
+
+// ---- GRU cell ------------------------------------------------------------------------------
+
+namespace {
+real sigmoid_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(x);
+  else return x >= 0 ? real(1) / (real(1) + std::exp(-x)) : std::exp(x) / (real(1) + std::exp(x));
+}
+}  // namespace
+
+void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
+                      std::size_t hidden, real* h_next, real* saved) {
+  // One simple loop per gate, so that each vectorises.
+  for (std::size_t b = 0; b < batch; ++b) {
+    const real* __restrict xi = input_gates + b * 3 * hidden;   // [3H]: i_r, i_z, i_n
+    const real* __restrict hi = hidden_gates + b * 3 * hidden;  // [3H]: h_r, h_z, h_n
+    const real* __restrict hb = h + b * hidden;                 // [H]
+    real* __restrict r = saved + b * 3 * hidden;                // saved [3H]: r, z, n
+    real* __restrict z = r + hidden;
+    real* __restrict n = z + hidden;
+    real* __restrict out = h_next + b * hidden;
+    for (std::size_t j = 0; j < hidden; ++j) r[j] = sigmoid_of(xi[j] + hi[j]);
+    for (std::size_t j = 0; j < hidden; ++j) z[j] = sigmoid_of(xi[hidden + j] + hi[hidden + j]);
+    for (std::size_t j = 0; j < hidden; ++j) n[j] = tanh_of(xi[2 * hidden + j] + r[j] * hi[2 * hidden + j]);
+    for (std::size_t j = 0; j < hidden; ++j) out[j] = n[j] + z[j] * (hb[j] - n[j]);
+  }
+}
+
+void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
+                       std::size_t batch, std::size_t hidden, real* grad_input_gates, real* grad_hidden_gates,
+                       real* grad_h) {
+  std::vector<real> pre(3 * hidden);  // gradients w.r.t. the gates' pre-activations of one row
+  for (std::size_t b = 0; b < batch; ++b) {
+    const real* __restrict g = grad_h_next + b * hidden;
+    const real* __restrict hi = hidden_gates + b * 3 * hidden;
+    const real* __restrict hb = h + b * hidden;
+    const real* __restrict r = saved + b * 3 * hidden;
+    const real* __restrict z = r + hidden;
+    const real* __restrict n = z + hidden;
+    real* __restrict dr = pre.data();  // d(i_r + h_r)
+    real* __restrict dz = dr + hidden;  // d(i_z + h_z)
+    real* __restrict dn = dz + hidden;  // d(i_n + r h_n)
+    // h' = n + z (h - n): through n with weight 1 - z, through z with h - n, through h with z.
+    for (std::size_t j = 0; j < hidden; ++j) dn[j] = g[j] * (real(1) - z[j]) * (real(1) - n[j] * n[j]);
+    for (std::size_t j = 0; j < hidden; ++j) dz[j] = g[j] * (hb[j] - n[j]) * z[j] * (real(1) - z[j]);
+    for (std::size_t j = 0; j < hidden; ++j) dr[j] = dn[j] * hi[2 * hidden + j] * r[j] * (real(1) - r[j]);
+    if (grad_input_gates) {
+      real* __restrict di = grad_input_gates + b * 3 * hidden;
+      for (std::size_t j = 0; j < 3 * hidden; ++j) di[j] += pre[j];
+    }
+    if (grad_hidden_gates) {
+      real* __restrict dg = grad_hidden_gates + b * 3 * hidden;
+      for (std::size_t j = 0; j < 2 * hidden; ++j) dg[j] += pre[j];
+      for (std::size_t j = 0; j < hidden; ++j) dg[2 * hidden + j] += dn[j] * r[j];
+    }
+    if (grad_h) {
+      real* __restrict dh = grad_h + b * hidden;
+      for (std::size_t j = 0; j < hidden; ++j) dh[j] += g[j] * z[j];
+    }
+  }
 }
 
 // ---- where ----------------------------------------------------------------------------------

@@ -70,6 +70,34 @@ void layer_norm_backward(const real* grad_y, const real* x, const real* weight, 
                          const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
                          real* grad_weight, real* grad_bias);
 
+// ---- additive attention scores -------------------------------------------------------------
+
+/// scores[b, i, j] = Σ_a v[a] · tanh(queries[b, i, a] + keys[b, j, a]) for queries [B, Tq, A],
+/// keys [B, Tk, A], v [A]; writes the tanh values into `features` [B, Tq, Tk, A] for the
+/// backward. One pass instead of a broadcast add, a tanh and a product, each over [B, Tq, Tk, A].
+void additive_scores_forward(const real* queries, const real* keys, const real* v, std::size_t batch,
+                             std::size_t query_count, std::size_t key_count, std::size_t hidden, real* features,
+                             real* scores);
+/// Adds the gradients w.r.t. queries, keys and v (any may be null) from grad_scores [B, Tq, Tk]
+/// and the saved features: with d = grad · v ⊙ (1 - features²), grad_queries[b, i] += Σ_j d,
+/// grad_keys[b, j] += Σ_i d, grad_v += Σ grad · features.
+void additive_scores_backward(const real* grad_scores, const real* features, const real* v, std::size_t batch,
+                              std::size_t query_count, std::size_t key_count, std::size_t hidden,
+                              real* grad_queries, real* grad_keys, real* grad_v);
+
+// ---- GRU cell ------------------------------------------------------------------------------
+
+/// PyTorch's GRU update from both halves of the gates, input_gates = W_ih x + b_ih and
+/// hidden_gates = W_hh h + b_hh ([B, 3H] each, gate order r, z, n) and h [B, H]:
+///   r = σ(i_r + h_r), z = σ(i_z + h_z), n = tanh(i_n + r ⊙ h_n), h' = n + z ⊙ (h - n).
+/// Writes h' [B, H] and saves r, z, n into `saved` [B, 3H] for the backward.
+void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
+                      std::size_t hidden, real* h_next, real* saved);
+/// Adds the gradients w.r.t. input_gates, hidden_gates and h (any may be null) from grad_h_next.
+void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
+                       std::size_t batch, std::size_t hidden, real* grad_input_gates, real* grad_hidden_gates,
+                       real* grad_h);
+
 // ---- embedding ------------------------------------------------------------------------------
 // Indices must already be validated to lie in [0, V).
 

@@ -438,3 +438,27 @@ TEST_CASE("trainer: with dropout, a resumed transformer draws the same masks and
   REQUIRE(resumed.size() == straight.size());
   for (std::size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i + 1);
 }
+
+TEST_CASE("trainer: weights of another model or vocabulary are refused, naming the file and the tensor") {
+  register_toy();
+  const Dataset data = tiny_reverse();
+  const Vocabs vocabs = build_vocabs(data.train);
+  TrainOptions options = tiny_options();
+  options.epochs = 1;
+  const fs::path narrow = fresh_directory("narrow"), wide = fresh_directory("wide");
+  for (const auto& [dir, width] : {std::pair{narrow, std::size_t{16}}, std::pair{wide, std::size_t{24}}}) {
+    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), width, 7), vocabs, data,
+                    options, dir.string(), {{"task", "reverse"}});
+    trainer.train();
+  }
+  // Another model's weights under this config.json.
+  fs::copy_file(wide / "model.safetensors", narrow / "model.safetensors", fs::copy_options::overwrite_existing);
+  CHECK_THROWS_WITH_AS(load_checkpoint(narrow.string()), doctest::Contains("model.safetensors"), Error);
+  CHECK_THROWS_WITH_AS(load_checkpoint(narrow.string()), doctest::Contains("[24"), Error);
+
+  // A config.json whose target vocabulary is not the one the weights were trained with.
+  nlohmann::json config = nlohmann::json::parse(std::ifstream(wide / "config.json"));
+  config["vocab"]["target"]["tokens"].push_back("an-extra-token");
+  std::ofstream(wide / "config.json") << config.dump();
+  CHECK_THROWS_WITH_AS(load_checkpoint(wide.string()), doctest::Contains("model.safetensors"), Error);
+}

@@ -222,15 +222,23 @@ BahdanauState BahdanauModel::encode(const IndexArray& source, const IndexArray& 
   return state;
 }
 
-Variable BahdanauModel::step(BahdanauState& state, const Variable& embedded) {
+BahdanauModel::InputWeights BahdanauModel::split_input_weights() const {
+  // The bottom cell reads [embedding; context]: W_ih = [W_e | W_c] along its input axis.
+  const Variable& weight_ih = decoder_[0]->weight_ih();  // [3H, E + D·H]
+  const std::size_t embed = config_.embed_size, input = weight_ih.dim(1);
+  return {slice(weight_ih, 1, 0, embed), slice(weight_ih, 1, embed, input)};  // [3H, E], [3H, D·H]
+}
+
+Variable BahdanauModel::step(BahdanauState& state, const Variable& embedding_gates, const Variable& context_weight) {
   const Variable query = unsqueeze(state.hidden.back(), 1);  // [B, 1, H]
   const AttentionOutput attended =
       attention_->forward_projected(query, state.projected_keys, state.encoder_outputs, state.allowed);
-  Variable input = concat({embedded, squeeze(attended.output, 1)}, 1);  // [B, E + D·H]
-  for (std::size_t layer = 0; layer < decoder_.size(); ++layer) {
-    state.hidden[layer] = decoder_[layer]->forward(input, state.hidden[layer]);  // [B, H]
-    input = layer + 1 < decoder_.size() ? drop(state.hidden[layer]) : state.hidden[layer];
-  }
+  // W_ih [y; c] + b_ih = (W_e y + b_ih) + W_c c: the embedding half comes precomputed.
+  const Variable context = squeeze(attended.output, 1);                             // [B, D·H]
+  const Variable gates = embedding_gates + linear(context, context_weight, Variable());  // [B, 3H]
+  state.hidden[0] = decoder_[0]->forward_gates(gates, state.hidden[0]);             // [B, H]
+  for (std::size_t layer = 1; layer < decoder_.size(); ++layer)
+    state.hidden[layer] = decoder_[layer]->forward(drop(state.hidden[layer - 1]), state.hidden[layer]);  // [B, H]
   return attended.weights;  // [B, 1, S]
 }
 
@@ -246,12 +254,16 @@ Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray&
   const std::size_t batch = target_shape[0], steps = target_shape[1];
   const std::size_t source_steps = source.shape()[1];
 
-  // All target embeddings in one lookup, time-major so each step's slice is contiguous.
+  // All target embeddings in one lookup, time-major so each step's slice is contiguous, and
+  // their half of the bottom cell's input gates in one gemm for every step.
   const Variable embedded = transpose(drop(target_embedding_->forward(target_input)), 0, 1);  // [T, B, E]
+  const InputWeights input_weights = split_input_weights();
+  const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [T, B, 3H]
   std::vector<Variable> top_states(steps);  // T x [B, H]
   Array weights = Array::from_shape({batch, steps, source_steps});  // [B, T, S]
   for (std::size_t t = 0; t < steps; ++t) {
-    const Variable step_weights = step(state, squeeze(slice(embedded, 0, t, t + 1), 0));  // [B, 1, S]
+    const Variable step_weights =
+        step(state, squeeze(slice(embedding_gates, 0, t, t + 1), 0), input_weights.context);  // [B, 1, S]
     top_states[t] = state.hidden.back();
     const real* from = step_weights.value().data();
     for (std::size_t b = 0; b < batch; ++b)
@@ -275,7 +287,10 @@ StepOutput BahdanauModel::decode_step(DecoderState& state, const IndexArray& pre
   check_shape(tokens_shape == Shape{bahdanau->batch_size()}, model_name,
               "previous_tokens " + to_string(tokens_shape) + " must be [" + std::to_string(bahdanau->batch_size()) +
                   "], one per row of the decoder state");
-  const Variable step_weights = step(*bahdanau, drop(target_embedding_->forward(previous_tokens)));  // [B, 1, S]
+  const InputWeights input_weights = split_input_weights();
+  const Variable embedding_gates = linear(drop(target_embedding_->forward(previous_tokens)), input_weights.embedding,
+                                          decoder_[0]->bias_ih());                                    // [B, 3H]
+  const Variable step_weights = step(*bahdanau, embedding_gates, input_weights.context);  // [B, 1, S]
   StepOutput result;
   result.logits = output_->forward(bahdanau->hidden.back());  // [B, V]
   const std::size_t batch = bahdanau->batch_size(), source_steps = step_weights.shape()[2];

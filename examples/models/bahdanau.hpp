@@ -21,8 +21,8 @@
 //
 // Hoisted out of the time loop, so a step does only what depends on the previous step:
 // the source keys' projection W_k k (once per batch, `AdditiveAttention::project_keys`), the
-// embedding of all target inputs (one lookup), the mask, and the output projection (one gemm
-// over all steps in `forward`).
+// embedding of all target inputs (one lookup) and their half of the bottom cell's input gates
+// (one gemm), the mask, and the output projection (one gemm over all steps in `forward`).
 //
 // Dropout (config.dropout) acts on both embeddings' outputs, between stacked encoder GRU layers
 // and between stacked decoder cells, in training mode only.
@@ -103,9 +103,16 @@ class BahdanauModel : public Seq2SeqModel {
  private:
   /// Encodes and prepares everything the decoder needs except the target.
   BahdanauState encode(const IndexArray& source, const IndexArray& source_lengths);
-  /// One decoder step on the embedded previous tokens [B, E]: updates state.hidden and returns
-  /// the attention weights [B, 1, S].
-  Variable step(BahdanauState& state, const Variable& embedded);
+  /// The bottom cell's weight_ih cut along its input into the embedding's and the context's parts.
+  struct InputWeights {
+    Variable embedding;  // [3H, E]
+    Variable context;    // [3H, D·H]
+  };
+  InputWeights split_input_weights() const;
+  /// One decoder step, given the previous tokens' half of the bottom cell's input gates,
+  /// W_e embedding(y) + b_ih [B, 3H] (computed for all steps at once by `forward`): updates
+  /// state.hidden and returns the attention weights [B, 1, S].
+  Variable step(BahdanauState& state, const Variable& embedding_gates, const Variable& context_weight);
   /// Throws ShapeError naming the model unless source is [B, S] (B, S > 0) and lengths [B] lie in
   /// [0, S] (a zero-length source gets all-zero attention weights and a zero context).
   void check_source(const IndexArray& source, const IndexArray& source_lengths) const;

@@ -29,6 +29,19 @@ struct StepOutput {
   std::vector<NamedAttention> attention; // cross-attention of this step, each [B, S]
 };
 
+/// Which sentence labels an attention map's axis.
+enum class TokenSide { source, target };
+
+/// The attention maps of one kind, for plots: the Bahdanau cross-attention, or every layer x
+/// head of one of the transformer's three attentions.
+struct AttentionGroup {
+  std::string title;   // "cross-attention", "encoder self-attention", "decoder self-attention"
+  TokenSide queries = TokenSide::target;
+  TokenSide keys = TokenSide::source;
+  std::size_t heads = 1;              // maps per layer, in order: layer 1's heads first
+  std::vector<NamedAttention> maps;   // each [B, T_queries, T_keys]
+};
+
 /// What a model keeps between decoding steps (encoder outputs, hidden state, KV caches).
 class DecoderState {
  public:
@@ -50,6 +63,13 @@ class Seq2SeqModel : public Module {
   /// One decoding step: the previous tokens [B] (<bos> first) -> next-token logits [B, V].
   /// Equal to the matching row of forward() on the same prefix (tested).
   virtual StepOutput decode_step(DecoderState& state, const IndexArray& previous_tokens) = 0;
+  /// Every attention map of a teacher-forced pass, grouped by kind, for plots (not used in
+  /// training, so a model may do extra work here). The default: forward()'s cross-attention.
+  virtual std::vector<AttentionGroup> attention_groups(const IndexArray& source, const IndexArray& source_lengths,
+                                                       const IndexArray& target_input) {
+    return {{.title = "cross-attention", .maps = forward(source, source_lengths, target_input).attention}};
+  }
+
   /// "bahdanau" or "transformer": the key in config.json.
   virtual std::string kind() const = 0;
   /// Hyperparameters that rebuild this model (with the vocabulary sizes) — written to

@@ -407,6 +407,9 @@ void Trainer::build_optimizer() {
 TrainResult Trainer::train(const std::function<void(const StepInfo&)>& on_step, const std::atomic<bool>* stop) {
   fs::create_directories(out_dir_);
   const auto start = std::chrono::steady_clock::now();
+  // Evaluations record the training time of the whole run, earlier (resumed) processes included.
+  run_start_ = start;
+  seconds_before_run_ = history_.empty() ? 0.0 : history_.back().value("seconds", 0.0);
   TrainResult result;
   const bool budgeted = options_.time_budget_seconds > 0;
   const CrossEntropyOptions loss_options{.ignore_index = Vocab::pad_id, .label_smoothing = real(options_.label_smoothing)};
@@ -482,7 +485,8 @@ void Trainer::evaluate_and_checkpoint(double train_loss, bool epoch_complete) {
                 {"token_acc", evaluation.token_accuracy},
                 {"exact", evaluation.exact_match},
                 {"bleu", evaluation.bleu},
-                {"lr", optimizer_->learning_rate()}};
+                {"lr", optimizer_->learning_rate()},
+                {"seconds", seconds_before_run_ + seconds_since(run_start_)}};
   history_.push_back(entry);
   spdlog::info("epoch {:.2f}  step {}  train_loss {}  val_loss {:.4f}  token_acc {:.4f}  exact {:.4f}  bleu {:.2f}",
                entry["epoch"].get<double>(), progress_.step, std::isfinite(train_loss) ? format_number(train_loss) : "-",

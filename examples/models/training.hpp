@@ -27,6 +27,7 @@
 // streams are saved in config.json ("random_state", Module::random_state) and restored, so
 // this holds with dropout too (tested with a transformer at dropout 0.1).
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -159,7 +160,8 @@ class Trainer {
   const Vocabs& vocabs() const { return vocabs_; }
   const TrainOptions& options() const { return options_; }
   const Progress& progress() const { return progress_; }
-  /// One entry per evaluation: epoch, step, train_loss, val_loss, token_acc, exact, bleu, lr.
+  /// One entry per evaluation: epoch, step, train_loss, val_loss, token_acc, exact, bleu, lr,
+  /// seconds (of training so far, resumed runs' earlier processes included, evaluations too).
   const nlohmann::json& history() const { return history_; }
   const std::string& out_dir() const { return out_dir_; }
   std::size_t batches_per_epoch() const { return batcher_.num_batches(); }
@@ -179,6 +181,8 @@ class Trainer {
   std::unique_ptr<Schedule> schedule_;
   Progress progress_;
   nlohmann::json history_ = nlohmann::json::array();
+  std::chrono::steady_clock::time_point run_start_;  // this process's train() call
+  double seconds_before_run_ = 0;                      // training time of earlier processes
 };
 
 std::string to_string(StopReason reason);

@@ -220,6 +220,11 @@ Variable TransformerModel::embed(const Embedding& embedding, Module* positions, 
 }
 
 Variable TransformerModel::encode(const IndexArray& source, const IndexArray& source_lengths) {
+  return encode_with_attention(source, source_lengths).output;
+}
+
+TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexArray& source,
+                                                                   const IndexArray& source_lengths) {
   check_shape(source.dimension() == 2 && source_lengths.dimension() == 1 &&
                   source_lengths.shape()[0] == source.shape()[0],
               kModel,
@@ -230,16 +235,36 @@ Variable TransformerModel::encode(const IndexArray& source, const IndexArray& so
                   std::to_string(config_.max_length));
   AttentionMask mask;
   mask.valid_lens = source_lengths;
-  return encoder_->forward(embed(*source_embedding_, source_positions_.get(), source, 0), mask).output;  // [B, S, D]
+  return encoder_->forward(embed(*source_embedding_, source_positions_.get(), source, 0), mask);  // [B, S, D]
 }
 
-std::vector<NamedAttention> TransformerModel::name_attention(const std::vector<Variable>& cross_attention) const {
+std::vector<NamedAttention> TransformerModel::name_attention(const std::vector<Variable>& attention) const {
   std::vector<NamedAttention> maps;
-  for (std::size_t l = 0; l < cross_attention.size(); ++l)
+  for (std::size_t l = 0; l < attention.size(); ++l)
     for (std::size_t h = 0; h < config_.num_heads; ++h)
       maps.emplace_back("layer " + std::to_string(l + 1) + " head " + std::to_string(h + 1),
-                        head_of(cross_attention[l].value(), h));  // [B, T, S]
+                        head_of(attention[l].value(), h));  // [B, T_queries, T_keys]
   return maps;
+}
+
+std::vector<AttentionGroup> TransformerModel::attention_groups(const IndexArray& source,
+                                                               const IndexArray& source_lengths,
+                                                               const IndexArray& target_input) {
+  const NoGradGuard no_grad;
+  const TransformerEncoder::Output encoded = encode_with_attention(source, source_lengths);  // [B, S, D]
+  check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
+              "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
+                  shape_of(target_input));
+  AttentionMask source_mask;
+  source_mask.valid_lens = source_lengths;
+  const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
+  const TransformerDecoder::Output decoded = decoder_->forward(target, encoded.output, {.causal = true}, source_mask);
+  const std::size_t heads = config_.num_heads;
+  return {{"cross-attention", TokenSide::target, TokenSide::source, heads, name_attention(decoded.cross_attention)},
+          {"encoder self-attention", TokenSide::source, TokenSide::source, heads,
+           name_attention(encoded.self_attention)},
+          {"decoder self-attention", TokenSide::target, TokenSide::target, heads,
+           name_attention(decoded.self_attention)}};
 }
 
 Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArray& source_lengths,

@@ -66,6 +66,9 @@ class TransformerModel : public Seq2SeqModel {
   std::unique_ptr<DecoderState> start_decoding(const IndexArray& source, const IndexArray& source_lengths) override;
   /// Cross-attention maps "layer L head H", each [B, S].
   StepOutput decode_step(DecoderState& state, const IndexArray& previous_tokens) override;
+  /// Cross-attention, encoder self-attention and decoder self-attention, every layer x head.
+  std::vector<AttentionGroup> attention_groups(const IndexArray& source, const IndexArray& source_lengths,
+                                               const IndexArray& target_input) override;
   std::string kind() const override { return "transformer"; }
   nlohmann::json config() const override { return config_; }
 
@@ -74,10 +77,12 @@ class TransformerModel : public Seq2SeqModel {
  private:
   /// The encoder's output [B, S, D] for source [B, S].
   Variable encode(const IndexArray& source, const IndexArray& source_lengths);
+  /// The same, with each encoder layer's self-attention [B, H, S, S].
+  TransformerEncoder::Output encode_with_attention(const IndexArray& source, const IndexArray& source_lengths);
   /// tokens [B, T] at positions start.. -> embedding · √d_model (+ table), then dropout.
   Variable embed(const Embedding& embedding, Module* positions, const IndexArray& tokens, std::size_t start);
-  /// Per-layer cross-attention [B, H, T, S] -> named maps [B, T, S].
-  std::vector<NamedAttention> name_attention(const std::vector<Variable>& cross_attention) const;
+  /// Per-layer attention [B, H, Tq, Tk] -> maps "layer L head H" [B, Tq, Tk].
+  std::vector<NamedAttention> name_attention(const std::vector<Variable>& attention) const;
 
   TransformerConfig config_;
   std::shared_ptr<Embedding> source_embedding_, target_embedding_;

@@ -5,9 +5,12 @@
 //   qkv-train --resume runs/rev --epochs 10          (continues to 10 epochs in total)
 //
 // Writes DIR/config.json, model.safetensors, optimizer.safetensors, metrics.jsonl, best/,
-// attention.svg (one test example) and curves.svg. Ctrl-C saves a checkpoint and exits. The last
-// line is `final: val_loss=… token_acc=… exact=… bleu=…` on the test set (the validation set
-// for corpora without one). Bad arguments: one line on stderr, exit status 2.
+// curves.svg and the attention plots of the first test sentence (models/attention_plots.hpp:
+// attention.svg, attention-connections.svg and, for the transformer, the self-attention).
+// Ctrl-C saves a checkpoint and exits. The last line is `final: val_loss=… token_acc=…
+// exact=… bleu=…` on the test set (the validation set for corpora without one), of the
+// checkpoint with the best validation metric (best/). Bad arguments: one line on stderr,
+// exit status 2.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -20,9 +23,11 @@
 #include "lib/blas.hpp"
 #include "lib/error.hpp"
 #include "lib/svg.hpp"
-#include "lib/tasks.hpp"
+#include "models/attention_plots.hpp"
+#include "models/data_spec.hpp"
 #include "models/registry.hpp"
 #include "models/training.hpp"
+#include "train/options.hpp"
 
 namespace {
 
@@ -30,186 +35,119 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace qkv;
 using namespace qkv::models;
+using train_cli::CommandLine;
 
 std::atomic<bool> interrupted{false};
 extern "C" void on_sigint(int) { interrupted = true; }
 
-/// Builds the dataset a data spec (stored in config.json) describes.
-Dataset load_data(const json& spec) {
-  if (spec.contains("task")) {
-    TaskOptions options;
-    options.seed = spec.at("seed").get<std::uint64_t>();
-    options.train_size = spec.value("train_size", options.train_size);
-    options.validation_size = options.test_size = spec.value("eval_size", options.validation_size);
-    return make_task(spec.at("task").get<std::string>(), options);
-  }
-  const std::string file = spec.at("file").get<std::string>();
-  if (!fs::exists(file)) throw Error("data file " + file + " does not exist");
-  CorpusOptions options;
-  options.tsv.reverse = spec.at("reverse").get<bool>();
-  options.split = spec.at("split").get<std::string>() == "d2l" ? CorpusSplit::d2l : CorpusSplit::by_source;
-  return load_corpus(file, options);
-}
-
 /// The model's hyperparameters from the command line, in the keys its from_config reads.
-json model_config(const std::string& kind, const CLI::App& app, std::size_t embed, std::size_t hidden,
-                  std::size_t d_model, std::size_t heads, std::size_t layers, std::size_t ff, double dropout,
-                  const std::string& positional, const std::string& scale, std::uint64_t seed) {
-  json config = {{"dropout", dropout}, {"seed", seed}};
-  if (kind == "transformer") {
-    config.update({{"d_model", d_model}, {"num_heads", heads}, {"encoder_layers", layers},
-                   {"decoder_layers", layers}, {"dim_feedforward", ff}, {"positional", positional}});
-    if (app.count("--attention-scale") > 0) {
+json model_config(const CommandLine& line) {
+  json config = {{"dropout", line.dropout}, {"seed", line.seed}};
+  if (line.model == "transformer") {
+    config.update({{"d_model", line.d_model}, {"num_heads", line.heads}, {"encoder_layers", line.layers},
+                   {"decoder_layers", line.layers}, {"dim_feedforward", line.ff}, {"positional", line.positional}});
+    if (line.attention_scale_given) {
+      const std::string& scale = line.attention_scale;
       const char* name = scale == "sqrt" ? "inverse_sqrt_dim" : scale == "dk" ? "inverse_dim" : "none";
       config["scale"] = {{"kind", name}, {"value", 1.0}};
     }
   } else {
-    config.update({{"embed_size", embed}, {"hidden_size", hidden}, {"attention_size", hidden},
-                   {"encoder_layers", layers}, {"decoder_layers", layers}});
+    config.update({{"embed_size", line.embed}, {"hidden_size", line.hidden}, {"attention_size", line.hidden},
+                   {"encoder_layers", line.layers}, {"decoder_layers", line.layers}});
   }
   return config;
 }
 
-void write_plots(Seq2SeqModel& model, const Vocabs& vocabs, const std::vector<SentencePair>& pairs,
-                 const json& history, const fs::path& out) {
-  // Curves over evaluations.
-  Series train{"train loss", {}, {}}, val{"validation loss", {}, {}}, acc{"token accuracy", {}, {}, true};
+/// curves.svg: the losses and accuracies of every evaluation.
+void write_curves(const json& history, const fs::path& out) {
+  Series train{"train loss", {}, {}}, val{"validation loss", {}, {}}, acc{"token accuracy", {}, {}, true},
+      exact{"exact match", {}, {}, true};
   for (const json& entry : history) {
     const double epoch = entry.at("epoch").get<double>();
-    train.x.push_back(epoch);
-    train.y.push_back(entry.at("train_loss").is_null() ? NAN : entry.at("train_loss").get<double>());
-    val.x.push_back(epoch);
-    val.y.push_back(entry.at("val_loss").get<double>());
-    acc.x.push_back(epoch);
-    acc.y.push_back(entry.at("token_acc").get<double>());
+    const auto value = [&](const char* key) { return entry.at(key).is_null() ? NAN : entry.at(key).get<double>(); };
+    for (Series* series : {&train, &val, &acc, &exact}) series->x.push_back(epoch);
+    train.y.push_back(value("train_loss"));
+    val.y.push_back(value("val_loss"));
+    acc.y.push_back(value("token_acc"));
+    exact.y.push_back(value("exact"));
   }
   write_svg((out / "curves.svg").string(),
             line_chart_svg({.title = "training", .x_label = "epoch", .y_label = "loss / accuracy",
-                            .series = {train, val, acc}, .x_ticks = {}}));
-  // Attention of the first example, decoded greedily.
-  const Batcher batcher(std::span<const SentencePair>(pairs.data(), 1), vocabs.source, vocabs.target, {.shuffle = false});
-  const Batch batch = batcher.make_batch(std::vector<std::size_t>{0});
-  model.eval();
-  const Hypothesis h = greedy_decode(model, batch.source, batch.source_lengths, 2 * pairs[0].target.size() + 10)[0];
-  if (h.attention.empty()) return;
-  std::vector<std::string> keys = pairs[0].source;
-  keys.push_back("<eos>");
-  std::vector<std::string> queries = vocabs.target.decode(h.tokens);
-  if (h.finished) queries.push_back("<eos>");
-  write_svg((out / "attention.svg").string(),
-            attention_heatmap_svg({.weights = h.attention[0].second, .queries = queries, .keys = keys,
-                                   .title = h.attention[0].first}));
+                            .series = {train, val, acc, exact}, .x_ticks = {}}));
 }
 
 int run(int argc, char** argv) {
-  CLI::App app{"qkv-train: train a translation model"};
-  std::string kind, task, data_file, split = "default", out, resume, schedule = "constant", positional = "sinusoidal",
-                                     scale = "sqrt";
-  bool reverse_pairs = false;
-  std::uint64_t seed = 0;
-  int threads = 1;
-  std::size_t epochs = 10, batch = 64, warmup = 4000, beam = 1, embed = 32, hidden = 64, d_model = 64, heads = 4,
-              layers = 2, ff = 128;
-  double time_budget = 0, lr = 1e-3, clip = 1.0, label_smoothing = 0, dropout = 0;
-  app.add_option("--model", kind, "model kind: " + [] {
-    std::string names;
-    for (const auto& name : model_kinds()) names += name + " ";
-    return names;
-  }());
-  app.add_option("--task", task, "generated task: dates, numbers, reverse, copy");
-  std::size_t train_size = TaskOptions{}.train_size, eval_size = TaskOptions{}.validation_size;
-  app.add_option("--train-size", train_size, "generated task: training examples")->check(CLI::PositiveNumber);
-  app.add_option("--eval-size", eval_size, "generated task: validation and test examples each")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--data", data_file, "two-column TSV corpus");
-  app.add_flag("--reverse-pairs", reverse_pairs, "swap the TSV columns");
-  app.add_option("--split", split, "default | d2l")->check(CLI::IsMember({"default", "d2l"}));
-  app.add_option("--out", out, "output directory");
-  app.add_option("--resume", resume, "continue the checkpoint in this directory");
-  app.add_option("--seed", seed);
-  app.add_option("--threads", threads)->check(CLI::PositiveNumber);
-  app.add_option("--epochs", epochs)->check(CLI::PositiveNumber);
-  app.add_option("--time-budget", time_budget, "seconds")->check(CLI::PositiveNumber);
-  app.add_option("--batch", batch)->check(CLI::PositiveNumber);
-  app.add_option("--lr", lr)->check(CLI::PositiveNumber);
-  app.add_option("--schedule", schedule)->check(CLI::IsMember({"constant", "noam"}));
-  app.add_option("--warmup", warmup)->check(CLI::PositiveNumber);
-  app.add_option("--clip", clip)->check(CLI::NonNegativeNumber);
-  app.add_option("--label-smoothing", label_smoothing)->check(CLI::Range(0.0, 0.99));
-  app.add_option("--dropout", dropout)->check(CLI::Range(0.0, 0.99));
-  app.add_option("--embed", embed)->check(CLI::PositiveNumber);
-  app.add_option("--hidden", hidden)->check(CLI::PositiveNumber);
-  app.add_option("--d-model", d_model)->check(CLI::PositiveNumber);
-  app.add_option("--heads", heads)->check(CLI::PositiveNumber);
-  app.add_option("--layers", layers)->check(CLI::PositiveNumber);
-  app.add_option("--ff", ff)->check(CLI::PositiveNumber);
-  app.add_option("--positional", positional, "sinusoidal | learned | relative | rope");
-  app.add_option("--attention-scale", scale)->check(CLI::IsMember({"sqrt", "none", "dk"}));
-  app.add_option("--beam", beam, "beam size for BLEU")->check(CLI::PositiveNumber);
+  CommandLine line;
   try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    line = train_cli::parse_command_line(argc, argv);
   } catch (const CLI::ParseError& e) {
     std::fprintf(stderr, "qkv-train: %s\n", e.what());
     return 2;
   }
-  blas::set_num_threads(threads);
+  if (line.help) {
+    std::fputs(line.help_text.c_str(), stdout);
+    return 0;
+  }
+  blas::set_num_threads(line.threads);
 
   std::optional<Trainer> trainer;
   Dataset data;
-  if (!resume.empty()) {
-    Checkpoint checkpoint = load_checkpoint(resume);
-    data = load_data(checkpoint.data);
+  json data_spec;
+  if (!line.resume.empty()) {
+    Checkpoint checkpoint = load_checkpoint(line.resume);
+    data_spec = checkpoint.data;
+    data = load_data(data_spec);
     TrainOptions options = checkpoint.options;
-    if (app.count("--epochs") > 0) options.epochs = epochs;
-    options.time_budget_seconds = time_budget;
+    if (line.epochs_given) options.epochs = line.epochs;
+    options.time_budget_seconds = line.time_budget;
     trainer.emplace(std::move(checkpoint), data, options);
   } else {
-    if (kind.empty() || out.empty()) throw Error("--model and --out are required (or --resume DIR)");
-    if (task.empty() == data_file.empty()) throw Error("give exactly one of --task NAME and --data FILE.tsv");
-    json spec;
-    if (!task.empty())
-      spec = {{"task", task}, {"seed", seed}, {"preprocess", task == "dates" ? "characters" : "words"},
-              {"train_size", train_size}, {"eval_size", eval_size}};
-    else
-      spec = {{"file", fs::absolute(data_file).string()}, {"reverse", reverse_pairs}, {"split", split},
-              {"preprocess", "d2l"}};
-    data = load_data(spec);
-    const Vocabs vocabs = split == "d2l" ? d2l_vocabs(data) : build_vocabs(data.train);
-    auto model = make_model(kind, model_config(kind, app, embed, hidden, d_model, heads, layers, ff, dropout, positional,
-                                               scale, seed),
-                            vocabs.source.size(), vocabs.target.size());
+    if (line.model.empty() || line.out.empty()) throw Error("--model and --out are required (or --resume DIR)");
+    if (line.task.empty() == line.data_file.empty()) throw Error("give exactly one of --task NAME and --data FILE.tsv");
+    data_spec = line.task.empty() ? corpus_data_spec(line.data_file, line.reverse_pairs, line.split)
+                                  : task_data_spec(line.task, line.seed, line.train_size, line.eval_size);
+    data = load_data(data_spec);
+    const Vocabs vocabs = line.split == "d2l" ? d2l_vocabs(data) : build_vocabs(data.train);
+    auto model = make_model(line.model, model_config(line), vocabs.source.size(), vocabs.target.size());
     TrainOptions options;
-    options.seed = seed;
-    options.epochs = app.count("--epochs") > 0 || time_budget == 0 ? epochs : 0;
-    options.time_budget_seconds = time_budget;
-    options.batch_size = batch;
-    options.lr = lr;
-    options.schedule = schedule;
-    options.warmup_steps = std::int64_t(warmup);
-    options.clip_norm = clip;
-    options.label_smoothing = label_smoothing;
-    options.decode.beam = beam;
-    trainer.emplace(model, vocabs, data, options, out, spec);
-    spdlog::info("{} model, {} parameters; {} training pairs, {} batches per epoch", kind,
+    options.seed = line.seed;
+    options.epochs = line.epochs_given || line.time_budget == 0 ? line.epochs : 0;
+    options.time_budget_seconds = line.time_budget;
+    options.batch_size = line.batch;
+    options.lr = line.lr;
+    options.schedule = line.schedule;
+    options.warmup_steps = std::int64_t(line.warmup);
+    options.clip_norm = line.clip;
+    options.label_smoothing = line.label_smoothing;
+    options.decode.beam = line.beam;
+    trainer.emplace(model, vocabs, data, options, line.out, data_spec);
+    spdlog::info("{} model, {} parameters; {} training pairs, {} batches per epoch", line.model,
                  model->parameter_count(), data.train.size(), trainer->batches_per_epoch());
   }
 
   std::signal(SIGINT, on_sigint);
   const bool tty = ::isatty(STDERR_FILENO) != 0;
+  const std::size_t epochs = trainer->options().epochs;
   const auto report = [&](const StepInfo& info) {
     static double tokens = 0;
     tokens += double(info.tokens);
     const double rate = tokens / std::max(info.seconds, 1e-9);
+    // The ETA of the run: the time budget's rest, or the remaining steps at this pace.
+    const double steps_left = epochs > 0 ? double((epochs - info.epoch) * info.batches_in_epoch - info.batch - 1) : 0;
+    const double pace = info.seconds / double(std::max<std::int64_t>(info.step, 1));
+    double eta = epochs > 0 ? steps_left * pace : 0;
+    if (trainer->options().time_budget_seconds > 0)
+      eta = eta > 0 ? std::min(eta, trainer->options().time_budget_seconds - info.seconds)
+                    : trainer->options().time_budget_seconds - info.seconds;
     if (tty) {
       const double done = double(info.batch + 1) / double(info.batches_in_epoch);
-      std::fprintf(stderr, "\repoch %zu [%-30s] step %lld  loss %.4f  %.0f tok/s   ", info.epoch + 1,
-                   std::string(std::size_t(done * 30), '=').c_str(), static_cast<long long>(info.step), info.loss, rate);
+      std::fprintf(stderr, "\repoch %zu [%-30s] step %lld  loss %.4f  %.0f tok/s  ETA %.0f s   ", info.epoch + 1,
+                   std::string(std::size_t(done * 30), '=').c_str(), static_cast<long long>(info.step), info.loss, rate,
+                   std::max(eta, 0.0));
       if (info.batch + 1 == info.batches_in_epoch) std::fprintf(stderr, "\n");
-    } else if (info.step % 50 == 0) {
-      spdlog::info("epoch {} step {} loss {:.4f} lr {:.2e} {:.0f} tok/s", info.epoch + 1, info.step, info.loss,
-                   info.learning_rate, rate);
+    } else if (info.step % 100 == 0) {
+      spdlog::info("epoch {} step {} loss {:.4f} lr {:.2e} {:.0f} tok/s ETA {:.0f} s", info.epoch + 1, info.step,
+                   info.loss, info.learning_rate, rate, std::max(eta, 0.0));
     }
   };
   const TrainResult result = trainer->train(report, &interrupted);
@@ -224,16 +162,38 @@ int run(int argc, char** argv) {
     return 130;
   }
 
-  const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
-  const Evaluation final = evaluate(trainer->model(), held_out, trainer->vocabs(), trainer->options().decode,
-                                    trainer->options().eval_batch_size);
-  for (std::size_t i = 0; i < std::min<std::size_t>(5, final.groups.size()); ++i) {
-    std::string source, hypothesis;
-    for (const auto& token : final.groups[i].source) source += token + " ";
-    for (const auto& token : trainer->vocabs().target.decode(final.decoded[i].tokens)) hypothesis += token + " ";
-    spdlog::info("{}=> {}", source, hypothesis);
+  // The test set judges the model validation chose (best/), as a user would ship it.
+  const fs::path out = trainer->out_dir();
+  std::shared_ptr<Seq2SeqModel> chosen(&trainer->model(), [](Seq2SeqModel*) {});
+  if (fs::exists(out / "best" / "config.json")) {
+    const Checkpoint best = load_checkpoint((out / "best").string());
+    chosen = best.model;
+    const json& entry = best.history.back();
+    spdlog::info("testing the best checkpoint by validation {}: epoch {:.2f}, step {}", trainer->options().best_metric,
+                 entry.at("epoch").get<double>(), entry.at("step").get<std::int64_t>());
   }
-  write_plots(trainer->model(), trainer->vocabs(), held_out, trainer->history(), trainer->out_dir());
+  const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
+  const Evaluation final =
+      evaluate(*chosen, held_out, trainer->vocabs(), trainer->options().decode, trainer->options().eval_batch_size);
+  for (std::size_t i = 0; i < std::min<std::size_t>(5, final.groups.size()); ++i)
+    spdlog::info("{}  =>  {}", detokenize(data_spec, final.groups[i].source),
+                 detokenize(data_spec, trainer->vocabs().target.decode(final.decoded[i].tokens)));
+  write_curves(trainer->history(), out);
+  const AttentionPlots plots = write_attention_plots(*chosen, trainer->vocabs(), held_out[0].source, data_spec,
+                                                     trainer->options().decode, (out / "attention").string());
+  std::string entropies;
+  double uniform = 0;
+  for (const MapEntropy& entropy : plots.entropies)
+    if (entropy.group == "cross-attention") {
+      entropies += fmt::format(" {:.2f}", entropy.mean_entropy);
+      uniform = entropy.max_entropy;
+    }
+  if (!entropies.empty())
+    spdlog::info("cross-attention mean entropy per map (layer by layer, head by head), nats:{} (uniform: {:.2f})",
+                 entropies, uniform);
+  std::string files;
+  for (const std::string& file : plots.files) files += " " + fs::path(file).filename().string();
+  spdlog::info("wrote {}/: curves.svg{} metrics.jsonl and the checkpoint", out.string(), files);
   std::printf("final: val_loss=%.4f token_acc=%.4f exact=%.4f bleu=%.2f\n", final.loss, final.token_accuracy,
               final.exact_match, final.bleu);
   return 0;

@@ -1,0 +1,219 @@
+// qkv-bench: training (or greedy decoding) throughput of the example models on random tokens,
+// as one JSON line. bench/torch_ref.py measures the same configurations in PyTorch and
+// bench/compare.py runs the two side by side; see bench/README.md.
+//
+// The models are built through the registry, exactly as qkv-train builds them, and a step is
+// what qkv-train's Trainer does: forward, cross-entropy (ignoring <pad> = 0), zero_grad,
+// backward, global-norm clipping at 1.0, an Adam step.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "autograd/ops.hpp"
+#include "lib/blas.hpp"
+#include "lib/rng.hpp"
+#include "models/registry.hpp"
+#include "optim/adam.hpp"
+#include "optim/clip.hpp"
+
+namespace {
+
+using namespace qkv;
+
+/// One benchmark configuration: the model's registry kind and config, and the batch shape.
+struct BenchConfig {
+  std::string kind;
+  nlohmann::json model;
+  std::size_t vocab = 0;
+  std::size_t batch = 0;
+  std::size_t source_length = 0;
+  std::size_t target_length = 0;
+};
+
+BenchConfig bench_config(const std::string& name) {
+  if (name == "transformer-tiny")
+    return {"transformer",
+            {{"d_model", 64}, {"num_heads", 4}, {"encoder_layers", 2}, {"decoder_layers", 2},
+             {"dim_feedforward", 256}, {"dropout", 0.1}, {"activation", "relu"}, {"norm_first", false},
+             {"positional", "sinusoidal"}},
+            64, 64, 24, 24};
+  if (name == "transformer-small")
+    return {"transformer",
+            {{"d_model", 256}, {"num_heads", 8}, {"encoder_layers", 3}, {"decoder_layers", 3},
+             {"dim_feedforward", 1024}, {"dropout", 0.1}, {"activation", "relu"}, {"norm_first", false},
+             {"positional", "sinusoidal"}},
+            512, 32, 32, 32};
+  if (name == "bahdanau")
+    return {"bahdanau",
+            {{"embed_size", 64}, {"hidden_size", 128}, {"encoder_layers", 1}, {"bidirectional", false},
+             {"decoder_layers", 1}, {"attention_size", 128}, {"dropout", 0.0}},
+            64, 64, 20, 20};
+  throw Error("qkv-bench: unknown config '" + name + "'; known: transformer-tiny, transformer-small, bahdanau");
+}
+
+/// Forward matmul FLOPs (2·M·N·K per product, attention products included) of one teacher-forced
+/// pass; bench/torch_ref.py computes the same formula.
+double forward_flops(const BenchConfig& c) {
+  const double B = double(c.batch), S = double(c.source_length), T = double(c.target_length), V = double(c.vocab);
+  if (c.kind == "transformer") {
+    const double D = c.model["d_model"].get<double>(), F = c.model["dim_feedforward"].get<double>();
+    const double enc = c.model["encoder_layers"].get<double>(), dec = c.model["decoder_layers"].get<double>();
+    // Heads split D, so the score and value products sum to 2·B·Tq·Tk·D each.
+    const double encoder_layer = 2 * B * S * D * 3 * D + 2 * (2 * B * S * S * D) + 2 * B * S * D * D + 2 * (2 * B * S * D * F);
+    const double self_attention = 2 * B * T * D * 3 * D + 2 * (2 * B * T * T * D) + 2 * B * T * D * D;
+    const double cross_attention = 2 * B * T * D * D + 2 * B * S * D * 2 * D + 2 * (2 * B * T * S * D) + 2 * B * T * D * D;
+    const double decoder_layer = self_attention + cross_attention + 2 * (2 * B * T * D * F);
+    return enc * encoder_layer + dec * decoder_layer + 2 * B * T * D * V;
+  }
+  const double E = c.model["embed_size"].get<double>(), H = c.model["hidden_size"].get<double>();
+  const double A = c.model["attention_size"].get<double>();
+  const double encoder = S * (2 * B * E * 3 * H + 2 * B * H * 3 * H);  // GRU input and hidden gates
+  const double keys = 2 * B * S * H * A;                              // W_k k, once
+  const double attention = 2 * B * H * A + 2 * B * S * A + 2 * B * S * H;  // W_q q, vᵀ tanh(·), context
+  const double cell = 2 * B * (E + H) * 3 * H + 2 * B * H * 3 * H;
+  return encoder + keys + T * (attention + cell) + 2 * B * T * H * V;
+}
+
+/// Uniform token ids in [4, vocab): no <pad>, <bos>, <eos> or <unk>, so every position counts.
+IndexArray random_tokens(std::size_t rows, std::size_t columns, std::size_t vocab, Rng& rng) {
+  IndexArray tokens = IndexArray::from_shape({rows, columns});
+  for (auto& token : tokens) token = 4 + static_cast<std::int64_t>(rng.next_u64() % (vocab - 4));
+  return tokens;
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return double(usage.ru_maxrss) / 1024.0;  // Linux reports kilobytes
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const std::size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+double milliseconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"qkv-bench: training or greedy-decoding throughput of the example models, one JSON line"};
+  std::string config_name = "transformer-tiny";
+  int threads = 1;
+  std::size_t steps = 20, warmup = 3, decode_length = 24;
+  bool decode = false;
+  std::uint64_t seed = 0;
+  app.add_option("--config", config_name, "transformer-tiny | transformer-small | bahdanau");
+  app.add_option("--threads", threads, "OpenBLAS threads")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "timed steps (training) or decoded batches (--decode)")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "untimed steps first");
+  app.add_flag("--decode", decode,
+               "time greedy decoding (KV cache, no grad, eval mode) of --decode-length tokens per sentence instead");
+  app.add_option("--decode-length", decode_length)->check(CLI::PositiveNumber);
+  app.add_option("--seed", seed);
+  bool sgemm = false;
+  app.add_flag("--sgemm", sgemm, "time OpenBLAS sgemm on 1024x1024 matrices instead (the peak to compare with)");
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (sgemm) {
+      blas::set_num_threads(threads);
+      const std::size_t n = 1024;
+      std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+      std::vector<double> times;
+      for (int i = 0; i < 12; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        blas::sgemm(n, n, n, a.data(), b.data(), c.data());
+        if (i >= 2) times.push_back(milliseconds_since(start));
+      }
+      nlohmann::ordered_json result = {{"config", "sgemm-1024"}, {"threads", threads},
+                                       {"gflops_per_s", 2.0 * double(n * n * n) / (median(times) / 1000.0) / 1e9}};
+      std::printf("%s\n", result.dump().c_str());
+      return 0;
+    }
+    const BenchConfig config = bench_config(config_name);
+    blas::set_num_threads(threads);
+    nlohmann::json model_config = config.model;
+    model_config["seed"] = seed;
+    const auto model = models::make_model(config.kind, model_config, config.vocab, config.vocab);
+    std::size_t params = 0;
+    for (const auto& [name, parameter] : model->named_parameters()) params += parameter.numel();
+
+    Rng rng(seed + 1);
+    const IndexArray source = random_tokens(config.batch, config.source_length, config.vocab, rng);
+    IndexArray source_lengths = IndexArray::from_shape({config.batch});
+    source_lengths.fill(static_cast<std::int64_t>(config.source_length));
+    nlohmann::ordered_json result = {{"config", config_name}, {"threads", threads}};
+
+    if (decode) {
+      // Greedy decoding of a whole batch for decode_length steps (no early stop, so every run
+      // does the same work): the KV-cached path qkv-translate takes.
+      model->eval();
+      NoGradGuard no_grad;
+      std::vector<double> times;
+      for (std::size_t i = 0; i < warmup + steps; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        const auto state = model->start_decoding(source, source_lengths);
+        IndexArray previous = IndexArray::from_shape({config.batch});
+        previous.fill(1);  // <bos>
+        for (std::size_t t = 0; t < decode_length; ++t) {
+          const Array& logits = model->decode_step(*state, previous).logits.value();  // [B, V]
+          for (std::size_t b = 0; b < config.batch; ++b) {
+            const real* row = logits.data() + b * config.vocab;
+            previous(b) = std::max_element(row, row + config.vocab) - row;
+          }
+        }
+        if (i >= warmup) times.push_back(milliseconds_since(start));
+      }
+      const double batch_ms = median(times);
+      result["mode"] = "decode";
+      result["decode_length"] = decode_length;
+      result["batch_ms_median"] = batch_ms;
+      result["sentences_per_s"] = double(config.batch) / (batch_ms / 1000.0);
+    } else {
+      model->train();
+      Adam optimizer(model->named_parameters(), {.lr = 1e-3, .betas = {0.9, 0.98}, .eps = 1e-9});
+      std::vector<double> times;
+      for (std::size_t i = 0; i < warmup + steps; ++i) {
+        // Fresh tokens every step, drawn before the clock starts.
+        const IndexArray target_output = random_tokens(config.batch, config.target_length, config.vocab, rng);
+        IndexArray target_input = IndexArray::from_shape({config.batch, config.target_length});  // <bos> + output
+        for (std::size_t b = 0; b < config.batch; ++b) {
+          target_input(b, 0) = 1;
+          for (std::size_t t = 1; t < config.target_length; ++t) target_input(b, t) = target_output(b, t - 1);
+        }
+        const auto start = std::chrono::steady_clock::now();
+        const models::Seq2SeqOutput out = model->forward(source, source_lengths, target_input);
+        Variable loss = cross_entropy(out.logits, target_output, {.ignore_index = 0});
+        optimizer.zero_grad();
+        loss.backward();
+        clip_grad_norm(optimizer.parameters(), 1.0);
+        optimizer.step();
+        if (i >= warmup) times.push_back(milliseconds_since(start));
+      }
+      const double step_ms = median(times);
+      const double flops = 3 * forward_flops(config);
+      result["step_ms_median"] = step_ms;
+      result["tgt_tokens_per_s"] = double(config.batch * config.target_length) / (step_ms / 1000.0);
+      result["flops_per_step"] = flops;
+      result["gflops_per_s"] = flops / (step_ms / 1000.0) / 1e9;
+    }
+    result["peak_rss_mb"] = peak_rss_mb();
+    result["params"] = params;
+    std::printf("%s\n", result.dump().c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qkv-bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

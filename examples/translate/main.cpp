@@ -1,0 +1,141 @@
+// qkv-translate: translates sentences read on stdin, one per line, with a qkv-train checkpoint.
+//
+//   echo "wed, 3 mar 2021" | qkv-translate --checkpoint runs/dates
+//   qkv-translate --checkpoint runs/fra/best --beam 4 --attention-svg go.svg < sentences.txt
+//
+// Input is preprocessed as the model's training data was (config.json's "data": characters
+// for dates, d2l.ai's normalisation for corpora); words the vocabulary lacks become <unk>.
+// One output line per input line, in order; an empty line gives an empty line. A line that
+// is not valid UTF-8 is reported as `stdin:LINE: ...` on stderr, gives an empty output line,
+// and makes the exit status 1. --attention-svg FILE writes the attention plots of the first
+// sentence (models/attention_plots.hpp: FILE, FILE-connections.svg, ...).
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "lib/batching.hpp"
+#include "lib/blas.hpp"
+#include "lib/error.hpp"
+#include "models/attention_plots.hpp"
+#include "models/data_spec.hpp"
+#include "models/decoding.hpp"
+#include "models/training.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace qkv;
+using namespace qkv::models;
+
+struct Line {
+  std::size_t number = 0;  // 1-based line on stdin
+  Tokens tokens;
+};
+
+/// Translates `lines` (all non-empty) as one batch; returns one text per line.
+std::vector<std::string> translate(Seq2SeqModel& model, const Checkpoint& checkpoint, const std::vector<Line>& lines,
+                                   const DecodeOptions& decode) {
+  std::vector<SentencePair> pairs;
+  for (const Line& line : lines) pairs.push_back({line.tokens, {}});
+  const Batcher batcher(pairs, checkpoint.vocabs.source, checkpoint.vocabs.target,
+                        {.batch_size = pairs.size(), .shuffle = false});
+  std::vector<std::size_t> all(pairs.size());
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+  const Batch batch = batcher.make_batch(all);
+  const std::vector<Hypothesis> hypotheses = models::decode(model, batch.source, batch.source_lengths, decode);
+  std::vector<std::string> texts;
+  for (const Hypothesis& hypothesis : hypotheses)
+    texts.push_back(detokenize(checkpoint.data, checkpoint.vocabs.target.decode(hypothesis.tokens)));
+  return texts;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"qkv-translate: translate stdin, one sentence per line, with a qkv-train checkpoint"};
+  std::string checkpoint_dir, attention_svg;
+  std::size_t beam = 0, max_length = 0;
+  int threads = 1;
+  app.add_option("--checkpoint", checkpoint_dir, "a qkv-train output directory (or its best/)")->required();
+  app.add_option("--beam", beam, "beam size (default: the one training evaluated with)")->check(CLI::Range(1, 1024));
+  app.add_option("--max-length", max_length, "tokens generated at most (default: the checkpoint's)")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--attention-svg", attention_svg, "write the first sentence's attention plots to this SVG file");
+  app.add_option("--threads", threads, "BLAS threads")->check(CLI::Range(1, 256));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::fprintf(stderr, "qkv-translate: %s\n", e.what());
+    return 2;
+  }
+  blas::set_num_threads(threads);
+  // stdout carries the translations and nothing else, so logs go to stderr.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("qkv-translate"));
+  const Checkpoint checkpoint = load_checkpoint(checkpoint_dir);
+  Seq2SeqModel& model = *checkpoint.model;
+  model.eval();
+  DecodeOptions decode = checkpoint.options.decode;
+  if (beam > 0) decode.beam = beam;
+  if (max_length > 0) decode.max_length = max_length;
+
+  // A person typing waits for each answer; a pipe is translated in batches.
+  const std::size_t batch_size = ::isatty(STDIN_FILENO) ? 1 : 64;
+  int status = 0;
+  bool plotted = attention_svg.empty();
+  std::vector<Line> pending;
+  std::vector<std::string> outputs;  // per input line since the last flush; "" for empty/bad
+  std::vector<std::size_t> pending_slot;
+  const auto flush = [&] {
+    if (!pending.empty()) {
+      const std::vector<std::string> texts = translate(model, checkpoint, pending, decode);
+      for (std::size_t i = 0; i < texts.size(); ++i) outputs[pending_slot[i]] = texts[i];
+    }
+    for (const std::string& text : outputs) std::printf("%s\n", text.c_str());
+    std::fflush(stdout);
+    pending.clear();
+    pending_slot.clear();
+    outputs.clear();
+  };
+  std::string text;
+  for (std::size_t number = 1; std::getline(std::cin, text); ++number) {
+    outputs.emplace_back();
+    try {
+      Tokens tokens = tokenize_input(checkpoint.data, text);
+      if (!tokens.empty()) {
+        if (!plotted) {
+          const AttentionPlots plots = write_attention_plots(model, checkpoint.vocabs, tokens, checkpoint.data, decode,
+                                                             fs::path(attention_svg).replace_extension().string());
+          std::string files;
+          for (const std::string& file : plots.files) files += " " + file;
+          spdlog::info("attention plots of line {}:{}", number, files);
+          plotted = true;
+        }
+        pending.push_back({number, std::move(tokens)});
+        pending_slot.push_back(outputs.size() - 1);
+      }
+    } catch (const Error& e) {
+      std::fprintf(stderr, "qkv-translate: stdin:%zu: %s\n", number, e.what());
+      status = 1;
+    }
+    if (pending.size() >= batch_size) flush();
+  }
+  flush();
+  return status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "qkv-translate: %s\n", e.what());
+    return 2;
+  }
+}

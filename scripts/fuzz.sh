@@ -6,8 +6,9 @@
 #   scripts/fuzz.sh 600 corpus cli  only those targets
 #   FUZZ_JOBS=2 scripts/fuzz.sh 600 runs two targets at a time
 #   FUZZ_NO_BUILD=1 ...             runs the targets already built
-#   FUZZ_BUILD_DIR=DIR ...          in DIR instead of build-fuzz (scripts/test.sh builds them
-#                                   in its clang sanitizer pass and runs them from there)
+#   FUZZ_BUILD_DIR=DIR ...          in DIR instead of build-fuzz
+#   FUZZ_FLAGS="-O0" ...            compile flags (default "-O1 -g"); scripts/test.sh's smoke
+#                                   runs use -O0, which compiles xtensor-heavy code faster
 #
 # A target fails on a crash, a sanitizer report (ASan + UBSan), a leak, a timeout (10 s per
 # input) or an out-of-memory (2 GB); libFuzzer then writes the input to
@@ -28,7 +29,7 @@ build=${FUZZ_BUILD_DIR:-build-fuzz}
 # -O1 with debug info: the sanitizers' recommended level, and readable stack traces.
 if [[ -z "${FUZZ_NO_BUILD:-}" ]]; then
   CXX=clang++ cmake -S . -B "$build" -DQKV_FUZZ=ON -DQKV_BUILD_TESTS=OFF -DQKV_BUILD_EXAMPLES=OFF \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" >/dev/null
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="${FUZZ_FLAGS:--O1 -g}" >/dev/null
   cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
 fi
 

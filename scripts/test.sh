@@ -49,5 +49,6 @@ cmake --build build-sanitize -j"$jobs"
 ctest --test-dir build-sanitize -j"$jobs" --output-on-failure
 
 section "Fuzz smoke runs: every parser fuzzer for 10 s (clang, libFuzzer + ASan + UBSan)"
-FUZZ_JOBS="$jobs" scripts/fuzz.sh 10
+# -O0 without debug info: this build is only for the smoke runs, and compiles faster.
+FUZZ_JOBS="$jobs" FUZZ_FLAGS="-O0" FUZZ_BUILD_DIR=build-fuzz-smoke scripts/fuzz.sh 10
 section "done"

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <utility>
 
 #include "lib/error.hpp"
@@ -13,6 +14,38 @@ thread_local bool grad_enabled = true;
 std::atomic<std::size_t> live_nodes{0};
 // Marks nodes visited by the current sort; a fresh number per backward() means no clearing.
 std::atomic<std::uint64_t> sweep_counter{0};
+std::atomic<bool> anomaly_enabled{false};
+
+// ---- anomaly detection --------------------------------------------------------------------
+
+/// The index of the first NaN or ±Inf in `values`, or values.size() if all are finite.
+std::size_t first_non_finite(const Array& values) {
+  const real* data = values.data();
+  for (std::size_t i = 0, n = values.size(); i < n; ++i)
+    if (!std::isfinite(data[i])) return i;
+  return values.size();
+}
+
+std::string describe_value(real value) {
+  if (std::isnan(value)) return "NaN";
+  return value > 0 ? "Inf" : "-Inf";
+}
+
+std::string describe_shapes(std::span<const Variable> inputs) {
+  std::string text;
+  for (const Variable& input : inputs)
+    text += (text.empty() ? "" : ", ") + (input.defined() ? to_string(input.shape()) : std::string("(undefined)"));
+  return text.empty() ? "none" : text;
+}
+
+void check_forward(const std::string& op, const Array& value, std::span<const Variable> inputs) {
+  const std::size_t bad = first_non_finite(value);
+  if (bad == value.size()) return;
+  throw Error("anomaly detected in the forward pass of '" + op + "': its output " + to_string(shape_of(value)) +
+              " holds " + describe_value(value.data()[bad]) + " at flat index " + std::to_string(bad) +
+              "; input shapes: " + describe_shapes(inputs));
+}
+
 }  // namespace
 
 namespace detail {
@@ -54,6 +87,27 @@ struct Node : std::enable_shared_from_this<Node> {
 };
 
 }  // namespace detail
+
+namespace {
+
+/// After `node`'s backward ran: the inputs' gradients must all be finite. A gradient that was
+/// finite before (every earlier producer was checked) and is not now went bad in this node.
+void check_backward(const detail::Node& node) {
+  for (std::size_t i = 0; i < node.inputs.size(); ++i) {
+    const Variable& input = node.inputs[i];
+    if (!input.requires_grad() || !input.has_grad()) continue;
+    const Array& gradient = input.grad();
+    const std::size_t bad = first_non_finite(gradient);
+    if (bad == gradient.size()) continue;
+    throw Error("anomaly detected in the backward pass of '" + node.op + "': the gradient it produced for input " +
+                std::to_string(i) + " " + to_string(shape_of(gradient)) + " holds " +
+                describe_value(gradient.data()[bad]) + " at flat index " + std::to_string(bad) +
+                "; input shapes: " +
+                describe_shapes(node.inputs));
+  }
+}
+
+}  // namespace
 
 Variable::Variable(Array value, bool requires_grad) : node_(std::make_shared<detail::Node>()) {
   node_->value = std::move(value);
@@ -182,6 +236,13 @@ void Variable::backward(const Array& grad_output, bool retain_graph) {
     }
   }
 
+  if (anomaly_enabled.load(std::memory_order_relaxed)) {
+    const std::size_t bad = first_non_finite(grad_output);
+    check_arg(bad == grad_output.size(), "backward",
+              "anomaly detected: the gradient backward() was given holds " +
+                  (bad < grad_output.size() ? describe_value(grad_output.data()[bad]) : std::string()) +
+                  " at flat index " + std::to_string(bad));
+  }
   add_grad(grad_output);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     detail::Node& current = **it;
@@ -189,8 +250,10 @@ void Variable::backward(const Array& grad_output, bool retain_graph) {
       it->reset();
       continue;
     }
-    if (current.has_grad && current.backward)
+    if (current.has_grad && current.backward) {
       current.backward(current.grad, current.value, std::span<Variable>(current.inputs));
+      if (anomaly_enabled.load(std::memory_order_relaxed)) check_backward(current);
+    }
     if (!retain_graph) {
       current.backward = nullptr;
       current.inputs.clear();
@@ -208,6 +271,7 @@ void Variable::backward(const Array& grad_output, bool retain_graph) {
 Variable Variable::detach() const { return Variable(node().value, false); }
 
 Variable make_op(std::string name, Array value, std::vector<Variable> inputs, BackwardFn backward) {
+  if (anomaly_enabled.load(std::memory_order_relaxed)) check_forward(name, value, inputs);
   Variable result(std::move(value), false);
   if (!grad_enabled) return result;
   const bool any_requires_grad =
@@ -226,5 +290,10 @@ bool is_grad_enabled() { return grad_enabled; }
 NoGradGuard::NoGradGuard() : previous_(grad_enabled) { grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { grad_enabled = previous_; }
 std::size_t live_node_count() { return live_nodes.load(); }
+
+void set_detect_anomaly(bool enabled) { anomaly_enabled = enabled; }
+bool is_anomaly_enabled() { return anomaly_enabled.load(); }
+AnomalyModeGuard::AnomalyModeGuard(bool enabled) : previous_(anomaly_enabled.exchange(enabled)) {}
+AnomalyModeGuard::~AnomalyModeGuard() { anomaly_enabled = previous_; }
 
 }  // namespace qkv

@@ -115,6 +115,26 @@ class NoGradGuard {
   bool previous_;
 };
 
+/// Anomaly detection, like torch.autograd.set_detect_anomaly: while it is on, make_op checks
+/// every op's forward output and backward() checks every gradient each node produces, and the
+/// first value that is NaN or ±Inf throws Error naming the op, the pass (forward or backward),
+/// the input shapes and where the bad element is. Off by default: each check reads the whole
+/// array. Process-wide (all threads), as in PyTorch.
+void set_detect_anomaly(bool enabled);
+bool is_anomaly_enabled();
+
+/// Turns anomaly detection on (or off) for its scope, restoring the previous setting after.
+class AnomalyModeGuard {
+ public:
+  explicit AnomalyModeGuard(bool enabled = true);
+  ~AnomalyModeGuard();
+  AnomalyModeGuard(const AnomalyModeGuard&) = delete;
+  AnomalyModeGuard& operator=(const AnomalyModeGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
 /// Number of graph nodes alive in this process. Tests use it to show that graphs are freed.
 std::size_t live_node_count();
 

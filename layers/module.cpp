@@ -104,9 +104,11 @@ void Module::load_state_dict(const std::map<std::string, Array>& state) {
       mismatch.add("mis-shaped", name + " (expected " + to_string(variable.shape()) + ", got " +
                                      to_string(shape_of(found->second)) + ")");
   }
-  for (const auto& [name, value] : state)
+  for (const auto& entry : state) {  // not a structured binding: clang 14 cannot capture those
+    const std::string& name = entry.first;
     if (std::none_of(own.begin(), own.end(), [&](const NamedVariable& e) { return e.first == name; }))
       mismatch.add("unexpected", name);
+  }
   mismatch.throw_if_any("load_state_dict: the state does not fit this module");
   for (auto& [name, variable] : own) variable.mutable_value() = state.at(name);
 }
@@ -139,8 +141,10 @@ void Module::load_random_state(const std::map<std::string, std::string>& state) 
   NameMismatch mismatch({"missing", "unexpected"});
   for (const auto& [name, stream] : own)
     if (!state.contains(name)) mismatch.add("missing", name);
-  for (const auto& [name, text] : state)
+  for (const auto& entry : state) {  // not a structured binding: clang 14 cannot capture those
+    const std::string& name = entry.first;
     if (std::none_of(own.begin(), own.end(), [&](const auto& e) { return e.first == name; })) mismatch.add("unexpected", name);
+  }
   mismatch.throw_if_any("load_random_state: the random streams do not fit this module");
   for (auto& [name, stream] : own) stream->load_state(state.at(name));
 }

@@ -198,9 +198,13 @@ std::string parse_line(std::string_view line, const TsvOptions& options, Sentenc
 TsvCorpus read_tsv(const std::filesystem::path& path, const TsvOptions& options) {
   std::ifstream file(path, std::ios::binary);
   if (!file) throw Error("read_tsv: cannot open '" + path.string() + "'");
+  return read_tsv(file, path.string(), options);
+}
+
+TsvCorpus read_tsv(std::istream& in, const std::string& name, const TsvOptions& options) {
   TsvCorpus corpus;
   std::string line;
-  for (std::size_t line_number = 1; std::getline(file, line); ++line_number) {
+  for (std::size_t line_number = 1; std::getline(in, line); ++line_number) {
     if (options.max_lines != 0 && line_number > options.max_lines) break;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     SentencePair pair;
@@ -210,14 +214,14 @@ TsvCorpus read_tsv(const std::filesystem::path& path, const TsvOptions& options)
       corpus.line_numbers.push_back(line_number);
       continue;
     }
-    const std::string message = path.string() + ":" + std::to_string(line_number) + ": " + reason;
+    const std::string message = name + ":" + std::to_string(line_number) + ": " + reason;
     if (options.bad_lines == BadLines::strict) throw ParseError(message);
     if (corpus.bad_lines < max_warnings) spdlog::warn("{} (line skipped)", message);
     ++corpus.bad_lines;
   }
-  if (file.bad()) throw Error("read_tsv: error reading '" + path.string() + "'");
+  if (in.bad()) throw Error("read_tsv: error reading '" + name + "'");
   if (corpus.bad_lines > 0)
-    spdlog::warn("{}: skipped {} bad line(s){}", path.string(), corpus.bad_lines,
+    spdlog::warn("{}: skipped {} bad line(s){}", name, corpus.bad_lines,
                  corpus.bad_lines > max_warnings ? " (only the first 10 are shown)" : "");
   return corpus;
 }

@@ -19,6 +19,7 @@
 // A trailing '\r' (CRLF files) is removed before anything else.
 #include <cstddef>
 #include <filesystem>
+#include <istream>
 #include <span>
 #include <string>
 #include <string_view>
@@ -93,6 +94,8 @@ struct TsvCorpus {
 
 /// Reads and tokenizes a TSV corpus; bad lines as described at the top of this file.
 TsvCorpus read_tsv(const std::filesystem::path& path, const TsvOptions& options = {});
+/// The same from a stream; `name` stands for the file in messages (`NAME:LINE: reason`).
+TsvCorpus read_tsv(std::istream& in, const std::string& name, const TsvOptions& options = {});
 
 enum class CorpusSplit {
   /// Distinct sources in order of first appearance; the i-th (from 0) goes to validation when

@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <type_traits>
@@ -42,19 +43,29 @@ void convert(const char* bytes, std::size_t count, Target* out) {
 TensorFile read_safetensors(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  // A directory opens too, and its "size" can be anything (2^63 - 1 on ext4).
+  std::error_code error;
+  if (!std::filesystem::is_regular_file(path, error)) fail(path, "not a regular file");
   in.seekg(0, std::ios::end);
-  const auto file_size = static_cast<std::uint64_t>(in.tellg());
+  const std::streamoff end = in.tellg();
+  if (end < 0) fail(path, "cannot tell the file's size");
+  const auto file_size = static_cast<std::uint64_t>(end);
   in.seekg(0);
+  std::string bytes(file_size, '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(file_size));
+  if (!in) fail(path, "could not read the file");
+  return parse_safetensors(bytes, path);
+}
+
+TensorFile parse_safetensors(std::string_view bytes, const std::string& path) {
+  const std::uint64_t file_size = bytes.size();
   if (file_size < 8) fail(path, "too short for a safetensors header (" + std::to_string(file_size) + " bytes)");
   std::uint64_t header_size = 0;
-  in.read(reinterpret_cast<char*>(&header_size), 8);
+  std::memcpy(&header_size, bytes.data(), 8);
   if (header_size > file_size - 8) fail(path, "header length " + std::to_string(header_size) + " runs past the end of the file");
-  std::string header(header_size, '\0');
-  in.read(header.data(), static_cast<std::streamsize>(header_size));
+  const std::string_view header = bytes.substr(8, header_size);
   const std::uint64_t data_size = file_size - 8 - header_size;
-  std::string data(data_size, '\0');
-  in.read(data.data(), static_cast<std::streamsize>(data_size));
-  if (!in) fail(path, "could not read the file");
+  const std::string_view data = bytes.substr(8 + header_size);
 
   nlohmann::json json;
   try {

@@ -4,6 +4,7 @@
 // little-endian data. PyTorch users can read and write it, so weights move both ways.
 #include <map>
 #include <string>
+#include <string_view>
 
 #include "lib/tensor.hpp"
 
@@ -18,6 +19,10 @@ struct TensorFile {
 /// Reads a whole file. Throws ParseError naming the file and what is wrong (truncated, bad
 /// header, unsupported dtype, offsets out of range) — never reads past the data.
 TensorFile read_safetensors(const std::string& path);
+
+/// Parses the bytes of a safetensors file already in memory; `name` starts every error
+/// message (read_safetensors passes the path). The same checks as read_safetensors.
+TensorFile parse_safetensors(std::string_view bytes, const std::string& name);
 
 /// Writes `reals` in qkv's precision (F32 or F64) and `integers` as I64. Atomic: the data
 /// goes to a temporary file beside `path`, is flushed to disk, and is renamed over `path`, so

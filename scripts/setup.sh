@@ -11,6 +11,8 @@ packages=(
   nlohmann-json3-dev                 # checkpoint headers, configs, metrics
   libcli11-dev                       # command lines
   doctest-dev                        # tests
+  clang libclang-rt-14-dev           # libFuzzer (tests/fuzz, scripts/fuzz.sh)
+  valgrind                           # memcheck of a short training run
 )
 
 missing=()

@@ -64,6 +64,9 @@ std::shared_ptr<Seq2SeqModel> make_model(const std::string& kind, const nlohmann
     if (found != r.factories.end()) factory = found->second;
   }
   if (!factory) throw Error("make_model: unknown model kind '" + kind + "'; known kinds: " + joined(model_kinds()));
+  // The factories add the vocabulary sizes to it (found by fuzzing: a number here escaped as a
+  // raw nlohmann::json error).
+  check_arg(config.is_object(), "make_model", "the " + kind + " config must be a JSON object, got " + config.dump());
   return factory(config, source_vocab_size, target_vocab_size);
 }
 

@@ -7,7 +7,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "autograd/ops.hpp"
 #include "lib/atomic_file.hpp"
@@ -46,6 +48,17 @@ LengthPenalty penalty_from_name(const std::string& name) {
 template <class T>
 T field(const json& object, const char* name, const std::string& where) {
   if (!object.is_object() || !object.contains(name)) throw Error(where + ": missing field '" + name + "'");
+  // nlohmann converts any number to any number type: -1 to 2^64 - 1, and 1e30 to an integer
+  // with undefined behaviour. Integers must be integers, and in range.
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    const json& value = object.at(name);
+    const bool in_range = value.is_number_unsigned()
+                              ? value.get<std::uint64_t>() <= std::uint64_t(std::numeric_limits<T>::max())
+                              : value.is_number_integer() && (std::is_signed_v<T> || value.get<std::int64_t>() >= 0);
+    if (!in_range)
+      throw Error(where + ": field '" + name + "' must be " + (std::is_signed_v<T> ? "an" : "a non-negative") +
+                  " integer, got " + value.dump());
+  }
   try {
     return object.at(name).get<T>();
   } catch (const json::exception& e) {
@@ -100,6 +113,26 @@ IndexArray argmax_last(const Array& logits) {  // [B, T, V] -> [B, T]
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+/// The checkpoint files, in the order save_checkpoint moves them out of DIR/.staging.
+constexpr const char* checkpoint_files[] = {"model.safetensors", "optimizer.safetensors", "config.json"};
+
+/// A save that was killed while moving its files into place leaves DIR with some new files
+/// and some old ones (load_checkpoint would refuse the mix as torn). Its staging directory
+/// still holds the rest, and config.json there means staging was complete (it is written
+/// last): moving what remains finishes that save. Called before every load and every save.
+void finish_interrupted_save(const fs::path& dir) {
+  const fs::path staging = dir / ".staging";
+  std::error_code error;
+  if (!fs::is_regular_file(staging / "config.json", error)) return;
+  for (const char* name : checkpoint_files) {
+    if (!fs::exists(staging / name, error)) continue;
+    fs::rename(staging / name, dir / name, error);
+    if (error)
+      throw Error("checkpoint " + dir.string() + ": cannot finish an interrupted save (moving " +
+                  (staging / name).string() + "): " + error.message());
+  }
 }
 
 }  // namespace
@@ -221,13 +254,16 @@ Evaluation evaluate(Seq2SeqModel& model, std::span<const SentencePair> pairs, co
 Checkpoint load_checkpoint(const std::string& directory) {
   const fs::path dir(directory);
   const fs::path config_path = dir / "config.json";
+  finish_interrupted_save(dir);
   if (!fs::exists(config_path)) throw Error("no checkpoint in " + directory + ": " + config_path.string() + " is missing");
   const json config = read_json_file(config_path);
   const std::string where = config_path.string();
-  if (!config.is_object() || config.value("format", "") != checkpoint_format)
+  // Compared as JSON values: value("format", "") would throw a raw json error for a number.
+  if (!config.is_object() || !config.contains("format") || config.at("format") != checkpoint_format)
     throw Error(where + ": not a qkv checkpoint (format is not \"" + checkpoint_format + "\")");
-  if (config.value("version", 0) != checkpoint_version)
-    throw Error(where + ": checkpoint version " + config.value("version", json(0)).dump() + " is not supported (expected " +
+  if (!config.contains("version") || config.at("version") != checkpoint_version)
+    throw Error(where + ": checkpoint version " + (config.contains("version") ? config.at("version").dump() : "(none)") +
+                " is not supported (expected " +
                 std::to_string(checkpoint_version) + ")");
 
   Checkpoint checkpoint;
@@ -276,6 +312,7 @@ void Trainer::save_checkpoint(const std::string& directory) const {
   std::error_code error;
   fs::create_directories(staging, error);
   if (error) throw Error("cannot create checkpoint directory " + staging.string() + ": " + error.message());
+  finish_interrupted_save(dir);  // else this save's staging files would mix with that one's
 
   // Everything is written completely before anything in `dir` changes.
   model_->save((staging / "model.safetensors").string(), {{"step", std::to_string(progress_.step)},
@@ -291,7 +328,7 @@ void Trainer::save_checkpoint(const std::string& directory) const {
                        {"random_state", model_->random_state()},
                        {"history", history_}};
   write_file_atomically((staging / "config.json").string(), config.dump(2) + "\n");
-  for (const char* name : {"model.safetensors", "optimizer.safetensors", "config.json"}) {
+  for (const char* name : checkpoint_files) {
     fs::rename(staging / name, dir / name, error);
     if (error) throw Error("cannot move " + (staging / name).string() + " into place: " + error.message());
   }

@@ -12,6 +12,15 @@ namespace {
 constexpr const char* kModel = "TransformerModel";
 constexpr const char* kConfig = "TransformerConfig";
 
+/// A size or count: nlohmann's get<std::size_t> would wrap -8 to 2^64 - 8 and convert 1e30 with
+/// undefined behaviour (both found by fuzzing), so anything but a non-negative integer is refused.
+template <class Unsigned>
+Unsigned non_negative_integer(const std::string& key, const nlohmann::json& value) {
+  const bool ok = value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0);
+  check_arg(ok, kConfig, "field \"" + key + "\" must be a non-negative integer, got " + value.dump());
+  return value.get<Unsigned>();
+}
+
 const std::vector<std::pair<ScoreScale::Kind, std::string>>& scale_names() {
   static const std::vector<std::pair<ScoreScale::Kind, std::string>> names = {
       {ScoreScale::Kind::inverse_sqrt_dim, "inverse_sqrt_dim"},
@@ -117,23 +126,23 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
   config = TransformerConfig{};
   for (const auto& [key, value] : json.items()) {
     try {
-      if (key == "source_vocab_size") config.source_vocab_size = value.get<std::size_t>();
-      else if (key == "target_vocab_size") config.target_vocab_size = value.get<std::size_t>();
-      else if (key == "d_model") config.d_model = value.get<std::size_t>();
-      else if (key == "num_heads") config.num_heads = value.get<std::size_t>();
-      else if (key == "encoder_layers") config.encoder_layers = value.get<std::size_t>();
-      else if (key == "decoder_layers") config.decoder_layers = value.get<std::size_t>();
-      else if (key == "dim_feedforward") config.dim_feedforward = value.get<std::size_t>();
+      if (key == "source_vocab_size") config.source_vocab_size = non_negative_integer<std::size_t>(key, value);
+      else if (key == "target_vocab_size") config.target_vocab_size = non_negative_integer<std::size_t>(key, value);
+      else if (key == "d_model") config.d_model = non_negative_integer<std::size_t>(key, value);
+      else if (key == "num_heads") config.num_heads = non_negative_integer<std::size_t>(key, value);
+      else if (key == "encoder_layers") config.encoder_layers = non_negative_integer<std::size_t>(key, value);
+      else if (key == "decoder_layers") config.decoder_layers = non_negative_integer<std::size_t>(key, value);
+      else if (key == "dim_feedforward") config.dim_feedforward = non_negative_integer<std::size_t>(key, value);
       else if (key == "dropout") config.dropout = value.get<real>();
       else if (key == "activation") config.activation = parse_activation(value.get<std::string>());
       else if (key == "norm_first") config.norm_first = value.get<bool>();
       else if (key == "positional") config.positional = parse_positional_kind(value.get<std::string>());
-      else if (key == "relative_max_distance") config.relative_max_distance = value.get<std::size_t>();
+      else if (key == "relative_max_distance") config.relative_max_distance = non_negative_integer<std::size_t>(key, value);
       else if (key == "scale") {
         config.scale.kind = parse_scale_kind(value.at("kind").get<std::string>());
         if (value.contains("value")) config.scale.value = value.at("value").get<real>();
-      } else if (key == "max_length") config.max_length = value.get<std::size_t>();
-      else if (key == "seed") config.seed = value.get<std::uint64_t>();
+      } else if (key == "max_length") config.max_length = non_negative_integer<std::size_t>(key, value);
+      else if (key == "seed") config.seed = non_negative_integer<std::uint64_t>(key, value);
       else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
     } catch (const nlohmann::json::exception& e) {
       throw Error(std::string(kConfig) + ": field \"" + key + "\" has a bad value " + value.dump() + " (" +

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "autograd/variable.hpp"
 #include "lib/blas.hpp"
 #include "lib/error.hpp"
 #include "lib/svg.hpp"
@@ -89,6 +90,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   blas::set_num_threads(line.threads);
+  set_detect_anomaly(line.detect_anomaly);
 
   std::optional<Trainer> trainer;
   Dataset data;

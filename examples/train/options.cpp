@@ -46,6 +46,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   app.add_option("--attention-scale", line.attention_scale, "transformer: sqrt (1/sqrt(d_k)) | dk (1/d_k) | none")
       ->check(CLI::IsMember({"sqrt", "none", "dk"}));
   app.add_option("--beam", line.beam, "beam size for the BLEU and exact-match decoding")->check(CLI::Range(1, 1024));
+  app.add_flag("--detect-anomaly", line.detect_anomaly,
+               "stop with an error naming the first op whose output or gradient is NaN or Inf (slower)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {

@@ -42,6 +42,7 @@ struct CommandLine {
   std::string attention_scale = "sqrt";   // "sqrt" | "none" | "dk"
   bool attention_scale_given = false;
   std::size_t beam = 1;
+  bool detect_anomaly = false;  // --detect-anomaly: stop at the first op making a NaN/Inf (slow)
   bool help = false;       // --help was given: print `help_text` and exit 0
   std::string help_text;
 };

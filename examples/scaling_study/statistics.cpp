@@ -10,7 +10,6 @@ namespace qkv::study {
 
 namespace {
 
-constexpr double kSaturated = 0.99;  // a row is saturated when its largest weight exceeds this
 constexpr std::size_t kGradientChunk = 250;  // trials per batched forward/backward
 
 /// A stream per (seed, purpose, d_k): a cell's numbers do not depend on which other d_k run.
@@ -24,7 +23,7 @@ struct SummaryMeans {
   std::size_t rows = 0;
   void add(const SoftmaxSummary& s) {
     entropy += s.entropy, max_weight += s.max_weight, jacobian += s.jacobian_norm;
-    saturated += s.max_weight > kSaturated ? 1 : 0;
+    saturated += s.max_weight > kSaturatedWeight ? 1 : 0;
     ++rows;
   }
   double mean(double total) const { return total / double(rows); }

@@ -25,6 +25,9 @@
 
 namespace qkv::study {
 
+/// A softmax row is saturated when its largest weight exceeds this.
+constexpr double kSaturatedWeight = 0.99;
+
 /// The score scalings the study compares.
 enum class Scaling { none, inverse_sqrt_dim, inverse_dim, learned_temperature };
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <filesystem>
 #include <limits>
 #include <mutex>
@@ -25,7 +26,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr double kSaturated = 0.99;
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
@@ -128,7 +128,7 @@ void AttentionTally::add(const Array& scores, const Array& weights, const std::o
     // A row with one allowed key (the first step of causal self-attention) has no choice to make.
     if (kept < 2) return;
     normalized_entropy += entropy / std::log(double(kept));
-    saturated += largest > kSaturated ? 1 : 0;
+    saturated += largest > kSaturatedWeight ? 1 : 0;
     ++rows;
   });
 }

@@ -205,7 +205,7 @@ TEST_CASE("TransformerConfig: JSON round trip, defaults and errors") {
                        Error);
   bad = json;
   bad["d_model"] = "big";
-  CHECK_THROWS_WITH_AS(bad.get<TransformerConfig>(), doctest::Contains("field \"d_model\" has a bad value \"big\""),
+  CHECK_THROWS_WITH_AS(bad.get<TransformerConfig>(), doctest::Contains("field \"d_model\" must be a non-negative integer, got \"big\""),
                        Error);
   bad = json;
   bad["d_model"] = 6;  // head size 3: rope rotates pairs

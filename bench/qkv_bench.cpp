@@ -167,7 +167,9 @@ int main(int argc, char** argv) {
         IndexArray previous = IndexArray::from_shape({config.batch});
         previous.fill(1);  // <bos>
         for (std::size_t t = 0; t < decode_length; ++t) {
-          const Array& logits = model->decode_step(*state, previous).logits.value();  // [B, V]
+          // Keep the step's output alive: `logits` refers into it.
+          const models::StepOutput step = model->decode_step(*state, previous);
+          const Array& logits = step.logits.value();  // [B, V]
           for (std::size_t b = 0; b < config.batch; ++b) {
             const real* row = logits.data() + b * config.vocab;
             previous(b) = std::max_element(row, row + config.vocab) - row;

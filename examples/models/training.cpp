@@ -101,16 +101,6 @@ std::size_t count_tokens(const IndexArray& labels) {
   return std::size_t(std::count_if(labels.begin(), labels.end(), [](std::int64_t id) { return id != Vocab::pad_id; }));
 }
 
-IndexArray argmax_last(const Array& logits) {  // [B, T, V] -> [B, T]
-  const std::size_t vocab = logits.shape().back();
-  IndexArray best = IndexArray::from_shape({logits.shape()[0], logits.shape()[1]});
-  for (std::size_t row = 0; row < best.size(); ++row) {
-    const real* begin = logits.data() + row * vocab;
-    best.data()[row] = std::max_element(begin, begin + vocab) - begin;
-  }
-  return best;
-}
-
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
@@ -136,6 +126,16 @@ void finish_interrupted_save(const fs::path& dir) {
 }
 
 }  // namespace
+
+IndexArray argmax_last(const Array& logits) {  // [B, T, V] -> [B, T]
+  const std::size_t vocab = logits.shape().back();
+  IndexArray best = IndexArray::from_shape({logits.shape()[0], logits.shape()[1]});
+  for (std::size_t row = 0; row < best.size(); ++row) {
+    const real* begin = logits.data() + row * vocab;
+    best.data()[row] = std::max_element(begin, begin + vocab) - begin;
+  }
+  return best;
+}
 
 std::string to_string(StopReason reason) {
   switch (reason) {

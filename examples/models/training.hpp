@@ -85,6 +85,9 @@ struct Evaluation {
   std::vector<Hypothesis> decoded;           // one per group
 };
 
+/// The most likely token at every position: logits [B, T, V] -> ids [B, T].
+IndexArray argmax_last(const Array& logits);
+
 /// Evaluates `pairs` (which must not be empty). Sets eval mode and leaves it set.
 Evaluation evaluate(Seq2SeqModel& model, std::span<const SentencePair> pairs, const Vocabs& vocabs,
                     const DecodeOptions& decode, std::size_t batch_size = 128);

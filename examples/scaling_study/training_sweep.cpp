@@ -69,16 +69,6 @@ struct AttentionParameters {
   }
 };
 
-IndexArray argmax_last(const Array& logits) {  // [B, T, V] -> [B, T]
-  const std::size_t vocab = logits.shape().back();
-  IndexArray best = IndexArray::from_shape({logits.shape()[0], logits.shape()[1]});
-  for (std::size_t row = 0; row < best.size(); ++row) {
-    const real* begin = logits.data() + row * vocab;
-    best.data()[row] = std::max_element(begin, begin + vocab) - begin;
-  }
-  return best;
-}
-
 /// Teacher-forced loss, accuracy and attention statistics on the probe batch.
 ProbePoint probe(models::Seq2SeqModel& model, const Batch& batch) {
   AttentionTally tally;
@@ -92,7 +82,7 @@ ProbePoint probe(models::Seq2SeqModel& model, const Batch& batch) {
   model.train();
   ProbePoint point;
   point.probe_loss = cross_entropy(out.logits, batch.target_output, {.ignore_index = Vocab::pad_id}).item();
-  point.token_accuracy = token_accuracy(argmax_last(out.logits.value()), batch.target_output);  // [B, T]
+  point.token_accuracy = token_accuracy(models::argmax_last(out.logits.value()), batch.target_output);  // [B, T]
   point.entropy = tally.rows ? tally.normalized_entropy / double(tally.rows) : kNaN;
   point.saturated_share = tally.rows ? tally.saturated / double(tally.rows) : kNaN;
   point.mean_abs_logit = tally.entries ? tally.abs_logit / double(tally.entries) : kNaN;

@@ -103,21 +103,26 @@ struct TinyData {
   }
 };
 
+/// A 2-head d_model 8 transformer over `vocabs`, without dropout.
+TransformerConfig tiny_transformer(const Vocabs& vocabs, std::size_t encoder_layers, std::size_t decoder_layers) {
+  TransformerConfig config;
+  config.source_vocab_size = vocabs.source.size();
+  config.target_vocab_size = vocabs.target.size();
+  config.d_model = 8;
+  config.num_heads = 2;
+  config.encoder_layers = encoder_layers;
+  config.decoder_layers = decoder_layers;
+  config.dim_feedforward = 16;
+  config.dropout = 0;
+  config.max_length = 32;
+  return config;
+}
+
 }  // namespace
 
 TEST_CASE("attention plots: the transformer draws every layer and head of its three attentions") {
   const TinyData tiny;
-  TransformerConfig config;
-  config.source_vocab_size = tiny.vocabs.source.size();
-  config.target_vocab_size = tiny.vocabs.target.size();
-  config.d_model = 8;
-  config.num_heads = 2;
-  config.encoder_layers = 2;
-  config.decoder_layers = 3;
-  config.dim_feedforward = 16;
-  config.dropout = 0;
-  config.max_length = 32;
-  TransformerModel model(config);
+  TransformerModel model(tiny_transformer(tiny.vocabs, 2, 3));
   const fs::path dir = fresh_dir("transformer");
   const Tokens& source = tiny.data.test[0].source;
   const AttentionPlots plots = write_attention_plots(model, tiny.vocabs, source, task_data_spec("reverse", 0, 0, 0),
@@ -148,17 +153,7 @@ TEST_CASE("attention plots: the transformer draws every layer and head of its th
 
 TEST_CASE("attention plots: attention_groups' cross-attention is forward()'s") {
   const TinyData tiny;
-  TransformerConfig config;
-  config.source_vocab_size = tiny.vocabs.source.size();
-  config.target_vocab_size = tiny.vocabs.target.size();
-  config.d_model = 8;
-  config.num_heads = 2;
-  config.encoder_layers = 1;
-  config.decoder_layers = 2;
-  config.dim_feedforward = 16;
-  config.dropout = 0;
-  config.max_length = 32;
-  TransformerModel model(config);
+  TransformerModel model(tiny_transformer(tiny.vocabs, 1, 2));
   model.eval();
   const IndexArray source = {{4, 5, 6, 2}, {7, 2, 0, 0}};
   const IndexArray lengths = {4, 2};

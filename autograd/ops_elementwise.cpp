@@ -6,6 +6,7 @@
 
 #include "autograd/ops.hpp"
 #include "lib/broadcast.hpp"
+#include "lib/parallel.hpp"
 #include "lib/vector_math.hpp"
 
 namespace qkv {
@@ -27,7 +28,9 @@ Variable unary(const char* name, const Variable& x, Forward forward, Derivative 
   Array out = Array::from_shape(in.shape());
   const real* px = in.data();
   real* py = out.data();
-  for (std::size_t i = 0, n = in.size(); i < n; ++i) py[i] = forward(px[i]);
+  parallel::for_chunks(in.size(), parallel::min_elements_per_chunk, [&](std::size_t begin, std::size_t end) {
+    for (std::size_t i = begin; i < end; ++i) py[i] = forward(px[i]);
+  });
   return make_op(name, std::move(out), {x},
                  [derivative](const Array& g, const Array& y, std::span<Variable> inputs) {
                    // Distinct buffers (restrict) so that the loop vectorises.
@@ -36,11 +39,12 @@ Variable unary(const char* name, const Variable& x, Forward forward, Derivative 
                    const real* __restrict pg = g.data();
                    bool accumulate = true;
                    real* __restrict pd = inputs[0].grad_buffer(accumulate).data();
-                   const std::size_t n = g.size();
-                   if (accumulate)
-                     for (std::size_t i = 0; i < n; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
-                   else  // a fresh buffer: write, no zero-fill first
-                     for (std::size_t i = 0; i < n; ++i) pd[i] = pg[i] * derivative(px[i], py[i]);
+                   parallel::for_chunks(g.size(), parallel::min_elements_per_chunk, [&](std::size_t begin, std::size_t end) {
+                     if (accumulate)
+                       for (std::size_t i = begin; i < end; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
+                     else  // a fresh buffer: write, no zero-fill first
+                       for (std::size_t i = begin; i < end; ++i) pd[i] = pg[i] * derivative(px[i], py[i]);
+                   });
                  });
 }
 

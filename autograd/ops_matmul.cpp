@@ -1,9 +1,11 @@
 // Matrix products through BLAS gemm with transpose flags: transposed operands are read in
 // place, never copied, and gradients are accumulated straight into their buffers (beta = 1).
+#include <algorithm>
 #include <memory>
 
 #include "autograd/ops.hpp"
 #include "lib/error.hpp"
+#include "lib/parallel.hpp"
 
 namespace qkv {
 
@@ -19,7 +21,17 @@ struct MatmulPlan {
   std::size_t a_cols = 0, b_cols = 0;  // row strides of A and B as stored
   std::vector<std::size_t> a_offsets, b_offsets;  // per output matrix, in elements
   bool folded = false;  // A's batch dims folded into M: one gemm for the whole batch
+  bool a_broadcast = false, b_broadcast = false;  // an operand shared by several products
 };
+
+// Products smaller than this many multiply-adds (attention's [T, d] × [d, T] per head) are
+// shared out among threads whole, a chunk of products per thread.
+constexpr std::size_t products_per_chunk_work = std::size_t{1} << 16;
+
+/// Chunk size, in products, for a batch of `count` products of m·n·k multiply-adds each.
+std::size_t products_per_chunk(std::size_t m, std::size_t n, std::size_t k) {
+  return std::max<std::size_t>(1, products_per_chunk_work / std::max<std::size_t>(m * n * k, 1));
+}
 
 std::string matmul_shapes(const Shape& a, Trans ta, const Shape& b, Trans tb) {
   return to_string(a) + (transposed(ta) ? "ᵀ" : "") + " by " + to_string(b) + (transposed(tb) ? "ᵀ" : "");
@@ -80,9 +92,15 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
       }
       plan->a_offsets[i] = oa * a_size;
       plan->b_offsets[i] = ob * b_size;
-      blas::gemm(ta, tb, m, n, k, 1, a.value().data() + plan->a_offsets[i], plan->a_cols,
-                 b.value().data() + plan->b_offsets[i], plan->b_cols, 0, out.data() + i * m * n, n);
     }
+    plan->a_broadcast = numel(batch_a) != count;
+    plan->b_broadcast = numel(batch_b) != count;
+    // Each product writes its own output matrix, so the products can run on any thread.
+    parallel::for_chunks(count, products_per_chunk(m, n, k), [&](std::size_t first, std::size_t last) {
+      for (std::size_t i = first; i < last; ++i)
+        blas::gemm(ta, tb, m, n, k, 1, a.value().data() + plan->a_offsets[i], plan->a_cols,
+                   b.value().data() + plan->b_offsets[i], plan->b_cols, 0, out.data() + i * m * n, n);
+    });
   }
 
   return make_op("matmul", std::move(out), {a, b},
@@ -110,20 +128,37 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
       }
       return;
     }
-    for (std::size_t i = 0; i < p.a_offsets.size(); ++i) {
-      const real* gi = g.data() + i * m * n;
-      const real* ai = pa + p.a_offsets[i];
-      const real* bi = pb + p.b_offsets[i];
-      if (in[0].requires_grad()) {
-        real* da = in[0].grad_buffer().data() + p.a_offsets[i];
-        if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, 1, bi, p.b_cols, gi, n, 1, da, p.a_cols);
-        else blas::gemm(Trans::No, flip(tb), m, k, n, 1, gi, n, bi, p.b_cols, 1, da, p.a_cols);
-      }
-      if (in[1].requires_grad()) {
-        real* db = in[1].grad_buffer().data() + p.b_offsets[i];
-        if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, 1, gi, n, ai, p.a_cols, 1, db, p.b_cols);
-        else blas::gemm(flip(ta), Trans::No, k, n, m, 1, ai, p.a_cols, gi, n, 1, db, p.b_cols);
-      }
+    // Gradients of a broadcast operand sum over several products: those run in order on one
+    // thread. Otherwise each product owns its slice of the gradient and threads share them out.
+    const std::size_t count = p.a_offsets.size();
+    const std::size_t per_chunk = products_per_chunk(m, n, k);
+    if (in[0].requires_grad()) {
+      real* da = in[0].grad_buffer().data();
+      const auto grad_a = [&](std::size_t first, std::size_t last) {
+        for (std::size_t i = first; i < last; ++i) {
+          const real* gi = g.data() + i * m * n;
+          const real* bi = pb + p.b_offsets[i];
+          real* dai = da + p.a_offsets[i];
+          if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, 1, bi, p.b_cols, gi, n, 1, dai, p.a_cols);
+          else blas::gemm(Trans::No, flip(tb), m, k, n, 1, gi, n, bi, p.b_cols, 1, dai, p.a_cols);
+        }
+      };
+      if (p.a_broadcast) grad_a(0, count);
+      else parallel::for_chunks(count, per_chunk, grad_a);
+    }
+    if (in[1].requires_grad()) {
+      real* db = in[1].grad_buffer().data();
+      const auto grad_b = [&](std::size_t first, std::size_t last) {
+        for (std::size_t i = first; i < last; ++i) {
+          const real* gi = g.data() + i * m * n;
+          const real* ai = pa + p.a_offsets[i];
+          real* dbi = db + p.b_offsets[i];
+          if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, 1, gi, n, ai, p.a_cols, 1, dbi, p.b_cols);
+          else blas::gemm(flip(ta), Trans::No, k, n, m, 1, ai, p.a_cols, gi, n, 1, dbi, p.b_cols);
+        }
+      };
+      if (p.b_broadcast) grad_b(0, count);
+      else parallel::for_chunks(count, per_chunk, grad_b);
     }
   });
 }

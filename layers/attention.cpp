@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <memory>
 #include <sstream>
 #include <type_traits>
@@ -10,8 +9,8 @@
 
 #include "lib/broadcast.hpp"
 #include "lib/error.hpp"
+#include "lib/kernels.hpp"
 #include "lib/shape.hpp"
-#include "lib/vector_math.hpp"
 
 namespace qkv {
 
@@ -65,12 +64,6 @@ std::optional<BoolArray> allowed_and(const std::optional<BoolArray>& a, const st
 
 namespace {
 
-/// e^x: the vectorisable float32 version in training builds, std::exp in float64.
-real exp_of(real x) {
-  if constexpr (std::is_same_v<real, float>) return vector_math::exp(x);
-  else return std::exp(x);
-}
-
 /// True when `mask` broadcasts to `target` without growing it.
 bool broadcasts_to(const Shape& mask, const Shape& target) {
   if (mask.size() > target.size()) return false;
@@ -89,45 +82,16 @@ Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
   check_shape(broadcasts_to(mask_shape, shape), "masked_softmax",
               "allowed mask " + to_string(mask_shape) + " does not broadcast to scores " + to_string(shape));
   Array out = Array::from_shape(shape);
-  const Shape strides[2] = {strides_of(shape), broadcast_strides(mask_shape, shape)};
-  const std::size_t mask_step = strides[1].back();
-  const real* x = scores.value().data();
-  const bool* keep = allowed.data();
-  real* y = out.data();
-  for_each_row(shape, strides, [&](std::size_t o, std::size_t m, std::size_t count) {
-    real largest = -std::numeric_limits<real>::infinity();
-    for (std::size_t j = 0; j < count; ++j)
-      if (keep[m + j * mask_step]) largest = std::max(largest, x[o + j]);
-    // No allowed key: the row attends to nothing, so it gets no weight at all.
-    if (largest == -std::numeric_limits<real>::infinity()) {
-      std::fill(y + o, y + o + count, real(0));
-      return;
-    }
-    real total = 0;
-    for (std::size_t j = 0; j < count; ++j) {
-      y[o + j] = keep[m + j * mask_step] ? exp_of(x[o + j] - largest) : real(0);
-      total += y[o + j];
-    }
-    for (std::size_t j = 0; j < count; ++j) y[o + j] /= total;
-  });
-
-  const std::size_t row_size = shape.back();
+  kernels::masked_softmax_forward(scores.value().data(), allowed.data(), shape, broadcast_strides(mask_shape, shape),
+                                  out.data());
+  const AxisSplit rows{shape.back() == 0 ? 0 : numel(shape) / shape.back(), shape.back(), 1};  // [rows, Tk]
   return make_op("masked_softmax", std::move(out), {scores},
-                 [row_size](const Array& g, const Array& y, std::span<Variable> in) {
-    if (!in[0].requires_grad()) return;
+                 [rows](const Array& g, const Array& y, std::span<Variable> in) {
     // dx = y ⊙ (g - Σ g y) per row. Masked entries have y = 0, so their gradient is exactly
     // 0, and a fully masked row (all y = 0) passes no gradient back.
-    real* dx = in[0].grad_buffer().data();
-    const real* pg = g.data();
-    const real* py = y.data();
-    for (std::size_t start = 0, n = y.size(); start < n; start += row_size) {
-      real dot = 0;
-      for (std::size_t j = 0; j < row_size; ++j) dot += pg[start + j] * py[start + j];
-      for (std::size_t j = 0; j < row_size; ++j) dx[start + j] += py[start + j] * (pg[start + j] - dot);
-    }
+    if (in[0].requires_grad()) kernels::softmax_backward(g.data(), y.data(), in[0].grad_buffer().data(), rows);
   });
 }
-
 Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed) {
   return allowed ? masked_softmax(scores, *allowed) : softmax(scores, -1);
 }

@@ -6,7 +6,10 @@
 #include <malloc.h>
 #endif
 
+#include <algorithm>
 #include <type_traits>
+
+#include "lib/parallel.hpp"
 
 namespace qkv::blas {
 
@@ -25,6 +28,21 @@ namespace {
 #endif
   return true;
 }();
+
+// qkv splits big gemms over its own pool (lib/parallel.hpp), so OpenBLAS must not start
+// threads of its own that would spin against ours. OpenBLAS is initialised (its constructor
+// reads OPENBLAS_NUM_THREADS) before this runs.
+[[maybe_unused]] const bool openblas_single_threaded = [] {
+  openblas_set_num_threads(1);
+  return true;
+}();
+
+// Below this many multiply-adds a gemm takes ~30 µs or less on one core: waking a second
+// thread and packing the shared operand twice would eat what splitting saves.
+constexpr std::size_t parallel_gemm_work = std::size_t{1} << 20;
+// Chunks of rows (or columns) are multiples of this, so that no chunk but the last ends in a
+// ragged tile of OpenBLAS's micro-kernel (16 rows × 4 columns for Skylake sgemm).
+constexpr std::size_t split_block = 16;
 
 CBLAS_TRANSPOSE to_cblas(Trans trans) { return trans == Trans::Yes ? CblasTrans : CblasNoTrans; }
 blasint to_int(std::size_t value) { return static_cast<blasint>(value); }
@@ -45,8 +63,30 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
       for (std::size_t j = 0; j < n; ++j) c[i * ldc + j] = beta == real(0) ? real(0) : beta * c[i * ldc + j];
     return;
   }
-  gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
-             to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+  const bool split = parallel::num_threads() > 1 && !parallel::in_parallel_region() && m * n * k >= parallel_gemm_work;
+  if (!split) {
+    gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
+               to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+    return;
+  }
+  // Each thread computes its own block of C's rows: every element of C is still one dot product
+  // over K in OpenBLAS's order, so the split changes no bits (tested). A product too short to
+  // share by rows is shared by columns; there OpenBLAS blocks the K loop differently for a
+  // narrower B, and the last bits of C may differ from a single thread's.
+  const bool by_rows = m >= 2 * split_block;
+  const std::size_t extent = by_rows ? m : n;
+  parallel::for_chunks((extent + split_block - 1) / split_block, 1, [&](std::size_t first, std::size_t last) {
+    const std::size_t begin = first * split_block, end = std::min(extent, last * split_block);
+    if (by_rows) {  // rows [begin, end) of op(A) and C
+      const real* a_rows = trans_a == Trans::Yes ? a + begin : a + begin * lda;
+      gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(end - begin), to_int(n), to_int(k),
+                 alpha, a_rows, to_int(lda), b, to_int(ldb), beta, c + begin * ldc, to_int(ldc));
+    } else {  // columns [begin, end) of op(B) and C
+      const real* b_columns = trans_b == Trans::Yes ? b + begin * ldb : b + begin;
+      gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(end - begin), to_int(k),
+                 alpha, a, to_int(lda), b_columns, to_int(ldb), beta, c + begin, to_int(ldc));
+    }
+  });
 }
 
 void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c) {
@@ -54,7 +94,6 @@ void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const fl
               to_int(k), b, to_int(n), 0.0f, c, to_int(n));
 }
 
-void set_num_threads(int threads) { openblas_set_num_threads(threads); }
-int num_threads() { return openblas_get_num_threads(); }
+void set_openblas_threads(int threads) { openblas_set_num_threads(threads); }
 
 }  // namespace qkv::blas

@@ -2,21 +2,49 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "lib/broadcast.hpp"
+#include "lib/parallel.hpp"
+#include "lib/simd.hpp"
 #include "lib/vector_math.hpp"
 
 namespace qkv::kernels {
 
+// Every kernel here is written as a serial "chunk" function over a range of rows, marked
+// QKV_SIMD_CLONES (lib/simd.hpp) so that its loops get an AVX2 build, and a public function
+// that shares the rows out among qkv's threads (lib/parallel.hpp). Each output element is
+// written by one chunk, in the serial loop's order: results do not depend on the thread count.
+
 namespace {
+
+/// e^x: the vectorisable float32 version in training builds, std::exp in float64 (gradient
+/// checks want every digit).
+real exp_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::exp(x);
+  else return std::exp(x);
+}
+
+/// Rows per chunk so that a chunk holds at least parallel::min_elements_per_chunk elements.
+std::size_t rows_per_chunk(std::size_t row_size) {
+  return (parallel::min_elements_per_chunk + row_size - 1) / std::max<std::size_t>(row_size, 1);
+}
+
+/// Runs chunk(first, part) over consecutive runs of `split.outer` blocks, `part` being the
+/// split of that run: an axis kernel processes its outer blocks independently.
+template <class Chunk>
+void for_outer_chunks(AxisSplit split, const Chunk& chunk) {
+  parallel::for_chunks(split.outer, rows_per_chunk(split.size * split.inner),
+                       [&](std::size_t first, std::size_t last) { chunk(first, AxisSplit{last - first, split.size, split.inner}); });
+}
 
 // A "fibre" is the `size` elements along the axis at one (outer, inner) position; element s of
 // fibre (o, j) sits at offset (o · size + s) · inner + j and the fibre's number is o · inner + j.
 
 /// The maximum of every fibre, into `maxes` ([outer · inner]).
-void fibre_max(const real* x, AxisSplit split, real* maxes) {
+QKV_SIMD_CLONES void fibre_max(const real* x, AxisSplit split, real* maxes) {
   const auto [outer, size, inner] = split;
   if (size == 0) return;  // an empty axis has no max, and no element will need one
   for (std::size_t o = 0; o < outer; ++o) {
@@ -31,7 +59,8 @@ void fibre_max(const real* x, AxisSplit split, real* maxes) {
 /// For every fibre: total = Σ_s term(offset, fibre) in double, value = finish(fibre, total),
 /// then update(offset, fibre, value) for each of its elements. The last axis (inner == 1)
 /// walks contiguous rows; other axes walk [size, inner] blocks row by row so that the inner
-/// loop stays contiguous too, with one running total per inner position.
+/// loop stays contiguous too, with one running total per inner position. Offsets and fibre
+/// numbers count from the start of `split`'s first block.
 template <class Term, class Finish, class Update>
 void sum_then_update(AxisSplit split, Term term, Finish finish, Update update) {
   const auto [outer, size, inner] = split;
@@ -61,72 +90,130 @@ void sum_then_update(AxisSplit split, Term term, Finish finish, Update update) {
 
 Shape shape_of_mask(const BoolArray& mask) { return Shape(mask.shape().begin(), mask.shape().end()); }
 
-}  // namespace
+// ---- serial chunks of the softmax family --------------------------------------------------
 
-// ---- softmax ------------------------------------------------------------------------------
-
-void softmax_forward(const real* x, real* y, AxisSplit split) {
+QKV_SIMD_CLONES void softmax_chunk(const real* x, real* y, AxisSplit split) {
   // Subtracting each fibre's max keeps every exp() in (0, 1]: no overflow for any logits.
   std::vector<real> maxes(split.outer * split.inner);
   fibre_max(x, split, maxes.data());
   sum_then_update(
       split,
       [&](std::size_t i, std::size_t f) {
-        y[i] = std::exp(x[i] - maxes[f]);
+        y[i] = exp_of(x[i] - maxes[f]);
         return double(y[i]);
       },
       [](std::size_t, double total) { return real(1.0 / total); },
       [&](std::size_t i, std::size_t, real inverse_total) { y[i] *= inverse_total; });
 }
 
-void log_softmax_forward(const real* x, real* y, AxisSplit split) {
+QKV_SIMD_CLONES void log_softmax_chunk(const real* x, real* y, AxisSplit split) {
   std::vector<real> maxes(split.outer * split.inner);
   fibre_max(x, split, maxes.data());
   // log softmax = (x - max) - log Σ exp(x - max): the sum is >= 1, so its log is finite, and
   // x - max is formed before anything large is added (max + log Σ would round away the small
   // part for logits around 1e4 in float32).
   sum_then_update(
-      split, [&](std::size_t i, std::size_t f) { return std::exp(double(x[i] - maxes[f])); },
+      split, [&](std::size_t i, std::size_t f) { return double(exp_of(x[i] - maxes[f])); },
       [](std::size_t, double total) { return real(std::log(total)); },
       [&](std::size_t i, std::size_t f, real log_total) { y[i] = (x[i] - maxes[f]) - log_total; });
 }
 
-void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+QKV_SIMD_CLONES void softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
   sum_then_update(
       split, [&](std::size_t i, std::size_t) { return double(grad_y[i]) * double(y[i]); },
       [](std::size_t, double total) { return real(total); },
       [&](std::size_t i, std::size_t, real dot) { grad_x[i] += y[i] * (grad_y[i] - dot); });
 }
 
-void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+QKV_SIMD_CLONES void log_softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
   sum_then_update(
       split, [&](std::size_t i, std::size_t) { return double(grad_y[i]); },
       [](std::size_t, double total) { return real(total); },
-      [&](std::size_t i, std::size_t, real grad_total) { grad_x[i] += grad_y[i] - std::exp(y[i]) * grad_total; });
+      [&](std::size_t i, std::size_t, real grad_total) { grad_x[i] += grad_y[i] - exp_of(y[i]) * grad_total; });
+}
+
+/// One row of masked softmax: `keep` is read with stride `keep_step`.
+QKV_SIMD_CLONES void masked_softmax_row(const real* x, const bool* keep, std::size_t keep_step, std::size_t count,
+                                        real* y) {
+  real largest = -std::numeric_limits<real>::infinity();
+  for (std::size_t j = 0; j < count; ++j)
+    if (keep[j * keep_step]) largest = std::max(largest, x[j]);
+  // No allowed key: the row attends to nothing, so it gets no weight at all.
+  if (largest == -std::numeric_limits<real>::infinity()) {
+    std::fill(y, y + count, real(0));
+    return;
+  }
+  double total = 0;
+  // exp of a masked score is computed and dropped (the select vectorises; a branch would not).
+  // vector_math::exp saturates instead of overflowing, so no inf appears even then.
+  for (std::size_t j = 0; j < count; ++j) {
+    const real e = exp_of(x[j] - largest);
+    y[j] = keep[j * keep_step] ? e : real(0);
+    total += double(y[j]);
+  }
+  const real inverse_total = real(1.0 / total);
+  for (std::size_t j = 0; j < count; ++j) y[j] *= inverse_total;
+}
+
+}  // namespace
+
+// ---- softmax ------------------------------------------------------------------------------
+
+void softmax_forward(const real* x, real* y, AxisSplit split) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split, [&](std::size_t first, AxisSplit part) { softmax_chunk(x + first * block, y + first * block, part); });
+}
+
+void log_softmax_forward(const real* x, real* y, AxisSplit split) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split,
+                   [&](std::size_t first, AxisSplit part) { log_softmax_chunk(x + first * block, y + first * block, part); });
+}
+
+void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split, [&](std::size_t first, AxisSplit part) {
+    const std::size_t offset = first * block;
+    softmax_backward_chunk(grad_y + offset, y + offset, grad_x + offset, part);
+  });
+}
+
+void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split, [&](std::size_t first, AxisSplit part) {
+    const std::size_t offset = first * block;
+    log_softmax_backward_chunk(grad_y + offset, y + offset, grad_x + offset, part);
+  });
+}
+
+void masked_softmax_forward(const real* x, const bool* allowed, const Shape& shape, const Shape& mask_strides, real* y) {
+  const Shape strides[2] = {strides_of(shape), mask_strides};
+  const std::size_t keep_step = mask_strides.empty() ? 0 : mask_strides.back();
+  parallel_for_each_row(shape, strides, parallel::min_elements_per_chunk, [&](std::size_t o, std::size_t m, std::size_t count) {
+    masked_softmax_row(x + o, allowed + m, keep_step, count, y + o);
+  });
 }
 
 // ---- cross-entropy ----------------------------------------------------------------------------
 
-CrossEntropyForward cross_entropy_forward(const real* logits, const std::int64_t* targets,
-                                          std::size_t rows, std::size_t classes,
-                                          std::int64_t ignore_index, real label_smoothing,
-                                          real* row_max, real* row_log_total) {
+namespace {
+
+/// Row maxima, log Σ exp and each counted row's loss for rows [0, rows) of a chunk.
+QKV_SIMD_CLONES void cross_entropy_chunk(const real* logits, const std::int64_t* targets, std::size_t rows,
+                                         std::size_t classes, std::int64_t ignore_index, double smoothing,
+                                         real* row_max, real* row_log_total, double* row_loss) {
   const AxisSplit split{rows, classes, 1};  // [rows, C], softmax over C
   fibre_max(logits, split, row_max);
   sum_then_update(
-      split, [&](std::size_t i, std::size_t row) { return std::exp(double(logits[i] - row_max[row])); },
+      split, [&](std::size_t i, std::size_t row) { return double(exp_of(logits[i] - row_max[row])); },
       [&](std::size_t row, double total) {
         row_log_total[row] = real(std::log(total));
         return real(0);
       },
       [](std::size_t, std::size_t, real) {});
-
-  const double smoothing = label_smoothing;
-  double loss_total = 0;
-  CrossEntropyForward result;
   for (std::size_t row = 0; row < rows; ++row) {
+    row_loss[row] = 0;
     if (targets[row] == ignore_index) continue;
-    ++result.counted;
     const real* z = logits + row * classes;  // [C]
     const double max = row_max[row], log_total = row_log_total[row];
     // -log p_c = (max - z_c) + log_total, so mean_c(-log p_c) = max - mean_c(z_c) + log_total.
@@ -137,7 +224,43 @@ CrossEntropyForward cross_entropy_forward(const real* logits, const std::int64_t
       for (std::size_t c = 0; c < classes; ++c) shifted_total += max - double(z[c]);
       uniform_nll = shifted_total / double(classes) + log_total;
     }
-    loss_total += (1 - smoothing) * target_nll + smoothing * uniform_nll;
+    row_loss[row] = (1 - smoothing) * target_nll + smoothing * uniform_nll;
+  }
+}
+
+QKV_SIMD_CLONES void cross_entropy_backward_chunk(real scale, const real* logits, const std::int64_t* targets,
+                                                  const real* row_max, const real* row_log_total, std::size_t rows,
+                                                  std::size_t classes, std::int64_t ignore_index, real uniform_share,
+                                                  real target_share, real* grad_logits) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    if (targets[row] == ignore_index) continue;
+    const real* z = logits + row * classes;  // [C]
+    real* dz = grad_logits + row * classes;  // [C]
+    const real max = row_max[row], log_total = row_log_total[row];
+    // d loss_row / dz = softmax(z) - (smoothed target distribution).
+    for (std::size_t c = 0; c < classes; ++c) dz[c] += scale * (exp_of((z[c] - max) - log_total) - uniform_share);
+    dz[targets[row]] -= scale * target_share;
+  }
+}
+
+}  // namespace
+
+CrossEntropyForward cross_entropy_forward(const real* logits, const std::int64_t* targets,
+                                          std::size_t rows, std::size_t classes,
+                                          std::int64_t ignore_index, real label_smoothing,
+                                          real* row_max, real* row_log_total) {
+  std::vector<double> row_loss(rows);
+  parallel::for_chunks(rows, rows_per_chunk(classes), [&](std::size_t first, std::size_t last) {
+    cross_entropy_chunk(logits + first * classes, targets + first, last - first, classes, ignore_index,
+                        label_smoothing, row_max + first, row_log_total + first, row_loss.data() + first);
+  });
+  // Summed in row order on one thread, so the loss does not depend on the thread count.
+  double loss_total = 0;
+  CrossEntropyForward result;
+  for (std::size_t row = 0; row < rows; ++row) {
+    if (targets[row] == ignore_index) continue;
+    ++result.counted;
+    loss_total += row_loss[row];
   }
   // Nothing counted: the loss is 0 rather than PyTorch's 0/0 = NaN.
   if (result.counted > 0) result.loss = real(loss_total / double(result.counted));
@@ -152,22 +275,19 @@ void cross_entropy_backward(real grad_loss, const real* logits, const std::int64
   const real scale = grad_loss / real(counted);
   const real uniform_share = label_smoothing / real(classes);
   const real target_share = real(1) - label_smoothing;
-  for (std::size_t row = 0; row < rows; ++row) {
-    if (targets[row] == ignore_index) continue;
-    const real* z = logits + row * classes;  // [C]
-    real* dz = grad_logits + row * classes;  // [C]
-    const real max = row_max[row], log_total = row_log_total[row];
-    // d loss_row / dz = softmax(z) - (smoothed target distribution).
-    for (std::size_t c = 0; c < classes; ++c)
-      dz[c] += scale * (std::exp((z[c] - max) - log_total) - uniform_share);
-    dz[targets[row]] -= scale * target_share;
-  }
+  parallel::for_chunks(rows, rows_per_chunk(classes), [&](std::size_t first, std::size_t last) {
+    cross_entropy_backward_chunk(scale, logits + first * classes, targets + first, row_max + first,
+                                 row_log_total + first, last - first, classes, ignore_index, uniform_share,
+                                 target_share, grad_logits + first * classes);
+  });
 }
 
 // ---- layer norm ---------------------------------------------------------------------------
 
-void layer_norm_forward(const real* x, const real* weight, const real* bias, std::size_t rows,
-                        std::size_t dim, real eps, real* y, real* mean, real* rstd) {
+namespace {
+
+QKV_SIMD_CLONES void layer_norm_chunk(const real* x, const real* weight, const real* bias, std::size_t rows,
+                                      std::size_t dim, real eps, real* y, real* mean, real* rstd) {
   for (std::size_t row = 0; row < rows; ++row) {
     const real* xr = x + row * dim;  // [D]
     real* yr = y + row * dim;        // [D]
@@ -183,27 +303,23 @@ void layer_norm_forward(const real* x, const real* weight, const real* bias, std
     const real row_rstd = real(1.0 / std::sqrt(squares / double(dim) + double(eps)));
     mean[row] = real(row_mean);
     rstd[row] = row_rstd;
-    for (std::size_t i = 0; i < dim; ++i) {
-      const real normalized = (xr[i] - mean[row]) * row_rstd;
-      yr[i] = normalized * (weight ? weight[i] : real(1)) + (bias ? bias[i] : real(0));
-    }
+    const real shift = mean[row];
+    if (weight && bias)
+      for (std::size_t i = 0; i < dim; ++i) yr[i] = (xr[i] - shift) * row_rstd * weight[i] + bias[i];
+    else
+      for (std::size_t i = 0; i < dim; ++i) {
+        const real normalized = (xr[i] - shift) * row_rstd;
+        yr[i] = normalized * (weight ? weight[i] : real(1)) + (bias ? bias[i] : real(0));
+      }
   }
 }
 
-void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
-                         const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
-                         real* grad_weight, real* grad_bias) {
+QKV_SIMD_CLONES void layer_norm_grad_x_chunk(const real* grad_y, const real* x, const real* weight, const real* mean,
+                                             const real* rstd, std::size_t rows, std::size_t dim, real* grad_x) {
   for (std::size_t row = 0; row < rows; ++row) {
     const real* gr = grad_y + row * dim;  // [D]
     const real* xr = x + row * dim;       // [D]
     const real row_mean = mean[row], row_rstd = rstd[row];
-    if (grad_weight || grad_bias) {
-      for (std::size_t i = 0; i < dim; ++i) {
-        if (grad_weight) grad_weight[i] += gr[i] * (xr[i] - row_mean) * row_rstd;
-        if (grad_bias) grad_bias[i] += gr[i];
-      }
-    }
-    if (!grad_x) continue;
     // ĝ = grad_y ⊙ weight; the two means are the projections that normalisation removes.
     double grad_total = 0, grad_dot_normalized = 0;
     for (std::size_t i = 0; i < dim; ++i) {
@@ -222,18 +338,67 @@ void layer_norm_backward(const real* grad_y, const real* x, const real* weight, 
   }
 }
 
+/// grad_weight and grad_bias for columns [first, last): every row, in row order.
+QKV_SIMD_CLONES void layer_norm_grad_params_chunk(const real* grad_y, const real* x, const real* mean,
+                                                  const real* rstd, std::size_t rows, std::size_t dim,
+                                                  std::size_t first, std::size_t last, real* grad_weight,
+                                                  real* grad_bias) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    const real* gr = grad_y + row * dim;  // [D]
+    const real* xr = x + row * dim;       // [D]
+    const real row_mean = mean[row], row_rstd = rstd[row];
+    if (grad_weight)
+      for (std::size_t i = first; i < last; ++i) grad_weight[i] += gr[i] * (xr[i] - row_mean) * row_rstd;
+    if (grad_bias)
+      for (std::size_t i = first; i < last; ++i) grad_bias[i] += gr[i];
+  }
+}
+
+}  // namespace
+
+void layer_norm_forward(const real* x, const real* weight, const real* bias, std::size_t rows,
+                        std::size_t dim, real eps, real* y, real* mean, real* rstd) {
+  parallel::for_chunks(rows, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
+    layer_norm_chunk(x + first * dim, weight, bias, last - first, dim, eps, y + first * dim, mean + first, rstd + first);
+  });
+}
+
+void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
+                         const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
+                         real* grad_weight, real* grad_bias) {
+  if (grad_x)
+    parallel::for_chunks(rows, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
+      layer_norm_grad_x_chunk(grad_y + first * dim, x + first * dim, weight, mean + first, rstd + first, last - first,
+                              dim, grad_x + first * dim);
+    });
+  // The parameters' gradients sum over rows: threads take columns instead, so that each sum
+  // still runs over the rows in order. Columns are shared in blocks of 16 floats (a cache line).
+  if (grad_weight || grad_bias) {
+    constexpr std::size_t column_block = 16;
+    const std::size_t blocks = (dim + column_block - 1) / column_block;
+    parallel::for_chunks(blocks, std::max<std::size_t>(1, rows_per_chunk(rows) / column_block),
+                         [&](std::size_t first, std::size_t last) {
+      layer_norm_grad_params_chunk(grad_y, x, mean, rstd, rows, dim, first * column_block,
+                                   std::min(dim, last * column_block), grad_weight, grad_bias);
+    });
+  }
+}
+
 // ---- embedding ------------------------------------------------------------------------------
 
 void embedding_forward(const real* weight, const std::int64_t* indices, std::size_t count,
                        std::size_t dim, real* out) {
-  for (std::size_t i = 0; i < count; ++i) {
-    const real* row = weight + static_cast<std::size_t>(indices[i]) * dim;  // [D]
-    std::copy(row, row + dim, out + i * dim);
-  }
+  parallel::for_chunks(count, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) {
+      const real* row = weight + static_cast<std::size_t>(indices[i]) * dim;  // [D]
+      std::copy(row, row + dim, out + i * dim);
+    }
+  });
 }
 
 void embedding_backward(const real* grad_out, const std::int64_t* indices, std::size_t count,
                         std::size_t dim, real* grad_weight) {
+  // Serial: repeated indices add into the same row.
   for (std::size_t i = 0; i < count; ++i) {
     real* row = grad_weight + static_cast<std::size_t>(indices[i]) * dim;  // [D]
     const real* g = grad_out + i * dim;                                     // [D]
@@ -241,24 +406,61 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
   }
 }
 
-// ---- dropout ----------------------------------------------------------------------------------
+// ---- dropout --------------------------------------------------------------------------------
+
+namespace {
+
+/// SplitMix64's output function: a bijection on 64 bits whose outputs for consecutive inputs
+/// pass BigCrush (Steele, Lea & Flood 2014).
+std::uint64_t mix64(std::uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+/// Elements [first, last) (first even) of a dropout mask drawn from `key`: element i keeps
+/// when its 32-bit uniform is at or above `threshold`, the uniforms of elements 2j and 2j + 1
+/// being the two halves of mix64(key + j · golden ratio).
+QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
+                                   std::size_t first, std::size_t last, std::uint8_t* keep, real* y) {
+  constexpr std::uint64_t golden = 0x9e3779b97f4a7c15ULL;
+  const std::size_t pairs_end = first + (last - first) / 2 * 2;
+  for (std::size_t i = first; i < pairs_end; i += 2) {
+    const std::uint64_t bits = mix64(key + (i / 2) * golden);
+    keep[i] = static_cast<std::uint8_t>((bits & 0xffffffffULL) >= threshold);
+    keep[i + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
+  }
+  if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((mix64(key + (pairs_end / 2) * golden) & 0xffffffffULL) >= threshold);
+  for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+}
+
+QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8_t* keep, real keep_scale,
+                                            std::size_t first, std::size_t last, real* grad_x) {
+  for (std::size_t i = first; i < last; ++i) grad_x[i] += grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
+}
+
+}  // namespace
 
 void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
   // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
   const real keep_scale = real(1) / (real(1) - p);
-  // rng.uniform() < p, decided on the integer draw without a branch (a 10% drop rate makes the
-  // branch unpredictable): uniform() is u · 2^-53 with u = draw >> 11 exact, so it is below p
-  // exactly when u < ceil(p · 2^53). A local copy of the generator keeps its state in registers.
-  const auto threshold = static_cast<std::uint64_t>(std::ceil(double(p) * 0x1.0p53));
-  Rng local = rng;
-  for (std::size_t i = 0; i < count; ++i) keep[i] = static_cast<std::uint8_t>((local.next_u64() >> 11) >= threshold);
-  rng = local;
-  for (std::size_t i = 0; i < count; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+  // Counter-based: one draw from `rng` keys the whole mask, and element i's decision is a hash
+  // of (key, i). Any thread can draw any element, in any order, with the same result. The
+  // element is dropped when its uniform u / 2^32 < p, i.e. when u < ceil(p · 2^32).
+  const auto threshold = static_cast<std::uint64_t>(std::ceil(double(p) * 0x1.0p32));
+  const std::uint64_t key = rng.next_u64();
+  // Chunks start at even elements, so that both halves of a hash land in one chunk.
+  const std::size_t pairs = (count + 1) / 2;
+  parallel::for_chunks(pairs, parallel::min_elements_per_chunk / 2, [&](std::size_t first, std::size_t last) {
+    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y);
+  });
 }
 
 void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x) {
   const real keep_scale = real(1) / (real(1) - p);
-  for (std::size_t i = 0; i < count; ++i) grad_x[i] += grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
+  parallel::for_chunks(count, parallel::min_elements_per_chunk, [&](std::size_t first, std::size_t last) {
+    dropout_backward_chunk(grad_y, keep, keep_scale, first, last, grad_x);
+  });
 }
 
 // ---- additive attention scores -------------------------------------------------------------

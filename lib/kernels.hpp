@@ -29,6 +29,11 @@ void log_softmax_forward(const real* x, real* y, AxisSplit split);
 void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split);
 /// grad_x += grad_y - exp(y) Σ grad_y, from the log-softmax output y.
 void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split);
+/// Softmax over the last axis of x (shape `shape`) among the entries `allowed` keeps, read
+/// through `mask_strides` (broadcast strides: 0 along the mask's size-1 axes). Disallowed
+/// entries get 0; a row with nothing allowed gets 0 everywhere. Its backward is
+/// softmax_backward over the last axis.
+void masked_softmax_forward(const real* x, const bool* allowed, const Shape& shape, const Shape& mask_strides, real* y);
 
 // ---- cross-entropy: log-softmax + NLL fused over rows of C classes --------------------------
 // Targets must already be validated: each is in [0, C) or equals `ignore_index`.
@@ -110,9 +115,10 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 
 // ---- dropout --------------------------------------------------------------------------------
 
-/// Draws whether each of `count` elements is kept (one uniform draw from `rng` per element, in
-/// order; dropped with probability p) into `keep` (1 or 0, a byte each: a quarter of a float
-/// mask's memory traffic) and writes y = x · keep / (1 - p). Requires 0 <= p < 1.
+/// Draws whether each of `count` elements is kept (dropped with probability p, decided by a
+/// hash of the element's index and one 64-bit draw from `rng`, so the mask is the same on any
+/// number of threads) into `keep` (1 or 0, a byte each: a quarter of a float mask's memory
+/// traffic) and writes y = x · keep / (1 - p). Requires 0 <= p < 1.
 void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y);
 /// grad_x += grad_y · keep / (1 - p).
 void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x);

@@ -3,6 +3,9 @@
 #include <cmath>
 #include <limits>
 
+#include "lib/parallel.hpp"
+#include "lib/simd.hpp"
+
 namespace qkv {
 
 namespace {
@@ -18,6 +21,26 @@ struct AdamStep {
   double weight_decay;
   bool decoupled;  // AdamW
 };
+
+/// The per-element constants of one Adam update.
+struct AdamScalars {
+  real step_size, bias_correction2_sqrt, beta1, beta2, one_minus_beta1, one_minus_beta2, eps;
+  real l2;            // Adam's L2 penalty folded into the gradient (0: none)
+  real decay_factor;  // AdamW's decoupled decay (1: none)
+};
+
+QKV_SIMD_CLONES void adam_chunk(const AdamScalars& s, std::size_t begin, std::size_t end, real* value,
+                                const real* gradient, real* m, real* v) {
+  for (std::size_t i = begin; i < end; ++i) {
+    if (s.decay_factor != 1) value[i] *= s.decay_factor;
+    real g = gradient[i];
+    if (s.l2 != 0) g += s.l2 * value[i];
+    m[i] = m[i] * s.beta1 + s.one_minus_beta1 * g;
+    v[i] = v[i] * s.beta2 + s.one_minus_beta2 * (g * g);
+    const real denominator = std::sqrt(v[i]) / s.bias_correction2_sqrt + s.eps;
+    value[i] += -s.step_size * (m[i] / denominator);
+  }
+}
 
 /// One fused pass over a parameter: decay, both moment updates and the parameter update, in
 /// torch's order of operations (so float64 results agree to rounding).
@@ -36,19 +59,16 @@ void adam_update(const AdamStep& step, std::int64_t updates, Variable& parameter
   const real decay_factor = static_cast<real>(1 - step.lr * step.weight_decay);
   const bool decay_weights = step.decoupled && step.weight_decay != 0;
 
+  const AdamScalars scalars{step_size, bias_correction2_sqrt, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, l2,
+                            decay_weights ? decay_factor : real(1)};
   real* value = parameter.mutable_value().data();
   const real* gradient = parameter.grad().data();
   real* m = exp_avg.data();
   real* v = exp_avg_sq.data();
-  for (std::size_t i = 0, size = parameter.numel(); i < size; ++i) {
-    if (decay_weights) value[i] *= decay_factor;
-    real g = gradient[i];
-    if (l2 != 0) g += l2 * value[i];
-    m[i] = m[i] * beta1 + one_minus_beta1 * g;
-    v[i] = v[i] * beta2 + one_minus_beta2 * (g * g);
-    const real denominator = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
-    value[i] += -step_size * (m[i] / denominator);
-  }
+  // Elementwise, so the elements can be shared out among threads without changing a bit.
+  parallel::for_chunks(parameter.numel(), parallel::min_elements_per_chunk, [&](std::size_t begin, std::size_t end) {
+    adam_chunk(scalars, begin, end, value, gradient, m, v);
+  });
 }
 
 /// The checks Adam and AdamW share.

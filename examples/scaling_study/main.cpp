@@ -15,7 +15,7 @@
 #include <sstream>
 #include <thread>
 
-#include "lib/blas.hpp"
+#include "lib/parallel.hpp"
 #include "lib/error.hpp"
 #include "scaling_study/report.hpp"
 #include "scaling_study/statistics.hpp"
@@ -86,8 +86,8 @@ int main(int argc, char** argv) {
     sweep.work_dir = (std::filesystem::path(out) / ".runs").string();
     sweep.validate();
     std::filesystem::create_directories(out);
-    // One BLAS thread per run: the runs themselves are spread over --jobs threads.
-    qkv::blas::set_num_threads(1);
+    // One qkv thread per run: the runs themselves are spread over --jobs threads.
+    qkv::parallel::set_num_threads(1);
 
     const auto progress = [](std::string_view line) { spdlog::info("{}", line); };
     spdlog::info("part 1: statistics over d_k = {} ... {}, {} trials each", stats.key_sizes.front(),

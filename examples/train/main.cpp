@@ -21,7 +21,7 @@
 #include <filesystem>
 
 #include "autograd/variable.hpp"
-#include "lib/blas.hpp"
+#include "lib/parallel.hpp"
 #include "lib/error.hpp"
 #include "lib/svg.hpp"
 #include "models/attention_plots.hpp"
@@ -89,7 +89,7 @@ int run(int argc, char** argv) {
     std::fputs(line.help_text.c_str(), stdout);
     return 0;
   }
-  blas::set_num_threads(line.threads);
+  parallel::set_num_threads(line.threads);
   set_detect_anomaly(line.detect_anomaly);
 
   std::optional<Trainer> trainer;

@@ -24,7 +24,7 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   app.add_option("--out", line.out, "output directory");
   app.add_option("--resume", line.resume, "continue the checkpoint in this directory");
   app.add_option("--seed", line.seed, "batch order and initialisation");
-  app.add_option("--threads", line.threads, "BLAS threads")->check(CLI::Range(1, 256));
+  app.add_option("--threads", line.threads, "threads for gemm and kernels (same seed and threads: same result)")->check(CLI::Range(1, 256));
   app.add_option("--epochs", line.epochs, "train until this many epochs in total")->check(CLI::Range(1, 1000000));
   app.add_option("--time-budget", line.time_budget, "seconds of training at most")
       ->check(CLI::Range(1e-3, 1e9));

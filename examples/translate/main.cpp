@@ -21,7 +21,7 @@
 #include <vector>
 
 #include "lib/batching.hpp"
-#include "lib/blas.hpp"
+#include "lib/parallel.hpp"
 #include "lib/error.hpp"
 #include "models/attention_plots.hpp"
 #include "models/data_spec.hpp"
@@ -66,7 +66,7 @@ int run(int argc, char** argv) {
   app.add_option("--max-length", max_length, "tokens generated at most (default: the checkpoint's)")
       ->check(CLI::Range(1, 100000));
   app.add_option("--attention-svg", attention_svg, "write the first sentence's attention plots to this SVG file");
-  app.add_option("--threads", threads, "BLAS threads")->check(CLI::Range(1, 256));
+  app.add_option("--threads", threads, "threads for gemm and kernels")->check(CLI::Range(1, 256));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -74,7 +74,7 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "qkv-translate: %s\n", e.what());
     return 2;
   }
-  blas::set_num_threads(threads);
+  parallel::set_num_threads(threads);
   // stdout carries the translations and nothing else, so logs go to stderr.
   spdlog::set_default_logger(spdlog::stderr_color_mt("qkv-translate"));
   const Checkpoint checkpoint = load_checkpoint(checkpoint_dir);

@@ -132,29 +132,35 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
     // thread. Otherwise each product owns its slice of the gradient and threads share them out.
     const std::size_t count = p.a_offsets.size();
     const std::size_t per_chunk = products_per_chunk(m, n, k);
+    // A fresh buffer of an operand that is not broadcast is written (beta 0): each product
+    // owns its slice. A broadcast operand's products add up, into a zeroed buffer.
     if (in[0].requires_grad()) {
-      real* da = in[0].grad_buffer().data();
+      bool accumulate_a = true;
+      real* da = p.a_broadcast ? in[0].grad_buffer().data() : in[0].grad_buffer(accumulate_a).data();
+      const real beta = accumulate_a ? 1 : 0;
       const auto grad_a = [&](std::size_t first, std::size_t last) {
         for (std::size_t i = first; i < last; ++i) {
           const real* gi = g.data() + i * m * n;
           const real* bi = pb + p.b_offsets[i];
           real* dai = da + p.a_offsets[i];
-          if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, 1, bi, p.b_cols, gi, n, 1, dai, p.a_cols);
-          else blas::gemm(Trans::No, flip(tb), m, k, n, 1, gi, n, bi, p.b_cols, 1, dai, p.a_cols);
+          if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, 1, bi, p.b_cols, gi, n, beta, dai, p.a_cols);
+          else blas::gemm(Trans::No, flip(tb), m, k, n, 1, gi, n, bi, p.b_cols, beta, dai, p.a_cols);
         }
       };
       if (p.a_broadcast) grad_a(0, count);
       else parallel::for_chunks(count, per_chunk, grad_a);
     }
     if (in[1].requires_grad()) {
-      real* db = in[1].grad_buffer().data();
+      bool accumulate_b = true;
+      real* db = p.b_broadcast ? in[1].grad_buffer().data() : in[1].grad_buffer(accumulate_b).data();
+      const real beta = accumulate_b ? 1 : 0;
       const auto grad_b = [&](std::size_t first, std::size_t last) {
         for (std::size_t i = first; i < last; ++i) {
           const real* gi = g.data() + i * m * n;
           const real* ai = pa + p.a_offsets[i];
           real* dbi = db + p.b_offsets[i];
-          if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, 1, gi, n, ai, p.a_cols, 1, dbi, p.b_cols);
-          else blas::gemm(flip(ta), Trans::No, k, n, m, 1, ai, p.a_cols, gi, n, 1, dbi, p.b_cols);
+          if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, 1, gi, n, ai, p.a_cols, beta, dbi, p.b_cols);
+          else blas::gemm(flip(ta), Trans::No, k, n, m, 1, ai, p.a_cols, gi, n, beta, dbi, p.b_cols);
         }
       };
       if (p.b_broadcast) grad_b(0, count);

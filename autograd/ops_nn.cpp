@@ -84,7 +84,10 @@ Variable softmax(const Variable& x, long axis) {
   kernels::softmax_forward(x.value().data(), y.data(), split);
   // The backward needs only the output, which the engine hands back to it.
   return make_op("softmax", std::move(y), {x}, [split](const Array& g, const Array& y, std::span<Variable> in) {
-    if (in[0].requires_grad()) kernels::softmax_backward(g.data(), y.data(), in[0].grad_buffer().data(), split);
+    if (!in[0].requires_grad()) return;
+    bool accumulate = true;
+    real* dx = in[0].grad_buffer(accumulate).data();
+    kernels::softmax_backward(g.data(), y.data(), dx, split, !accumulate);
   });
 }
 
@@ -221,11 +224,13 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
                    const auto gradient_of = [&](std::size_t slot) -> real* {
                      return in[slot].requires_grad() ? in[slot].grad_buffer().data() : nullptr;
                    };
+                   bool accumulate_x = true;  // false: x's buffer is fresh and is written, not added to
+                   real* grad_x = in[0].requires_grad() ? in[0].grad_buffer(accumulate_x).data() : nullptr;
                    kernels::layer_norm_backward(
                        g.data(), in[0].value().data(), weight_slot != no_slot ? in[weight_slot].value().data() : nullptr,
-                       saved->mean.data(), saved->rstd.data(), rows, dim, gradient_of(0),
+                       saved->mean.data(), saved->rstd.data(), rows, dim, grad_x,
                        weight_slot != no_slot ? gradient_of(weight_slot) : nullptr,
-                       bias_slot != no_slot ? gradient_of(bias_slot) : nullptr);
+                       bias_slot != no_slot ? gradient_of(bias_slot) : nullptr, !accumulate_x);
                  });
 }
 
@@ -244,7 +249,10 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
   Array y = Array::from_shape(shape);
   kernels::dropout_forward(x.value().data(), p, rng, count, keep->data(), y.data());
   return make_op("dropout", std::move(y), {x}, [keep, p](const Array& g, const Array&, std::span<Variable> in) {
-    if (in[0].requires_grad()) kernels::dropout_backward(g.data(), keep->data(), p, g.size(), in[0].grad_buffer().data());
+    if (!in[0].requires_grad()) return;
+    bool accumulate = true;
+    real* dx = in[0].grad_buffer(accumulate).data();
+    kernels::dropout_backward(g.data(), keep->data(), p, g.size(), dx, !accumulate);
   });
 }
 

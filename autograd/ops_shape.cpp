@@ -24,7 +24,8 @@ void copy_strided(const Shape& shape, const real* src, const Shape& src_strides,
   const Shape strides[2] = {src_strides, dst_strides};
   const std::size_t src_step = src_strides.empty() ? 0 : src_strides.back();
   const std::size_t dst_step = dst_strides.empty() ? 0 : dst_strides.back();
-  for_each_row(shape, strides, [&](std::size_t is, std::size_t id, std::size_t count) {
+  parallel_for_each_row(shape, strides, parallel::min_elements_per_chunk,
+                        [&](std::size_t is, std::size_t id, std::size_t count) {
     if (mode == Mode::Assign)
       for (std::size_t i = 0; i < count; ++i) dst[id + i * dst_step] = src[is + i * src_step];
     else
@@ -65,7 +66,10 @@ Variable reshaped(const char* name, const Variable& x, const Shape& shape) {
   Array out = Array::from_shape(shape);
   std::copy(x.value().data(), x.value().data() + x.numel(), out.data());
   return make_op(name, std::move(out), {x}, [](const Array& g, const Array&, std::span<Variable> in) {
-    add_flat(g, in[0].grad_buffer());
+    bool accumulate = true;
+    Array& grad = in[0].grad_buffer(accumulate);
+    if (accumulate) add_flat(g, grad);
+    else std::copy(g.data(), g.data() + g.size(), grad.data());
   });
 }
 
@@ -83,8 +87,11 @@ Variable permuted(const char* name, const Variable& x, const std::vector<std::si
   copy_strided(out_shape, x.value().data(), read_strides, out.data(), out_strides, Mode::Assign);
   return make_op(name, std::move(out), {x},
                  [out_shape, out_strides, read_strides](const Array& g, const Array&, std::span<Variable> in) {
-                   // The same walk in reverse: read g contiguously, add into x's permuted slots.
-                   copy_strided(out_shape, g.data(), out_strides, in[0].grad_buffer().data(), read_strides, Mode::Add);
+                   // The same walk in reverse: read g contiguously, add into x's permuted slots
+                   // (or write them: a permutation reaches every slot of a fresh buffer once).
+                   bool accumulate = true;
+                   real* dx = in[0].grad_buffer(accumulate).data();
+                   copy_strided(out_shape, g.data(), out_strides, dx, read_strides, accumulate ? Mode::Add : Mode::Assign);
                  });
 }
 
@@ -122,9 +129,12 @@ Variable joined(const char* name, const std::vector<Variable>& parts, const Shap
                    std::size_t offset = 0;
                    for (std::size_t i = 0; i < in.size(); ++i) {
                      if (in[i].requires_grad()) {
+                       // The part's gradient is one block of g's, covering all of the part.
                        const AxisSplit part_layout{out_layout.outer, extents[i], out_layout.inner};
-                       copy_along_axis(g.data(), {out_layout, offset}, in[i].grad_buffer().data(), {part_layout, 0},
-                                       extents[i], Mode::Add);
+                       bool accumulate = true;
+                       real* dpart = in[i].grad_buffer(accumulate).data();
+                       copy_along_axis(g.data(), {out_layout, offset}, dpart, {part_layout, 0}, extents[i],
+                                       accumulate ? Mode::Add : Mode::Assign);
                      }
                      offset += extents[i];
                    }

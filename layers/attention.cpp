@@ -89,7 +89,10 @@ Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
                  [rows](const Array& g, const Array& y, std::span<Variable> in) {
     // dx = y ⊙ (g - Σ g y) per row. Masked entries have y = 0, so their gradient is exactly
     // 0, and a fully masked row (all y = 0) passes no gradient back.
-    if (in[0].requires_grad()) kernels::softmax_backward(g.data(), y.data(), in[0].grad_buffer().data(), rows);
+    if (!in[0].requires_grad()) return;
+    bool accumulate = true;
+    real* dx = in[0].grad_buffer(accumulate).data();
+    kernels::softmax_backward(g.data(), y.data(), dx, rows, !accumulate);
   });
 }
 Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed) {

@@ -118,11 +118,14 @@ QKV_SIMD_CLONES void log_softmax_chunk(const real* x, real* y, AxisSplit split) 
       [&](std::size_t i, std::size_t f, real log_total) { y[i] = (x[i] - maxes[f]) - log_total; });
 }
 
-QKV_SIMD_CLONES void softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
-  sum_then_update(
-      split, [&](std::size_t i, std::size_t) { return double(grad_y[i]) * double(y[i]); },
-      [](std::size_t, double total) { return real(total); },
-      [&](std::size_t i, std::size_t, real dot) { grad_x[i] += y[i] * (grad_y[i] - dot); });
+QKV_SIMD_CLONES void softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split,
+                                            bool overwrite) {
+  const auto dot_of = [&](std::size_t i, std::size_t) { return double(grad_y[i]) * double(y[i]); };
+  const auto finish = [](std::size_t, double total) { return real(total); };
+  if (overwrite)
+    sum_then_update(split, dot_of, finish, [&](std::size_t i, std::size_t, real dot) { grad_x[i] = y[i] * (grad_y[i] - dot); });
+  else
+    sum_then_update(split, dot_of, finish, [&](std::size_t i, std::size_t, real dot) { grad_x[i] += y[i] * (grad_y[i] - dot); });
 }
 
 QKV_SIMD_CLONES void log_softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
@@ -170,11 +173,11 @@ void log_softmax_forward(const real* x, real* y, AxisSplit split) {
                    [&](std::size_t first, AxisSplit part) { log_softmax_chunk(x + first * block, y + first * block, part); });
 }
 
-void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split, bool overwrite) {
   const std::size_t block = split.size * split.inner;
   for_outer_chunks(split, [&](std::size_t first, AxisSplit part) {
     const std::size_t offset = first * block;
-    softmax_backward_chunk(grad_y + offset, y + offset, grad_x + offset, part);
+    softmax_backward_chunk(grad_y + offset, y + offset, grad_x + offset, part, overwrite);
   });
 }
 
@@ -315,7 +318,8 @@ QKV_SIMD_CLONES void layer_norm_chunk(const real* x, const real* weight, const r
 }
 
 QKV_SIMD_CLONES void layer_norm_grad_x_chunk(const real* grad_y, const real* x, const real* weight, const real* mean,
-                                             const real* rstd, std::size_t rows, std::size_t dim, real* grad_x) {
+                                             const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
+                                             bool overwrite) {
   for (std::size_t row = 0; row < rows; ++row) {
     const real* gr = grad_y + row * dim;  // [D]
     const real* xr = x + row * dim;       // [D]
@@ -333,7 +337,7 @@ QKV_SIMD_CLONES void layer_norm_grad_x_chunk(const real* grad_y, const real* x, 
     for (std::size_t i = 0; i < dim; ++i) {
       const real g = gr[i] * (weight ? weight[i] : real(1));
       const real normalized = (xr[i] - row_mean) * row_rstd;
-      dxr[i] += row_rstd * (g - grad_mean - normalized * grad_dot_mean);
+      dxr[i] = (overwrite ? real(0) : dxr[i]) + row_rstd * (g - grad_mean - normalized * grad_dot_mean);
     }
   }
 }
@@ -365,11 +369,11 @@ void layer_norm_forward(const real* x, const real* weight, const real* bias, std
 
 void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
                          const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
-                         real* grad_weight, real* grad_bias) {
+                         real* grad_weight, real* grad_bias, bool overwrite_grad_x) {
   if (grad_x)
     parallel::for_chunks(rows, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
       layer_norm_grad_x_chunk(grad_y + first * dim, x + first * dim, weight, mean + first, rstd + first, last - first,
-                              dim, grad_x + first * dim);
+                              dim, grad_x + first * dim, overwrite_grad_x);
     });
   // The parameters' gradients sum over rows: threads take columns instead, so that each sum
   // still runs over the rows in order. Columns are shared in blocks of 16 floats (a cache line).
@@ -435,8 +439,11 @@ QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t
 }
 
 QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8_t* keep, real keep_scale,
-                                            std::size_t first, std::size_t last, real* grad_x) {
-  for (std::size_t i = first; i < last; ++i) grad_x[i] += grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
+                                            std::size_t first, std::size_t last, real* grad_x, bool overwrite) {
+  if (overwrite)
+    for (std::size_t i = first; i < last; ++i) grad_x[i] = grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
+  else
+    for (std::size_t i = first; i < last; ++i) grad_x[i] += grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
 }
 
 }  // namespace
@@ -456,10 +463,11 @@ void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::ui
   });
 }
 
-void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x) {
+void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x,
+                      bool overwrite) {
   const real keep_scale = real(1) / (real(1) - p);
   parallel::for_chunks(count, parallel::min_elements_per_chunk, [&](std::size_t first, std::size_t last) {
-    dropout_backward_chunk(grad_y, keep, keep_scale, first, last, grad_x);
+    dropout_backward_chunk(grad_y, keep, keep_scale, first, last, grad_x, overwrite);
   });
 }
 

@@ -4,7 +4,9 @@
 //
 // Plain functions over raw pointers and Arrays: lib knows nothing of autograd. Each forward
 // kernel has its backward beside it; backward kernels ADD into the gradient buffers they are
-// given (the autograd contract), and a null gradient pointer means "not needed".
+// given (the autograd contract), and a null gradient pointer means "not needed". Those with an
+// `overwrite` flag write instead when it is true: the buffer is fresh and uninitialised
+// (Variable::grad_buffer(accumulate)), which saves zero-filling it and reading the zeros back.
 //
 // Reductions that decide precision (softmax sums, layer-norm moments, the loss) accumulate in
 // double, so the float32 build keeps its digits on long rows.
@@ -26,7 +28,7 @@ void softmax_forward(const real* x, real* y, AxisSplit split);
 /// y = x - max - log Σ exp(x - max) along the axis.
 void log_softmax_forward(const real* x, real* y, AxisSplit split);
 /// grad_x += y ⊙ (grad_y - Σ grad_y ⊙ y), from the softmax output y (no Jacobian).
-void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split);
+void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split, bool overwrite = false);
 /// grad_x += grad_y - exp(y) Σ grad_y, from the log-softmax output y.
 void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split);
 /// Softmax over the last axis of x (shape `shape`) among the entries `allowed` keeps, read
@@ -73,7 +75,7 @@ void layer_norm_forward(const real* x, const real* weight, const real* bias, std
 ///   grad_bias = Σ_rows grad_y.
 void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
                          const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
-                         real* grad_weight, real* grad_bias);
+                         real* grad_weight, real* grad_bias, bool overwrite_grad_x = false);
 
 // ---- additive attention scores -------------------------------------------------------------
 
@@ -121,7 +123,8 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 /// traffic) and writes y = x · keep / (1 - p). Requires 0 <= p < 1.
 void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y);
 /// grad_x += grad_y · keep / (1 - p).
-void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x);
+void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x,
+                      bool overwrite = false);
 
 // ---- selection under a broadcast boolean mask -------------------------------------------------
 

@@ -72,6 +72,11 @@ Variable expand(const Variable& x, const Shape& shape);
 Variable transpose(const Variable& x, long axis0, long axis1);
 /// Reorders axes: result dim i is x's dim order[i].
 Variable permute(const Variable& x, const std::vector<std::size_t>& order);
+/// [B, T, H·d] -> [B, H, T, d]: multi-head attention's split into heads, in one copy (the
+/// same as permute(reshape(x, {B, T, H, d}), {0, 2, 1, 3}), which copies twice).
+Variable split_heads(const Variable& x, std::size_t heads);
+/// [B, H, T, d] -> [B, T, H·d]: the heads joined back, in one copy.
+Variable merge_heads(const Variable& x);
 /// Elements [start, end) along `axis`.
 Variable slice(const Variable& x, long axis, std::size_t start, std::size_t end);
 /// Joins along an existing axis.
@@ -84,9 +89,10 @@ std::vector<Variable> split(const Variable& x, const std::vector<std::size_t>& s
 // ---- products --------------------------------------------------------------------------
 /// Matrix product through BLAS gemm. 2-d operands give [M, N]; n-d operands multiply their
 /// last two dims and broadcast the leading ones. Trans::Yes reads an operand transposed in
-/// place (no copy): matmul(q, k, Trans::No, Trans::Yes) is q kᵀ.
+/// place (no copy): matmul(q, k, Trans::No, Trans::Yes) is q kᵀ. `scale` multiplies the product
+/// inside the gemm (attention's 1/√d_k without a pass of its own over the scores).
 Variable matmul(const Variable& a, const Variable& b, Trans transpose_a = Trans::No,
-                Trans transpose_b = Trans::No);
+                Trans transpose_b = Trans::No, real scale = 1);
 /// x Wᵀ + b over the last dim of x: [..., in] x [out, in] -> [..., out], one gemm for all the
 /// leading dims. `bias` ([out]) may be undefined.
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias);

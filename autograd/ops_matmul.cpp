@@ -39,7 +39,7 @@ std::string matmul_shapes(const Shape& a, Trans ta, const Shape& b, Trans tb) {
 
 }  // namespace
 
-Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
+Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real scale) {
   const Shape sa = a.shape(), sb = b.shape();
   check_shape(sa.size() >= 2 && sb.size() >= 2, "matmul",
               "operands need at least 2 dims, got " + matmul_shapes(sa, ta, sb, tb));
@@ -74,7 +74,7 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
   // [B..., M, K] x [K, N]: A's rows are contiguous across the batch, so it is one gemm.
   plan->folded = batch_b.empty() && !transposed(ta);
   if (plan->folded) {
-    blas::gemm(ta, tb, count * m, n, k, 1, a.value().data(), plan->a_cols, b.value().data(), plan->b_cols,
+    blas::gemm(ta, tb, count * m, n, k, scale, a.value().data(), plan->a_cols, b.value().data(), plan->b_cols,
                0, out.data(), n);
   } else {
     const Shape a_strides = broadcast_strides(batch_a, batch), b_strides = broadcast_strides(batch_b, batch);
@@ -98,13 +98,13 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
     // Each product writes its own output matrix, so the products can run on any thread.
     parallel::for_chunks(count, products_per_chunk(m, n, k), [&](std::size_t first, std::size_t last) {
       for (std::size_t i = first; i < last; ++i)
-        blas::gemm(ta, tb, m, n, k, 1, a.value().data() + plan->a_offsets[i], plan->a_cols,
+        blas::gemm(ta, tb, m, n, k, scale, a.value().data() + plan->a_offsets[i], plan->a_cols,
                    b.value().data() + plan->b_offsets[i], plan->b_cols, 0, out.data() + i * m * n, n);
     });
   }
 
   return make_op("matmul", std::move(out), {a, b},
-                 [plan, ta, tb](const Array& g, const Array&, std::span<Variable> in) {
+                 [plan, ta, tb, scale](const Array& g, const Array&, std::span<Variable> in) {
     const MatmulPlan& p = *plan;
     const real* pa = in[0].value().data();
     const real* pb = in[1].value().data();
@@ -118,13 +118,13 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
       const std::size_t rows = g.size() / n;  // batch * M
       if (in[0].requires_grad()) {
         real* da = in[0].grad_buffer(accumulate).data();
-        blas::gemm(Trans::No, flip(tb), rows, k, n, 1, g.data(), n, pb, p.b_cols, accumulate ? 1 : 0, da, k);
+        blas::gemm(Trans::No, flip(tb), rows, k, n, scale, g.data(), n, pb, p.b_cols, accumulate ? 1 : 0, da, k);
       }
       if (in[1].requires_grad()) {
         real* db = in[1].grad_buffer(accumulate).data();
         const real beta = accumulate ? 1 : 0;
-        if (transposed(tb)) blas::gemm(Trans::Yes, Trans::No, n, k, rows, 1, g.data(), n, pa, p.a_cols, beta, db, p.b_cols);
-        else blas::gemm(Trans::Yes, Trans::No, k, n, rows, 1, pa, p.a_cols, g.data(), n, beta, db, p.b_cols);
+        if (transposed(tb)) blas::gemm(Trans::Yes, Trans::No, n, k, rows, scale, g.data(), n, pa, p.a_cols, beta, db, p.b_cols);
+        else blas::gemm(Trans::Yes, Trans::No, k, n, rows, scale, pa, p.a_cols, g.data(), n, beta, db, p.b_cols);
       }
       return;
     }
@@ -143,8 +143,8 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
           const real* gi = g.data() + i * m * n;
           const real* bi = pb + p.b_offsets[i];
           real* dai = da + p.a_offsets[i];
-          if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, 1, bi, p.b_cols, gi, n, beta, dai, p.a_cols);
-          else blas::gemm(Trans::No, flip(tb), m, k, n, 1, gi, n, bi, p.b_cols, beta, dai, p.a_cols);
+          if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, scale, bi, p.b_cols, gi, n, beta, dai, p.a_cols);
+          else blas::gemm(Trans::No, flip(tb), m, k, n, scale, gi, n, bi, p.b_cols, beta, dai, p.a_cols);
         }
       };
       if (p.a_broadcast) grad_a(0, count);
@@ -159,8 +159,8 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb) {
           const real* gi = g.data() + i * m * n;
           const real* ai = pa + p.a_offsets[i];
           real* dbi = db + p.b_offsets[i];
-          if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, 1, gi, n, ai, p.a_cols, beta, dbi, p.b_cols);
-          else blas::gemm(flip(ta), Trans::No, k, n, m, 1, ai, p.a_cols, gi, n, beta, dbi, p.b_cols);
+          if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, scale, gi, n, ai, p.a_cols, beta, dbi, p.b_cols);
+          else blas::gemm(flip(ta), Trans::No, k, n, m, scale, ai, p.a_cols, gi, n, beta, dbi, p.b_cols);
         }
       };
       if (p.b_broadcast) grad_b(0, count);

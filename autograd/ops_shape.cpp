@@ -73,9 +73,11 @@ Variable reshaped(const char* name, const Variable& x, const Shape& shape) {
   });
 }
 
-/// Result dim i is x's dim order[i]; `order` is already validated.
-Variable permuted(const char* name, const Variable& x, const std::vector<std::size_t>& order) {
-  const Shape in_shape = x.shape();
+/// x's elements read as `in_shape` (same count as x), permuted so that dim i is in_shape's dim
+/// order[i], and labelled `result_shape` (same count): a permute with a reshape on either side,
+/// for the price of one copy. `order` is already validated.
+Variable permuted(const char* name, const Variable& x, const Shape& in_shape, const std::vector<std::size_t>& order,
+                  Shape result_shape) {
   const Shape in_strides = strides_of(in_shape);
   Shape out_shape(order.size()), read_strides(order.size());
   for (std::size_t i = 0; i < order.size(); ++i) {
@@ -83,7 +85,7 @@ Variable permuted(const char* name, const Variable& x, const std::vector<std::si
     read_strides[i] = in_strides[order[i]];  // x read in the output's index order
   }
   const Shape out_strides = strides_of(out_shape);
-  Array out = Array::from_shape(out_shape);
+  Array out = Array::from_shape(result_shape.empty() ? out_shape : result_shape);
   copy_strided(out_shape, x.value().data(), read_strides, out.data(), out_strides, Mode::Assign);
   return make_op(name, std::move(out), {x},
                  [out_shape, out_strides, read_strides](const Array& g, const Array&, std::span<Variable> in) {
@@ -212,7 +214,7 @@ Variable transpose(const Variable& x, long axis0, long axis1) {
   std::vector<std::size_t> order(shape.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
   std::swap(order[a], order[b]);
-  return permuted("transpose", x, order);
+  return permuted("transpose", x, shape, order, {});
 }
 
 Variable permute(const Variable& x, const std::vector<std::size_t>& order) {
@@ -229,7 +231,23 @@ Variable permute(const Variable& x, const std::vector<std::size_t>& order) {
                 "axis " + std::to_string(axis) + " appears twice in order " + listed + " for " + to_string(shape));
     seen[axis] = true;
   }
-  return permuted("permute", x, order);
+  return permuted("permute", x, shape, order, {});
+}
+
+Variable split_heads(const Variable& x, std::size_t heads) {
+  const Shape shape = x.shape();
+  check_shape(shape.size() == 3 && heads > 0 && shape[2] % heads == 0, "split_heads",
+              "needs [B, T, E] with E divisible by the " + std::to_string(heads) + " heads, got " + to_string(shape));
+  const std::size_t batch = shape[0], steps = shape[1], head_dim = shape[2] / heads;
+  // Read as [B, T, H, d], written as [B, H, T, d].
+  return permuted("split_heads", x, {batch, steps, heads, head_dim}, {0, 2, 1, 3}, {});
+}
+
+Variable merge_heads(const Variable& x) {
+  const Shape shape = x.shape();
+  check_shape(shape.size() == 4, "merge_heads", "needs [B, H, T, d], got " + to_string(shape));
+  // Written as [B, T, H, d], labelled [B, T, H·d].
+  return permuted("merge_heads", x, shape, {0, 2, 1, 3}, {shape[0], shape[2], shape[1] * shape[3]});
 }
 
 Variable slice(const Variable& x, long axis, std::size_t start, std::size_t end) {

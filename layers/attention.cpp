@@ -161,13 +161,17 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
   const Variable q = positions ? positions->encode_queries(queries, query_start) : queries;  // [..., Tq, d]
   const Variable k = positions ? positions->encode_keys(keys, 0) : keys;                      // [..., Tk, d]
   const std::size_t key_count = sk[sk.size() - 2];
-  Variable scores = matmul(q, k, Trans::No, Trans::Yes);  // [..., Tq, Tk]
-  if (positions) {
-    const Variable term = positions->score_term(q, query_start, key_count);
+  const bool learned = scale_.kind == ScoreScale::Kind::learned_temperature;
+  const Variable term = positions ? positions->score_term(q, query_start, key_count) : Variable();
+  Variable scores;  // [..., Tq, Tk]
+  if (learned || term.defined()) {
+    scores = matmul(q, k, Trans::No, Trans::Yes);
     if (term.defined()) scores = scores + term;
+    scores = learned ? scores / temperature_ : scores * scale_factor(sq.back());
+  } else {
+    // The constant factor rides in the gemm: no pass of its own over the scores.
+    scores = matmul(q, k, Trans::No, Trans::Yes, scale_factor(sq.back()));
   }
-  if (scale_.kind == ScoreScale::Kind::learned_temperature) scores = scores / temperature_;
-  else if (const real factor = scale_factor(sq.back()); factor != 1) scores = scores * factor;
   if (positions) {
     const std::size_t heads = sq[1];
     const Variable bias = positions->score_bias(heads, sq[2], query_start, key_count);

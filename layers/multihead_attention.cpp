@@ -52,20 +52,6 @@ std::optional<BoolArray> resolve_mask(const AttentionMask& mask, std::size_t bat
   return allowed;
 }
 
-/// [B, T, E] -> [B, H, T, d_head]
-Variable split_heads(const Variable& x, std::size_t heads) {
-  const long batch = static_cast<long>(x.dim(0)), steps = static_cast<long>(x.dim(1));
-  const long head_dim = static_cast<long>(x.dim(2) / heads);
-  return permute(reshape(x, {batch, steps, static_cast<long>(heads), head_dim}), {0, 2, 1, 3});
-}
-
-/// [B, H, T, d_head] -> [B, T, E]
-Variable merge_heads(const Variable& x) {
-  const long batch = static_cast<long>(x.dim(0)), steps = static_cast<long>(x.dim(2));
-  const long embed = static_cast<long>(x.dim(1) * x.dim(3));
-  return reshape(permute(x, {0, 2, 1, 3}), {batch, steps, embed});
-}
-
 }  // namespace
 
 Variable MultiheadAttentionOutput::average_weights() const { return mean(weights, {1}); }

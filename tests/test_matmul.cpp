@@ -181,3 +181,24 @@ TEST_CASE("bad linear shapes throw naming the op and the shapes") {
   CHECK_THROWS_WITH_AS(linear(x, Variable(zeros({5, 3})), Variable(zeros({4}))),
                        "linear: bias [4] does not match weight [5, 3]", ShapeError);
 }
+
+TEST_CASE("matmul with a scale equals the scaled product, and its gradients check") {
+  // Folded ([B, M, K] x [K, N]), batched and broadcast products, transposed or not.
+  const std::vector<std::pair<Shape, Shape>> shapes = {{{2, 3, 4}, {4, 5}}, {{2, 3, 4}, {2, 4, 5}}, {{3, 4}, {2, 4, 5}}};
+  for (const auto& [sa, sb] : shapes) {
+    CAPTURE(to_string(sa));
+    CAPTURE(to_string(sb));
+    const Variable a(random_array(sa, 401)), b(random_array(sb, 402));
+    const Array plain = matmul(a, b).value();
+    const Array scaled = matmul(a, b, Trans::No, Trans::No, 0.25).value();
+    CHECK(max_abs_diff(scaled, Array(plain * 0.25)) < 1e-12);
+    QKV_CHECK_GRADIENTS([](const auto& x) { return matmul(x[0], x[1], Trans::No, Trans::No, -0.3); },
+                        {Variable(a.value()), Variable(b.value())});
+  }
+  // q kᵀ · 1/√d, the attention score product, against the unfused scale.
+  const Variable q(random_array({2, 2, 5, 4}, 403)), k(random_array({2, 2, 6, 4}, 404));
+  CHECK(max_abs_diff(matmul(q, k, Trans::No, Trans::Yes, 0.5).value(), (matmul(q, k, Trans::No, Trans::Yes) * 0.5).value()) <
+        1e-12);
+  QKV_CHECK_GRADIENTS([](const auto& x) { return matmul(x[0], x[1], Trans::No, Trans::Yes, 0.5); },
+                      {Variable(q.value()), Variable(k.value())});
+}

@@ -176,3 +176,21 @@ TEST_CASE("bad shapes in shape ops throw naming the op and the shapes") {
   CHECK_THROWS_WITH_AS(split(x, {2, 2}, -1),
                        "split: sizes [2, 2] add up to 4, but axis -1 of [2, 3] has extent 3", ShapeError);
 }
+
+TEST_CASE("split_heads and merge_heads equal the reshape + permute they replace, and check") {
+  const Variable x(random_array({2, 3, 8}, 71));  // [B, T, H·d] with H = 4, d = 2
+  const Variable heads = split_heads(x, 4);
+  CHECK(heads.shape() == Shape{2, 4, 3, 2});
+  CHECK(max_abs_diff(heads.value(), permute(reshape(x, {2, 3, 4, 2}), {0, 2, 1, 3}).value()) == 0);
+  const Variable merged = merge_heads(heads);
+  CHECK(merged.shape() == Shape{2, 3, 8});
+  CHECK(max_abs_diff(merged.value(), x.value()) == 0);  // the round trip is the identity
+  QKV_CHECK_GRADIENTS([](const auto& in) { return split_heads(in[0], 4); }, {Variable(x.value())});
+  QKV_CHECK_GRADIENTS([](const auto& in) { return merge_heads(in[0]); }, {Variable(heads.value())});
+  // Used twice: both gradients add up.
+  QKV_CHECK_GRADIENTS([](const auto& in) { return split_heads(in[0], 2) * split_heads(in[0], 2); },
+                      {Variable(x.value())});
+  CHECK_THROWS_WITH_AS(split_heads(x, 3), doctest::Contains("split_heads: needs [B, T, E] with E divisible by the 3 heads, got [2, 3, 8]"),
+                       ShapeError);
+  CHECK_THROWS_WITH_AS(merge_heads(x), doctest::Contains("merge_heads: needs [B, H, T, d], got [2, 3, 8]"), ShapeError);
+}

@@ -54,6 +54,10 @@ struct Node : std::enable_shared_from_this<Node> {
   Array value;
   Array grad;
   bool has_grad = false;
+  // zero_grad() only sets this: the gradient reads as zeros, but `grad` still holds the last
+  // step's numbers until something writes it (so a backward that overwrites the buffer skips
+  // the zero-fill, and one that adds gets it filled first).
+  bool grad_is_zero = false;
   bool requires_grad = false;
   bool is_leaf = true;
   bool retains_grad = false;
@@ -148,10 +152,20 @@ bool Variable::is_leaf() const { return node().is_leaf; }
 const std::string& Variable::op_name() const { return node().op; }
 bool Variable::has_grad() const { return node().has_grad; }
 
+namespace {
+/// Makes a zero_grad()-ed gradient hold its zeros.
+void materialise_zero_grad(detail::Node& n) {
+  if (!n.grad_is_zero) return;
+  std::fill(n.grad.begin(), n.grad.end(), real(0));
+  n.grad_is_zero = false;
+}
+}  // namespace
+
 const Array& Variable::grad() const {
   check_arg(node().has_grad, "grad",
             "no gradient yet for this " + to_string(shape()) + " '" + node_->op +
                 "' variable (call backward() first; non-leaf gradients need retain_grad())");
+  materialise_zero_grad(*node_);
   return node_->grad;
 }
 
@@ -160,17 +174,20 @@ Array& Variable::grad_buffer() {
   if (!n.has_grad || n.grad.shape() != n.value.shape()) {
     n.grad = zeros(shape_of(n.value));
     n.has_grad = true;
+    n.grad_is_zero = false;
   }
+  materialise_zero_grad(n);
   return n.grad;
 }
 
 Array& Variable::grad_buffer(bool& accumulate) {
   detail::Node& n = node();
-  accumulate = n.has_grad && n.grad.shape() == n.value.shape();
-  if (!accumulate) {
-    n.grad = Array::from_shape(shape_of(n.value));
-    n.has_grad = true;
-  }
+  const bool fits = n.has_grad && n.grad.shape() == n.value.shape();
+  accumulate = fits && !n.grad_is_zero;
+  // A zeroed gradient's buffer is handed out as fresh: the caller overwrites all of it.
+  if (!fits) n.grad = Array::from_shape(shape_of(n.value));
+  n.has_grad = true;
+  n.grad_is_zero = false;
   return n.grad;
 }
 
@@ -186,12 +203,17 @@ void Variable::add_grad(const Array& gradient) {
   }
   real* out = n.grad.data();
   const real* in = gradient.data();
+  if (n.grad_is_zero) {
+    std::copy(in, in + gradient.size(), out);
+    n.grad_is_zero = false;
+    return;
+  }
   for (std::size_t i = 0, size = gradient.size(); i < size; ++i) out[i] += in[i];
 }
 
 void Variable::zero_grad() {
   detail::Node& n = node();
-  if (n.has_grad) std::fill(n.grad.begin(), n.grad.end(), real(0));
+  if (n.has_grad) n.grad_is_zero = true;
 }
 
 Variable& Variable::retain_grad() {
@@ -261,6 +283,7 @@ void Variable::backward(const Array& grad_output, bool retain_graph) {
     if (!current.retains_grad) {
       current.grad = Array();
       current.has_grad = false;
+      current.grad_is_zero = false;
     }
     // Every consumer of this node came earlier in the sweep: drop our hold on it now, so that
     // without retain_graph its value is freed as soon as nothing else needs it.

@@ -70,7 +70,9 @@ class Variable {
   Array& grad_buffer(bool& accumulate);
   /// grad += gradient (same shape). For backward functions.
   void add_grad(const Array& gradient);
-  /// Sets the gradient to zero, keeping its buffer for the next step.
+  /// Sets the gradient to zero, keeping its buffer for the next step. The zeros are written
+  /// only when the gradient is next read or added to; a backward that overwrites the whole
+  /// buffer (grad_buffer(accumulate)) skips them.
   void zero_grad();
   /// Keeps this non-leaf's gradient after backward (non-leaf gradients are freed by default).
   Variable& retain_grad();

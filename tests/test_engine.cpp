@@ -138,3 +138,33 @@ TEST_CASE("set_requires_grad only on leaves") {
   CHECK_THROWS_WITH_AS(y.set_requires_grad(false), doctest::Contains("only leaves"), Error);
   CHECK(y.op_name() == "mul_scalar");
 }
+
+TEST_CASE("after zero_grad every way of writing a gradient starts from zero") {
+  // zero_grad only marks the gradient zero; each path that writes it must honour the mark.
+  const Array x_value = random_array({3, 4}, 91), w_value = random_array({5, 4}, 92);
+  Variable x(x_value, true), w(w_value, true);
+  const auto backward_once = [&] {
+    Variable y = linear(x, w, Variable());  // dW written with beta 0 when fresh
+    (sum(y * y) + sum(relu(x))).backward();  // x gets linear's dx and relu's
+  };
+  backward_once();
+  const Array first_x = x.grad(), first_w = w.grad();
+  backward_once();
+  CHECK(max_abs_diff(x.grad(), Array(2 * first_x)) < 1e-12);  // without zero_grad they add up
+  x.zero_grad();
+  w.zero_grad();
+  CHECK(x.has_grad());
+  CHECK(max_abs_diff(x.grad(), zeros({3, 4})) == 0);  // reads as zeros
+  w.zero_grad();
+  backward_once();
+  CHECK(max_abs_diff(x.grad(), first_x) < 1e-12);
+  CHECK(max_abs_diff(w.grad(), first_w) < 1e-12);
+  // add_grad onto a zeroed gradient gives the added gradient.
+  w.zero_grad();
+  w.add_grad(w_value);
+  CHECK(max_abs_diff(w.grad(), w_value) == 0);
+  w.zero_grad();
+  w.grad_buffer()(0, 0) += 1;  // the accumulate path sees zeros
+  CHECK(w.grad()(0, 0) == 1);
+  CHECK(w.grad()(4, 3) == 0);
+}

@@ -5,6 +5,7 @@
 
 #include "autograd/ops.hpp"
 #include "lib/error.hpp"
+#include "lib/kernels.hpp"
 #include "lib/parallel.hpp"
 
 namespace qkv {
@@ -207,12 +208,8 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
       blas::gemm(Trans::Yes, Trans::No, out_features, in_features, rows, 1, g.data(), out_features,
                  in[0].value().data(), in_features, accumulate ? 1 : 0, dw, in_features);
     }
-    if (in.size() > 2 && in[2].requires_grad()) {
-      real* db = in[2].grad_buffer().data();
-      const real* pg = g.data();
-      for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t j = 0; j < out_features; ++j) db[j] += pg[r * out_features + j];
-    }
+    if (in.size() > 2 && in[2].requires_grad())  // db[out] += Σ_rows dy[rows, out]
+      kernels::add_column_sums(g.data(), rows, out_features, in[2].grad_buffer().data());
   });
 }
 

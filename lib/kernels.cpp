@@ -388,6 +388,53 @@ void layer_norm_backward(const real* grad_y, const real* x, const real* weight, 
   }
 }
 
+// ---- reductions over rows ------------------------------------------------------------------
+
+namespace {
+
+QKV_SIMD_CLONES void add_column_sums_chunk(const real* x, std::size_t rows, std::size_t cols, std::size_t first,
+                                           std::size_t last, real* out) {
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = first; c < last; ++c) out[c] += x[r * cols + c];
+}
+
+constexpr std::size_t square_block = 4096;
+
+QKV_SIMD_CLONES double sum_of_squares_block(const real* x, std::size_t count) {
+  // Four running sums let the loop vectorise without reassociating across blocks.
+  double partial[4] = {0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 4 <= count; i += 4)
+    for (std::size_t lane = 0; lane < 4; ++lane) partial[lane] += double(x[i + lane]) * double(x[i + lane]);
+  for (; i < count; ++i) partial[0] += double(x[i]) * double(x[i]);
+  return (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+}  // namespace
+
+void add_column_sums(const real* x, std::size_t rows, std::size_t cols, real* out) {
+  constexpr std::size_t column_block = 16;  // a cache line of floats per thread boundary
+  const std::size_t blocks = (cols + column_block - 1) / column_block;
+  parallel::for_chunks(blocks, std::max<std::size_t>(1, rows_per_chunk(rows) / column_block),
+                       [&](std::size_t first, std::size_t last) {
+    add_column_sums_chunk(x, rows, cols, first * column_block, std::min(cols, last * column_block), out);
+  });
+}
+
+double sum_of_squares(const real* x, std::size_t count) {
+  const std::size_t blocks = (count + square_block - 1) / square_block;
+  std::vector<double> partial(blocks);
+  parallel::for_chunks(blocks, parallel::min_elements_per_chunk / square_block, [&](std::size_t first, std::size_t last) {
+    for (std::size_t b = first; b < last; ++b) {
+      const std::size_t begin = b * square_block;
+      partial[b] = sum_of_squares_block(x + begin, std::min(square_block, count - begin));
+    }
+  });
+  double total = 0;
+  for (double value : partial) total += value;
+  return total;
+}
+
 // ---- embedding ------------------------------------------------------------------------------
 
 void embedding_forward(const real* weight, const std::int64_t* indices, std::size_t count,

@@ -105,6 +105,16 @@ void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const 
                        std::size_t batch, std::size_t hidden, real* grad_input_gates, real* grad_hidden_gates,
                        real* grad_h);
 
+// ---- reductions over rows ------------------------------------------------------------------
+
+/// out[c] += Σ_r x[r, c] for x [rows, cols]: a bias's gradient. Each column sums its rows in
+/// order, whatever the thread count.
+void add_column_sums(const real* x, std::size_t rows, std::size_t cols, real* out);
+
+/// Σ x[i]² in double over `count` elements, summed in fixed blocks of 4,096 whose partial sums
+/// are added in order: the same bits on any number of threads.
+double sum_of_squares(const real* x, std::size_t count);
+
 // ---- embedding ------------------------------------------------------------------------------
 // Indices must already be validated to lie in [0, V).
 

@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include "lib/error.hpp"
+#include "lib/kernels.hpp"
+#include "lib/parallel.hpp"
 #include "optim/optimizer.hpp"
 
 namespace qkv {
@@ -12,12 +14,8 @@ namespace qkv {
 double clip_grad_norm(const std::vector<Variable>& parameters, double max_norm, bool error_if_nonfinite) {
   check_arg(max_norm > 0, "clip_grad_norm", "max_norm must be > 0, got " + format_number(max_norm));
   double sum_of_squares = 0;
-  for (const Variable& parameter : parameters) {
-    if (!parameter.has_grad()) continue;
-    const real* gradient = parameter.grad().data();
-    for (std::size_t i = 0, size = parameter.numel(); i < size; ++i)
-      sum_of_squares += static_cast<double>(gradient[i]) * static_cast<double>(gradient[i]);
-  }
+  for (const Variable& parameter : parameters)
+    if (parameter.has_grad()) sum_of_squares += kernels::sum_of_squares(parameter.grad().data(), parameter.numel());
   const double norm = std::sqrt(sum_of_squares);
   if (!std::isfinite(norm)) {
     const std::string message = "clip_grad_norm: the total gradient norm is " + format_number(norm) +
@@ -32,7 +30,9 @@ double clip_grad_norm(const std::vector<Variable>& parameters, double max_norm, 
   for (Variable parameter : parameters) {
     if (!parameter.has_grad()) continue;
     real* gradient = parameter.grad_buffer().data();
-    for (std::size_t i = 0, size = parameter.numel(); i < size; ++i) gradient[i] *= scale;
+    parallel::for_chunks(parameter.numel(), parallel::min_elements_per_chunk, [&](std::size_t begin, std::size_t end) {
+      for (std::size_t i = begin; i < end; ++i) gradient[i] *= scale;
+    });
   }
   return norm;
 }

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "lib/kernels.hpp"
+#include "lib/parallel.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;
@@ -365,4 +367,32 @@ TEST_CASE("where and masked_fill reject shapes that do not broadcast") {
   CHECK_THROWS_WITH_AS(masked_fill(a, BoolArray::from_shape({5, 2, 3}), 0),
                        "masked_fill: mask [5, 2, 3] does not broadcast to x [2, 3]", ShapeError);
   CHECK_THROWS_AS(masked_fill(a, BoolArray::from_shape({2}), 0), ShapeError);
+}
+
+TEST_CASE("add_column_sums and sum_of_squares: values, and the same bits on 1 and 2 threads") {
+  const std::size_t rows = 300, cols = 70;
+  const Array x = random_array({rows, cols}, 77);
+  Array expected = xt::zeros<real>({cols});
+  double squares = 0;
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) {
+      expected(c) += x(r, c);
+      squares += double(x(r, c)) * double(x(r, c));
+    }
+  Array one = xt::ones<real>({cols});
+  kernels::add_column_sums(x.data(), rows, cols, one.data());
+  CHECK(max_abs_diff(one, Array(expected + 1.0)) < 1e-10);  // adds into what was there
+  const double serial_squares = kernels::sum_of_squares(x.data(), x.size());
+  CHECK(serial_squares == doctest::Approx(squares).epsilon(1e-12));
+  // A big array, so that both split: the results must not depend on the thread count.
+  const Array big = random_array({2000, 70}, 78);
+  Array sums_1 = xt::zeros<real>({70}), sums_2 = xt::zeros<real>({70});
+  kernels::add_column_sums(big.data(), 2000, 70, sums_1.data());
+  const double squares_1 = kernels::sum_of_squares(big.data(), big.size());
+  parallel::set_num_threads(2);
+  kernels::add_column_sums(big.data(), 2000, 70, sums_2.data());
+  const double squares_2 = kernels::sum_of_squares(big.data(), big.size());
+  parallel::set_num_threads(1);
+  CHECK(max_abs_diff(sums_1, sums_2) == 0);
+  CHECK(squares_1 == squares_2);
 }

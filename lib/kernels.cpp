@@ -272,17 +272,18 @@ real tanh_of(real x) {
 
 /// Σ x[a] · y[a] over n elements, summed in `lanes` interleaved partial sums: a plain running
 /// sum is a chain the compiler may not reorder (no -ffast-math), so it would stay scalar; fixed
-/// partial sums vectorise, and give the same result in every SIMD clone.
+/// partial sums vectorise, and give the same result in every SIMD clone. The partial sums are
+/// then added pairwise (3 dependent adds, not 8: this runs once per short row).
 inline real dot_in_lanes(const real* __restrict x, const real* __restrict y, std::size_t n) {
   constexpr std::size_t lanes = 8;
   real partial[lanes] = {};
   std::size_t a = 0;
   for (; a + lanes <= n; a += lanes)
     for (std::size_t l = 0; l < lanes; ++l) partial[l] += x[a + l] * y[a + l];
-  real total = 0;
-  for (; a < n; ++a) total += x[a] * y[a];
-  for (std::size_t l = 0; l < lanes; ++l) total += partial[l];
-  return total;
+  for (std::size_t l = 0; a < n; ++a, ++l) partial[l] += x[a] * y[a];  // the last n % lanes
+  for (std::size_t width = lanes / 2; width > 0; width /= 2)
+    for (std::size_t l = 0; l < width; ++l) partial[l] += partial[l + width];
+  return partial[0];
 }
 }  // namespace
 

@@ -138,4 +138,9 @@ Variable where(const BoolArray& condition, const Variable& a, const Variable& b)
 /// x with `value` wherever `mask` is true (mask broadcasts to x).
 Variable masked_fill(const Variable& x, const BoolArray& mask, real value);
 
+/// The attention's weighted sum of values, weights [B, Tq, Tk] and values [B, Tk, dv] ->
+/// [B, Tq, dv] with output[b, i] = Σ_j weights[b, i, j] · values[b, j]: matmul(weights, values)
+/// without a BLAS call per batch row, which is what it costs when Tq is 1 (an RNN decoder's step).
+Variable attention_context(const Variable& weights, const Variable& values);
+
 }  // namespace qkv

@@ -178,10 +178,12 @@ Variable gru_cell(const Variable& input_gates, const Variable& hidden_gates, con
                             h_next.data(), saved->data());
   return make_op("gru_cell", std::move(h_next), {input_gates, hidden_gates, h},
                  [saved, batch, hidden](const Array& g, const Array&, std::span<Variable> in) {
+    // Taken in input order, so that a buffer two inputs share is written fresh before it is added to.
+    kernels::GradientOut grads[3];
+    for (std::size_t i = 0; i < 3; ++i)
+      if (in[i].requires_grad()) grads[i].data = in[i].grad_buffer(grads[i].accumulate).data();
     kernels::gru_cell_backward(g.data(), in[1].value().data(), in[2].value().data(), saved->data(), batch, hidden,
-                               in[0].requires_grad() ? in[0].grad_buffer().data() : nullptr,
-                               in[1].requires_grad() ? in[1].grad_buffer().data() : nullptr,
-                               in[2].requires_grad() ? in[2].grad_buffer().data() : nullptr);
+                               grads[0], grads[1], grads[2]);
   });
 }
 
@@ -267,6 +269,24 @@ Variable masked_fill(const Variable& x, const BoolArray& mask, real value) {
               "mask " + to_string(mask_shape) + " does not broadcast to x " + to_string(shape));
   // The fill value is a constant: a 0-d variable that needs no gradient.
   return select("masked_fill", mask, Variable(full({}, value)), x);
+}
+
+Variable attention_context(const Variable& weights, const Variable& values) {
+  const Shape sw = weights.shape(), sv = values.shape();
+  check_shape(sw.size() == 3 && sv.size() == 3 && sw[0] == sv[0] && sw[2] == sv[1], "attention_context",
+              "weights must be [B, Tq, Tk] and values [B, Tk, dv], got weights " + to_string(sw) + ", values " +
+                  to_string(sv));
+  const std::size_t batch = sw[0], query_count = sw[1], key_count = sw[2], value_size = sv[2];
+  Array output = Array::from_shape({batch, query_count, value_size});  // [B, Tq, dv]
+  kernels::attention_context_forward(weights.value().data(), values.value().data(), batch, query_count, key_count,
+                                     value_size, output.data());
+  return make_op("attention_context", std::move(output), {weights, values},
+                 [batch, query_count, key_count, value_size](const Array& g, const Array&, std::span<Variable> in) {
+    kernels::attention_context_backward(g.data(), in[0].value().data(), in[1].value().data(), batch, query_count,
+                                        key_count, value_size,
+                                        in[0].requires_grad() ? in[0].grad_buffer().data() : nullptr,
+                                        in[1].requires_grad() ? in[1].grad_buffer().data() : nullptr);
+  });
 }
 
 }  // namespace qkv

@@ -230,20 +230,26 @@ AttentionOutput AdditiveAttention::forward(const Variable& queries, const Variab
 AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, const Variable& projected_keys,
                                                      const Variable& values, const std::optional<BoolArray>& allowed) {
   const Shape sq = queries.shape(), sk = projected_keys.shape(), sv = values.shape();
-  const std::string shapes =
-      "queries " + to_string(sq) + ", projected keys " + to_string(sk) + ", values " + to_string(sv);
-  check_shape(sq.size() == 3 && sq[2] == query_size_, "AdditiveAttention",
-              "queries must be [B, Tq, " + std::to_string(query_size_) + "], got " + shapes);
-  check_shape(sk.size() == 3 && sk[2] == hidden_size_ && sk[0] == sq[0], "AdditiveAttention",
-              "projected keys must be [B, Tk, " + std::to_string(hidden_size_) + "] with the queries' B, got " + shapes);
-  check_shape(sv.size() == 3 && sv[0] == sq[0] && sv[1] == sk[1], "AdditiveAttention",
-              "values must be [B, Tk, dv] with the keys' B and Tk, got " + shapes);
+  // The messages are built only on failure: a decoder calls this at every time step.
+  const auto shapes = [&] {
+    return "queries " + to_string(sq) + ", projected keys " + to_string(sk) + ", values " + to_string(sv);
+  };
+  if (!(sq.size() == 3 && sq[2] == query_size_))
+    check_shape(false, "AdditiveAttention",
+                "queries must be [B, Tq, " + std::to_string(query_size_) + "], got " + shapes());
+  if (!(sk.size() == 3 && sk[2] == hidden_size_ && sk[0] == sq[0]))
+    check_shape(false, "AdditiveAttention",
+                "projected keys must be [B, Tk, " + std::to_string(hidden_size_) + "] with the queries' B, got " +
+                    shapes());
+  if (!(sv.size() == 3 && sv[0] == sq[0] && sv[1] == sk[1]))
+    check_shape(false, "AdditiveAttention", "values must be [B, Tk, dv] with the keys' B and Tk, got " + shapes());
   const Shape score_shape{sq[0], sq[1], sk[1]};
   if (allowed) {
     const Shape mask_shape(allowed->shape().begin(), allowed->shape().end());
-    check_shape(broadcasts_to(mask_shape, score_shape), "AdditiveAttention",
-                "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " +
-                    to_string(score_shape) + " (" + shapes + ")");
+    if (!broadcasts_to(mask_shape, score_shape))
+      check_shape(false, "AdditiveAttention",
+                  "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " +
+                      to_string(score_shape) + " (" + shapes() + ")");
   }
 
   const Variable projected_queries = linear(queries, w_q_, Variable());  // [B, Tq, hidden]
@@ -251,7 +257,9 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
   const Variable scores = additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
   const Variable weights = masked_softmax(scores, allowed);
   const Variable attended = dropout_ > 0 ? dropout(weights, dropout_, is_training(), rng_) : weights;
-  return {matmul(attended, values), weights};  // [B, Tq, dv]
+  // Loops rather than a batched matmul: with one query per row (a decoder step) that would be
+  // B tiny gemms, each paying BLAS's call and packing overhead.
+  return {attention_context(attended, values), weights};  // [B, Tq, dv]
 }
 
 }  // namespace qkv

@@ -60,11 +60,12 @@ Variable GRUCell::forward(const Variable& x, const Variable& h) const {
 
 Variable GRUCell::forward_gates(const Variable& input_gates, const Variable& h) const {
   const Shape sg = input_gates.shape();
-  check_shape(sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.shape() == Shape{sg[0], hidden_size_},
-              describe().c_str(),
-              "input gates " + to_string(sg) + " must be [batch, " + std::to_string(3 * hidden_size_) +
-                  "] and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
-                  (h.defined() ? to_string(h.shape()) : std::string("none")));
+  // The message is built only on failure: a decoder calls this at every time step.
+  if (!(sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.shape() == Shape{sg[0], hidden_size_}))
+    check_shape(false, describe().c_str(),
+                "input gates " + to_string(sg) + " must be [batch, " + std::to_string(3 * hidden_size_) +
+                    "] and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
+                    (h.defined() ? to_string(h.shape()) : std::string("none")));
   return gru_step(input_gates, h, weight_hh_, bias_hh_);
 }
 
@@ -158,17 +159,19 @@ GRUOutput GRU::run(const Variable& input, const std::vector<std::size_t>* length
   std::vector<Variable> finals;                                                   // L·D x [B, H]
   for (std::size_t layer = 0; layer < layers; ++layer) {
     std::vector<Variable> direction_outputs;
+    const Variable flat_input = reshape(layer_input, {static_cast<long>(steps * batch), -1});  // [T·B, I]
     for (std::size_t direction = 0; direction < directions; ++direction) {
       const std::size_t index = layer * directions + direction;
       const Weights& w = weights_[index];
-      // All steps' input projections in one gemm: [T, B, I] -> [T, B, 3H].
-      const Variable input_gates = linear(layer_input, w.weight_ih, w.bias_ih);
+      // All steps' input projections in one gemm, flat so that a step's [B, 3H] block is one
+      // slice with no squeeze (and its copy) after it: [T·B, I] -> [T·B, 3H].
+      const Variable input_gates = linear(flat_input, w.weight_ih, w.bias_ih);
       Variable h = h0.defined() ? squeeze(slice(h0, 0, index, index + 1), 0)
                                 : Variable(zeros({batch, hidden}));  // [B, H]
       std::vector<Variable> outputs(steps);
       for (std::size_t s = 0; s < steps; ++s) {
         const std::size_t t = direction == 0 ? s : steps - 1 - s;
-        const Variable gates_t = squeeze(slice(input_gates, 0, t, t + 1), 0);          // [B, 3H]
+        const Variable gates_t = slice(input_gates, 0, t * batch, (t + 1) * batch);  // [B, 3H]
         const Variable next = gru_step(gates_t, h, w.weight_hh, w.bias_hh);  // [B, H]
         if (all_valid[t]) {
           h = next;

@@ -100,10 +100,19 @@ void additive_scores_backward(const real* grad_scores, const real* features, con
 /// Writes h' [B, H] and saves r, z, n into `saved` [B, 3H] for the backward.
 void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
                       std::size_t hidden, real* h_next, real* saved);
-/// Adds the gradients w.r.t. input_gates, hidden_gates and h (any may be null) from grad_h_next.
+/// Where a backward kernel puts one input's gradient: added into `data`, or, when `accumulate`
+/// is false (a fresh buffer from Variable::grad_buffer(bool&)), written over it, which saves
+/// zero-filling the buffer first. Null `data`: the input needs no gradient.
+struct GradientOut {
+  real* data = nullptr;
+  bool accumulate = true;
+};
+
+/// Puts the gradients w.r.t. input_gates, hidden_gates and h from grad_h_next. When two of them
+/// share a buffer (the same variable passed twice), the first that arrives fresh must come first.
 void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
-                       std::size_t batch, std::size_t hidden, real* grad_input_gates, real* grad_hidden_gates,
-                       real* grad_h);
+                       std::size_t batch, std::size_t hidden, GradientOut grad_input_gates,
+                       GradientOut grad_hidden_gates, GradientOut grad_h);
 
 // ---- reductions over rows ------------------------------------------------------------------
 
@@ -144,5 +153,19 @@ Array where_select(const char* op, const BoolArray& condition, const Array& a, c
 /// The part of `gradient` where `condition` (broadcast to gradient's shape) equals
 /// `keep_when`, zeros elsewhere: the backward of where_select for one branch.
 Array where_gradient(const BoolArray& condition, const Array& gradient, bool keep_when);
+
+// ---- attention context ------------------------------------------------------------------------
+
+/// output[b, i] = Σ_j weights[b, i, j] · values[b, j] for weights [B, Tq, Tk] and values
+/// [B, Tk, dv] -> output [B, Tq, dv] (written, not added). A batched matmul, as plain loops: for the
+/// one-query-per-row products of an RNN decoder's attention, B separate [1, Tk] x [Tk, dv] gemms
+/// spend more in BLAS's call and packing overhead than in arithmetic.
+void attention_context_forward(const real* weights, const real* values, std::size_t batch, std::size_t query_count,
+                               std::size_t key_count, std::size_t value_size, real* output);
+/// Adds grad_weights[b, i, j] += grad_output[b, i] · values[b, j] and grad_values[b, j] +=
+/// Σ_i weights[b, i, j] · grad_output[b, i] (either may be null).
+void attention_context_backward(const real* grad_output, const real* weights, const real* values, std::size_t batch,
+                                std::size_t query_count, std::size_t key_count, std::size_t value_size,
+                                real* grad_weights, real* grad_values);
 
 }  // namespace qkv::kernels

@@ -254,16 +254,19 @@ Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray&
   const std::size_t batch = target_shape[0], steps = target_shape[1];
   const std::size_t source_steps = source.shape()[1];
 
-  // All target embeddings in one lookup, time-major so each step's slice is contiguous, and
-  // their half of the bottom cell's input gates in one gemm for every step.
-  const Variable embedded = transpose(drop(target_embedding_->forward(target_input)), 0, 1);  // [T, B, E]
+  // All target embeddings in one lookup, time-major so each step's rows are contiguous, and
+  // their half of the bottom cell's input gates in one gemm for every step. Flat [T·B, 3H], so a
+  // step's [B, 3H] block is one slice, with no squeeze (and its copy) after it.
+  const long flat_rows = static_cast<long>(steps * batch);
+  const Variable embedded =
+      reshape(transpose(drop(target_embedding_->forward(target_input)), 0, 1), {flat_rows, -1});  // [T·B, E]
   const InputWeights input_weights = split_input_weights();
-  const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [T, B, 3H]
+  const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [T·B, 3H]
   std::vector<Variable> top_states(steps);  // T x [B, H]
   Array weights = Array::from_shape({batch, steps, source_steps});  // [B, T, S]
   for (std::size_t t = 0; t < steps; ++t) {
     const Variable step_weights =
-        step(state, squeeze(slice(embedding_gates, 0, t, t + 1), 0), input_weights.context);  // [B, 1, S]
+        step(state, slice(embedding_gates, 0, t * batch, (t + 1) * batch), input_weights.context);  // [B, 1, S]
     top_states[t] = state.hidden.back();
     const real* from = step_weights.value().data();
     for (std::size_t b = 0; b < batch; ++b)

@@ -172,22 +172,27 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
 
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
   const Shape sx = x.shape(), sw = weight.shape();
-  check_shape(sw.size() == 2, "linear", "weight must be [out, in], got " + to_string(sw));
-  check_shape(!sx.empty() && sx.back() == sw[1], "linear",
-              "input " + to_string(sx) + " does not end in the weight's input size " +
-                  std::to_string(sw[1]) + " (weight " + to_string(sw) + ")");
+  check_shape(sw.size() == 2, "linear", [&] { return "weight must be [out, in], got " + to_string(sw); });
+  check_shape(!sx.empty() && sx.back() == sw[1], "linear", [&] {
+    return "input " + to_string(sx) + " does not end in the weight's input size " + std::to_string(sw[1]) +
+           " (weight " + to_string(sw) + ")";
+  });
   const std::size_t in_features = sw[1], out_features = sw[0];
   if (bias.defined())
     check_shape(bias.shape() == Shape{out_features}, "linear",
-                "bias " + to_string(bias.shape()) + " does not match weight " + to_string(sw));
+                [&] { return "bias " + to_string(bias.shape()) + " does not match weight " + to_string(sw); });
   const std::size_t rows = x.numel() / in_features;
   Shape out_shape = sx;
   out_shape.back() = out_features;
   Array out = Array::from_shape(out_shape);
   real* po = out.data();
   if (bias.defined()) {
+    // Every row starts as the bias; the gemm adds x Wᵀ to it (beta 1).
     const real* pb = bias.value().data();
-    for (std::size_t r = 0; r < rows; ++r) std::copy(pb, pb + out_features, po + r * out_features);
+    parallel::for_chunks(rows, std::max<std::size_t>(1, parallel::min_elements_per_chunk / out_features),
+                         [&](std::size_t first, std::size_t last) {
+      for (std::size_t r = first; r < last; ++r) std::copy(pb, pb + out_features, po + r * out_features);
+    });
   }
   // out[rows, out] (+)= x[rows, in] · W[out, in]ᵀ
   blas::gemm(Trans::No, Trans::Yes, rows, out_features, in_features, 1, x.value().data(), in_features,

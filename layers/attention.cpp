@@ -148,15 +148,17 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
                                              const std::optional<BoolArray>& allowed,
                                              const AttentionPositionEncoding* positions, std::size_t query_start) {
   const Shape sq = queries.shape(), sk = keys.shape(), sv = values.shape();
-  const std::string shapes = "queries " + to_string(sq) + ", keys " + to_string(sk) + ", values " + to_string(sv);
+  const auto shapes = [&] {
+    return "queries " + to_string(sq) + ", keys " + to_string(sk) + ", values " + to_string(sv);
+  };
   check_shape(sq.size() >= 2 && sk.size() == sq.size() && sv.size() == sq.size(), "DotProductAttention",
-              "queries, keys and values need the same rank (at least 2), got " + shapes);
+              [&] { return "queries, keys and values need the same rank (at least 2), got " + shapes(); });
   check_shape(sq.back() == sk.back(), "DotProductAttention",
-              "queries and keys must have the same size in the last axis, got " + shapes);
+              [&] { return "queries and keys must have the same size in the last axis, got " + shapes(); });
   check_shape(sk[sk.size() - 2] == sv[sv.size() - 2], "DotProductAttention",
-              "keys and values must have the same number of steps, got " + shapes);
+              [&] { return "keys and values must have the same number of steps, got " + shapes(); });
   check_shape(positions == nullptr || sq.size() == 4, "DotProductAttention",
-              "position encodings inside attention need [B, H, T, d] tensors, got " + shapes);
+              [&] { return "position encodings inside attention need [B, H, T, d] tensors, got " + shapes(); });
 
   const Variable q = positions ? positions->encode_queries(queries, query_start) : queries;  // [..., Tq, d]
   const Variable k = positions ? positions->encode_keys(keys, 0) : keys;                      // [..., Tk, d]
@@ -180,9 +182,10 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
 
   if (allowed) {
     const Shape mask_shape(allowed->shape().begin(), allowed->shape().end());
-    check_shape(broadcasts_to(mask_shape, scores.shape()), "DotProductAttention",
-                "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " +
-                    to_string(scores.shape()) + " (" + shapes + ")");
+    check_shape(broadcasts_to(mask_shape, scores.shape()), "DotProductAttention", [&] {
+      return "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " + to_string(scores.shape()) +
+             " (" + shapes() + ")";
+    });
   }
   const Variable weights = masked_softmax(scores, allowed);  // [..., Tq, Tk]
   if (const AttentionObserver* observer = AttentionObserver::current())

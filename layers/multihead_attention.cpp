@@ -87,18 +87,22 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& x, const At
 
 namespace {
 
-/// The check every entry point makes on its [B, T, E] inputs; returns the shapes for messages.
-std::string check_inputs(const Variable& query, const Variable& key, const Variable& value, std::size_t embed_dim) {
+/// The shapes of a call's inputs, for messages.
+std::string input_shapes(const Variable& query, const Variable& key, const Variable& value, std::size_t embed_dim) {
+  return "query " + to_string(query.shape()) + ", key " + to_string(key.shape()) + ", value " +
+         to_string(value.shape()) + " (embed_dim " + std::to_string(embed_dim) + ")";
+}
+
+/// The check every entry point makes on its [B, T, E] inputs (messages formatted only on failure).
+void check_inputs(const Variable& query, const Variable& key, const Variable& value, std::size_t embed_dim) {
   const Shape sq = query.shape(), sk = key.shape(), sv = value.shape();
-  const std::string shapes = "query " + to_string(sq) + ", key " + to_string(sk) + ", value " + to_string(sv) +
-                             " (embed_dim " + std::to_string(embed_dim) + ")";
+  const auto shapes = [&] { return input_shapes(query, key, value, embed_dim); };
   check_shape(sq.size() == 3 && sk.size() == 3 && sv.size() == 3, kLayer,
-              "query, key and value must be [B, T, E] (batch first), got " + shapes);
+              [&] { return "query, key and value must be [B, T, E] (batch first), got " + shapes(); });
   check_shape(sq[2] == embed_dim && sk[2] == embed_dim && sv[2] == embed_dim, kLayer,
-              "query, key and value must end in embed_dim, got " + shapes);
+              [&] { return "query, key and value must end in embed_dim, got " + shapes(); });
   check_shape(sk[0] == sq[0] && sv[0] == sq[0] && sk[1] == sv[1], kLayer,
-              "batch sizes must agree and key and value must have the same length, got " + shapes);
-  return shapes;
+              [&] { return "batch sizes must agree and key and value must have the same length, got " + shapes(); });
 }
 
 }  // namespace
@@ -121,7 +125,7 @@ MultiheadAttentionOutput MultiheadAttention::attend(const Variable& q, const Var
 
 MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,
                                                      const AttentionMask& mask, KVCache* cache) {
-  const std::string shapes = check_inputs(query, key, value, embed_dim_);
+  check_inputs(query, key, value, embed_dim_);
   const std::size_t embed = embed_dim_;
   Variable q, k, v;  // [B, H, T, d]
   if (query.id() == key.id() && key.id() == value.id()) {
@@ -136,8 +140,10 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
   if (cache) {
     past = cache->length();
     if (past > 0) {
-      check_shape(cache->keys.dim(0) == q.dim(0) && cache->keys.dim(1) == num_heads_, kLayer,
-                  "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " + shapes);
+      check_shape(cache->keys.dim(0) == q.dim(0) && cache->keys.dim(1) == num_heads_, kLayer, [&] {
+        return "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " +
+               input_shapes(query, key, value, embed_dim_);
+      });
       k = concat({cache->keys, k}, 2);    // [B, H, past + Tk_new, d]
       v = concat({cache->values, v}, 2);  // [B, H, past + Tk_new, d]
     }

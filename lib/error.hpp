@@ -3,6 +3,7 @@
 // so a user can find the bad call without a debugger.
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -54,6 +55,14 @@ class NameMismatch {
 /// Throws ShapeError("<op>: <message>") when `condition` is false.
 inline void check_shape(bool condition, const char* op, const std::string& message) {
   if (!condition) throw ShapeError(std::string(op) + ": " + message);
+}
+
+/// As above, with the message built by `message()` only on failure: for checks on hot paths,
+/// where formatting shapes on every call would cost more than the check.
+template <class MessageFn>
+  requires std::is_invocable_r_v<std::string, MessageFn>
+inline void check_shape(bool condition, const char* op, MessageFn&& message) {
+  if (!condition) throw ShapeError(std::string(op) + ": " + message());
 }
 
 /// Throws Error("<op>: <message>") when `condition` is false.

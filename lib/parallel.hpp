@@ -5,8 +5,8 @@
 // Why not OpenBLAS's threads plus OpenMP for the rest? Two thread pools on two cores wait for
 // each other: each spins while the other works (PyTorch at 2 threads here runs 2.5× slower than
 // at 1 for that reason). So qkv keeps OpenBLAS single-threaded and gives big gemms to this pool
-// too (blas::gemm splits them), and the pool's idle threads sleep: a worker spins for a few
-// microseconds after a job — kernels of one step follow each other that closely — then blocks
+// too (blas::gemm splits them), and the pool's idle threads sleep: a worker spins for up to a
+// millisecond after a job — kernels of one step follow each other that closely — then blocks
 // on a futex until the next job.
 //
 // Determinism: chunks are fixed by (count, threads) alone, and every kernel that uses the pool

@@ -461,27 +461,19 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 
 namespace {
 
-/// SplitMix64's output function: a bijection on 64 bits whose outputs for consecutive inputs
-/// pass BigCrush (Steele, Lea & Flood 2014).
-std::uint64_t mix64(std::uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 /// Elements [first, last) (first even) of a dropout mask drawn from `key`: element i keeps
 /// when its 32-bit uniform is at or above `threshold`, the uniforms of elements 2j and 2j + 1
-/// being the two halves of mix64(key + j · golden ratio).
+/// being the two halves of SplitMix64's output j for the seed `key` (a counter-based stream).
 QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
                                    std::size_t first, std::size_t last, std::uint8_t* keep, real* y) {
-  constexpr std::uint64_t golden = 0x9e3779b97f4a7c15ULL;
+  const auto bits_of_pair = [&](std::size_t i) { return splitmix64_mix(key + (i / 2) * splitmix64_increment); };
   const std::size_t pairs_end = first + (last - first) / 2 * 2;
   for (std::size_t i = first; i < pairs_end; i += 2) {
-    const std::uint64_t bits = mix64(key + (i / 2) * golden);
+    const std::uint64_t bits = bits_of_pair(i);
     keep[i] = static_cast<std::uint8_t>((bits & 0xffffffffULL) >= threshold);
     keep[i + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
   }
-  if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((mix64(key + (pairs_end / 2) * golden) & 0xffffffffULL) >= threshold);
+  if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((bits_of_pair(pairs_end) & 0xffffffffULL) >= threshold);
   for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
 }
 

@@ -9,6 +9,15 @@
 
 namespace qkv {
 
+/// SplitMix64 (Steele, Lea & Flood 2014): the n-th output is splitmix64_mix(seed + n · increment).
+/// Inline: dropout hashes every element with it.
+inline constexpr std::uint64_t splitmix64_increment = 0x9e3779b97f4a7c15ULL;
+inline std::uint64_t splitmix64_mix(std::uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
 /// xoshiro256** seeded through splitmix64.
 class Rng {
  public:

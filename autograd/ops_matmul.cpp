@@ -129,44 +129,35 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
       }
       return;
     }
-    // Gradients of a broadcast operand sum over several products: those run in order on one
-    // thread. Otherwise each product owns its slice of the gradient and threads share them out.
-    const std::size_t count = p.a_offsets.size();
-    const std::size_t per_chunk = products_per_chunk(m, n, k);
-    // A fresh buffer of an operand that is not broadcast is written (beta 0): each product
-    // owns its slice. A broadcast operand's products add up, into a zeroed buffer.
-    if (in[0].requires_grad()) {
-      bool accumulate_a = true;
-      real* da = p.a_broadcast ? in[0].grad_buffer().data() : in[0].grad_buffer(accumulate_a).data();
-      const real beta = accumulate_a ? 1 : 0;
-      const auto grad_a = [&](std::size_t first, std::size_t last) {
-        for (std::size_t i = first; i < last; ++i) {
-          const real* gi = g.data() + i * m * n;
-          const real* bi = pb + p.b_offsets[i];
-          real* dai = da + p.a_offsets[i];
-          if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, scale, bi, p.b_cols, gi, n, beta, dai, p.a_cols);
-          else blas::gemm(Trans::No, flip(tb), m, k, n, scale, gi, n, bi, p.b_cols, beta, dai, p.a_cols);
-        }
+    // Runs product(i, grad, beta) for every product i into `input`'s gradient. A broadcast
+    // operand's products add up into one zeroed buffer, in order on one thread; otherwise each
+    // product owns its slice, a fresh buffer is written (beta 0) and threads share them out.
+    const auto for_each_gradient = [&](Variable& input, bool broadcast, const auto& product) {
+      bool accumulate = true;
+      real* grad = broadcast ? input.grad_buffer().data() : input.grad_buffer(accumulate).data();
+      const real beta = accumulate ? 1 : 0;
+      const auto products = [&](std::size_t first, std::size_t last) {
+        for (std::size_t i = first; i < last; ++i) product(i, grad, beta);
       };
-      if (p.a_broadcast) grad_a(0, count);
-      else parallel::for_chunks(count, per_chunk, grad_a);
-    }
-    if (in[1].requires_grad()) {
-      bool accumulate_b = true;
-      real* db = p.b_broadcast ? in[1].grad_buffer().data() : in[1].grad_buffer(accumulate_b).data();
-      const real beta = accumulate_b ? 1 : 0;
-      const auto grad_b = [&](std::size_t first, std::size_t last) {
-        for (std::size_t i = first; i < last; ++i) {
-          const real* gi = g.data() + i * m * n;
-          const real* ai = pa + p.a_offsets[i];
-          real* dbi = db + p.b_offsets[i];
-          if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, scale, gi, n, ai, p.a_cols, beta, dbi, p.b_cols);
-          else blas::gemm(flip(ta), Trans::No, k, n, m, scale, ai, p.a_cols, gi, n, beta, dbi, p.b_cols);
-        }
-      };
-      if (p.b_broadcast) grad_b(0, count);
-      else parallel::for_chunks(count, per_chunk, grad_b);
-    }
+      if (broadcast) products(0, p.a_offsets.size());
+      else parallel::for_chunks(p.a_offsets.size(), products_per_chunk(m, n, k), products);
+    };
+    if (in[0].requires_grad())
+      for_each_gradient(in[0], p.a_broadcast, [&](std::size_t i, real* da, real beta) {
+        const real* gi = g.data() + i * m * n;
+        const real* bi = pb + p.b_offsets[i];
+        real* dai = da + p.a_offsets[i];
+        if (transposed(ta)) blas::gemm(tb, Trans::Yes, k, m, n, scale, bi, p.b_cols, gi, n, beta, dai, p.a_cols);
+        else blas::gemm(Trans::No, flip(tb), m, k, n, scale, gi, n, bi, p.b_cols, beta, dai, p.a_cols);
+      });
+    if (in[1].requires_grad())
+      for_each_gradient(in[1], p.b_broadcast, [&](std::size_t i, real* db, real beta) {
+        const real* gi = g.data() + i * m * n;
+        const real* ai = pa + p.a_offsets[i];
+        real* dbi = db + p.b_offsets[i];
+        if (transposed(tb)) blas::gemm(Trans::Yes, ta, n, k, m, scale, gi, n, ai, p.a_cols, beta, dbi, p.b_cols);
+        else blas::gemm(flip(ta), Trans::No, k, n, m, scale, ai, p.a_cols, gi, n, beta, dbi, p.b_cols);
+      });
   });
 }
 

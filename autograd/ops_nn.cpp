@@ -273,9 +273,10 @@ Variable masked_fill(const Variable& x, const BoolArray& mask, real value) {
 
 Variable attention_context(const Variable& weights, const Variable& values) {
   const Shape sw = weights.shape(), sv = values.shape();
-  check_shape(sw.size() == 3 && sv.size() == 3 && sw[0] == sv[0] && sw[2] == sv[1], "attention_context",
-              "weights must be [B, Tq, Tk] and values [B, Tk, dv], got weights " + to_string(sw) + ", values " +
-                  to_string(sv));
+  check_shape(sw.size() == 3 && sv.size() == 3 && sw[0] == sv[0] && sw[2] == sv[1], "attention_context", [&] {
+    return "weights must be [B, Tq, Tk] and values [B, Tk, dv], got weights " + to_string(sw) + ", values " +
+           to_string(sv);
+  });
   const std::size_t batch = sw[0], query_count = sw[1], key_count = sw[2], value_size = sv[2];
   Array output = Array::from_shape({batch, query_count, value_size});  // [B, Tq, dv]
   kernels::attention_context_forward(weights.value().data(), values.value().data(), batch, query_count, key_count,

@@ -79,8 +79,9 @@ Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
   const Shape shape = scores.shape();
   const Shape mask_shape(allowed.shape().begin(), allowed.shape().end());
   check_shape(!shape.empty(), "masked_softmax", "scores must have at least one axis, got []");
-  check_shape(broadcasts_to(mask_shape, shape), "masked_softmax",
-              "allowed mask " + to_string(mask_shape) + " does not broadcast to scores " + to_string(shape));
+  check_shape(broadcasts_to(mask_shape, shape), "masked_softmax", [&] {
+    return "allowed mask " + to_string(mask_shape) + " does not broadcast to scores " + to_string(shape);
+  });
   Array out = Array::from_shape(shape);
   kernels::masked_softmax_forward(scores.value().data(), allowed.data(), shape, broadcast_strides(mask_shape, shape),
                                   out.data());
@@ -95,6 +96,7 @@ Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
     kernels::softmax_backward(g.data(), y.data(), dx, rows, !accumulate);
   });
 }
+
 Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed) {
   return allowed ? masked_softmax(scores, *allowed) : softmax(scores, -1);
 }
@@ -169,7 +171,8 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
   if (learned || term.defined()) {
     scores = matmul(q, k, Trans::No, Trans::Yes);
     if (term.defined()) scores = scores + term;
-    scores = learned ? scores / temperature_ : scores * scale_factor(sq.back());
+    if (learned) scores = scores / temperature_;
+    else if (const real factor = scale_factor(sq.back()); factor != 1) scores = scores * factor;
   } else {
     // The constant factor rides in the gemm: no pass of its own over the scores.
     scores = matmul(q, k, Trans::No, Trans::Yes, scale_factor(sq.back()));
@@ -237,22 +240,20 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
   const auto shapes = [&] {
     return "queries " + to_string(sq) + ", projected keys " + to_string(sk) + ", values " + to_string(sv);
   };
-  if (!(sq.size() == 3 && sq[2] == query_size_))
-    check_shape(false, "AdditiveAttention",
-                "queries must be [B, Tq, " + std::to_string(query_size_) + "], got " + shapes());
-  if (!(sk.size() == 3 && sk[2] == hidden_size_ && sk[0] == sq[0]))
-    check_shape(false, "AdditiveAttention",
-                "projected keys must be [B, Tk, " + std::to_string(hidden_size_) + "] with the queries' B, got " +
-                    shapes());
-  if (!(sv.size() == 3 && sv[0] == sq[0] && sv[1] == sk[1]))
-    check_shape(false, "AdditiveAttention", "values must be [B, Tk, dv] with the keys' B and Tk, got " + shapes());
+  check_shape(sq.size() == 3 && sq[2] == query_size_, "AdditiveAttention",
+              [&] { return "queries must be [B, Tq, " + std::to_string(query_size_) + "], got " + shapes(); });
+  check_shape(sk.size() == 3 && sk[2] == hidden_size_ && sk[0] == sq[0], "AdditiveAttention", [&] {
+    return "projected keys must be [B, Tk, " + std::to_string(hidden_size_) + "] with the queries' B, got " + shapes();
+  });
+  check_shape(sv.size() == 3 && sv[0] == sq[0] && sv[1] == sk[1], "AdditiveAttention",
+              [&] { return "values must be [B, Tk, dv] with the keys' B and Tk, got " + shapes(); });
   const Shape score_shape{sq[0], sq[1], sk[1]};
   if (allowed) {
     const Shape mask_shape(allowed->shape().begin(), allowed->shape().end());
-    if (!broadcasts_to(mask_shape, score_shape))
-      check_shape(false, "AdditiveAttention",
-                  "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " +
-                      to_string(score_shape) + " (" + shapes() + ")");
+    check_shape(broadcasts_to(mask_shape, score_shape), "AdditiveAttention", [&] {
+      return "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " + to_string(score_shape) +
+             " (" + shapes() + ")";
+    });
   }
 
   const Variable projected_queries = linear(queries, w_q_, Variable());  // [B, Tq, hidden]

@@ -60,12 +60,14 @@ Variable GRUCell::forward(const Variable& x, const Variable& h) const {
 
 Variable GRUCell::forward_gates(const Variable& input_gates, const Variable& h) const {
   const Shape sg = input_gates.shape();
-  // The message is built only on failure: a decoder calls this at every time step.
-  if (!(sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.shape() == Shape{sg[0], hidden_size_}))
-    check_shape(false, describe().c_str(),
-                "input gates " + to_string(sg) + " must be [batch, " + std::to_string(3 * hidden_size_) +
-                    "] and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
-                    (h.defined() ? to_string(h.shape()) : std::string("none")));
+  // describe() and the message are built only on failure: a decoder calls this at every step.
+  const bool fits = sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.shape() == Shape{sg[0], hidden_size_};
+  if (!fits)
+    check_shape(false, describe().c_str(), [&] {
+      return "input gates " + to_string(sg) + " must be [batch, " + std::to_string(3 * hidden_size_) +
+             "] and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
+             (h.defined() ? to_string(h.shape()) : std::string("none"));
+    });
   return gru_step(input_gates, h, weight_hh_, bias_hh_);
 }
 

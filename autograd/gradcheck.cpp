@@ -5,8 +5,8 @@
 #include <cstdio>
 #include <numeric>
 
-#include "lib/error.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/rng.hpp"
 
 namespace qkv {
 

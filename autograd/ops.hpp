@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "autograd/variable.hpp"
-#include "lib/blas.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/blas.hpp"
+#include "lib/numerics/rng.hpp"
 
 namespace qkv {
 

@@ -5,9 +5,9 @@
 #include <type_traits>
 
 #include "autograd/ops.hpp"
-#include "lib/broadcast.hpp"
-#include "lib/parallel.hpp"
-#include "lib/vector_math.hpp"
+#include "lib/numerics/broadcast.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "lib/numerics/vector_math.hpp"
 
 namespace qkv {
 

@@ -4,9 +4,9 @@
 #include <memory>
 
 #include "autograd/ops.hpp"
-#include "lib/error.hpp"
-#include "lib/kernels.hpp"
-#include "lib/parallel.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/kernels.hpp"
+#include "lib/numerics/parallel.hpp"
 
 namespace qkv {
 

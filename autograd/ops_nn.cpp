@@ -1,13 +1,13 @@
 // Neural-network ops: embedding, softmax / log-softmax, fused cross-entropy, layer norm,
 // dropout, where / masked_fill. Each validates its input (errors name the op and the shapes),
-// calls a fused kernel from lib/kernels.hpp and saves only what its backward needs.
+// calls a fused kernel from lib/numerics/kernels.hpp and saves only what its backward needs.
 #include <memory>
 #include <sstream>
 #include <vector>
 
 #include "autograd/ops.hpp"
-#include "lib/broadcast.hpp"
-#include "lib/kernels.hpp"
+#include "lib/numerics/broadcast.hpp"
+#include "lib/numerics/kernels.hpp"
 
 namespace qkv {
 

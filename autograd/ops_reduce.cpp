@@ -9,7 +9,7 @@
 #include <memory>
 
 #include "autograd/ops.hpp"
-#include "lib/broadcast.hpp"
+#include "lib/numerics/broadcast.hpp"
 
 namespace qkv {
 

@@ -10,7 +10,7 @@
 #include <numeric>
 
 #include "autograd/ops.hpp"
-#include "lib/broadcast.hpp"
+#include "lib/numerics/broadcast.hpp"
 
 namespace qkv {
 

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <utility>
 
-#include "lib/error.hpp"
+#include "lib/numerics/error.hpp"
 
 namespace qkv {
 

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "lib/shape.hpp"
-#include "lib/tensor.hpp"
+#include "lib/numerics/shape.hpp"
+#include "lib/numerics/tensor.hpp"
 
 namespace qkv {
 

@@ -17,9 +17,9 @@
 #include <nlohmann/json.hpp>
 
 #include "autograd/ops.hpp"
-#include "lib/blas.hpp"
-#include "lib/parallel.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/blas.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "lib/numerics/rng.hpp"
 #include "models/registry.hpp"
 #include "optim/adam.hpp"
 #include "optim/clip.hpp"

@@ -11,7 +11,7 @@ include(CMakePackageConfigHelpers)
 
 set(QKV_INSTALL_TARGETS)
 foreach(precision f32 f64)
-  foreach(name lib autograd layers optim "")
+  foreach(name ${QKV_LIBRARIES} "")
     if(name STREQUAL "")
       list(APPEND QKV_INSTALL_TARGETS qkv${QKV_SUFFIX_${precision}})
     else()
@@ -23,7 +23,7 @@ endforeach()
 install(TARGETS ${QKV_INSTALL_TARGETS} EXPORT qkvTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/qkv)
-install(DIRECTORY lib autograd layers optim DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/qkv
+install(DIRECTORY lib autograd layers optim models train study DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/qkv
   FILES_MATCHING PATTERN "*.hpp")
 
 set(QKV_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/qkv)

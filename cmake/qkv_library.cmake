@@ -1,13 +1,13 @@
-# qkv_add_library(<folder> <f32|f64> [<dependency folder>])
+# qkv_add_library(<name> <folder> <f32|f64> [<dependency name> ...])
 #
-# Builds every .cpp in <folder>/ into `qkv_<folder>` (float32) or `qkv_<folder>_f64` (float64).
-# The precision is a PUBLIC definition so that everything linking the library sees the same
-# `qkv::real` as the library was compiled with.
+# Builds every .cpp in <folder>/ into `qkv_<name>` (float32) or `qkv_<name>_f64` (float64),
+# linking the same precision of each dependency. The precision is a PUBLIC definition so that
+# everything linking the library sees the same `qkv::real` as the library was compiled with.
 set(QKV_SUFFIX_f32 "")
 set(QKV_SUFFIX_f64 "_f64")
 
-function(qkv_add_library folder precision)
-  set(target qkv_${folder}${QKV_SUFFIX_${precision}})
+function(qkv_add_library name folder precision)
+  set(target qkv_${name}${QKV_SUFFIX_${precision}})
   file(GLOB sources CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/${folder}/*.cpp)
   if(sources)
     add_library(${target} STATIC ${sources})
@@ -19,15 +19,18 @@ function(qkv_add_library folder precision)
     add_library(${target} INTERFACE)
     set(scope INTERFACE)
   endif()
-  # Sources include "lib/tensor.hpp"; installed, the headers are in include/qkv/lib/, etc.
+  # Sources include "lib/numerics/tensor.hpp"; installed, the headers are in include/qkv/lib/...
   target_include_directories(${target} ${scope} $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>
                                                  $<INSTALL_INTERFACE:include/qkv>)
+  # Installed and in-tree alike, users name it qkv::<name> (qkv::train, qkv::layers_f64, ...).
+  set_target_properties(${target} PROPERTIES EXPORT_NAME ${name}${QKV_SUFFIX_${precision}})
+  add_library(qkv::${name}${QKV_SUFFIX_${precision}} ALIAS ${target})
   if(precision STREQUAL "f64")
     target_compile_definitions(${target} ${scope} QKV_DOUBLE=1)
   endif()
-  if(ARGC GREATER 2)
-    target_link_libraries(${target} ${scope} qkv_${ARGV2}${QKV_SUFFIX_${precision}})
-  endif()
+  foreach(dependency IN LISTS ARGN)
+    target_link_libraries(${target} ${scope} qkv_${dependency}${QKV_SUFFIX_${precision}})
+  endforeach()
 endfunction()
 
 # xtensor's headers dominate compile time; parsing them once per target halves a clean build.

@@ -7,10 +7,10 @@
 #include <type_traits>
 #include <utility>
 
-#include "lib/broadcast.hpp"
-#include "lib/error.hpp"
-#include "lib/kernels.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/broadcast.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/kernels.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 

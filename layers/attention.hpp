@@ -13,7 +13,7 @@
 
 #include "autograd/ops.hpp"
 #include "layers/module.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/rng.hpp"
 
 namespace qkv {
 

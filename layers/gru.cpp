@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "autograd/ops.hpp"
-#include "lib/error.hpp"
+#include "lib/numerics/error.hpp"
 
 namespace qkv {
 

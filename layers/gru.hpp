@@ -12,7 +12,7 @@
 
 #include "layers/module.hpp"
 #include "layers/normalization.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/rng.hpp"
 
 namespace qkv {
 

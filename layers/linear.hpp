@@ -5,7 +5,7 @@
 #include <string>
 
 #include "layers/module.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/rng.hpp"
 
 namespace qkv {
 

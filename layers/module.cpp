@@ -2,9 +2,9 @@
 
 #include <algorithm>
 
-#include "lib/error.hpp"
-#include "lib/safetensors.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/safetensors.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 

@@ -11,7 +11,7 @@
 
 #include "autograd/gradcheck.hpp"
 #include "autograd/variable.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/rng.hpp"
 
 namespace qkv {
 

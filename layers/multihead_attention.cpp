@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "lib/error.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 

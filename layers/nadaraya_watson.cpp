@@ -1,7 +1,7 @@
 #include "layers/nadaraya_watson.hpp"
 
 #include "autograd/ops.hpp"
-#include "lib/error.hpp"
+#include "lib/numerics/error.hpp"
 
 namespace qkv {
 

@@ -4,7 +4,7 @@
 #include <sstream>
 
 #include "autograd/ops.hpp"
-#include "lib/error.hpp"
+#include "lib/numerics/error.hpp"
 
 namespace qkv {
 

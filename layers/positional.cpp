@@ -4,8 +4,8 @@
 #include <cmath>
 #include <memory>
 
-#include "lib/error.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 

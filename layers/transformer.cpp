@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <sstream>
 
-#include "lib/error.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 

@@ -3,8 +3,8 @@
 #include <cmath>
 #include <limits>
 
-#include "lib/parallel.hpp"
-#include "lib/simd.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "lib/numerics/simd.hpp"
 
 namespace qkv {
 

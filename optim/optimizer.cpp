@@ -5,9 +5,9 @@
 #include <set>
 #include <sstream>
 
-#include "lib/error.hpp"
-#include "lib/safetensors.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/safetensors.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 
@@ -39,16 +39,6 @@ Optimizer::Optimizer(std::string name, std::vector<NamedVariable> parameters, do
   for (std::size_t i = 0; i < parameters_.size(); ++i)
     for (std::size_t s = 0; s < slot_names_.size(); ++s) slots_[i].push_back(zeros(parameters_[i].second.shape()));
   update_counts_.assign(parameters_.size(), 0);
-}
-
-void check_range(const std::string& owner, const char* what, double value, double low, double high,
-                 bool high_inclusive) {
-  const bool inside = value >= low && (high_inclusive ? value <= high : value < high);  // false for NaN
-  if (inside) return;
-  std::string range;
-  if (std::isinf(high)) range = ">= " + format_number(low);
-  else range = "in [" + format_number(low) + ", " + format_number(high) + (high_inclusive ? "]" : ")");
-  throw Error(owner + ": " + what + " must be " + range + ", got " + format_number(value));
 }
 
 void Optimizer::check_learning_rate(double learning_rate) const {

@@ -87,9 +87,5 @@ class Optimizer {
   double learning_rate_ = 0;
 };
 
-/// Throws Error("<owner>: <what> must be ..., got <value>") unless `value` lies in [low, high)
-/// (or [low, high] when `high_inclusive`); NaN never does. Use infinity for no upper bound.
-void check_range(const std::string& owner, const char* what, double value, double low, double high,
-                 bool high_inclusive = false);
 
 }  // namespace qkv

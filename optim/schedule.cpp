@@ -6,7 +6,7 @@
 #include <numbers>
 #include <string>
 
-#include "lib/error.hpp"
+#include "lib/numerics/error.hpp"
 #include "optim/optimizer.hpp"
 
 namespace qkv {

@@ -9,10 +9,10 @@
 #include <unistd.h>
 
 #include "autograd/ops.hpp"
-#include "lib/error.hpp"
-#include "lib/tasks.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
-#include "models/training.hpp"
+#include "train/trainer.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;

@@ -3,8 +3,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "lib/atomic_file.hpp"
-#include "lib/error.hpp"
+#include "lib/numerics/atomic_file.hpp"
+#include "lib/numerics/error.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;

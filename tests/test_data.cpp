@@ -17,11 +17,11 @@
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "lib/batching.hpp"
-#include "lib/corpus.hpp"
-#include "lib/error.hpp"
-#include "lib/tasks.hpp"
-#include "lib/vocab.hpp"
+#include "lib/text/batching.hpp"
+#include "lib/text/corpus.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/text/tasks.hpp"
+#include "lib/text/vocab.hpp"
 
 using namespace qkv;
 

@@ -11,9 +11,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "lib/error.hpp"
-#include "lib/metrics.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/text/metrics.hpp"
+#include "lib/numerics/rng.hpp"
 
 using namespace qkv;
 

@@ -9,8 +9,8 @@
 #include <set>
 #include <stdexcept>
 
-#include "lib/batching.hpp"
-#include "lib/tasks.hpp"
+#include "lib/text/batching.hpp"
+#include "lib/text/tasks.hpp"
 #include "optim/adam.hpp"
 #include "support/helpers.hpp"
 #include "support/overfit.hpp"

@@ -4,9 +4,9 @@
 #include <xtensor/xview.hpp>
 
 #include "autograd/ops.hpp"
-#include "lib/batching.hpp"
-#include "lib/corpus.hpp"
-#include "lib/tasks.hpp"
+#include "lib/text/batching.hpp"
+#include "lib/text/corpus.hpp"
+#include "lib/text/tasks.hpp"
 #include "models/transformer.hpp"
 #include "optim/adam.hpp"
 #include "support/helpers.hpp"

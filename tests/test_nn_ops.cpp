@@ -6,8 +6,8 @@
 #include <cmath>
 #include <limits>
 
-#include "lib/kernels.hpp"
-#include "lib/parallel.hpp"
+#include "lib/numerics/kernels.hpp"
+#include "lib/numerics/parallel.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;

@@ -1,4 +1,4 @@
-// qkv's thread pool (lib/parallel.hpp): chunks cover the range exactly once, errors come back
+// qkv's thread pool (lib/numerics/parallel.hpp): chunks cover the range exactly once, errors come back
 // to the caller, nested loops run serially, and results of the parallel kernels do not depend
 // on the thread count.
 #include <algorithm>
@@ -10,8 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include "lib/blas.hpp"
-#include "lib/parallel.hpp"
+#include "lib/numerics/blas.hpp"
+#include "lib/numerics/parallel.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;

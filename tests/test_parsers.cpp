@@ -8,12 +8,12 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "lib/corpus.hpp"
-#include "lib/error.hpp"
-#include "lib/safetensors.hpp"
-#include "lib/tasks.hpp"
+#include "lib/text/corpus.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/safetensors.hpp"
+#include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
-#include "models/training.hpp"
+#include "train/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace qkv;

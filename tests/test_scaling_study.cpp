@@ -6,9 +6,9 @@
 #include <limits>
 
 #include "layers/attention.hpp"
-#include "scaling_study/report.hpp"
-#include "scaling_study/statistics.hpp"
-#include "scaling_study/training_sweep.hpp"
+#include "study/report.hpp"
+#include "study/statistics.hpp"
+#include "study/training_sweep.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;

@@ -7,7 +7,7 @@
 #include <sstream>
 #include <unistd.h>
 
-#include "lib/svg.hpp"
+#include "lib/plot/svg.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;

@@ -12,11 +12,11 @@
 #include "autograd/ops.hpp"
 #include "layers/embedding.hpp"
 #include "layers/linear.hpp"
-#include "lib/error.hpp"
-#include "lib/tasks.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/text/tasks.hpp"
 #include "models/decoding.hpp"
 #include "models/registry.hpp"
-#include "models/training.hpp"
+#include "train/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace qkv;

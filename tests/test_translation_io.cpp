@@ -7,11 +7,11 @@
 #include <fstream>
 #include <sstream>
 
-#include "lib/corpus.hpp"
-#include "lib/tasks.hpp"
-#include "models/attention_plots.hpp"
+#include "lib/text/corpus.hpp"
+#include "lib/text/tasks.hpp"
+#include "train/attention_plots.hpp"
 #include "models/bahdanau.hpp"
-#include "models/data_spec.hpp"
+#include "train/data_spec.hpp"
 #include "models/transformer.hpp"
 #include "support/helpers.hpp"
 

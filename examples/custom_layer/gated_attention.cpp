@@ -3,8 +3,8 @@
 #include <cmath>
 
 #include "autograd/ops.hpp"
-#include "lib/error.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace custom {
 

@@ -12,7 +12,7 @@
 #include "autograd/variable.hpp"
 #include "layers/linear.hpp"
 #include "layers/module.hpp"
-#include "lib/rng.hpp"
+#include "lib/numerics/rng.hpp"
 
 namespace custom {
 

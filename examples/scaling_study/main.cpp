@@ -15,11 +15,11 @@
 #include <sstream>
 #include <thread>
 
-#include "lib/parallel.hpp"
-#include "lib/error.hpp"
-#include "scaling_study/report.hpp"
-#include "scaling_study/statistics.hpp"
-#include "scaling_study/training_sweep.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "lib/numerics/error.hpp"
+#include "study/report.hpp"
+#include "study/statistics.hpp"
+#include "study/training_sweep.hpp"
 
 namespace {
 

@@ -5,7 +5,7 @@
 //   qkv-train --resume runs/rev --epochs 10          (continues to 10 epochs in total)
 //
 // Writes DIR/config.json, model.safetensors, optimizer.safetensors, metrics.jsonl, best/,
-// curves.svg and the attention plots of the first test sentence (models/attention_plots.hpp:
+// curves.svg and the attention plots of the first test sentence (train/attention_plots.hpp:
 // attention.svg, attention-connections.svg and, for the transformer, the self-attention).
 // Ctrl-C saves a checkpoint and exits. The last line is `final: val_loss=… token_acc=…
 // exact=… bleu=…` on the test set (the validation set for corpora without one), of the
@@ -21,14 +21,14 @@
 #include <filesystem>
 
 #include "autograd/variable.hpp"
-#include "lib/parallel.hpp"
-#include "lib/error.hpp"
-#include "lib/svg.hpp"
-#include "models/attention_plots.hpp"
-#include "models/data_spec.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/plot/svg.hpp"
+#include "train/attention_plots.hpp"
+#include "train/data_spec.hpp"
 #include "models/registry.hpp"
-#include "models/training.hpp"
-#include "train/options.hpp"
+#include "train/trainer.hpp"
+#include "command_line.hpp"
 
 namespace {
 

@@ -8,7 +8,7 @@
 // One output line per input line, in order; an empty line gives an empty line. A line that
 // is not valid UTF-8 is reported as `stdin:LINE: ...` on stderr, gives an empty output line,
 // and makes the exit status 1. --attention-svg FILE writes the attention plots of the first
-// sentence (models/attention_plots.hpp: FILE, FILE-connections.svg, ...).
+// sentence (train/attention_plots.hpp: FILE, FILE-connections.svg, ...).
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -20,13 +20,13 @@
 #include <string>
 #include <vector>
 
-#include "lib/batching.hpp"
-#include "lib/parallel.hpp"
-#include "lib/error.hpp"
-#include "models/attention_plots.hpp"
-#include "models/data_spec.hpp"
+#include "lib/text/batching.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "lib/numerics/error.hpp"
+#include "train/attention_plots.hpp"
+#include "train/data_spec.hpp"
 #include "models/decoding.hpp"
-#include "models/training.hpp"
+#include "train/trainer.hpp"
 
 namespace {
 

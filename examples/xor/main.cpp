@@ -10,8 +10,8 @@
 #include <cmath>
 
 #include "autograd/ops.hpp"
-#include "lib/rng.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/rng.hpp"
+#include "lib/numerics/shape.hpp"
 #include "optim/adam.hpp"
 
 namespace {

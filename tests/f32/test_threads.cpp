@@ -5,7 +5,7 @@
 #include <map>
 
 #include "autograd/ops.hpp"
-#include "lib/parallel.hpp"
+#include "lib/numerics/parallel.hpp"
 #include "models/registry.hpp"
 #include "optim/adam.hpp"
 #include "optim/clip.hpp"

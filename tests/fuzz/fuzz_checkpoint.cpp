@@ -1,4 +1,4 @@
-// libFuzzer target: a checkpoint's config.json (examples/models/training.*: load_checkpoint,
+// libFuzzer target: a checkpoint's config.json (models/training.*: load_checkpoint,
 // which reads the format, the vocabularies, TrainOptions, the progress, the random state and
 // the model config, builds the model and loads its weights). The input becomes config.json in
 // a directory that also holds a real model.safetensors (tests/fuzz/checkpoint/), so inputs
@@ -9,8 +9,8 @@
 #include <fstream>
 
 #include "fuzz_support.hpp"
-#include "lib/error.hpp"
-#include "models/training.hpp"
+#include "lib/numerics/error.hpp"
+#include "train/trainer.hpp"
 
 namespace fs = std::filesystem;
 

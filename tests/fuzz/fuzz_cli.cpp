@@ -1,4 +1,4 @@
-// libFuzzer target: qkv-train's command line (examples/train/options.*, parse_command_line).
+// libFuzzer target: qkv-train's command line (examples/train/command_line.*, parse_command_line).
 // The input is the argument list, one argument per line. The parser's contract: it returns,
 // or throws CLI::ParseError naming the option; --help sets `help` instead of throwing.
 #include <CLI/CLI.hpp>
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "fuzz_support.hpp"
-#include "options.hpp"
+#include "command_line.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::vector<std::string> arguments{"qkv-train"};

@@ -4,8 +4,8 @@
 #include <sstream>
 
 #include "fuzz_support.hpp"
-#include "lib/corpus.hpp"
-#include "lib/error.hpp"
+#include "lib/text/corpus.hpp"
+#include "lib/numerics/error.hpp"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   qkv::fuzz::silence_logging();

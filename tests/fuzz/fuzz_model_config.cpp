@@ -1,8 +1,8 @@
-// libFuzzer target: model configs (examples/models/*: TransformerModel::from_config and
+// libFuzzer target: model configs (models/*: TransformerModel::from_config and
 // BahdanauModel::from_config through the registry, as checkpoints and qkv-train build models).
 // The first byte picks the kind and the vocabulary sizes, the rest is the JSON config.
 #include "fuzz_support.hpp"
-#include "lib/error.hpp"
+#include "lib/numerics/error.hpp"
 #include "models/registry.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {

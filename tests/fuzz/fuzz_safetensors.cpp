@@ -7,8 +7,8 @@
 #include <filesystem>
 
 #include "fuzz_support.hpp"
-#include "lib/error.hpp"
-#include "lib/safetensors.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/safetensors.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   qkv::TensorFile file;

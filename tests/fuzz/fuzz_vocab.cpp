@@ -3,8 +3,8 @@
 #include <cstdlib>
 
 #include "fuzz_support.hpp"
-#include "lib/error.hpp"
-#include "lib/vocab.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/text/vocab.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const nlohmann::json json = qkv::fuzz::parse_json(qkv::fuzz::as_text(data, size));

@@ -8,8 +8,8 @@
 
 #include "autograd/gradcheck.hpp"
 #include "autograd/ops.hpp"
-#include "lib/rng.hpp"
-#include "lib/shape.hpp"
+#include "lib/numerics/rng.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv::test {
 
@@ -81,7 +81,7 @@ inline void tally(const GradcheckResult& result, const char* file, int line) {
 
 }  // namespace qkv::test
 
-#include "lib/safetensors.hpp"
+#include "lib/numerics/safetensors.hpp"
 
 namespace qkv::test {
 

@@ -3,7 +3,7 @@
 #include <utility>
 
 #include "autograd/ops.hpp"
-#include "lib/batching.hpp"
+#include "lib/text/batching.hpp"
 #include "models/seq2seq.hpp"
 #include "optim/adam.hpp"
 

@@ -1,0 +1,735 @@
+#include "lib/numerics/kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "lib/numerics/broadcast.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "lib/numerics/simd.hpp"
+#include "lib/numerics/vector_math.hpp"
+
+namespace qkv::kernels {
+
+// Every kernel here is written as a serial "chunk" function over a range of rows, marked
+// QKV_SIMD_CLONES (lib/numerics/simd.hpp) so that its loops get an AVX2 build, and a public function
+// that shares the rows out among qkv's threads (lib/numerics/parallel.hpp). Each output element is
+// written by one chunk, in the serial loop's order: results do not depend on the thread count.
+
+namespace {
+
+/// e^x: the vectorisable float32 version in training builds, std::exp in float64 (gradient
+/// checks want every digit).
+real exp_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::exp(x);
+  else return std::exp(x);
+}
+
+/// Rows per chunk so that a chunk holds at least parallel::min_elements_per_chunk elements.
+std::size_t rows_per_chunk(std::size_t row_size) {
+  return (parallel::min_elements_per_chunk + row_size - 1) / std::max<std::size_t>(row_size, 1);
+}
+
+/// Runs chunk(first, part) over consecutive runs of `split.outer` blocks, `part` being the
+/// split of that run: an axis kernel processes its outer blocks independently.
+template <class Chunk>
+void for_outer_chunks(AxisSplit split, const Chunk& chunk) {
+  parallel::for_chunks(split.outer, rows_per_chunk(split.size * split.inner),
+                       [&](std::size_t first, std::size_t last) { chunk(first, AxisSplit{last - first, split.size, split.inner}); });
+}
+
+// A "fibre" is the `size` elements along the axis at one (outer, inner) position; element s of
+// fibre (o, j) sits at offset (o · size + s) · inner + j and the fibre's number is o · inner + j.
+
+/// The maximum of every fibre, into `maxes` ([outer · inner]).
+QKV_SIMD_CLONES void fibre_max(const real* x, AxisSplit split, real* maxes) {
+  const auto [outer, size, inner] = split;
+  if (size == 0) return;  // an empty axis has no max, and no element will need one
+  for (std::size_t o = 0; o < outer; ++o) {
+    const real* block = x + o * size * inner;  // [size, inner]
+    real* block_max = maxes + o * inner;       // [inner]
+    std::copy(block, block + inner, block_max);
+    for (std::size_t s = 1; s < size; ++s)
+      for (std::size_t j = 0; j < inner; ++j) block_max[j] = std::max(block_max[j], block[s * inner + j]);
+  }
+}
+
+/// For every fibre: total = Σ_s term(offset, fibre) in double, value = finish(fibre, total),
+/// then update(offset, fibre, value) for each of its elements. The last axis (inner == 1)
+/// walks contiguous rows; other axes walk [size, inner] blocks row by row so that the inner
+/// loop stays contiguous too, with one running total per inner position. Offsets and fibre
+/// numbers count from the start of `split`'s first block.
+template <class Term, class Finish, class Update>
+void sum_then_update(AxisSplit split, Term term, Finish finish, Update update) {
+  const auto [outer, size, inner] = split;
+  if (inner == 1) {
+    for (std::size_t o = 0; o < outer; ++o) {
+      const std::size_t base = o * size;
+      double total = 0;
+      for (std::size_t s = 0; s < size; ++s) total += term(base + s, o);
+      const real value = finish(o, total);
+      for (std::size_t s = 0; s < size; ++s) update(base + s, o, value);
+    }
+    return;
+  }
+  std::vector<double> totals(inner);
+  std::vector<real> values(inner);
+  for (std::size_t o = 0; o < outer; ++o) {
+    const std::size_t base = o * size * inner;
+    const std::size_t first_fibre = o * inner;
+    std::fill(totals.begin(), totals.end(), 0.0);
+    for (std::size_t s = 0; s < size; ++s)
+      for (std::size_t j = 0; j < inner; ++j) totals[j] += term(base + s * inner + j, first_fibre + j);
+    for (std::size_t j = 0; j < inner; ++j) values[j] = finish(first_fibre + j, totals[j]);
+    for (std::size_t s = 0; s < size; ++s)
+      for (std::size_t j = 0; j < inner; ++j) update(base + s * inner + j, first_fibre + j, values[j]);
+  }
+}
+
+Shape shape_of_mask(const BoolArray& mask) { return Shape(mask.shape().begin(), mask.shape().end()); }
+
+// ---- serial chunks of the softmax family --------------------------------------------------
+
+QKV_SIMD_CLONES void softmax_chunk(const real* x, real* y, AxisSplit split) {
+  // Subtracting each fibre's max keeps every exp() in (0, 1]: no overflow for any logits.
+  std::vector<real> maxes(split.outer * split.inner);
+  fibre_max(x, split, maxes.data());
+  sum_then_update(
+      split,
+      [&](std::size_t i, std::size_t f) {
+        y[i] = exp_of(x[i] - maxes[f]);
+        return double(y[i]);
+      },
+      [](std::size_t, double total) { return real(1.0 / total); },
+      [&](std::size_t i, std::size_t, real inverse_total) { y[i] *= inverse_total; });
+}
+
+QKV_SIMD_CLONES void log_softmax_chunk(const real* x, real* y, AxisSplit split) {
+  std::vector<real> maxes(split.outer * split.inner);
+  fibre_max(x, split, maxes.data());
+  // log softmax = (x - max) - log Σ exp(x - max): the sum is >= 1, so its log is finite, and
+  // x - max is formed before anything large is added (max + log Σ would round away the small
+  // part for logits around 1e4 in float32).
+  sum_then_update(
+      split, [&](std::size_t i, std::size_t f) { return double(exp_of(x[i] - maxes[f])); },
+      [](std::size_t, double total) { return real(std::log(total)); },
+      [&](std::size_t i, std::size_t f, real log_total) { y[i] = (x[i] - maxes[f]) - log_total; });
+}
+
+QKV_SIMD_CLONES void softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split,
+                                            bool overwrite) {
+  const auto dot_of = [&](std::size_t i, std::size_t) { return double(grad_y[i]) * double(y[i]); };
+  const auto finish = [](std::size_t, double total) { return real(total); };
+  if (overwrite)
+    sum_then_update(split, dot_of, finish, [&](std::size_t i, std::size_t, real dot) { grad_x[i] = y[i] * (grad_y[i] - dot); });
+  else
+    sum_then_update(split, dot_of, finish, [&](std::size_t i, std::size_t, real dot) { grad_x[i] += y[i] * (grad_y[i] - dot); });
+}
+
+QKV_SIMD_CLONES void log_softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+  sum_then_update(
+      split, [&](std::size_t i, std::size_t) { return double(grad_y[i]); },
+      [](std::size_t, double total) { return real(total); },
+      [&](std::size_t i, std::size_t, real grad_total) { grad_x[i] += grad_y[i] - exp_of(y[i]) * grad_total; });
+}
+
+/// One row of masked softmax: `keep` is read with stride `keep_step`.
+QKV_SIMD_CLONES void masked_softmax_row(const real* x, const bool* keep, std::size_t keep_step, std::size_t count,
+                                        real* y) {
+  real largest = -std::numeric_limits<real>::infinity();
+  for (std::size_t j = 0; j < count; ++j)
+    if (keep[j * keep_step]) largest = std::max(largest, x[j]);
+  // No allowed key: the row attends to nothing, so it gets no weight at all.
+  if (largest == -std::numeric_limits<real>::infinity()) {
+    std::fill(y, y + count, real(0));
+    return;
+  }
+  double total = 0;
+  // exp of a masked score is computed and dropped (the select vectorises; a branch would not).
+  // vector_math::exp saturates instead of overflowing, so no inf appears even then.
+  for (std::size_t j = 0; j < count; ++j) {
+    const real e = exp_of(x[j] - largest);
+    y[j] = keep[j * keep_step] ? e : real(0);
+    total += double(y[j]);
+  }
+  const real inverse_total = real(1.0 / total);
+  for (std::size_t j = 0; j < count; ++j) y[j] *= inverse_total;
+}
+
+}  // namespace
+
+// ---- softmax ------------------------------------------------------------------------------
+
+void softmax_forward(const real* x, real* y, AxisSplit split) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split, [&](std::size_t first, AxisSplit part) { softmax_chunk(x + first * block, y + first * block, part); });
+}
+
+void log_softmax_forward(const real* x, real* y, AxisSplit split) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split,
+                   [&](std::size_t first, AxisSplit part) { log_softmax_chunk(x + first * block, y + first * block, part); });
+}
+
+void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split, bool overwrite) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split, [&](std::size_t first, AxisSplit part) {
+    const std::size_t offset = first * block;
+    softmax_backward_chunk(grad_y + offset, y + offset, grad_x + offset, part, overwrite);
+  });
+}
+
+void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
+  const std::size_t block = split.size * split.inner;
+  for_outer_chunks(split, [&](std::size_t first, AxisSplit part) {
+    const std::size_t offset = first * block;
+    log_softmax_backward_chunk(grad_y + offset, y + offset, grad_x + offset, part);
+  });
+}
+
+void masked_softmax_forward(const real* x, const bool* allowed, const Shape& shape, const Shape& mask_strides, real* y) {
+  const Shape strides[2] = {strides_of(shape), mask_strides};
+  const std::size_t keep_step = mask_strides.empty() ? 0 : mask_strides.back();
+  parallel_for_each_row(shape, strides, parallel::min_elements_per_chunk, [&](std::size_t o, std::size_t m, std::size_t count) {
+    masked_softmax_row(x + o, allowed + m, keep_step, count, y + o);
+  });
+}
+
+// ---- cross-entropy ----------------------------------------------------------------------------
+
+namespace {
+
+/// Row maxima, log Σ exp and each counted row's loss for rows [0, rows) of a chunk.
+QKV_SIMD_CLONES void cross_entropy_chunk(const real* logits, const std::int64_t* targets, std::size_t rows,
+                                         std::size_t classes, std::int64_t ignore_index, double smoothing,
+                                         real* row_max, real* row_log_total, double* row_loss) {
+  const AxisSplit split{rows, classes, 1};  // [rows, C], softmax over C
+  fibre_max(logits, split, row_max);
+  sum_then_update(
+      split, [&](std::size_t i, std::size_t row) { return double(exp_of(logits[i] - row_max[row])); },
+      [&](std::size_t row, double total) {
+        row_log_total[row] = real(std::log(total));
+        return real(0);
+      },
+      [](std::size_t, std::size_t, real) {});
+  for (std::size_t row = 0; row < rows; ++row) {
+    row_loss[row] = 0;
+    if (targets[row] == ignore_index) continue;
+    const real* z = logits + row * classes;  // [C]
+    const double max = row_max[row], log_total = row_log_total[row];
+    // -log p_c = (max - z_c) + log_total, so mean_c(-log p_c) = max - mean_c(z_c) + log_total.
+    const double target_nll = (max - double(z[targets[row]])) + log_total;
+    double uniform_nll = 0;
+    if (smoothing != 0) {
+      double shifted_total = 0;
+      for (std::size_t c = 0; c < classes; ++c) shifted_total += max - double(z[c]);
+      uniform_nll = shifted_total / double(classes) + log_total;
+    }
+    row_loss[row] = (1 - smoothing) * target_nll + smoothing * uniform_nll;
+  }
+}
+
+QKV_SIMD_CLONES void cross_entropy_backward_chunk(real scale, const real* logits, const std::int64_t* targets,
+                                                  const real* row_max, const real* row_log_total, std::size_t rows,
+                                                  std::size_t classes, std::int64_t ignore_index, real uniform_share,
+                                                  real target_share, real* grad_logits) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    if (targets[row] == ignore_index) continue;
+    const real* z = logits + row * classes;  // [C]
+    real* dz = grad_logits + row * classes;  // [C]
+    const real max = row_max[row], log_total = row_log_total[row];
+    // d loss_row / dz = softmax(z) - (smoothed target distribution).
+    for (std::size_t c = 0; c < classes; ++c) dz[c] += scale * (exp_of((z[c] - max) - log_total) - uniform_share);
+    dz[targets[row]] -= scale * target_share;
+  }
+}
+
+}  // namespace
+
+CrossEntropyForward cross_entropy_forward(const real* logits, const std::int64_t* targets,
+                                          std::size_t rows, std::size_t classes,
+                                          std::int64_t ignore_index, real label_smoothing,
+                                          real* row_max, real* row_log_total) {
+  std::vector<double> row_loss(rows);
+  parallel::for_chunks(rows, rows_per_chunk(classes), [&](std::size_t first, std::size_t last) {
+    cross_entropy_chunk(logits + first * classes, targets + first, last - first, classes, ignore_index,
+                        label_smoothing, row_max + first, row_log_total + first, row_loss.data() + first);
+  });
+  // Summed in row order on one thread, so the loss does not depend on the thread count.
+  double loss_total = 0;
+  CrossEntropyForward result;
+  for (std::size_t row = 0; row < rows; ++row) {
+    if (targets[row] == ignore_index) continue;
+    ++result.counted;
+    loss_total += row_loss[row];
+  }
+  // Nothing counted: the loss is 0 rather than PyTorch's 0/0 = NaN.
+  if (result.counted > 0) result.loss = real(loss_total / double(result.counted));
+  return result;
+}
+
+void cross_entropy_backward(real grad_loss, const real* logits, const std::int64_t* targets,
+                            const real* row_max, const real* row_log_total, std::size_t rows, std::size_t classes,
+                            std::int64_t ignore_index, real label_smoothing, std::size_t counted,
+                            real* grad_logits) {
+  if (counted == 0) return;
+  const real scale = grad_loss / real(counted);
+  const real uniform_share = label_smoothing / real(classes);
+  const real target_share = real(1) - label_smoothing;
+  parallel::for_chunks(rows, rows_per_chunk(classes), [&](std::size_t first, std::size_t last) {
+    cross_entropy_backward_chunk(scale, logits + first * classes, targets + first, row_max + first,
+                                 row_log_total + first, last - first, classes, ignore_index, uniform_share,
+                                 target_share, grad_logits + first * classes);
+  });
+}
+
+// ---- layer norm ---------------------------------------------------------------------------
+
+namespace {
+
+QKV_SIMD_CLONES void layer_norm_chunk(const real* x, const real* weight, const real* bias, std::size_t rows,
+                                      std::size_t dim, real eps, real* y, real* mean, real* rstd) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    const real* xr = x + row * dim;  // [D]
+    real* yr = y + row * dim;        // [D]
+    double total = 0;
+    for (std::size_t i = 0; i < dim; ++i) total += xr[i];
+    const double row_mean = total / double(dim);
+    // Two passes (mean, then squared deviations) instead of E[x²] - E[x]²: no cancellation.
+    double squares = 0;
+    for (std::size_t i = 0; i < dim; ++i) {
+      const double deviation = xr[i] - row_mean;
+      squares += deviation * deviation;
+    }
+    const real row_rstd = real(1.0 / std::sqrt(squares / double(dim) + double(eps)));
+    mean[row] = real(row_mean);
+    rstd[row] = row_rstd;
+    const real shift = mean[row];
+    if (weight && bias)
+      for (std::size_t i = 0; i < dim; ++i) yr[i] = (xr[i] - shift) * row_rstd * weight[i] + bias[i];
+    else
+      for (std::size_t i = 0; i < dim; ++i) {
+        const real normalized = (xr[i] - shift) * row_rstd;
+        yr[i] = normalized * (weight ? weight[i] : real(1)) + (bias ? bias[i] : real(0));
+      }
+  }
+}
+
+QKV_SIMD_CLONES void layer_norm_grad_x_chunk(const real* grad_y, const real* x, const real* weight, const real* mean,
+                                             const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
+                                             bool overwrite) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    const real* gr = grad_y + row * dim;  // [D]
+    const real* xr = x + row * dim;       // [D]
+    const real row_mean = mean[row], row_rstd = rstd[row];
+    // ĝ = grad_y ⊙ weight; the two means are the projections that normalisation removes.
+    double grad_total = 0, grad_dot_normalized = 0;
+    for (std::size_t i = 0; i < dim; ++i) {
+      const double g = double(gr[i]) * (weight ? double(weight[i]) : 1.0);
+      grad_total += g;
+      grad_dot_normalized += g * double(xr[i] - row_mean) * double(row_rstd);
+    }
+    const real grad_mean = real(grad_total / double(dim));
+    const real grad_dot_mean = real(grad_dot_normalized / double(dim));
+    real* dxr = grad_x + row * dim;  // [D]
+    for (std::size_t i = 0; i < dim; ++i) {
+      const real g = gr[i] * (weight ? weight[i] : real(1));
+      const real normalized = (xr[i] - row_mean) * row_rstd;
+      dxr[i] = (overwrite ? real(0) : dxr[i]) + row_rstd * (g - grad_mean - normalized * grad_dot_mean);
+    }
+  }
+}
+
+/// grad_weight and grad_bias for columns [first, last): every row, in row order.
+QKV_SIMD_CLONES void layer_norm_grad_params_chunk(const real* grad_y, const real* x, const real* mean,
+                                                  const real* rstd, std::size_t rows, std::size_t dim,
+                                                  std::size_t first, std::size_t last, real* grad_weight,
+                                                  real* grad_bias) {
+  for (std::size_t row = 0; row < rows; ++row) {
+    const real* gr = grad_y + row * dim;  // [D]
+    const real* xr = x + row * dim;       // [D]
+    const real row_mean = mean[row], row_rstd = rstd[row];
+    if (grad_weight)
+      for (std::size_t i = first; i < last; ++i) grad_weight[i] += gr[i] * (xr[i] - row_mean) * row_rstd;
+    if (grad_bias)
+      for (std::size_t i = first; i < last; ++i) grad_bias[i] += gr[i];
+  }
+}
+
+}  // namespace
+
+void layer_norm_forward(const real* x, const real* weight, const real* bias, std::size_t rows,
+                        std::size_t dim, real eps, real* y, real* mean, real* rstd) {
+  parallel::for_chunks(rows, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
+    layer_norm_chunk(x + first * dim, weight, bias, last - first, dim, eps, y + first * dim, mean + first, rstd + first);
+  });
+}
+
+void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
+                         const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
+                         real* grad_weight, real* grad_bias, bool overwrite_grad_x) {
+  if (grad_x)
+    parallel::for_chunks(rows, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
+      layer_norm_grad_x_chunk(grad_y + first * dim, x + first * dim, weight, mean + first, rstd + first, last - first,
+                              dim, grad_x + first * dim, overwrite_grad_x);
+    });
+  // The parameters' gradients sum over rows: threads take columns instead, so that each sum
+  // still runs over the rows in order. Columns are shared in blocks of 16 floats (a cache line).
+  if (grad_weight || grad_bias) {
+    constexpr std::size_t column_block = 16;
+    const std::size_t blocks = (dim + column_block - 1) / column_block;
+    parallel::for_chunks(blocks, std::max<std::size_t>(1, rows_per_chunk(rows) / column_block),
+                         [&](std::size_t first, std::size_t last) {
+      layer_norm_grad_params_chunk(grad_y, x, mean, rstd, rows, dim, first * column_block,
+                                   std::min(dim, last * column_block), grad_weight, grad_bias);
+    });
+  }
+}
+
+// ---- reductions over rows ------------------------------------------------------------------
+
+namespace {
+
+QKV_SIMD_CLONES void add_column_sums_chunk(const real* x, std::size_t rows, std::size_t cols, std::size_t first,
+                                           std::size_t last, real* out) {
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = first; c < last; ++c) out[c] += x[r * cols + c];
+}
+
+constexpr std::size_t square_block = 4096;
+
+QKV_SIMD_CLONES double sum_of_squares_block(const real* x, std::size_t count) {
+  // Four running sums let the loop vectorise without reassociating across blocks.
+  double partial[4] = {0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 4 <= count; i += 4)
+    for (std::size_t lane = 0; lane < 4; ++lane) partial[lane] += double(x[i + lane]) * double(x[i + lane]);
+  for (; i < count; ++i) partial[0] += double(x[i]) * double(x[i]);
+  return (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+}  // namespace
+
+void add_column_sums(const real* x, std::size_t rows, std::size_t cols, real* out) {
+  constexpr std::size_t column_block = 16;  // a cache line of floats per thread boundary
+  const std::size_t blocks = (cols + column_block - 1) / column_block;
+  parallel::for_chunks(blocks, std::max<std::size_t>(1, rows_per_chunk(rows) / column_block),
+                       [&](std::size_t first, std::size_t last) {
+    add_column_sums_chunk(x, rows, cols, first * column_block, std::min(cols, last * column_block), out);
+  });
+}
+
+double sum_of_squares(const real* x, std::size_t count) {
+  const std::size_t blocks = (count + square_block - 1) / square_block;
+  std::vector<double> partial(blocks);
+  parallel::for_chunks(blocks, parallel::min_elements_per_chunk / square_block, [&](std::size_t first, std::size_t last) {
+    for (std::size_t b = first; b < last; ++b) {
+      const std::size_t begin = b * square_block;
+      partial[b] = sum_of_squares_block(x + begin, std::min(square_block, count - begin));
+    }
+  });
+  double total = 0;
+  for (double value : partial) total += value;
+  return total;
+}
+
+// ---- embedding ------------------------------------------------------------------------------
+
+void embedding_forward(const real* weight, const std::int64_t* indices, std::size_t count,
+                       std::size_t dim, real* out) {
+  parallel::for_chunks(count, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i) {
+      const real* row = weight + static_cast<std::size_t>(indices[i]) * dim;  // [D]
+      std::copy(row, row + dim, out + i * dim);
+    }
+  });
+}
+
+void embedding_backward(const real* grad_out, const std::int64_t* indices, std::size_t count,
+                        std::size_t dim, real* grad_weight) {
+  // Serial: repeated indices add into the same row.
+  for (std::size_t i = 0; i < count; ++i) {
+    real* row = grad_weight + static_cast<std::size_t>(indices[i]) * dim;  // [D]
+    const real* g = grad_out + i * dim;                                     // [D]
+    for (std::size_t k = 0; k < dim; ++k) row[k] += g[k];
+  }
+}
+
+// ---- dropout --------------------------------------------------------------------------------
+
+namespace {
+
+/// Elements [first, last) (first even) of a dropout mask drawn from `key`: element i keeps
+/// when its 32-bit uniform is at or above `threshold`, the uniforms of elements 2j and 2j + 1
+/// being the two halves of SplitMix64's output j for the seed `key` (a counter-based stream).
+QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
+                                   std::size_t first, std::size_t last, std::uint8_t* keep, real* y) {
+  const auto bits_of_pair = [&](std::size_t i) { return splitmix64_mix(key + (i / 2) * splitmix64_increment); };
+  const std::size_t pairs_end = first + (last - first) / 2 * 2;
+  for (std::size_t i = first; i < pairs_end; i += 2) {
+    const std::uint64_t bits = bits_of_pair(i);
+    keep[i] = static_cast<std::uint8_t>((bits & 0xffffffffULL) >= threshold);
+    keep[i + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
+  }
+  if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((bits_of_pair(pairs_end) & 0xffffffffULL) >= threshold);
+  for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+}
+
+QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8_t* keep, real keep_scale,
+                                            std::size_t first, std::size_t last, real* grad_x, bool overwrite) {
+  if (overwrite)
+    for (std::size_t i = first; i < last; ++i) grad_x[i] = grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
+  else
+    for (std::size_t i = first; i < last; ++i) grad_x[i] += grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
+}
+
+}  // namespace
+
+void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
+  // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
+  const real keep_scale = real(1) / (real(1) - p);
+  // Counter-based: one draw from `rng` keys the whole mask, and element i's decision is a hash
+  // of (key, i). Any thread can draw any element, in any order, with the same result. The
+  // element is dropped when its uniform u / 2^32 < p, i.e. when u < ceil(p · 2^32).
+  const auto threshold = static_cast<std::uint64_t>(std::ceil(double(p) * 0x1.0p32));
+  const std::uint64_t key = rng.next_u64();
+  // Chunks start at even elements, so that both halves of a hash land in one chunk.
+  const std::size_t pairs = (count + 1) / 2;
+  parallel::for_chunks(pairs, parallel::min_elements_per_chunk / 2, [&](std::size_t first, std::size_t last) {
+    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y);
+  });
+}
+
+void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x,
+                      bool overwrite) {
+  const real keep_scale = real(1) / (real(1) - p);
+  parallel::for_chunks(count, parallel::min_elements_per_chunk, [&](std::size_t first, std::size_t last) {
+    dropout_backward_chunk(grad_y, keep, keep_scale, first, last, grad_x, overwrite);
+  });
+}
+
+// ---- additive attention scores -------------------------------------------------------------
+
+namespace {
+real tanh_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::tanh(x);
+  else return std::tanh(x);
+}
+
+/// Σ x[a] · y[a] over n elements, summed in `lanes` interleaved partial sums: a plain running
+/// sum is a chain the compiler may not reorder (no -ffast-math), so it would stay scalar; fixed
+/// partial sums vectorise, and give the same result in every SIMD clone. The partial sums are
+/// then added pairwise (3 dependent adds, not 8: this runs once per short row).
+inline real dot_in_lanes(const real* __restrict x, const real* __restrict y, std::size_t n) {
+  constexpr std::size_t lanes = 8;
+  real partial[lanes] = {};
+  std::size_t a = 0;
+  for (; a + lanes <= n; a += lanes)
+    for (std::size_t l = 0; l < lanes; ++l) partial[l] += x[a + l] * y[a + l];
+  for (std::size_t l = 0; a < n; ++a, ++l) partial[l] += x[a] * y[a];  // the last n % lanes
+  for (std::size_t width = lanes / 2; width > 0; width /= 2)
+    for (std::size_t l = 0; l < width; ++l) partial[l] += partial[l + width];
+  return partial[0];
+}
+}  // namespace
+
+QKV_SIMD_CLONES
+void additive_scores_forward(const real* queries, const real* keys, const real* v, std::size_t batch,
+                             std::size_t query_count, std::size_t key_count, std::size_t hidden, real* features,
+                             real* scores) {
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i) {
+      const real* __restrict q = queries + (b * query_count + i) * hidden;  // [A]
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const real* __restrict k = keys + (b * key_count + j) * hidden;      // [A]
+        const std::size_t row = (b * query_count + i) * key_count + j;
+        real* __restrict f = features + row * hidden;                       // [A]
+        for (std::size_t a = 0; a < hidden; ++a) f[a] = tanh_of(q[a] + k[a]);
+        scores[row] = dot_in_lanes(v, f, hidden);
+      }
+    }
+}
+
+QKV_SIMD_CLONES
+void additive_scores_backward(const real* grad_scores, const real* features, const real* v, std::size_t batch,
+                              std::size_t query_count, std::size_t key_count, std::size_t hidden,
+                              real* grad_queries, real* grad_keys, real* grad_v) {
+  std::vector<real> d(hidden);  // grad · v ⊙ (1 - f²) of one (b, i, j)
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i)
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const std::size_t row = (b * query_count + i) * key_count + j;
+        const real g = grad_scores[row];
+        const real* __restrict f = features + row * hidden;
+        if (grad_v)
+          for (std::size_t a = 0; a < hidden; ++a) grad_v[a] += g * f[a];
+        real* __restrict dd = d.data();
+        for (std::size_t a = 0; a < hidden; ++a) dd[a] = g * v[a] * (real(1) - f[a] * f[a]);
+        if (grad_queries) {
+          real* dq = grad_queries + (b * query_count + i) * hidden;
+          for (std::size_t a = 0; a < hidden; ++a) dq[a] += dd[a];
+        }
+        if (grad_keys) {
+          real* dk = grad_keys + (b * key_count + j) * hidden;
+          for (std::size_t a = 0; a < hidden; ++a) dk[a] += dd[a];
+        }
+      }
+}
+
+// ---- GRU cell ------------------------------------------------------------------------------
+
+namespace {
+real sigmoid_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(x);
+  else return x >= 0 ? real(1) / (real(1) + std::exp(-x)) : std::exp(x) / (real(1) + std::exp(x));
+}
+}  // namespace
+
+QKV_SIMD_CLONES
+void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
+                      std::size_t hidden, real* h_next, real* saved) {
+  // One simple loop per gate, so that each vectorises.
+  for (std::size_t b = 0; b < batch; ++b) {
+    const real* __restrict xi = input_gates + b * 3 * hidden;   // [3H]: i_r, i_z, i_n
+    const real* __restrict hi = hidden_gates + b * 3 * hidden;  // [3H]: h_r, h_z, h_n
+    const real* __restrict hb = h + b * hidden;                 // [H]
+    real* __restrict r = saved + b * 3 * hidden;                // saved [3H]: r, z, n
+    real* __restrict z = r + hidden;
+    real* __restrict n = z + hidden;
+    real* __restrict out = h_next + b * hidden;
+    for (std::size_t j = 0; j < hidden; ++j) r[j] = sigmoid_of(xi[j] + hi[j]);
+    for (std::size_t j = 0; j < hidden; ++j) z[j] = sigmoid_of(xi[hidden + j] + hi[hidden + j]);
+    for (std::size_t j = 0; j < hidden; ++j) n[j] = tanh_of(xi[2 * hidden + j] + r[j] * hi[2 * hidden + j]);
+    for (std::size_t j = 0; j < hidden; ++j) out[j] = n[j] + z[j] * (hb[j] - n[j]);
+  }
+}
+
+namespace {
+/// out[j] (+)= values[j] for j < n: added, or written over a fresh buffer.
+inline void put(const GradientOut& out, std::size_t offset, const real* __restrict values, std::size_t n) {
+  real* __restrict to = out.data + offset;
+  if (out.accumulate)
+    for (std::size_t j = 0; j < n; ++j) to[j] += values[j];
+  else
+    std::copy_n(values, n, to);
+}
+}  // namespace
+
+QKV_SIMD_CLONES
+void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
+                       std::size_t batch, std::size_t hidden, GradientOut grad_input_gates,
+                       GradientOut grad_hidden_gates, GradientOut grad_h) {
+  std::vector<real> scratch(5 * hidden);
+  real* __restrict pre = scratch.data();               // [3H] d(i_r + h_r), d(i_z + h_z), d(i_n + r h_n)
+  real* __restrict dr = pre;
+  real* __restrict dz = dr + hidden;
+  real* __restrict dn = dz + hidden;
+  real* __restrict dhn = pre + 3 * hidden;             // [H] d(h_n) = d(i_n + r h_n) ⊙ r
+  real* __restrict dh = dhn + hidden;                  // [H] d(h) through h' directly
+  for (std::size_t b = 0; b < batch; ++b) {
+    const real* __restrict g = grad_h_next + b * hidden;
+    const real* __restrict hi = hidden_gates + b * 3 * hidden;
+    const real* __restrict hb = h + b * hidden;
+    const real* __restrict r = saved + b * 3 * hidden;
+    const real* __restrict z = r + hidden;
+    const real* __restrict n = z + hidden;
+    // h' = n + z (h - n): through n with weight 1 - z, through z with h - n, through h with z.
+    for (std::size_t j = 0; j < hidden; ++j) dn[j] = g[j] * (real(1) - z[j]) * (real(1) - n[j] * n[j]);
+    for (std::size_t j = 0; j < hidden; ++j) dz[j] = g[j] * (hb[j] - n[j]) * z[j] * (real(1) - z[j]);
+    for (std::size_t j = 0; j < hidden; ++j) dr[j] = dn[j] * hi[2 * hidden + j] * r[j] * (real(1) - r[j]);
+    if (grad_input_gates.data) put(grad_input_gates, b * 3 * hidden, pre, 3 * hidden);
+    if (grad_hidden_gates.data) {
+      for (std::size_t j = 0; j < hidden; ++j) dhn[j] = dn[j] * r[j];
+      put(grad_hidden_gates, b * 3 * hidden, pre, 2 * hidden);
+      put(grad_hidden_gates, b * 3 * hidden + 2 * hidden, dhn, hidden);
+    }
+    if (grad_h.data) {
+      for (std::size_t j = 0; j < hidden; ++j) dh[j] = g[j] * z[j];
+      put(grad_h, b * hidden, dh, hidden);
+    }
+  }
+}
+
+// ---- where ----------------------------------------------------------------------------------
+
+Array where_select(const char* op, const BoolArray& condition, const Array& a, const Array& b) {
+  const Shape condition_shape = shape_of_mask(condition);
+  const Shape out_shape =
+      broadcast_shapes(op, broadcast_shapes(op, condition_shape, shape_of(a)), shape_of(b));
+  Array out = Array::from_shape(out_shape);
+  const Shape strides[4] = {strides_of(out_shape), broadcast_strides(condition_shape, out_shape),
+                            broadcast_strides(shape_of(a), out_shape), broadcast_strides(shape_of(b), out_shape)};
+  // Along a row each operand advances by its last stride (0 when broadcast along it).
+  const auto row_step = [](const Shape& s) { return s.empty() ? std::size_t{0} : s.back(); };
+  const std::size_t sc = row_step(strides[1]), sa = row_step(strides[2]), sb = row_step(strides[3]);
+  const bool* pc = condition.data();
+  const real* pa = a.data();
+  const real* pb = b.data();
+  real* po = out.data();
+  for_each_row(out_shape, strides,
+               [&](std::size_t o, std::size_t ic, std::size_t ia, std::size_t ib, std::size_t count) {
+                 for (std::size_t i = 0; i < count; ++i)
+                   po[o + i] = pc[ic + i * sc] ? pa[ia + i * sa] : pb[ib + i * sb];
+               });
+  return out;
+}
+
+Array where_gradient(const BoolArray& condition, const Array& gradient, bool keep_when) {
+  const Shape shape = shape_of(gradient);
+  Array out = Array::from_shape(shape);
+  const Shape strides[2] = {strides_of(shape), broadcast_strides(shape_of_mask(condition), shape)};
+  const std::size_t sc = strides[1].empty() ? 0 : strides[1].back();
+  const bool* pc = condition.data();
+  const real* pg = gradient.data();
+  real* po = out.data();
+  for_each_row(shape, strides, [&](std::size_t o, std::size_t ic, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) po[o + i] = pc[ic + i * sc] == keep_when ? pg[o + i] : real(0);
+  });
+  return out;
+}
+
+}  // namespace qkv::kernels
+
+// ---- attention context ------------------------------------------------------------------------
+
+namespace qkv::kernels {
+
+QKV_SIMD_CLONES
+void attention_context_forward(const real* weights, const real* values, std::size_t batch, std::size_t query_count,
+                               std::size_t key_count, std::size_t value_size, real* output) {
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i) {
+      const real* w = weights + (b * query_count + i) * key_count;  // [Tk]
+      real* __restrict out = output + (b * query_count + i) * value_size;  // [dv]
+      std::fill_n(out, value_size, real(0));
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const real weight = w[j];
+        const real* __restrict value = values + (b * key_count + j) * value_size;  // [dv]
+        for (std::size_t d = 0; d < value_size; ++d) out[d] += weight * value[d];
+      }
+    }
+}
+
+QKV_SIMD_CLONES
+void attention_context_backward(const real* grad_output, const real* weights, const real* values, std::size_t batch,
+                                std::size_t query_count, std::size_t key_count, std::size_t value_size,
+                                real* grad_weights, real* grad_values) {
+  for (std::size_t b = 0; b < batch; ++b)
+    for (std::size_t i = 0; i < query_count; ++i) {
+      const std::size_t row = b * query_count + i;
+      const real* __restrict g = grad_output + row * value_size;  // [dv]
+      for (std::size_t j = 0; j < key_count; ++j) {
+        const std::size_t key = b * key_count + j;
+        if (grad_weights) grad_weights[row * key_count + j] += dot_in_lanes(g, values + key * value_size, value_size);
+        if (grad_values) {
+          const real weight = weights[row * key_count + j];
+          real* __restrict dv = grad_values + key * value_size;  // [dv]
+          for (std::size_t d = 0; d < value_size; ++d) dv[d] += weight * g[d];
+        }
+      }
+    }
+}
+
+}  // namespace qkv::kernels

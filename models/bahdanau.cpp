@@ -1,0 +1,306 @@
+#include "models/bahdanau.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include "autograd/ops.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
+
+namespace qkv::models {
+
+namespace {
+
+constexpr const char* model_name = "BahdanauModel";
+
+// ---- config fields ----------------------------------------------------------------------
+
+const std::vector<std::string>& config_keys() {
+  static const std::vector<std::string> keys{
+      "source_vocab_size", "target_vocab_size", "embed_size", "hidden_size", "encoder_layers",
+      "bidirectional",     "decoder_layers",    "attention_size", "dropout", "seed"};
+  return keys;
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::string text;
+  for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
+  return text;
+}
+
+/// json[key] as an unsigned integer, or `fallback` when absent.
+template <class Unsigned>
+Unsigned read_unsigned(const nlohmann::json& json, const std::string& key, Unsigned fallback) {
+  if (!json.contains(key)) return fallback;
+  const nlohmann::json& value = json.at(key);
+  // JSON parsers mark non-negative literals unsigned, json{{"k", 10}} built in C++ signed.
+  const bool non_negative = value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0);
+  check_arg(non_negative, "BahdanauConfig",
+            "\"" + key + "\" must be a non-negative integer, got " + value.dump());
+  return value.get<Unsigned>();
+}
+
+// ---- row gathering ------------------------------------------------------------------------
+
+/// x [B, ...] -> [K, ...] with row k = x[rows[k]]: the embedding op on x seen as a [B, rest]
+/// table, so the gather has a backward (scatter-add, right for repeated rows too).
+Variable gather_rows(const Variable& x, const IndexArray& rows) {
+  const Shape shape = x.shape();
+  const long batch = static_cast<long>(shape[0]);
+  const long rest = batch == 0 ? 0 : static_cast<long>(numel(shape)) / batch;
+  std::vector<long> gathered_shape(shape.begin(), shape.end());
+  gathered_shape[0] = static_cast<long>(rows.size());
+  return reshape(embedding(reshape(x, {batch, rest}), rows), gathered_shape);  // [K, ...]
+}
+
+}  // namespace
+
+// ---- config -------------------------------------------------------------------------------
+
+void BahdanauConfig::validate() const {
+  auto positive = [](std::size_t value, const char* field) {
+    check_arg(value > 0, "BahdanauConfig", std::string(field) + " must be positive, got " + std::to_string(value));
+  };
+  positive(source_vocab_size, "source_vocab_size");
+  positive(target_vocab_size, "target_vocab_size");
+  positive(embed_size, "embed_size");
+  positive(hidden_size, "hidden_size");
+  positive(encoder_layers, "encoder_layers");
+  positive(decoder_layers, "decoder_layers");
+  positive(attention_size, "attention_size");
+  check_arg(dropout >= 0 && dropout < 1, "BahdanauConfig", "dropout must be in [0, 1), got " + format_number(dropout));
+}
+
+void to_json(nlohmann::json& json, const BahdanauConfig& config) {
+  json = nlohmann::json{{"source_vocab_size", config.source_vocab_size},
+                        {"target_vocab_size", config.target_vocab_size},
+                        {"embed_size", config.embed_size},
+                        {"hidden_size", config.hidden_size},
+                        {"encoder_layers", config.encoder_layers},
+                        {"bidirectional", config.bidirectional},
+                        {"decoder_layers", config.decoder_layers},
+                        {"attention_size", config.attention_size},
+                        {"dropout", static_cast<double>(config.dropout)},
+                        {"seed", config.seed}};
+}
+
+void from_json(const nlohmann::json& json, BahdanauConfig& config) {
+  check_arg(json.is_object(), "BahdanauConfig", "expected a JSON object, got " + json.dump());
+  std::vector<std::string> unknown;
+  for (const auto& item : json.items())
+    if (std::find(config_keys().begin(), config_keys().end(), item.key()) == config_keys().end())
+      unknown.push_back("\"" + item.key() + "\"");
+  check_arg(unknown.empty(), "BahdanauConfig",
+            "unknown key(s) " + join(unknown) + "; the known keys are " + join(config_keys()));
+  for (const char* required : {"source_vocab_size", "target_vocab_size"})
+    check_arg(json.contains(required), "BahdanauConfig", std::string("\"") + required + "\" is required");
+
+  BahdanauConfig result;
+  result.source_vocab_size = read_unsigned(json, "source_vocab_size", result.source_vocab_size);
+  result.target_vocab_size = read_unsigned(json, "target_vocab_size", result.target_vocab_size);
+  result.embed_size = read_unsigned(json, "embed_size", result.embed_size);
+  result.hidden_size = read_unsigned(json, "hidden_size", result.hidden_size);
+  result.encoder_layers = read_unsigned(json, "encoder_layers", result.encoder_layers);
+  result.decoder_layers = read_unsigned(json, "decoder_layers", result.decoder_layers);
+  result.attention_size = read_unsigned(json, "attention_size", result.attention_size);
+  result.seed = read_unsigned(json, "seed", result.seed);
+  if (json.contains("bidirectional")) {
+    check_arg(json.at("bidirectional").is_boolean(), "BahdanauConfig",
+              "\"bidirectional\" must be true or false, got " + json.at("bidirectional").dump());
+    result.bidirectional = json.at("bidirectional").get<bool>();
+  }
+  if (json.contains("dropout")) {
+    check_arg(json.at("dropout").is_number(), "BahdanauConfig",
+              "\"dropout\" must be a number, got " + json.at("dropout").dump());
+    result.dropout = static_cast<real>(json.at("dropout").get<double>());
+  }
+  result.validate();
+  config = result;
+}
+
+// ---- state --------------------------------------------------------------------------------
+
+void BahdanauState::select_rows(const std::vector<std::size_t>& rows) {
+  const std::size_t batch = batch_size();
+  IndexArray indices = IndexArray::from_shape({rows.size()});
+  for (std::size_t k = 0; k < rows.size(); ++k) {
+    check_arg(rows[k] < batch, "BahdanauState::select_rows",
+              "row " + std::to_string(rows[k]) + " (position " + std::to_string(k) + ") is outside a batch of " +
+                  std::to_string(batch));
+    indices(k) = static_cast<std::int64_t>(rows[k]);
+  }
+  encoder_outputs = gather_rows(encoder_outputs, indices);  // [K, S, D·H]
+  projected_keys = gather_rows(projected_keys, indices);    // [K, S, A]
+  for (Variable& h : hidden) h = gather_rows(h, indices);   // [K, H]
+
+  const std::size_t row_size = numel(Shape(allowed.shape().begin(), allowed.shape().end())) / batch;
+  BoolArray gathered = BoolArray::from_shape({rows.size(), allowed.shape()[1], allowed.shape()[2]});  // [K, 1, S]
+  for (std::size_t k = 0; k < rows.size(); ++k)
+    std::copy_n(allowed.data() + rows[k] * row_size, row_size, gathered.data() + k * row_size);
+  allowed = std::move(gathered);
+}
+
+// ---- model --------------------------------------------------------------------------------
+
+BahdanauModel::BahdanauModel(const BahdanauConfig& config) : config_(config) {
+  config.validate();
+  Rng rng(config.seed);
+  const std::size_t hidden = config.hidden_size;
+  const std::size_t directions = config.bidirectional ? 2 : 1;
+  const std::size_t key_size = directions * hidden;  // encoder output per source position
+
+  source_embedding_ = register_module(
+      "source_embedding", std::make_shared<Embedding>(config.source_vocab_size, config.embed_size, rng,
+                                                      EmbeddingOptions{.padding_idx = 0}));
+  encoder_ = register_module("encoder", std::make_shared<GRU>(config.embed_size, hidden, rng,
+                                                              GRUOptions{.num_layers = config.encoder_layers,
+                                                                         .dropout = config.dropout,
+                                                                         .bidirectional = config.bidirectional}));
+  if (config.bidirectional || config.encoder_layers != config.decoder_layers)
+    bridge_ = register_module("bridge", std::make_shared<Linear>(key_size, config.decoder_layers * hidden, rng));
+  attention_ = register_module(
+      "attention", std::make_shared<AdditiveAttention>(hidden, key_size, config.attention_size, 0, rng.next_u64()));
+  target_embedding_ = register_module(
+      "target_embedding", std::make_shared<Embedding>(config.target_vocab_size, config.embed_size, rng,
+                                                      EmbeddingOptions{.padding_idx = 0}));
+  for (std::size_t layer = 0; layer < config.decoder_layers; ++layer) {
+    const std::size_t input = layer == 0 ? config.embed_size + key_size : hidden;  // [y_{t-1}; context] at the bottom
+    decoder_.push_back(register_module("decoder." + std::to_string(layer), std::make_shared<GRUCell>(input, hidden, rng)));
+  }
+  output_ = register_module("output", std::make_shared<Linear>(hidden, config.target_vocab_size, rng));
+  if (config.dropout > 0) dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, rng));
+}
+
+std::shared_ptr<BahdanauModel> BahdanauModel::from_config(const nlohmann::json& config) {
+  return std::make_shared<BahdanauModel>(config.get<BahdanauConfig>());
+}
+
+Variable BahdanauModel::drop(const Variable& x) const { return dropout_ ? dropout_->forward(x) : x; }
+
+void BahdanauModel::check_source(const IndexArray& source, const IndexArray& source_lengths) const {
+  const Shape shape(source.shape().begin(), source.shape().end());
+  const Shape lengths_shape(source_lengths.shape().begin(), source_lengths.shape().end());
+  check_shape(shape.size() == 2 && shape[0] > 0 && shape[1] > 0, model_name,
+              "source must be [B, S] with B, S > 0, got " + to_string(shape));
+  check_shape(lengths_shape == Shape{shape[0]}, model_name,
+              "source_lengths " + to_string(lengths_shape) + " must be [" + std::to_string(shape[0]) +
+                  "] for source " + to_string(shape));
+  for (std::size_t b = 0; b < shape[0]; ++b)
+    check_arg(source_lengths(b) >= 0 && source_lengths(b) <= static_cast<std::int64_t>(shape[1]), model_name,
+              "source_lengths[" + std::to_string(b) + "] = " + std::to_string(source_lengths(b)) +
+                  " is outside [0, " + std::to_string(shape[1]) + "] for source " + to_string(shape));
+}
+
+BahdanauState BahdanauModel::encode(const IndexArray& source, const IndexArray& source_lengths) {
+  check_source(source, source_lengths);
+  const std::size_t source_steps = source.shape()[1];
+  const long batch = static_cast<long>(source.shape()[0]);
+  const long hidden = static_cast<long>(config_.hidden_size);
+  const std::size_t directions = encoder_->num_directions();
+
+  const Variable embedded = drop(source_embedding_->forward(source));  // [B, S, E]
+  const GRUOutput encoded = encoder_->forward(embedded, source_lengths);
+
+  BahdanauState state;
+  state.encoder_outputs = encoded.output;                                 // [B, S, D·H]
+  state.projected_keys = attention_->project_keys(encoded.output);        // [B, S, A]
+  state.allowed = allowed_from_valid_lens(source_lengths, 1, source_steps);  // [B, 1, S]
+
+  const std::size_t decoder_layers = config_.decoder_layers;
+  if (bridge_) {
+    // The top encoder layer's final states, forward then backward: [D, B, H] -> [B, D·H].
+    const std::size_t top = (config_.encoder_layers - 1) * directions;
+    const Variable finals = slice(encoded.hidden, 0, top, top + directions);                // [D, B, H]
+    const Variable summary = reshape(transpose(finals, 0, 1), {batch, -1});                  // [B, D·H]
+    const Variable initial = tanh(bridge_->forward(summary));                                // [B, L_dec·H]
+    state.hidden = split(initial, std::vector<std::size_t>(decoder_layers, config_.hidden_size), 1);  // L x [B, H]
+  } else {
+    // Unidirectional, as many layers as the decoder: layer l starts from encoder layer l.
+    for (std::size_t layer = 0; layer < decoder_layers; ++layer)
+      state.hidden.push_back(reshape(slice(encoded.hidden, 0, layer, layer + 1), {batch, hidden}));  // [B, H]
+  }
+  return state;
+}
+
+BahdanauModel::InputWeights BahdanauModel::split_input_weights() const {
+  // The bottom cell reads [embedding; context]: W_ih = [W_e | W_c] along its input axis.
+  const Variable& weight_ih = decoder_[0]->weight_ih();  // [3H, E + D·H]
+  const std::size_t embed = config_.embed_size, input = weight_ih.dim(1);
+  return {slice(weight_ih, 1, 0, embed), slice(weight_ih, 1, embed, input)};  // [3H, E], [3H, D·H]
+}
+
+Variable BahdanauModel::step(BahdanauState& state, const Variable& embedding_gates, const Variable& context_weight) {
+  const Variable query = unsqueeze(state.hidden.back(), 1);  // [B, 1, H]
+  const AttentionOutput attended =
+      attention_->forward_projected(query, state.projected_keys, state.encoder_outputs, state.allowed);
+  // W_ih [y; c] + b_ih = (W_e y + b_ih) + W_c c: the embedding half comes precomputed.
+  const Variable context = squeeze(attended.output, 1);                             // [B, D·H]
+  const Variable gates = embedding_gates + linear(context, context_weight, Variable());  // [B, 3H]
+  state.hidden[0] = decoder_[0]->forward_gates(gates, state.hidden[0]);             // [B, H]
+  for (std::size_t layer = 1; layer < decoder_.size(); ++layer)
+    state.hidden[layer] = decoder_[layer]->forward(drop(state.hidden[layer - 1]), state.hidden[layer]);  // [B, H]
+  return attended.weights;  // [B, 1, S]
+}
+
+Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray& source_lengths,
+                                     const IndexArray& target_input) {
+  check_source(source, source_lengths);
+  const Shape target_shape(target_input.shape().begin(), target_input.shape().end());
+  check_shape(target_shape.size() == 2 && target_shape[1] > 0 && target_shape[0] == source.shape()[0],
+              model_name,
+              "target_input must be [B, T] with T > 0 and the source's B, got " + to_string(target_shape) +
+                  " for source " + to_string(Shape(source.shape().begin(), source.shape().end())));
+  BahdanauState state = encode(source, source_lengths);
+  const std::size_t batch = target_shape[0], steps = target_shape[1];
+  const std::size_t source_steps = source.shape()[1];
+
+  // All target embeddings in one lookup, time-major so each step's rows are contiguous, and
+  // their half of the bottom cell's input gates in one gemm for every step. Flat [T·B, 3H], so a
+  // step's [B, 3H] block is one slice, with no squeeze (and its copy) after it.
+  const long flat_rows = static_cast<long>(steps * batch);
+  const Variable embedded =
+      reshape(transpose(drop(target_embedding_->forward(target_input)), 0, 1), {flat_rows, -1});  // [T·B, E]
+  const InputWeights input_weights = split_input_weights();
+  const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [T·B, 3H]
+  std::vector<Variable> top_states(steps);  // T x [B, H]
+  Array weights = Array::from_shape({batch, steps, source_steps});  // [B, T, S]
+  for (std::size_t t = 0; t < steps; ++t) {
+    const Variable step_weights =
+        step(state, slice(embedding_gates, 0, t * batch, (t + 1) * batch), input_weights.context);  // [B, 1, S]
+    top_states[t] = state.hidden.back();
+    const real* from = step_weights.value().data();
+    for (std::size_t b = 0; b < batch; ++b)
+      std::copy_n(from + b * source_steps, source_steps, weights.data() + (b * steps + t) * source_steps);
+  }
+  // One output gemm for every step: [B, T, H] -> [B, T, V].
+  Seq2SeqOutput result;
+  result.logits = output_->forward(stack(top_states, 1));
+  result.attention.emplace_back("attention", std::move(weights));
+  return result;
+}
+
+std::unique_ptr<DecoderState> BahdanauModel::start_decoding(const IndexArray& source, const IndexArray& source_lengths) {
+  return std::make_unique<BahdanauState>(encode(source, source_lengths));
+}
+
+StepOutput BahdanauModel::decode_step(DecoderState& state, const IndexArray& previous_tokens) {
+  auto* bahdanau = dynamic_cast<BahdanauState*>(&state);
+  check_arg(bahdanau != nullptr, model_name, "decode_step needs the state start_decoding returned");
+  const Shape tokens_shape(previous_tokens.shape().begin(), previous_tokens.shape().end());
+  check_shape(tokens_shape == Shape{bahdanau->batch_size()}, model_name,
+              "previous_tokens " + to_string(tokens_shape) + " must be [" + std::to_string(bahdanau->batch_size()) +
+                  "], one per row of the decoder state");
+  const InputWeights input_weights = split_input_weights();
+  const Variable embedding_gates = linear(drop(target_embedding_->forward(previous_tokens)), input_weights.embedding,
+                                          decoder_[0]->bias_ih());                                    // [B, 3H]
+  const Variable step_weights = step(*bahdanau, embedding_gates, input_weights.context);  // [B, 1, S]
+  StepOutput result;
+  result.logits = output_->forward(bahdanau->hidden.back());  // [B, V]
+  const std::size_t batch = bahdanau->batch_size(), source_steps = step_weights.shape()[2];
+  Array weights = Array::from_shape({batch, source_steps});  // [B, S]
+  std::copy_n(step_weights.value().data(), weights.size(), weights.data());
+  result.attention.emplace_back("attention", std::move(weights));
+  return result;
+}
+
+}  // namespace qkv::models

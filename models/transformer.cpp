@@ -1,0 +1,335 @@
+#include "models/transformer.hpp"
+
+#include <cmath>
+
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
+
+namespace qkv::models {
+
+namespace {
+
+constexpr const char* kModel = "TransformerModel";
+constexpr const char* kConfig = "TransformerConfig";
+
+/// A size or count: nlohmann's get<std::size_t> would wrap -8 to 2^64 - 8 and convert 1e30 with
+/// undefined behaviour (both found by fuzzing), so anything but a non-negative integer is refused.
+template <class Unsigned>
+Unsigned non_negative_integer(const std::string& key, const nlohmann::json& value) {
+  const bool ok = value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0);
+  check_arg(ok, kConfig, "field \"" + key + "\" must be a non-negative integer, got " + value.dump());
+  return value.get<Unsigned>();
+}
+
+const std::vector<std::pair<ScoreScale::Kind, std::string>>& scale_names() {
+  static const std::vector<std::pair<ScoreScale::Kind, std::string>> names = {
+      {ScoreScale::Kind::inverse_sqrt_dim, "inverse_sqrt_dim"},
+      {ScoreScale::Kind::none, "none"},
+      {ScoreScale::Kind::inverse_dim, "inverse_dim"},
+      {ScoreScale::Kind::fixed, "fixed"},
+      {ScoreScale::Kind::learned_temperature, "learned_temperature"},
+  };
+  return names;
+}
+
+std::string scale_name(ScoreScale::Kind kind) {
+  for (const auto& [k, name] : scale_names())
+    if (k == kind) return name;
+  throw Error(std::string(kConfig) + ": unknown score scale kind");
+}
+
+ScoreScale::Kind parse_scale_kind(const std::string& name) {
+  std::string known;
+  for (const auto& [kind, n] : scale_names()) {
+    if (n == name) return kind;
+    known += (known.empty() ? "" : ", ") + n;
+  }
+  throw Error(std::string(kConfig) + ": unknown scale kind \"" + name + "\" (expected one of " + known + ")");
+}
+
+/// "[2, 5]" for an index array.
+std::string shape_of(const IndexArray& a) { return qkv::to_string(Shape(a.shape().begin(), a.shape().end())); }
+
+/// Head h of per-head weights [B, H, T, S] -> [B, T, S].
+Array head_of(const Array& weights, std::size_t head) {
+  const std::size_t batch = weights.shape()[0], heads = weights.shape()[1];
+  const std::size_t block = weights.shape()[2] * weights.shape()[3];  // T * S
+  Array result = zeros({batch, weights.shape()[2], weights.shape()[3]});
+  for (std::size_t b = 0; b < batch; ++b)
+    std::copy_n(weights.data() + (b * heads + head) * block, block, result.data() + b * block);
+  return result;
+}
+
+}  // namespace
+
+std::string to_string(PositionalKind kind) {
+  switch (kind) {
+    case PositionalKind::sinusoidal: return "sinusoidal";
+    case PositionalKind::learned: return "learned";
+    case PositionalKind::relative: return "relative";
+    case PositionalKind::rope: return "rope";
+  }
+  return "?";
+}
+
+PositionalKind parse_positional_kind(const std::string& name) {
+  for (const PositionalKind kind :
+       {PositionalKind::sinusoidal, PositionalKind::learned, PositionalKind::relative, PositionalKind::rope})
+    if (to_string(kind) == name) return kind;
+  throw Error(std::string(kConfig) + ": unknown positional \"" + name +
+              "\" (expected one of sinusoidal, learned, relative, rope)");
+}
+
+void TransformerConfig::validate() const {
+  const auto positive = [](std::size_t value, const char* field) {
+    check_arg(value > 0, kConfig, std::string(field) + " must be positive, got 0");
+  };
+  positive(source_vocab_size, "source_vocab_size");
+  positive(target_vocab_size, "target_vocab_size");
+  positive(d_model, "d_model");
+  positive(num_heads, "num_heads");
+  positive(encoder_layers, "encoder_layers");
+  positive(decoder_layers, "decoder_layers");
+  positive(dim_feedforward, "dim_feedforward");
+  positive(max_length, "max_length");
+  check_arg(d_model % num_heads == 0, kConfig,
+            "d_model " + std::to_string(d_model) + " is not divisible by num_heads " + std::to_string(num_heads));
+  check_arg(positional != PositionalKind::rope || (d_model / num_heads) % 2 == 0, kConfig,
+            "rope needs an even head size, got d_model / num_heads = " + std::to_string(d_model / num_heads));
+  check_arg(positional != PositionalKind::relative || relative_max_distance > 0, kConfig,
+            "relative_max_distance must be positive, got 0");
+  check_arg(dropout >= 0 && dropout < 1, kConfig, "dropout must be in [0, 1), got " + format_number(dropout));
+}
+
+void to_json(nlohmann::json& json, const TransformerConfig& config) {
+  json = {
+      {"source_vocab_size", config.source_vocab_size},
+      {"target_vocab_size", config.target_vocab_size},
+      {"d_model", config.d_model},
+      {"num_heads", config.num_heads},
+      {"encoder_layers", config.encoder_layers},
+      {"decoder_layers", config.decoder_layers},
+      {"dim_feedforward", config.dim_feedforward},
+      {"dropout", config.dropout},
+      {"activation", qkv::to_string(config.activation)},
+      {"norm_first", config.norm_first},
+      {"positional", to_string(config.positional)},
+      {"relative_max_distance", config.relative_max_distance},
+      {"scale", {{"kind", scale_name(config.scale.kind)}, {"value", config.scale.value}}},
+      {"max_length", config.max_length},
+      {"seed", config.seed},
+  };
+}
+
+void from_json(const nlohmann::json& json, TransformerConfig& config) {
+  check_arg(json.is_object(), kConfig, "expected a JSON object, got " + json.dump());
+  config = TransformerConfig{};
+  for (const auto& [key, value] : json.items()) {
+    try {
+      if (key == "source_vocab_size") config.source_vocab_size = non_negative_integer<std::size_t>(key, value);
+      else if (key == "target_vocab_size") config.target_vocab_size = non_negative_integer<std::size_t>(key, value);
+      else if (key == "d_model") config.d_model = non_negative_integer<std::size_t>(key, value);
+      else if (key == "num_heads") config.num_heads = non_negative_integer<std::size_t>(key, value);
+      else if (key == "encoder_layers") config.encoder_layers = non_negative_integer<std::size_t>(key, value);
+      else if (key == "decoder_layers") config.decoder_layers = non_negative_integer<std::size_t>(key, value);
+      else if (key == "dim_feedforward") config.dim_feedforward = non_negative_integer<std::size_t>(key, value);
+      else if (key == "dropout") config.dropout = value.get<real>();
+      else if (key == "activation") config.activation = parse_activation(value.get<std::string>());
+      else if (key == "norm_first") config.norm_first = value.get<bool>();
+      else if (key == "positional") config.positional = parse_positional_kind(value.get<std::string>());
+      else if (key == "relative_max_distance") config.relative_max_distance = non_negative_integer<std::size_t>(key, value);
+      else if (key == "scale") {
+        config.scale.kind = parse_scale_kind(value.at("kind").get<std::string>());
+        if (value.contains("value")) config.scale.value = value.at("value").get<real>();
+      } else if (key == "max_length") config.max_length = non_negative_integer<std::size_t>(key, value);
+      else if (key == "seed") config.seed = non_negative_integer<std::uint64_t>(key, value);
+      else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(std::string(kConfig) + ": field \"" + key + "\" has a bad value " + value.dump() + " (" +
+                  e.what() + ")");
+    }
+  }
+  config.validate();
+}
+
+TransformerModel::TransformerModel(const TransformerConfig& config) : config_(config) {
+  config.validate();
+  Rng rng(config.seed);
+  const std::size_t d = config.d_model, head_dim = config.d_model / config.num_heads;
+  const EmbeddingOptions padding{.padding_idx = 0};
+  source_embedding_ =
+      register_module("source_embedding", std::make_shared<Embedding>(config.source_vocab_size, d, rng, padding));
+  target_embedding_ =
+      register_module("target_embedding", std::make_shared<Embedding>(config.target_vocab_size, d, rng, padding));
+  // N(0, 1/d) rather than Embedding's N(0, 1): after the √d scaling the embeddings have unit
+  // variance, the scale of the position tables (as in fairseq / tensor2tensor).
+  for (const auto& embedding : {source_embedding_, target_embedding_}) {
+    Variable weight = embedding->weight();
+    weight.mutable_value() = normal(weight.shape(), 0, real(1) / std::sqrt(static_cast<real>(d)), rng);
+    std::fill_n(weight.mutable_value().data(), d, real(0));  // the <pad> row stays zero
+  }
+  if (config.positional == PositionalKind::sinusoidal) {
+    source_positions_ = register_module("source_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
+    target_positions_ = register_module("target_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
+  } else if (config.positional == PositionalKind::learned) {
+    source_positions_ = register_module("source_positions", std::make_shared<LearnedPositionalEmbedding>(
+                                                                d, config.max_length, 0, rng.next_u64()));
+    target_positions_ = register_module("target_positions", std::make_shared<LearnedPositionalEmbedding>(
+                                                                d, config.max_length, 0, rng.next_u64()));
+  }
+  embedding_dropout_ = register_module("embedding_dropout", std::make_shared<Dropout>(config.dropout, rng));
+
+  TransformerLayerOptions layer;
+  layer.d_model = d;
+  layer.nhead = config.num_heads;
+  layer.dim_feedforward = config.dim_feedforward;
+  layer.dropout = config.dropout;
+  layer.activation = config.activation;
+  layer.norm_first = config.norm_first;
+  layer.scale = config.scale;
+  if (config.positional == PositionalKind::relative) {
+    // Each self-attention layer gets its own tables, seeded in construction order.
+    auto seed = std::make_shared<std::uint64_t>(rng.next_u64());
+    const std::size_t distance = config.relative_max_distance;
+    layer.self_attention_positions = [seed, head_dim, distance] {
+      return std::make_shared<RelativePositionEncoding>(head_dim, distance, true, (*seed)++);
+    };
+  } else if (config.positional == PositionalKind::rope) {
+    layer.self_attention_positions = [head_dim] { return std::make_shared<RotaryPositionEncoding>(head_dim); };
+  }
+  layer.seed = rng.next_u64();
+  encoder_ = register_module("encoder", std::make_shared<TransformerEncoder>(layer, config.encoder_layers, config.norm_first));
+  layer.seed = rng.next_u64();
+  decoder_ = register_module("decoder", std::make_shared<TransformerDecoder>(layer, config.decoder_layers, config.norm_first));
+  output_ = register_module("output", std::make_shared<Linear>(d, config.target_vocab_size, rng));
+}
+
+std::unique_ptr<TransformerModel> TransformerModel::from_config(const nlohmann::json& json) {
+  return std::make_unique<TransformerModel>(json.get<TransformerConfig>());
+}
+
+Variable TransformerModel::embed(const Embedding& embedding, Module* positions, const IndexArray& tokens,
+                                 std::size_t start) {
+  const Variable x = embedding.forward(tokens) * std::sqrt(static_cast<real>(config_.d_model));  // [B, T, D]
+  Variable placed = x;
+  if (auto* sinusoidal = dynamic_cast<SinusoidalPositionalEncoding*>(positions))
+    placed = sinusoidal->forward(x, start);
+  else if (auto* learned = dynamic_cast<LearnedPositionalEmbedding*>(positions))
+    placed = learned->forward(x, start);
+  return embedding_dropout_->forward(placed);
+}
+
+Variable TransformerModel::encode(const IndexArray& source, const IndexArray& source_lengths) {
+  return encode_with_attention(source, source_lengths).output;
+}
+
+TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexArray& source,
+                                                                   const IndexArray& source_lengths) {
+  check_shape(source.dimension() == 2 && source_lengths.dimension() == 1 &&
+                  source_lengths.shape()[0] == source.shape()[0],
+              kModel,
+              "source must be [B, S] and source_lengths [B], got source " + shape_of(source) +
+                  " and source_lengths " + shape_of(source_lengths));
+  check_shape(source.shape()[1] <= config_.max_length, kModel,
+              "source length " + std::to_string(source.shape()[1]) + " exceeds max_length " +
+                  std::to_string(config_.max_length));
+  AttentionMask mask;
+  mask.valid_lens = source_lengths;
+  return encoder_->forward(embed(*source_embedding_, source_positions_.get(), source, 0), mask);  // [B, S, D]
+}
+
+std::vector<NamedAttention> TransformerModel::name_attention(const std::vector<Variable>& attention) const {
+  std::vector<NamedAttention> maps;
+  for (std::size_t l = 0; l < attention.size(); ++l)
+    for (std::size_t h = 0; h < config_.num_heads; ++h)
+      maps.emplace_back("layer " + std::to_string(l + 1) + " head " + std::to_string(h + 1),
+                        head_of(attention[l].value(), h));  // [B, T_queries, T_keys]
+  return maps;
+}
+
+std::vector<AttentionGroup> TransformerModel::attention_groups(const IndexArray& source,
+                                                               const IndexArray& source_lengths,
+                                                               const IndexArray& target_input) {
+  const NoGradGuard no_grad;
+  const TransformerEncoder::Output encoded = encode_with_attention(source, source_lengths);  // [B, S, D]
+  check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
+              "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
+                  shape_of(target_input));
+  AttentionMask source_mask;
+  source_mask.valid_lens = source_lengths;
+  const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
+  const TransformerDecoder::Output decoded = decoder_->forward(target, encoded.output, {.causal = true}, source_mask);
+  const std::size_t heads = config_.num_heads;
+  return {{"cross-attention", TokenSide::target, TokenSide::source, heads, name_attention(decoded.cross_attention)},
+          {"encoder self-attention", TokenSide::source, TokenSide::source, heads,
+           name_attention(encoded.self_attention)},
+          {"decoder self-attention", TokenSide::target, TokenSide::target, heads,
+           name_attention(decoded.self_attention)}};
+}
+
+Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArray& source_lengths,
+                                        const IndexArray& target_input) {
+  const Variable memory = encode(source, source_lengths);  // [B, S, D]
+  check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
+              "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
+                  shape_of(target_input));
+  check_shape(target_input.shape()[1] <= config_.max_length, kModel,
+              "target length " + std::to_string(target_input.shape()[1]) + " exceeds max_length " +
+                  std::to_string(config_.max_length));
+  AttentionMask source_mask;
+  source_mask.valid_lens = source_lengths;
+  const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
+  const TransformerDecoder::Output decoded = decoder_->forward(target, memory, {.causal = true}, source_mask);
+  return {output_->forward(decoded.output), name_attention(decoded.cross_attention)};  // [B, T, V]
+}
+
+namespace {
+
+class TransformerDecoderState : public DecoderState {
+ public:
+  TransformerDecoderCache cache;
+  IndexArray source_lengths;  // [B]
+
+  void select_rows(const std::vector<std::size_t>& rows) override {
+    cache.select_rows(rows);  // checks the rows
+    IndexArray lengths = IndexArray::from_shape({rows.size()});
+    for (std::size_t i = 0; i < rows.size(); ++i) lengths(i) = source_lengths(rows[i]);
+    source_lengths = std::move(lengths);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<DecoderState> TransformerModel::start_decoding(const IndexArray& source,
+                                                               const IndexArray& source_lengths) {
+  auto state = std::make_unique<TransformerDecoderState>();
+  state->cache = decoder_->start(encode(source, source_lengths));
+  state->source_lengths = source_lengths;
+  return state;
+}
+
+StepOutput TransformerModel::decode_step(DecoderState& state, const IndexArray& previous_tokens) {
+  auto* transformer_state = dynamic_cast<TransformerDecoderState*>(&state);
+  check_arg(transformer_state != nullptr, kModel, "decode_step needs the state from this model's start_decoding");
+  const std::size_t batch = transformer_state->source_lengths.size();
+  check_shape(previous_tokens.dimension() == 1 && previous_tokens.size() == batch, kModel,
+              "previous_tokens must be [B] with B = " + std::to_string(batch) + ", got " +
+                  shape_of(previous_tokens));
+  const std::size_t position = transformer_state->cache.length();
+  check_shape(position < config_.max_length, kModel,
+              "decoding step " + std::to_string(position + 1) + " exceeds max_length " +
+                  std::to_string(config_.max_length));
+  IndexArray tokens = previous_tokens;
+  tokens.reshape({batch, 1});
+  const Variable target = embed(*target_embedding_, target_positions_.get(), tokens, position);  // [B, 1, D]
+  AttentionMask source_mask;
+  source_mask.valid_lens = transformer_state->source_lengths;
+  const TransformerDecoder::Output decoded = decoder_->step(target, transformer_state->cache, source_mask);
+  const Variable logits = reshape(output_->forward(decoded.output),
+                                  {static_cast<long>(batch), static_cast<long>(config_.target_vocab_size)});  // [B, V]
+  std::vector<NamedAttention> maps = name_attention(decoded.cross_attention);
+  for (auto& [name, weights] : maps) weights.reshape({batch, weights.shape()[2]});  // [B, 1, S] -> [B, S]
+  return {logits, std::move(maps)};
+}
+
+}  // namespace qkv::models

@@ -1,0 +1,269 @@
+#include "study/training_sweep.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <exception>
+#include <filesystem>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include "autograd/ops.hpp"
+#include "lib/text/batching.hpp"
+#include "lib/numerics/broadcast.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/text/metrics.hpp"
+#include "lib/text/tasks.hpp"
+#include "models/registry.hpp"
+#include "train/trainer.hpp"
+#include "models/transformer.hpp"
+
+namespace qkv::study {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+
+/// The model's attention parameters, and which of them hold the query and key projections.
+struct AttentionParameters {
+  std::vector<Variable> all;          // every parameter of every self_attn / multihead_attn
+  std::vector<Variable> in_proj;      // in_proj_weight [3E, E] and in_proj_bias [3E]: rows 0..2E-1 are W_q, W_k
+  std::vector<Variable> temperatures;  // learned τ, []
+
+  explicit AttentionParameters(const Module& model) {
+    for (const auto& [name, variable] : model.named_parameters()) {
+      if (!contains(name, "self_attn.") && !contains(name, "multihead_attn.")) continue;
+      all.push_back(variable);
+      if (contains(name, "in_proj_")) in_proj.push_back(variable);
+      if (contains(name, "temperature")) temperatures.push_back(variable);
+    }
+  }
+
+  /// {||∇ all||, ||∇ W_q, W_k, b_q, b_k||} from the gradients the last backward left.
+  std::pair<double, double> gradient_norms() const {
+    const auto squares = [](const Variable& v, std::size_t count) {
+      if (!v.has_grad()) return 0.0;
+      double total = 0;
+      const real* g = v.grad().data();
+      for (std::size_t i = 0; i < count; ++i) total += double(g[i]) * g[i];
+      return total;
+    };
+    double all_squares = 0, qk_squares = 0;
+    for (const Variable& v : all) all_squares += squares(v, v.numel());
+    // The stacked projection is q, k, v along axis 0: the first two thirds are q and k.
+    for (const Variable& v : in_proj) qk_squares += squares(v, v.numel() / 3 * 2);
+    return {std::sqrt(all_squares), std::sqrt(qk_squares)};
+  }
+
+  double mean_temperature() const {
+    if (temperatures.empty()) return kNaN;
+    double total = 0;
+    for (const Variable& t : temperatures) total += double(t.item());
+    return total / double(temperatures.size());
+  }
+};
+
+/// Teacher-forced loss, accuracy and attention statistics on the probe batch.
+ProbePoint probe(models::Seq2SeqModel& model, const Batch& batch) {
+  AttentionTally tally;
+  const AttentionObserver observer(
+      [&tally](const Array& scores, const Array& weights, const std::optional<BoolArray>& allowed) {
+        tally.add(scores, weights, allowed);
+      });
+  const NoGradGuard no_grad;
+  model.eval();
+  const models::Seq2SeqOutput out = model.forward(batch.source, batch.source_lengths, batch.target_input);
+  model.train();
+  ProbePoint point;
+  point.probe_loss = cross_entropy(out.logits, batch.target_output, {.ignore_index = Vocab::pad_id}).item();
+  point.token_accuracy = token_accuracy(models::argmax_last(out.logits.value()), batch.target_output);  // [B, T]
+  point.entropy = tally.rows ? tally.normalized_entropy / double(tally.rows) : kNaN;
+  point.saturated_share = tally.rows ? tally.saturated / double(tally.rows) : kNaN;
+  point.mean_abs_logit = tally.entries ? tally.abs_logit / double(tally.entries) : kNaN;
+  return point;
+}
+
+std::string run_name(Scaling scaling, std::size_t key_size, std::uint64_t seed) {
+  return scaling_id(scaling) + "-dk" + std::to_string(key_size) + "-seed" + std::to_string(seed);
+}
+
+}  // namespace
+
+void AttentionTally::add(const Array& scores, const Array& weights, const std::optional<BoolArray>& allowed) {
+  const Shape shape(scores.shape().begin(), scores.shape().end());
+  const Shape mask_shape = allowed ? Shape(allowed->shape().begin(), allowed->shape().end()) : Shape{1};
+  const Shape strides[2] = {strides_of(shape), broadcast_strides(mask_shape, shape)};
+  const std::size_t mask_step = strides[1].back();
+  const real* s = scores.data();
+  const real* w = weights.data();
+  const bool* keep = allowed ? allowed->data() : nullptr;
+  for_each_row(shape, strides, [&](std::size_t o, std::size_t m, std::size_t count) {
+    std::size_t kept = 0;
+    double entropy = 0, largest = 0;
+    for (std::size_t j = 0; j < count; ++j) {
+      if (keep != nullptr && !keep[m + j * mask_step]) continue;
+      ++kept;
+      abs_logit += std::abs(double(s[o + j]));
+      const double p = w[o + j];
+      if (p > 0) entropy -= p * std::log(p);
+      largest = std::max(largest, p);
+    }
+    entries += kept;
+    // A row with one allowed key (the first step of causal self-attention) has no choice to make.
+    if (kept < 2) return;
+    normalized_entropy += entropy / std::log(double(kept));
+    saturated += largest > kSaturatedWeight ? 1 : 0;
+    ++rows;
+  });
+}
+
+void SweepOptions::validate() const {
+  const char* owner = "SweepOptions";
+  check_arg(!key_sizes.empty() && !scalings.empty() && seeds > 0, owner,
+            "key_sizes, scalings and seeds must not be empty");
+  for (const std::size_t d : key_sizes)
+    check_arg(d > 0 && d_model % d == 0, owner,
+              "d_model " + std::to_string(d_model) + " is not a multiple of d_k " + std::to_string(d));
+  check_arg(steps > 0 && batch_size > 0 && probe_every > 0 && probe_size > 0 && layers > 0 && dim_feedforward > 0,
+            owner, "steps, batch_size, probe_every, probe_size, layers and dim_feedforward must be positive");
+  check_arg(min_length >= 1 && min_length <= max_length, owner,
+            "need 1 <= min_length <= max_length, got " + std::to_string(min_length) + " and " +
+                std::to_string(max_length));
+  check_arg(jobs > 0, owner, "jobs must be positive");
+  check_arg(!work_dir.empty(), owner, "work_dir is empty");
+}
+
+RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t key_size, std::uint64_t seed) {
+  const auto start = std::chrono::steady_clock::now();
+  // One epoch of exactly `steps` batches; the same data for every run of this seed.
+  const Dataset data = make_task(options.task, {.train_size = options.steps * options.batch_size,
+                                                .validation_size = options.probe_size,
+                                                .test_size = 1,
+                                                .seed = seed,
+                                                .min_length = options.min_length,
+                                                .max_length = options.max_length});
+  const Vocabs vocabs = build_vocabs(data.train);
+  models::TransformerConfig config;
+  config.d_model = options.d_model;
+  config.num_heads = options.d_model / key_size;
+  config.encoder_layers = config.decoder_layers = options.layers;
+  config.dim_feedforward = options.dim_feedforward;
+  config.dropout = 0;
+  config.scale = score_scale(scaling, key_size);
+  config.seed = seed;
+  auto model = models::make_model("transformer", nlohmann::json(config), vocabs.source.size(), vocabs.target.size());
+
+  std::vector<std::size_t> probe_rows(data.validation.size());
+  for (std::size_t i = 0; i < probe_rows.size(); ++i) probe_rows[i] = i;
+  const Batch probe_batch =
+      Batcher(data.validation, vocabs.source, vocabs.target, {.batch_size = probe_rows.size(), .shuffle = false})
+          .make_batch(probe_rows);
+
+  models::TrainOptions train_options;
+  train_options.seed = seed;
+  train_options.epochs = 1;
+  train_options.batch_size = options.batch_size;
+  train_options.lr = options.lr;
+  train_options.clip_norm = options.clip_norm;
+  train_options.best_metric = "val_loss";
+  const std::string out_dir = (fs::path(options.work_dir) / run_name(scaling, key_size, seed)).string();
+  models::Trainer trainer(model, vocabs, data, train_options, out_dir);
+  const AttentionParameters attention(*model);
+
+  RunResult result;
+  result.scaling = scaling, result.key_size = key_size, result.heads = options.d_model / key_size, result.seed = seed;
+  ProbePoint first = probe(*model, probe_batch);
+  first.train_loss = first.attention_grad_norm = first.qk_grad_norm = kNaN;
+  first.temperature = attention.mean_temperature();
+  result.curve.push_back(first);
+
+  double loss_sum = 0, grad_sum = 0, qk_sum = 0;
+  std::size_t window = 0;
+  const models::TrainResult trained = trainer.train([&](const models::StepInfo& info) {
+    const auto [grad_norm, qk_norm] = attention.gradient_norms();
+    loss_sum += info.loss, grad_sum += grad_norm, qk_sum += qk_norm;
+    ++window;
+    if (info.step % std::int64_t(options.probe_every) != 0 && info.step != std::int64_t(options.steps)) return;
+    ProbePoint point = probe(*model, probe_batch);
+    point.step = info.step;
+    point.train_loss = loss_sum / double(window);
+    point.attention_grad_norm = grad_sum / double(window);
+    point.qk_grad_norm = qk_sum / double(window);
+    point.temperature = attention.mean_temperature();
+    result.curve.push_back(point);
+    if (!result.steps_to_target && point.token_accuracy >= options.target_accuracy) result.steps_to_target = info.step;
+    loss_sum = grad_sum = qk_sum = 0;
+    window = 0;
+  });
+  result.stop_reason = models::to_string(trained.reason);
+  if (trained.reason == models::StopReason::diverged) result.stop_reason += ": " + trained.message;
+  if (!trainer.history().empty()) {
+    const nlohmann::json& last = trainer.history().back();
+    result.final_loss = last.at("val_loss").get<double>();
+    result.final_token_accuracy = last.at("token_acc").get<double>();
+    result.final_exact = last.at("exact").get<double>();
+  } else {
+    result.final_loss = result.final_token_accuracy = result.final_exact = kNaN;
+  }
+  std::error_code ignored;
+  fs::remove_all(out_dir, ignored);  // the checkpoint served the Trainer; the study keeps numbers
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+std::vector<RunResult> run_sweep(const SweepOptions& options, const std::function<void(std::string_view)>& progress) {
+  options.validate();
+  struct Job {
+    Scaling scaling;
+    std::size_t key_size;
+    std::uint64_t seed;
+  };
+  std::vector<Job> jobs;
+  for (const std::size_t d : options.key_sizes)
+    for (const Scaling s : options.scalings)
+      for (std::uint64_t seed = 0; seed < options.seeds; ++seed) jobs.push_back({s, d, seed});
+
+  std::vector<RunResult> results(jobs.size());
+  std::atomic<std::size_t> next{0};
+  std::size_t finished = 0;
+  std::mutex mutex;
+  std::exception_ptr failure;
+  const auto worker = [&] {
+    for (std::size_t i; (i = next++) < jobs.size();) {
+      try {
+        results[i] = train_one(options, jobs[i].scaling, jobs[i].key_size, jobs[i].seed);
+      } catch (...) {
+        const std::lock_guard lock(mutex);
+        if (!failure) failure = std::current_exception();
+        next = jobs.size();  // the others finish their current run and stop
+        return;
+      }
+      const std::lock_guard lock(mutex);
+      ++finished;
+      if (progress) {
+        const RunResult& r = results[i];
+        progress("training " + std::to_string(finished) + "/" + std::to_string(jobs.size()) + ": " +
+                 run_name(r.scaling, r.key_size, r.seed) + " (" + std::to_string(r.heads) + " heads): " +
+                 (r.steps_to_target ? std::to_string(*r.steps_to_target) + " steps to target"
+                                    : std::string("target not reached")) +
+                 ", final token_acc " + format_number(std::round(r.final_token_accuracy * 1e4) / 1e4) + ", " +
+                 format_number(std::round(r.seconds * 10) / 10) + " s" +
+                 (r.stop_reason == "completed" ? "" : " [" + r.stop_reason + "]"));
+      }
+    }
+  };
+  std::vector<std::thread> threads;
+  for (std::size_t t = 1; t < std::min(options.jobs, jobs.size()); ++t) threads.emplace_back(worker);
+  worker();
+  for (std::thread& t : threads) t.join();
+  if (failure) std::rethrow_exception(failure);
+  return results;
+}
+
+}  // namespace qkv::study

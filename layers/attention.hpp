@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "lib/numerics/enum_names.hpp"
 #include "autograd/ops.hpp"
 #include "layers/module.hpp"
 #include "lib/numerics/rng.hpp"
@@ -66,6 +67,12 @@ struct ScoreScale {
   /// τ starts at `initial` (√d_k reproduces the default scaling at the start of training).
   static ScoreScale learned_temperature(real initial) { return {Kind::learned_temperature, initial}; }
 };
+constexpr EnumNames<ScoreScale::Kind, 5> enum_names(ScoreScale::Kind) {
+  return {"score scale",
+          {{{ScoreScale::Kind::inverse_sqrt_dim, "inverse_sqrt_dim"}, {ScoreScale::Kind::none, "none"},
+            {ScoreScale::Kind::inverse_dim, "inverse_dim"}, {ScoreScale::Kind::fixed, "fixed"},
+            {ScoreScale::Kind::learned_temperature, "learned_temperature"}}}};
+}
 
 /// A position encoding that acts inside attention rather than on the input embeddings:
 /// relative (Shaw et al.), rotary (RoPE), ALiBi. Dot-product attention calls these hooks on

@@ -8,14 +8,6 @@
 
 namespace qkv {
 
-std::string to_string(Activation activation) { return activation == Activation::relu ? "relu" : "gelu"; }
-
-Activation parse_activation(const std::string& name) {
-  if (name == "relu") return Activation::relu;
-  if (name == "gelu") return Activation::gelu;
-  throw Error("activation: expected \"relu\" or \"gelu\", got \"" + name + "\"");
-}
-
 namespace {
 
 std::string describe_layer(const char* kind, const TransformerLayerOptions& options) {

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/numerics/enum_names.hpp"
 #include "layers/linear.hpp"
 #include "layers/multihead_attention.hpp"
 #include "layers/normalization.hpp"
@@ -26,9 +27,10 @@ namespace qkv {
 
 enum class Activation { relu, gelu };
 
-/// "relu" / "gelu"; parse_activation throws Error naming the accepted values for anything else.
-std::string to_string(Activation activation);
-Activation parse_activation(const std::string& name);
+/// "relu" / "gelu" (name_of, parse_name: lib/numerics/enum_names.hpp).
+constexpr EnumNames<Activation, 2> enum_names(Activation) {
+  return {"activation", {{{Activation::relu, "relu"}, {Activation::gelu, "gelu"}}}};
+}
 
 /// A new position encoding for one self-attention layer (each layer gets its own, as Shaw's
 /// relative embeddings are per layer). Called once per layer at construction.

@@ -25,11 +25,16 @@
 #include <cstdint>
 #include <vector>
 
+#include "lib/numerics/enum_names.hpp"
 #include "models/seq2seq.hpp"
 
 namespace qkv::models {
 
 enum class LengthPenalty { none, length, gnmt };
+constexpr EnumNames<LengthPenalty, 3> enum_names(LengthPenalty) {
+  return {"length penalty",
+          {{{LengthPenalty::none, "none"}, {LengthPenalty::length, "length"}, {LengthPenalty::gnmt, "gnmt"}}}};
+}
 
 struct DecodeOptions {
   /// Hypotheses kept per sentence; 1 is greedy.

@@ -18,7 +18,7 @@
 #include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
 #include "train/trainer.hpp"
-#include "models/transformer.hpp"
+#include "models/transformer/transformer.hpp"
 
 namespace qkv::study {
 
@@ -82,7 +82,7 @@ ProbePoint probe(models::Seq2SeqModel& model, const Batch& batch) {
   model.train();
   ProbePoint point;
   point.probe_loss = cross_entropy(out.logits, batch.target_output, {.ignore_index = Vocab::pad_id}).item();
-  point.token_accuracy = token_accuracy(models::argmax_last(out.logits.value()), batch.target_output);  // [B, T]
+  point.token_accuracy = token_accuracy(train::argmax_last(out.logits.value()), batch.target_output);  // [B, T]
   point.entropy = tally.rows ? tally.normalized_entropy / double(tally.rows) : kNaN;
   point.saturated_share = tally.rows ? tally.saturated / double(tally.rows) : kNaN;
   point.mean_abs_logit = tally.entries ? tally.abs_logit / double(tally.entries) : kNaN;
@@ -136,7 +136,6 @@ void SweepOptions::validate() const {
             "need 1 <= min_length <= max_length, got " + std::to_string(min_length) + " and " +
                 std::to_string(max_length));
   check_arg(jobs > 0, owner, "jobs must be positive");
-  check_arg(!work_dir.empty(), owner, "work_dir is empty");
 }
 
 RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t key_size, std::uint64_t seed) {
@@ -165,15 +164,16 @@ RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t ke
       Batcher(data.validation, vocabs.source, vocabs.target, {.batch_size = probe_rows.size(), .shuffle = false})
           .make_batch(probe_rows);
 
-  models::TrainOptions train_options;
+  train::TrainOptions train_options;
   train_options.seed = seed;
   train_options.epochs = 1;
   train_options.batch_size = options.batch_size;
   train_options.lr = options.lr;
   train_options.clip_norm = options.clip_norm;
-  train_options.best_metric = "val_loss";
-  const std::string out_dir = (fs::path(options.work_dir) / run_name(scaling, key_size, seed)).string();
-  models::Trainer trainer(model, vocabs, data, train_options, out_dir);
+  train_options.best_metric = train::BestMetric::val_loss;
+  // No checkpointer: a sweep keeps numbers, not run directories.
+  train::Trainer trainer(model, vocabs, data.train, train_options);
+  trainer.set_evaluator(train::evaluate_on(data.validation));
   const AttentionParameters attention(*model);
 
   RunResult result;
@@ -183,26 +183,43 @@ RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t ke
   first.temperature = attention.mean_temperature();
   result.curve.push_back(first);
 
-  double loss_sum = 0, grad_sum = 0, qk_sum = 0;
-  std::size_t window = 0;
-  const models::TrainResult trained = trainer.train([&](const models::StepInfo& info) {
-    const auto [grad_norm, qk_norm] = attention.gradient_norms();
-    loss_sum += info.loss, grad_sum += grad_norm, qk_sum += qk_norm;
-    ++window;
-    if (info.step % std::int64_t(options.probe_every) != 0 && info.step != std::int64_t(options.steps)) return;
-    ProbePoint point = probe(*model, probe_batch);
-    point.step = info.step;
-    point.train_loss = loss_sum / double(window);
-    point.attention_grad_norm = grad_sum / double(window);
-    point.qk_grad_norm = qk_sum / double(window);
-    point.temperature = attention.mean_temperature();
-    result.curve.push_back(point);
-    if (!result.steps_to_target && point.token_accuracy >= options.target_accuracy) result.steps_to_target = info.step;
-    loss_sum = grad_sum = qk_sum = 0;
-    window = 0;
-  });
-  result.stop_reason = models::to_string(trained.reason);
-  if (trained.reason == models::StopReason::diverged) result.stop_reason += ": " + trained.message;
+  // Each step's attention gradient norms as the optimizer used them (after clipping), averaged
+  // over the window between probes; the model probed every probe_every steps.
+  class Probe : public train::TrainerCallback {
+   public:
+    Probe(const SweepOptions& options, const AttentionParameters& attention, models::Seq2SeqModel& model,
+          const Batch& batch, RunResult& result)
+        : options_(options), attention_(attention), model_(model), batch_(batch), result_(result) {}
+    void on_step_end(train::Trainer& /*trainer*/, const train::StepInfo& info) override {
+      const auto [grad_norm, qk_norm] = attention_.gradient_norms();
+      loss_sum_ += info.loss, grad_sum_ += grad_norm, qk_sum_ += qk_norm;
+      ++window_;
+      if (info.step % std::int64_t(options_.probe_every) != 0 && info.step != std::int64_t(options_.steps)) return;
+      ProbePoint point = probe(model_, batch_);
+      point.step = info.step;
+      point.train_loss = loss_sum_ / double(window_);
+      point.attention_grad_norm = grad_sum_ / double(window_);
+      point.qk_grad_norm = qk_sum_ / double(window_);
+      point.temperature = attention_.mean_temperature();
+      result_.curve.push_back(point);
+      if (!result_.steps_to_target && point.token_accuracy >= options_.target_accuracy) result_.steps_to_target = info.step;
+      loss_sum_ = grad_sum_ = qk_sum_ = 0;
+      window_ = 0;
+    }
+
+   private:
+    const SweepOptions& options_;
+    const AttentionParameters& attention_;
+    models::Seq2SeqModel& model_;
+    const Batch& batch_;
+    RunResult& result_;
+    double loss_sum_ = 0, grad_sum_ = 0, qk_sum_ = 0;
+    std::size_t window_ = 0;
+  };
+  trainer.add_callback(std::make_shared<Probe>(options, attention, *model, probe_batch, result));
+  const train::TrainResult trained = trainer.train();
+  result.stop_reason = name_of(trained.reason);
+  if (trained.reason == train::StopReason::diverged) result.stop_reason += ": " + trained.message;
   if (!trainer.history().empty()) {
     const nlohmann::json& last = trainer.history().back();
     result.final_loss = last.at("val_loss").get<double>();
@@ -211,8 +228,6 @@ RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t ke
   } else {
     result.final_loss = result.final_token_accuracy = result.final_exact = kNaN;
   }
-  std::error_code ignored;
-  fs::remove_all(out_dir, ignored);  // the checkpoint served the Trainer; the study keeps numbers
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

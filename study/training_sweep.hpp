@@ -42,7 +42,6 @@ struct SweepOptions {
   std::size_t probe_size = 128;  // validation pairs, also the Trainer's final evaluation set
   double target_accuracy = 0.9;  // "steps to target": first probe at or above it
   std::size_t jobs = 1;          // runs trained at once, one thread each
-  std::string work_dir;          // each run's Trainer checkpoints under here; removed after the run
 
   /// Throws Error naming the field: d_model not divisible by a d_k, zero sizes, bad lengths.
   void validate() const;

@@ -12,6 +12,7 @@
 #include "lib/numerics/error.hpp"
 #include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
+#include "support/training.hpp"
 #include "train/trainer.hpp"
 #include "support/helpers.hpp"
 
@@ -111,6 +112,7 @@ TEST_CASE("anomaly: a non-finite seed gradient is reported by backward itself") 
 
 TEST_CASE("anomaly: a Trainer stops at the op that went bad and keeps the last good checkpoint") {
   using namespace qkv::models;
+  using namespace qkv::train;
   namespace fs = std::filesystem;
   const Dataset data = reverse_task(
       {.train_size = 64, .validation_size = 16, .test_size = 16, .seed = 3, .min_length = 3, .max_length = 5});
@@ -123,8 +125,8 @@ TEST_CASE("anomaly: a Trainer stops at the op that went bad and keeps the last g
   const fs::path dir = fs::temp_directory_path() / ("qkv_anomaly_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   {
-    Trainer trainer(make_model("transformer", config, vocabs.source.size(), vocabs.target.size()), vocabs, data,
-                    options, dir.string());
+    Trainer trainer = checkpointed_trainer(make_model("transformer", config, vocabs.source.size(), vocabs.target.size()),
+                                           vocabs, data, options, dir.string());
     trainer.train();
   }
   Checkpoint checkpoint = load_checkpoint(dir.string());
@@ -136,7 +138,7 @@ TEST_CASE("anomaly: a Trainer stops at the op that went bad and keeps the last g
     if (name == "encoder.layers.0.linear1.weight") parameter.mutable_value()(0, 0) = NAN, poisoned = true;
   REQUIRE(poisoned);
   options.epochs = 2;
-  Trainer trainer(std::move(checkpoint), data, options);
+  Trainer trainer = resumed_trainer(checkpoint, data, options);
   {
     AnomalyModeGuard anomaly;
     CHECK_THROWS_WITH_AS(trainer.train(), doctest::Contains("anomaly detected in the forward pass of 'linear'"), Error);

@@ -1,7 +1,7 @@
 // The Bahdanau seq2seq model: incremental decoding equals the teacher-forced pass, source
 // padding is invisible, attention weights are distributions over the valid source, gradients
 // of every parameter, beam-search row selection, config round trip, and that it learns.
-#include "models/bahdanau.hpp"
+#include "models/bahdanau/bahdanau.hpp"
 
 #include <numeric>
 #include <xtensor/xmath.hpp>

@@ -7,7 +7,7 @@
 #include "lib/text/batching.hpp"
 #include "lib/text/corpus.hpp"
 #include "lib/text/tasks.hpp"
-#include "models/transformer.hpp"
+#include "models/transformer/transformer.hpp"
 #include "optim/adam.hpp"
 #include "support/helpers.hpp"
 #include "support/overfit.hpp"
@@ -58,7 +58,7 @@ void randomise(Module& model) {
 TEST_CASE("TransformerModel: decode_step over a prefix equals forward's rows, for every position scheme") {
   for (const PositionalKind positional : kAllPositional) {
     for (const bool norm_first : {false, true}) {
-      CAPTURE(to_string(positional));
+      CAPTURE(name_of(positional));
       CAPTURE(norm_first);
       TransformerConfig config = tiny_config(positional);
       config.norm_first = norm_first;
@@ -126,7 +126,7 @@ TEST_CASE("TransformerModel: gradcheck of every parameter of a tiny model") {
   double worst = 0;
   for (const PositionalKind positional : kAllPositional) {
     for (const bool norm_first : {false, true}) {
-      CAPTURE(to_string(positional));
+      CAPTURE(name_of(positional));
       CAPTURE(norm_first);
       TransformerConfig config = tiny_config(positional);
       config.norm_first = norm_first;
@@ -196,8 +196,7 @@ TEST_CASE("TransformerConfig: JSON round trip, defaults and errors") {
   bad = json;
   bad["positional"] = "alibi";
   CHECK_THROWS_WITH_AS(bad.get<TransformerConfig>(),
-                       "TransformerConfig: unknown positional \"alibi\" (expected one of sinusoidal, learned, relative, "
-                       "rope)",
+                       "TransformerConfig: unknown positional encoding 'alibi'; known: sinusoidal, learned, relative, rope",
                        Error);
   bad = json;
   bad["num_heads"] = 3;

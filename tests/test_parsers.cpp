@@ -13,11 +13,16 @@
 #include "lib/numerics/safetensors.hpp"
 #include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
+#include "support/training.hpp"
+#include "train/callbacks.hpp"
 #include "train/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace qkv;
 using namespace qkv::models;
+using namespace qkv::train;
+using qkv::test::checkpointed_trainer;
+using qkv::test::resumed_trainer;
 using nlohmann::json;
 
 namespace {
@@ -113,14 +118,20 @@ TEST_CASE("checkpoints: a save killed between its renames is finished by the nex
   const json config = {{"d_model", 8}, {"num_heads", 2}, {"encoder_layers", 1}, {"decoder_layers", 1},
                        {"dim_feedforward", 16}, {"seed", 1}};
   const fs::path dir = fresh_directory("torn"), later = fresh_directory("later");
+  const fs::path step2 = fresh_directory("step2");
   TrainOptions options = valid_options();
-  Trainer trainer(make_model("transformer", config, vocabs.source.size(), vocabs.target.size()), vocabs, data, options,
-                  dir.string());
-  trainer.train();  // DIR: the checkpoint of step 2
+  {
+    Trainer trainer = checkpointed_trainer(make_model("transformer", config, vocabs.source.size(), vocabs.target.size()),
+                                           vocabs, data, options, dir.string());
+    trainer.train();  // DIR: the checkpoint of step 2
+    Checkpointer(step2.string(), json::object()).save(trainer, step2.string());
+  }
   options.epochs = 2;
-  Trainer continued(load_checkpoint(dir.string()), data, options);
-  continued.train();  // and of step 4
-  continued.save_checkpoint(later.string());
+  {
+    Trainer continued = resumed_trainer(load_checkpoint(dir.string()), data, options);
+    continued.train();  // and of step 4
+    Checkpointer(later.string(), json::object()).save(continued, later.string());
+  }
 
   // The step-4 save, killed after moving the weights into DIR: the optimizer and config.json
   // are still in DIR/.staging. As a set DIR is torn (weights of step 4, config of step 2).
@@ -131,13 +142,12 @@ TEST_CASE("checkpoints: a save killed between its renames is finished by the nex
   const Checkpoint finished = load_checkpoint(dir.string());
   CHECK(finished.progress.step == 4);
   CHECK(fs::is_empty(dir / ".staging"));
-  CHECK_NOTHROW(Trainer(load_checkpoint(dir.string()), data, options));  // the optimizer is from step 4 too
+  CHECK_NOTHROW(Trainer(load_checkpoint(dir.string()), data.train, options));  // the optimizer is from step 4 too
 
   // Without a complete staging set (no config.json there) nothing is moved, and the torn
   // directory is reported rather than loaded.
   fs::copy_file(later / "model.safetensors", dir / ".staging" / "model.safetensors");
-  trainer.save_checkpoint((dir / "step2").string());
-  fs::copy_file(dir / "step2" / "model.safetensors", dir / "model.safetensors", fs::copy_options::overwrite_existing);
+  fs::copy_file(step2 / "model.safetensors", dir / "model.safetensors", fs::copy_options::overwrite_existing);
   CHECK_THROWS_WITH_AS(load_checkpoint(dir.string()), doctest::Contains("(a torn save?)"), Error);
   fs::remove_all(dir.parent_path());
 }

@@ -16,11 +16,16 @@
 #include "lib/text/tasks.hpp"
 #include "models/decoding.hpp"
 #include "models/registry.hpp"
+#include "support/training.hpp"
+#include "train/callbacks.hpp"
 #include "train/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace qkv;
 using namespace qkv::models;
+using namespace qkv::train;
+using qkv::test::checkpointed_trainer;
+using qkv::test::resumed_trainer;
 
 namespace {
 
@@ -110,10 +115,16 @@ class ToyModel : public Seq2SeqModel {
 
 void register_toy() {
   static const bool registered = [] {
-    register_model_kind("toy", [](const nlohmann::json& config, std::size_t source_vocab, std::size_t target_vocab) {
-      return std::make_shared<ToyModel>(source_vocab, target_vocab, config.at("dim").get<std::size_t>(),
-                                        config.at("seed").get<std::uint64_t>());
-    });
+    register_model_kind({.name = "toy",
+                         .summary = "a test's model",
+                         .options = {{.flag = "--dim", .keys = {"/dim"}, .help = "width", .default_value = 8u,
+                                      .min = 1, .max = 64}},
+                         .make = [](const nlohmann::json& config) -> std::shared_ptr<Seq2SeqModel> {
+                           return std::make_shared<ToyModel>(config.at("source_vocab_size").get<std::size_t>(),
+                                                             config.at("target_vocab_size").get<std::size_t>(),
+                                                             config.at("dim").get<std::size_t>(),
+                                                             config.at("seed").get<std::uint64_t>());
+                         }});
     return true;
   }();
   (void)registered;
@@ -242,9 +253,9 @@ TEST_CASE("registry: unknown kinds list the known ones; names are registered onc
   CHECK_THROWS_WITH_AS(make_model("lstm", {}, 10, 10), doctest::Contains("unknown model kind 'lstm'; known kinds:"),
                        Error);
   CHECK_THROWS_WITH_AS(make_model("lstm", {}, 10, 10), doctest::Contains("toy"), Error);
-  CHECK_THROWS_WITH_AS(register_model_kind("toy", [](const nlohmann::json&, std::size_t, std::size_t) {
-                         return std::shared_ptr<Seq2SeqModel>();
-                       }),
+  CHECK_THROWS_WITH_AS(register_model_kind({.name = "toy", .make = [](const nlohmann::json&) {
+                                              return std::shared_ptr<Seq2SeqModel>();
+                                            }}),
                        doctest::Contains("already registered"), Error);
   const auto model = make_model("toy", {{"dim", 4}, {"seed", 1}}, 10, 12);
   CHECK(model->kind() == "toy");
@@ -259,9 +270,10 @@ TEST_CASE("trainer: resuming reproduces the losses of an uninterrupted run bit f
   const fs::path straight_dir = fresh_directory("straight"), resumed_dir = fresh_directory("resumed");
   std::vector<double> straight, resumed;
   {
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data,
-                    options, straight_dir.string());
-    const TrainResult result = trainer.train([&](const StepInfo& info) { straight.push_back(info.loss); });
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
+                                           vocabs, data, options, straight_dir.string());
+    trainer.add_callback(after_each_step([&](const StepInfo& info) { straight.push_back(info.loss); }));
+    const TrainResult result = trainer.train();
     CHECK(result.reason == StopReason::completed);
     CHECK(result.epochs_completed == 2);
     CHECK(trainer.history().size() == 2);
@@ -272,16 +284,18 @@ TEST_CASE("trainer: resuming reproduces the losses of an uninterrupted run bit f
   {  // One epoch, then stop.
     TrainOptions first = options;
     first.epochs = 1;
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data, first,
-                    resumed_dir.string());
-    trainer.train([&](const StepInfo& info) { resumed.push_back(info.loss); });
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
+                                           vocabs, data, first, resumed_dir.string());
+    trainer.add_callback(after_each_step([&](const StepInfo& info) { resumed.push_back(info.loss); }));
+    trainer.train();
   }
   {  // A new process, as far as the trainer can tell: everything comes from the directory.
     Checkpoint checkpoint = load_checkpoint(resumed_dir.string());
     CHECK(checkpoint.progress.epoch == 1);
     CHECK(checkpoint.progress.step == 6);
-    Trainer trainer(std::move(checkpoint), data, options);
-    trainer.train([&](const StepInfo& info) { resumed.push_back(info.loss); });
+    Trainer trainer = resumed_trainer(checkpoint, data, options);
+    trainer.add_callback(after_each_step([&](const StepInfo& info) { resumed.push_back(info.loss); }));
+    trainer.train();
     CHECK(trainer.history().size() == 2);
   }
   REQUIRE(resumed.size() == straight.size());
@@ -312,28 +326,29 @@ TEST_CASE("trainer: a stop request mid-epoch saves a checkpoint that resumes exa
   const TrainOptions options = tiny_options();
   std::vector<double> straight, resumed;
   {
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data,
-                    options, fresh_directory("straight2").string());
-    trainer.train([&](const StepInfo& info) { straight.push_back(info.loss); });
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
+                                           vocabs, data, options, fresh_directory("straight2").string());
+    trainer.add_callback(after_each_step([&](const StepInfo& info) { straight.push_back(info.loss); }));
+    trainer.train();
   }
   const fs::path dir = fresh_directory("interrupted");
   std::atomic<bool> stop{false};
   {
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data,
-                    options, dir.string());
-    const TrainResult result = trainer.train(
-        [&](const StepInfo& info) {
-          resumed.push_back(info.loss);
-          if (info.step == 8) stop = true;  // in the second epoch
-        },
-        &stop);
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
+                                           vocabs, data, options, dir.string());
+    trainer.add_callback(after_each_step([&](const StepInfo& info) {
+      resumed.push_back(info.loss);
+      if (info.step == 8) stop = true;  // in the second epoch
+    }));
+    const TrainResult result = trainer.train(&stop);
     CHECK(result.reason == StopReason::interrupted);
   }
   Checkpoint checkpoint = load_checkpoint(dir.string());
   CHECK(checkpoint.progress.epoch == 1);
   CHECK(checkpoint.progress.batch_in_epoch == 2);
-  Trainer trainer(std::move(checkpoint), data);
-  trainer.train([&](const StepInfo& info) { resumed.push_back(info.loss); });
+  Trainer trainer = resumed_trainer(checkpoint, data);
+  trainer.add_callback(after_each_step([&](const StepInfo& info) { resumed.push_back(info.loss); }));
+  trainer.train();
   REQUIRE(resumed.size() == straight.size());
   for (std::size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i + 1);
 }
@@ -345,18 +360,21 @@ TEST_CASE("trainer: checkpoints round-trip, and a failed save leaves the previou
   TrainOptions options = tiny_options();
   options.epochs = 1;
   const fs::path dir = fresh_directory("roundtrip");
-  Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data, options,
-                  dir.string(), {{"task", "reverse"}});
-  trainer.train();
+  {
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
+                                           vocabs, data, options, dir.string(), {{"task", "reverse"}});
+    trainer.train();
 
-  const Checkpoint loaded = load_checkpoint(dir.string());
-  CHECK(loaded.model->kind() == "toy");
-  CHECK(loaded.vocabs.source == vocabs.source);
-  CHECK(loaded.vocabs.target == vocabs.target);
-  CHECK(loaded.options.to_json() == trainer.options().to_json());
-  CHECK(loaded.data == nlohmann::json{{"task", "reverse"}});
-  CHECK(loaded.progress.step == 6);
-  for (const auto& [name, value] : trainer.model().state_dict()) CHECK_MESSAGE(value == loaded.model->state_dict().at(name), name);
+    const Checkpoint loaded = load_checkpoint(dir.string());
+    CHECK(loaded.model->kind() == "toy");
+    CHECK(loaded.vocabs.source == vocabs.source);
+    CHECK(loaded.vocabs.target == vocabs.target);
+    CHECK(loaded.options.to_json() == trainer.options().to_json());
+    CHECK(loaded.data == nlohmann::json{{"task", "reverse"}});
+    CHECK(loaded.progress.step == 6);
+    for (const auto& [name, value] : trainer.model().state_dict())
+      CHECK_MESSAGE(value == loaded.model->state_dict().at(name), name);
+  }  // the trainer's Checkpointer releases the directory here
 
   // A save that fails half-way (the optimizer file cannot be put in place) changes nothing in
   // the directory: the previous checkpoint still loads, at its step.
@@ -366,7 +384,7 @@ TEST_CASE("trainer: checkpoints round-trip, and a failed save leaves the previou
   Checkpoint resumed = load_checkpoint(dir.string());
   TrainOptions more = options;
   more.epochs = 2;
-  Trainer continued(std::move(resumed), data, more);
+  Trainer continued = resumed_trainer(resumed, data, more);
   CHECK_THROWS_AS(continued.train(), Error);
   CHECK(load_checkpoint(dir.string()).progress.step == 6);
   fs::remove_all(dir / ".staging");
@@ -387,13 +405,15 @@ TEST_CASE("trainer: changed options on resume and a non-finite loss are reported
   options.epochs = 1;
   const fs::path dir = fresh_directory("diverge");
   {
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data,
-                    options, dir.string());
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
+                                           vocabs, data, options, dir.string());
     trainer.train();
   }
+  // The batch layout decides what the saved progress means: it cannot change on resume.
   TrainOptions other = options;
-  other.lr = 0.5;
-  CHECK_THROWS_WITH_AS(Trainer(load_checkpoint(dir.string()), data, other), doctest::Contains("training options differ"),
+  other.batch_size = 8;
+  CHECK_THROWS_WITH_AS(Trainer(load_checkpoint(dir.string()), data.train, other),
+                       doctest::Contains("batch_size (saved 16, given 8)"),
                        Error);
 
   Checkpoint checkpoint = load_checkpoint(dir.string());
@@ -401,7 +421,7 @@ TEST_CASE("trainer: changed options on resume and a non-finite loss are reported
     if (name == "target_embedding.weight") parameter.mutable_value()(Vocab::bos_id, 0) = NAN;
   TrainOptions more = options;
   more.epochs = 2;
-  Trainer trainer(std::move(checkpoint), data, more);
+  Trainer trainer = resumed_trainer(checkpoint, data, more);
   const TrainResult result = trainer.train();
   CHECK(result.reason == StopReason::diverged);
   CHECK(result.message.find("the loss is") != std::string::npos);
@@ -419,20 +439,23 @@ TEST_CASE("trainer: with dropout, a resumed transformer draws the same masks and
   const fs::path straight_dir = fresh_directory("dropout_straight"), resumed_dir = fresh_directory("dropout_resumed");
   std::vector<double> straight, resumed;
   {
-    Trainer trainer(model(), vocabs, data, options, straight_dir.string());
-    trainer.train([&](const StepInfo& info) { straight.push_back(info.loss); });
+    Trainer trainer = checkpointed_trainer(model(), vocabs, data, options, straight_dir.string());
+    trainer.add_callback(after_each_step([&](const StepInfo& info) { straight.push_back(info.loss); }));
+    trainer.train();
   }
   {
     TrainOptions first = options;
     first.epochs = 1;
-    Trainer trainer(model(), vocabs, data, first, resumed_dir.string());
-    trainer.train([&](const StepInfo& info) { resumed.push_back(info.loss); });
+    Trainer trainer = checkpointed_trainer(model(), vocabs, data, first, resumed_dir.string());
+    trainer.add_callback(after_each_step([&](const StepInfo& info) { resumed.push_back(info.loss); }));
+    trainer.train();
   }
   {
     Checkpoint checkpoint = load_checkpoint(resumed_dir.string());
     CHECK(checkpoint.model->random_state().size() > 0);  // the dropout streams were saved
-    Trainer trainer(std::move(checkpoint), data, options);
-    trainer.train([&](const StepInfo& info) { resumed.push_back(info.loss); });
+    Trainer trainer = resumed_trainer(checkpoint, data, options);
+    trainer.add_callback(after_each_step([&](const StepInfo& info) { resumed.push_back(info.loss); }));
+    trainer.train();
   }
   REQUIRE(straight.size() == 8);  // 64 pairs / 16, two epochs
   REQUIRE(resumed.size() == straight.size());
@@ -447,8 +470,8 @@ TEST_CASE("trainer: weights of another model or vocabulary are refused, naming t
   options.epochs = 1;
   const fs::path narrow = fresh_directory("narrow"), wide = fresh_directory("wide");
   for (const auto& [dir, width] : {std::pair{narrow, std::size_t{16}}, std::pair{wide, std::size_t{24}}}) {
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), width, 7), vocabs, data,
-                    options, dir.string(), {{"task", "reverse"}});
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), width, 7),
+                                           vocabs, data, options, dir.string(), {{"task", "reverse"}});
     trainer.train();
   }
   // Another model's weights under this config.json.
@@ -461,4 +484,157 @@ TEST_CASE("trainer: weights of another model or vocabulary are refused, naming t
   config["vocab"]["target"]["tokens"].push_back("an-extra-token");
   std::ofstream(wide / "config.json") << config.dump();
   CHECK_THROWS_WITH_AS(load_checkpoint(wide.string()), doctest::Contains("model.safetensors"), Error);
+}
+
+TEST_CASE("trainer: the learning rate may change on resume; the change is reported and used") {
+  register_toy();
+  const Dataset data = tiny_reverse();
+  const Vocabs vocabs = build_vocabs(data.train);
+  TrainOptions options = tiny_options();
+  options.epochs = 1;
+  const fs::path dir = fresh_directory("lower_lr");
+  {
+    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
+                                           vocabs, data, options, dir.string());
+    trainer.train();
+  }
+  TrainOptions finer = options;
+  finer.epochs = 2;
+  finer.lr = 1e-3;
+  std::vector<std::string> changes;
+  Trainer trainer(load_checkpoint(dir.string()), data.train, finer, &changes);
+  REQUIRE(changes.size() == 2);
+  CHECK(changes[0] == "epochs: 1 -> 2");
+  CHECK(changes[1] == "lr: 0.01 -> 0.001");
+  std::vector<double> rates;
+  trainer.add_callback(after_each_step([&](const StepInfo& info) { rates.push_back(info.learning_rate); }));
+  trainer.train();
+  REQUIRE(rates.size() == 6);
+  for (const double rate : rates) CHECK(rate == doctest::Approx(1e-3));
+}
+
+TEST_CASE("trainer: without a checkpointer nothing is written; without an evaluator history has the losses only") {
+  register_toy();
+  const Dataset data = tiny_reverse();
+  const Vocabs vocabs = build_vocabs(data.train);
+  const fs::path dir = fresh_directory("nothing_written");
+  const fs::path before = fs::current_path();
+  fs::current_path(dir);  // anything written relative to the working directory would land here
+  Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
+                  tiny_options());
+  const TrainResult result = trainer.train();
+  fs::current_path(before);
+  CHECK(result.reason == StopReason::completed);
+  CHECK(fs::is_empty(dir));
+  REQUIRE(trainer.history().size() == 2);
+  CHECK(trainer.history()[1].contains("train_loss"));
+  CHECK(!trainer.history()[1].contains("bleu"));
+  CHECK(trainer.progress().best_epoch == -1);
+}
+
+/// Records which seam ran, in order, and what the gradient looked like after backward.
+class SeamRecorder : public TrainerCallback {
+ public:
+  explicit SeamRecorder(std::vector<std::string>& log) : log_(log) {}
+  void on_train_start(Trainer& /*trainer*/) override { log_.push_back("start"); }
+  void on_after_backward(Trainer& trainer, const StepInfo& step) override {
+    // Every gradient is complete, and the optimizer has not moved yet.
+    double squares = 0;
+    for (const auto& [name, parameter] : trainer.optimizer().parameters())
+      if (parameter.has_grad()) squares += double(xt::sum(parameter.grad() * parameter.grad())());
+    log_.push_back("backward " + std::to_string(step.step) + (squares > 0 ? " grad" : " no-grad") +
+                   (trainer.progress().step == step.step - 1 ? " before-step" : " after-step"));
+  }
+  void on_step_end(Trainer& trainer, const StepInfo& step) override {
+    log_.push_back("step " + std::to_string(step.step) + (trainer.progress().step == step.step ? " taken" : " ?"));
+  }
+  void on_evaluation(Trainer& /*trainer*/, const EvaluationRecord& record) override {
+    log_.push_back(std::string("evaluation") + (record.evaluation != nullptr ? " scored" : " unscored"));
+  }
+  void on_train_end(Trainer& /*trainer*/, const TrainResult& result) override {
+    log_.push_back("end " + name_of(result.reason));
+  }
+
+ private:
+  std::vector<std::string>& log_;
+};
+
+TEST_CASE("trainer: the seams run in order; after backward the gradients are there and the step is not taken") {
+  register_toy();
+  const Dataset data = tiny_reverse(32);
+  const Vocabs vocabs = build_vocabs(data.train);
+  TrainOptions options = tiny_options();
+  options.epochs = 1;
+  Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
+                  options);
+  trainer.set_evaluator(evaluate_on(data.validation));
+  std::vector<std::string> log;
+  trainer.add_callback(std::make_shared<SeamRecorder>(log));
+  trainer.train();
+  const std::vector<std::string> expected = {"start",  "backward 1 grad before-step", "step 1 taken",
+                                             "backward 2 grad before-step", "step 2 taken", "evaluation scored",
+                                             "end completed"};
+  CHECK(log == expected);
+}
+
+TEST_CASE("trainer: a callback can stop training; StopAtTarget stops at the first evaluation reaching it") {
+  register_toy();
+  const Dataset data = tiny_reverse();
+  const Vocabs vocabs = build_vocabs(data.train);
+  TrainOptions options = tiny_options();
+  options.epochs = 5;
+  {  // A target every evaluation reaches: one epoch, then stop.
+    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
+                    options);
+    trainer.set_evaluator(evaluate_on(data.validation));
+    trainer.add_callback(std::make_shared<StopAtTarget>(StopAtTarget::parse("val_loss=1000")));
+    const TrainResult result = trainer.train();
+    CHECK(result.reason == StopReason::requested);
+    CHECK(result.message.find("reached the target 1000") != std::string::npos);
+    CHECK(result.epochs_completed == 1);
+  }
+  {  // One no evaluation reaches: every epoch runs.
+    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
+                    options);
+    trainer.set_evaluator(evaluate_on(data.validation));
+    trainer.add_callback(std::make_shared<StopAtTarget>("exact", 1.5));
+    CHECK(trainer.train().reason == StopReason::completed);
+    CHECK(trainer.progress().epoch == 5);
+  }
+  {  // A stop requested mid-epoch: the epoch is cut short, evaluated, and training ends.
+    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
+                    options);
+    trainer.set_evaluator(evaluate_on(data.validation));
+    class StopAtStep3 : public TrainerCallback {
+      void on_step_end(Trainer& trainer, const StepInfo& step) override {
+        if (step.step == 3) trainer.request_stop("enough");
+      }
+    };
+    trainer.add_callback(std::make_shared<StopAtStep3>());
+    const TrainResult result = trainer.train();
+    CHECK(result.reason == StopReason::requested);
+    CHECK(result.message == "enough");
+    CHECK(trainer.progress().step == 3);
+    REQUIRE(trainer.history().size() == 1);
+    CHECK(trainer.history()[0].at("epoch").get<double>() == doctest::Approx(0.5));
+  }
+  CHECK_THROWS_WITH_AS(StopAtTarget::parse("exact"), doctest::Contains("expected METRIC=VALUE"), Error);
+  CHECK_THROWS_WITH_AS(StopAtTarget::parse("exact=high"), doctest::Contains("'high' is not a number"), Error);
+  CHECK_THROWS_WITH_AS(StopAtTarget::parse("accuracy=0.9"), doctest::Contains("unknown metric 'accuracy'"), Error);
+}
+
+TEST_CASE("run directory lock: a second writer is refused, naming the directory and the holder") {
+  const fs::path dir = fresh_directory("locked");
+  {
+    const RunDirectoryLock first(dir.string());
+    // flock locks belong to an open file description: a second open in this process conflicts
+    // just as another process's would (qkv-train's ctest runs two processes).
+    CHECK_THROWS_WITH_AS(RunDirectoryLock(dir.string()),
+                         doctest::Contains(("run directory " + dir.string() + " is in use by process " +
+                                            std::to_string(::getpid()))
+                                               .c_str()),
+                         Error);
+    CHECK_THROWS_WITH_AS(Checkpointer(dir.string(), nlohmann::json::object()), doctest::Contains("is in use"), Error);
+  }
+  CHECK_NOTHROW(RunDirectoryLock(dir.string()));  // released with its owner
 }

@@ -150,7 +150,7 @@ TEST_CASE("TransformerEncoderLayer: gradcheck, post-LN and pre-LN, relu and gelu
   for (const bool norm_first : {false, true}) {
     for (const Activation activation : {Activation::relu, Activation::gelu}) {
       CAPTURE(norm_first);
-      CAPTURE(to_string(activation));
+      CAPTURE(name_of(activation));
       TransformerLayerOptions options = small_options(norm_first, activation);
       options.d_model = 6;
       options.nhead = 3;
@@ -177,7 +177,7 @@ TEST_CASE("TransformerDecoderLayer: gradcheck, post-LN and pre-LN, relu and gelu
   for (const bool norm_first : {false, true}) {
     for (const Activation activation : {Activation::relu, Activation::gelu}) {
       CAPTURE(norm_first);
-      CAPTURE(to_string(activation));
+      CAPTURE(name_of(activation));
       TransformerLayerOptions options = small_options(norm_first, activation);
       options.seed = 6;
       TransformerDecoderLayer layer(options);
@@ -271,7 +271,8 @@ TEST_CASE("Transformer layers: bad configs and shapes name the layer") {
   CHECK_THROWS_AS(TransformerEncoderLayer{options}, Error);
   CHECK_THROWS_WITH_AS(TransformerEncoder(small_options(false, Activation::relu), 0, false),
                        "TransformerEncoder: num_layers must be positive, got 0", Error);
-  CHECK_THROWS_WITH_AS(parse_activation("tanh"), "activation: expected \"relu\" or \"gelu\", got \"tanh\"", Error);
+  CHECK_THROWS_WITH_AS(parse_name<Activation>("tanh", "TransformerConfig"),
+                       "TransformerConfig: unknown activation 'tanh'; known: relu, gelu", Error);
 
   TransformerEncoderLayer encoder(small_options(false, Activation::relu));
   CHECK_THROWS_WITH_AS(encoder.forward(Variable(random_array({2, 3, 5}, 1))),

@@ -10,13 +10,14 @@
 #include "lib/text/corpus.hpp"
 #include "lib/text/tasks.hpp"
 #include "train/attention_plots.hpp"
-#include "models/bahdanau.hpp"
+#include "models/bahdanau/bahdanau.hpp"
 #include "train/data_spec.hpp"
-#include "models/transformer.hpp"
+#include "models/transformer/transformer.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;
 using namespace qkv::models;
+using namespace qkv::train;
 namespace fs = std::filesystem;
 using nlohmann::json;
 

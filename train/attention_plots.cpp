@@ -8,7 +8,12 @@
 #include "lib/plot/svg.hpp"
 #include "train/data_spec.hpp"
 
-namespace qkv::models {
+namespace qkv::train {
+using models::AttentionGroup;
+using models::DecodeOptions;
+using models::Hypothesis;
+using models::Seq2SeqModel;
+using models::TokenSide;
 
 namespace {
 
@@ -109,4 +114,4 @@ AttentionPlots write_attention_plots(Seq2SeqModel& model, const Vocabs& vocabs, 
   return plots;
 }
 
-}  // namespace qkv::models
+}  // namespace qkv::train

@@ -21,7 +21,7 @@
 #include "models/decoding.hpp"
 #include "models/seq2seq.hpp"
 
-namespace qkv::models {
+namespace qkv::train {
 
 /// The mean over query rows of the entropy of each row, in nats, beside its maximum ln(T_keys).
 struct MapEntropy {
@@ -32,7 +32,7 @@ struct MapEntropy {
 };
 
 struct AttentionPlots {
-  Hypothesis hypothesis;               // the translation the maps belong to
+  models::Hypothesis hypothesis;             // the translation the maps belong to
   std::vector<std::string> files;      // written, in the order above
   std::vector<MapEntropy> entropies;   // one per map, every group
 };
@@ -40,8 +40,8 @@ struct AttentionPlots {
 /// Translates `source` (tokens, without <eos>) with `decode` and writes the plots above;
 /// `data_spec` (train/data_spec.hpp) turns tokens into the titles' text. Sets eval mode.
 /// Throws Error naming the file if one cannot be written.
-AttentionPlots write_attention_plots(Seq2SeqModel& model, const Vocabs& vocabs, const Tokens& source,
-                                     const nlohmann::json& data_spec, const DecodeOptions& decode,
+AttentionPlots write_attention_plots(models::Seq2SeqModel& model, const Vocabs& vocabs, const Tokens& source,
+                                     const nlohmann::json& data_spec, const models::DecodeOptions& decode,
                                      const std::string& stem);
 
-}  // namespace qkv::models
+}  // namespace qkv::train

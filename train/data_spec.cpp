@@ -5,7 +5,7 @@
 #include "lib/numerics/error.hpp"
 #include "lib/text/tasks.hpp"
 
-namespace qkv::models {
+namespace qkv::train {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -90,4 +90,4 @@ std::string detokenize(const json& spec, const Tokens& tokens) {
   return text;
 }
 
-}  // namespace qkv::models
+}  // namespace qkv::train

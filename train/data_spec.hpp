@@ -17,7 +17,7 @@
 
 #include "lib/text/corpus.hpp"
 
-namespace qkv::models {
+namespace qkv::train {
 
 /// The spec of a generated task; `train_size`/`eval_size` 0 take the task's defaults.
 nlohmann::json task_data_spec(const std::string& task, std::uint64_t seed, std::size_t train_size,
@@ -36,4 +36,4 @@ Tokens tokenize_input(const nlohmann::json& spec, std::string_view line);
 /// Model output tokens as text: characters joined (with "▁" back to ' '), words joined by ' '.
 std::string detokenize(const nlohmann::json& spec, const Tokens& tokens);
 
-}  // namespace qkv::models
+}  // namespace qkv::train

@@ -83,7 +83,6 @@ int main(int argc, char** argv) {
 
   try {
     stats.validate();
-    sweep.work_dir = (std::filesystem::path(out) / ".runs").string();
     sweep.validate();
     std::filesystem::create_directories(out);
     // One qkv thread per run: the runs themselves are spread over --jobs threads.
@@ -101,7 +100,6 @@ int main(int argc, char** argv) {
     start = std::chrono::steady_clock::now();
     const std::vector<RunResult> results = run_sweep(sweep, progress);
     const double training_seconds = seconds_since(start);
-    std::filesystem::remove_all(sweep.work_dir);
 
     const std::vector<std::string> files =
         write_report(out, {.command_line = command.str(), .statistics = stats, .sweep = sweep,

@@ -5,6 +5,29 @@
 #include "models/registry.hpp"
 
 namespace qkv::train_cli {
+namespace {
+
+/// The model kinds' options, each flag once: a flag two kinds share (--layers, --dropout) is
+/// one option whose help names both.
+void add_model_options(CLI::App& app, CommandLine& line) {
+  std::map<std::string, std::string> help;
+  std::vector<std::string> order;
+  for (const std::string& name : models::model_kinds()) {
+    for (const models::ModelOption& option : models::find_model_kind(name).options) {
+      if (!help.count(option.flag)) order.push_back(option.flag);
+      std::string& text = help[option.flag];
+      text += (text.empty() ? "" : "; ") + name + ": " + option.help + " (default " +
+              (option.default_value.is_string() ? option.default_value.get<std::string>()
+                                                : option.default_value.dump()) +
+              ")";
+    }
+  }
+  for (const std::string& flag : order)
+    app.add_option_function<std::string>(
+        flag, [&line, flag](const std::string& text) { line.model_options[flag] = text; }, help[flag]);
+}
+
+}  // namespace
 
 CommandLine parse_command_line(int argc, const char* const* argv) {
   CommandLine line;
@@ -24,27 +47,21 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   app.add_option("--out", line.out, "output directory");
   app.add_option("--resume", line.resume, "continue the checkpoint in this directory");
   app.add_option("--seed", line.seed, "batch order and initialisation");
-  app.add_option("--threads", line.threads, "threads for gemm and kernels (same seed and threads: same result)")->check(CLI::Range(1, 256));
+  app.add_option("--threads", line.threads, "threads for gemm and kernels (same seed and threads: same result)")
+      ->check(CLI::Range(1, 256));
   app.add_option("--epochs", line.epochs, "train until this many epochs in total")->check(CLI::Range(1, 1000000));
-  app.add_option("--time-budget", line.time_budget, "seconds of training at most")
-      ->check(CLI::Range(1e-3, 1e9));
+  app.add_option("--time-budget", line.time_budget, "seconds of training at most")->check(CLI::Range(1e-3, 1e9));
+  app.add_option("--until", line.until,
+                 "stop at the first evaluation reaching METRIC=VALUE (exact, bleu, token_acc: at least; "
+                 "val_loss: at most), e.g. exact=0.995; epochs or --time-budget stay the cap");
   app.add_option("--batch", line.batch, "sentences per batch")->check(CLI::Range(1, 1000000));
   app.add_option("--lr", line.lr, "peak learning rate")->check(CLI::Range(1e-12, 1e3));
-  app.add_option("--schedule", line.schedule, "constant | noam")->check(CLI::IsMember({"constant", "noam"}));
+  app.add_option("--schedule", line.schedule, joined_names_of<train::ScheduleKind>())
+      ->check(CLI::IsMember(names_of<train::ScheduleKind>()));
   app.add_option("--warmup", line.warmup, "noam warm-up steps")->check(CLI::Range(1, 100000000));
   app.add_option("--clip", line.clip, "global gradient norm; 0: off")->check(CLI::Range(0.0, 1e9));
   app.add_option("--label-smoothing", line.label_smoothing)->check(CLI::Range(0.0, 0.99));
-  app.add_option("--dropout", line.dropout)->check(CLI::Range(0.0, 0.99));
-  app.add_option("--embed", line.embed, "bahdanau: embedding width")->check(CLI::Range(1, 65536));
-  app.add_option("--hidden", line.hidden, "bahdanau: GRU width")->check(CLI::Range(1, 65536));
-  app.add_option("--d-model", line.d_model, "transformer: model width")->check(CLI::Range(1, 65536));
-  app.add_option("--heads", line.heads, "transformer: attention heads")->check(CLI::Range(1, 1024));
-  app.add_option("--layers", line.layers, "encoder and decoder layers")->check(CLI::Range(1, 64));
-  app.add_option("--ff", line.ff, "transformer: feed-forward width")->check(CLI::Range(1, 1048576));
-  app.add_option("--positional", line.positional, "transformer: sinusoidal | learned | relative | rope")
-      ->check(CLI::IsMember({"sinusoidal", "learned", "relative", "rope"}));
-  app.add_option("--attention-scale", line.attention_scale, "transformer: sqrt (1/sqrt(d_k)) | dk (1/d_k) | none")
-      ->check(CLI::IsMember({"sqrt", "none", "dk"}));
+  add_model_options(app, line);
   app.add_option("--beam", line.beam, "beam size for the BLEU and exact-match decoding")->check(CLI::Range(1, 1024));
   app.add_flag("--detect-anomaly", line.detect_anomaly,
                "stop with an error naming the first op whose output or gradient is NaN or Inf (slower)");
@@ -55,9 +72,31 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
     line.help_text = app.help();
     return line;
   }
-  line.epochs_given = app.count("--epochs") > 0;
-  line.attention_scale_given = app.count("--attention-scale") > 0;
+  for (const CLI::Option* option : app.get_options())
+    if (option->count() > 0) line.given.insert(option->get_name());
   return line;
+}
+
+train::TrainOptions training_options(const CommandLine& line) {
+  train::TrainOptions options;
+  options.seed = line.seed;
+  // A time budget alone trains until it is spent; --epochs with it is a second cap.
+  options.epochs = line.was_given("--epochs") || line.time_budget == 0 ? line.epochs : 0;
+  options.time_budget_seconds = line.time_budget;
+  options.batch_size = line.batch;
+  options.lr = line.lr;
+  options.schedule = parse_name<train::ScheduleKind>(line.schedule, "--schedule");
+  options.warmup_steps = std::int64_t(line.warmup);
+  options.clip_norm = line.clip;
+  options.label_smoothing = line.label_smoothing;
+  options.decode.beam = line.beam;
+  return options;
+}
+
+const std::set<std::string>& data_flags() {
+  static const std::set<std::string> flags = {"--task", "--data", "--reverse-pairs", "--split",
+                                              "--min-freq", "--train-size", "--eval-size"};
+  return flags;
 }
 
 }  // namespace qkv::train_cli

@@ -1,14 +1,18 @@
 #pragma once
 // qkv-train's command line, parsed apart from the program so that tests and the fuzzer can
-// drive the parser without training anything.
+// drive the parser without training anything. The model kinds' own options (--d-model,
+// --hidden, …) come from the registry (models/registry.hpp): this file knows none of them.
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <set>
 #include <string>
+
+#include "train/options.hpp"
 
 namespace qkv::train_cli {
 
-/// Every option of qkv-train, with its default. `*_given` records whether the user set an
-/// option whose default depends on other choices (the task, the model, a time budget).
+/// Every option of qkv-train but the model kinds' own, with its default.
 struct CommandLine {
   std::string model;  // --model: a name make_model knows (checked when the model is built)
   std::string task;   // --task, or
@@ -23,33 +27,37 @@ struct CommandLine {
   std::uint64_t seed = 0;
   int threads = 1;
   std::size_t epochs = 10;
-  bool epochs_given = false;
   double time_budget = 0;  // seconds; 0: none
+  std::string until;       // METRIC=VALUE: stop at the first evaluation that reaches it
   std::size_t batch = 64;
   double lr = 1e-3;
-  std::string schedule = "constant";  // "constant" | "noam"
+  std::string schedule = "constant";
   std::size_t warmup = 4000;
   double clip = 1.0;
   double label_smoothing = 0;
-  double dropout = 0;
-  std::size_t embed = 32;      // bahdanau
-  std::size_t hidden = 64;     // bahdanau
-  std::size_t d_model = 64;    // transformer
-  std::size_t heads = 4;       // transformer
-  std::size_t layers = 2;
-  std::size_t ff = 128;        // transformer
-  std::string positional = "sinusoidal";  // "sinusoidal" | "learned" | "relative" | "rope"
-  std::string attention_scale = "sqrt";   // "sqrt" | "none" | "dk"
-  bool attention_scale_given = false;
   std::size_t beam = 1;
   bool detect_anomaly = false;  // --detect-anomaly: stop at the first op making a NaN/Inf (slow)
-  bool help = false;       // --help was given: print `help_text` and exit 0
+  /// The model kinds' options the user gave, flag -> text as typed ("--d-model" -> "128"),
+  /// checked against the chosen kind when the model config is built.
+  std::map<std::string, std::string> model_options;
+  /// Every flag the user gave ("--lr", "--d-model", …), to tell a default from a choice.
+  std::set<std::string> given;
+  bool help = false;  // --help was given: print `help_text` and exit 0
   std::string help_text;
+
+  bool was_given(const std::string& flag) const { return given.count(flag) > 0; }
 };
 
 /// Parses qkv-train's arguments (argv[0] is the program name). Throws CLI::ParseError
 /// (from CLI11) naming the option for anything malformed, unknown or out of range. --help
 /// does not throw: it sets `help` and fills `help_text`.
 CommandLine parse_command_line(int argc, const char* const* argv);
+
+/// The TrainOptions the command line asks for (a fresh run's; on resume, merge_on_resume
+/// decides what of them applies).
+train::TrainOptions training_options(const CommandLine& line);
+
+/// The data flags: on resume they must agree with the checkpoint's data (they cannot change).
+const std::set<std::string>& data_flags();
 
 }  // namespace qkv::train_cli

@@ -4,77 +4,109 @@
 //   qkv-train --model bahdanau --data fra.txt --reverse-pairs --split d2l --out runs/fra --time-budget 600
 //   qkv-train --resume runs/rev --epochs 10          (continues to 10 epochs in total)
 //
-// Writes DIR/config.json, model.safetensors, optimizer.safetensors, metrics.jsonl, best/,
-// curves.svg and the attention plots of the first test sentence (train/attention_plots.hpp:
-// attention.svg, attention-connections.svg and, for the transformer, the self-attention).
-// Ctrl-C saves a checkpoint and exits. The last line is `final: val_loss=… token_acc=…
-// exact=… bleu=…` on the test set (the validation set for corpora without one), of the
-// checkpoint with the best validation metric (best/). Bad arguments: one line on stderr,
-// exit status 2.
+// The program is the Trainer (train/trainer.hpp) with its four standard plug-ins
+// (train/callbacks.hpp): a Checkpointer writing DIR/config.json, model.safetensors,
+// optimizer.safetensors, metrics.jsonl and best/, the console reporter, curves.svg, and
+// --until's StopAtTarget; then it tests the best checkpoint and draws the attention plots of
+// the first test sentence (train/attention_plots.hpp). Ctrl-C saves a checkpoint and exits.
+// The last line is `final: val_loss=… token_acc=… exact=… bleu=…` on the test set (the
+// validation set for corpora without one), of the checkpoint with the best validation metric
+// (best/). Bad arguments: one line on stderr, exit status 2.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "autograd/variable.hpp"
-#include "lib/numerics/parallel.hpp"
-#include "lib/numerics/error.hpp"
-#include "lib/plot/svg.hpp"
-#include "train/attention_plots.hpp"
-#include "train/data_spec.hpp"
-#include "models/registry.hpp"
-#include "train/trainer.hpp"
 #include "command_line.hpp"
+#include "lib/numerics/error.hpp"
+#include "lib/numerics/parallel.hpp"
+#include "models/registry.hpp"
+#include "train/attention_plots.hpp"
+#include "train/callbacks.hpp"
+#include "train/data_spec.hpp"
+#include "train/trainer.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace qkv;
-using namespace qkv::models;
+using namespace qkv::train;
 using train_cli::CommandLine;
 
 std::atomic<bool> interrupted{false};
 extern "C" void on_sigint(int) { interrupted = true; }
 
-/// The model's hyperparameters from the command line, in the keys its from_config reads.
-json model_config(const CommandLine& line) {
-  json config = {{"dropout", line.dropout}, {"seed", line.seed}};
-  if (line.model == "transformer") {
-    config.update({{"d_model", line.d_model}, {"num_heads", line.heads}, {"encoder_layers", line.layers},
-                   {"decoder_layers", line.layers}, {"dim_feedforward", line.ff}, {"positional", line.positional}});
-    if (line.attention_scale_given) {
-      const std::string& scale = line.attention_scale;
-      const char* name = scale == "sqrt" ? "inverse_sqrt_dim" : scale == "dk" ? "inverse_dim" : "none";
-      config["scale"] = {{"kind", name}, {"value", 1.0}};
+/// On resume the checkpoint's model and data stand: a model or data flag given with a value
+/// other than the checkpoint's is refused (it would silently not apply); the same value is fine.
+void refuse_changed_model_and_data(const CommandLine& line, const Checkpoint& checkpoint) {
+  std::string refused;
+  const auto refuse = [&](const std::string& flag, const std::string& saved, const std::string& given) {
+    refused += "\n  " + flag + ": the checkpoint has " + saved + ", given " + given;
+  };
+  const models::ModelKind& kind = models::find_model_kind(checkpoint.model->kind());
+  if (line.was_given("--model") && line.model != kind.name) refuse("--model", kind.name, line.model);
+  const json saved_config = checkpoint.model->config();
+  for (const auto& [flag, text] : line.model_options) {
+    const auto option = std::find_if(kind.options.begin(), kind.options.end(),
+                                     [&](const models::ModelOption& o) { return o.flag == flag; });
+    if (option == kind.options.end()) {
+      refuse(flag, "a " + kind.name + " model, which has no such option", text);
+      continue;
     }
-  } else {
-    config.update({{"embed_size", line.embed}, {"hidden_size", line.hidden}, {"attention_size", line.hidden},
-                   {"encoder_layers", line.layers}, {"decoder_layers", line.layers}});
+    const json value = models::parse_option_value(*option, text);
+    for (const std::string& key : option->keys) {
+      const json::json_pointer pointer(key);
+      const json saved = saved_config.contains(pointer) ? saved_config.at(pointer) : json();
+      // Numbers compare as numbers: 0.1 given matches the 0.1 a float32 config saved.
+      const bool same = saved.is_number() && value.is_number()
+                            ? std::abs(saved.get<double>() - value.get<double>()) <= 1e-6 * std::abs(value.get<double>())
+                            : saved == value;
+      if (!same) refuse(flag, key.substr(1) + " = " + saved.dump(), text);
+    }
   }
-  return config;
+  const json& data = checkpoint.data;
+  const auto compare = [&](const char* flag, const char* key, const json& given) {
+    if (!line.was_given(flag)) return;
+    if (!data.contains(key)) return refuse(flag, std::string("no ") + key + " (data " + data.dump() + ")", given.dump());
+    if (data.at(key) != given) refuse(flag, data.at(key).dump(), given.dump());
+  };
+  compare("--task", "task", line.task);
+  compare("--data", "file", line.data_file.empty() ? "" : fs::absolute(line.data_file).string());
+  compare("--reverse-pairs", "reverse", line.reverse_pairs);
+  compare("--split", "split", line.split);
+  compare("--train-size", "train_size", line.train_size);
+  compare("--eval-size", "eval_size", line.eval_size);
+  compare("--min-freq", "min_freq", line.min_freq);
+  if (!refused.empty())
+    throw Error("--resume " + checkpoint.directory + ": the model and the data cannot change on resume:" + refused);
 }
 
-/// curves.svg: the losses and accuracies of every evaluation.
-void write_curves(const json& history, const fs::path& out) {
-  Series train{"train loss", {}, {}}, val{"validation loss", {}, {}}, acc{"token accuracy", {}, {}, true},
-      exact{"exact match", {}, {}, true};
-  for (const json& entry : history) {
-    const double epoch = entry.at("epoch").get<double>();
-    const auto value = [&](const char* key) { return entry.at(key).is_null() ? NAN : entry.at(key).get<double>(); };
-    for (Series* series : {&train, &val, &acc, &exact}) series->x.push_back(epoch);
-    train.y.push_back(value("train_loss"));
-    val.y.push_back(value("val_loss"));
-    acc.y.push_back(value("token_acc"));
-    exact.y.push_back(value("exact"));
-  }
-  write_svg((out / "curves.svg").string(),
-            line_chart_svg({.title = "training", .x_label = "epoch", .y_label = "loss / accuracy",
-                            .series = {train, val, acc, exact}, .x_ticks = {}}));
+/// The checkpoint's options with the flags the user gave on top (merge_on_resume then refuses
+/// those that cannot change).
+TrainOptions resumed_options(const CommandLine& line, const TrainOptions& saved) {
+  const TrainOptions asked = train_cli::training_options(line);
+  TrainOptions options = saved;
+  if (line.was_given("--epochs")) options.epochs = asked.epochs;
+  // A time budget is this process's: a resumed run has none unless given again.
+  options.time_budget_seconds = asked.time_budget_seconds;
+  if (line.was_given("--seed")) options.seed = asked.seed;
+  if (line.was_given("--batch")) options.batch_size = asked.batch_size;
+  if (line.was_given("--lr")) options.lr = asked.lr;
+  if (line.was_given("--schedule")) options.schedule = asked.schedule;
+  if (line.was_given("--warmup")) options.warmup_steps = asked.warmup_steps;
+  if (line.was_given("--clip")) options.clip_norm = asked.clip_norm;
+  if (line.was_given("--label-smoothing")) options.label_smoothing = asked.label_smoothing;
+  if (line.was_given("--beam")) options.decode.beam = asked.decode.beam;
+  return options;
 }
 
 int run(int argc, char** argv) {
@@ -91,90 +123,76 @@ int run(int argc, char** argv) {
   }
   parallel::set_num_threads(line.threads);
   set_detect_anomaly(line.detect_anomaly);
+  std::optional<StopAtTarget> target;
+  if (!line.until.empty()) target = StopAtTarget::parse(line.until);
 
   std::optional<Trainer> trainer;
+  std::shared_ptr<Checkpointer> checkpointer;
   Dataset data;
   json data_spec;
   if (!line.resume.empty()) {
+    // Locked before reading, so that a running process cannot be writing what is read.
+    RunDirectoryLock lock(line.resume);
     Checkpoint checkpoint = load_checkpoint(line.resume);
+    refuse_changed_model_and_data(line, checkpoint);
     data_spec = checkpoint.data;
     data = load_data(data_spec);
-    TrainOptions options = checkpoint.options;
-    if (line.epochs_given) options.epochs = line.epochs;
-    options.time_budget_seconds = line.time_budget;
-    trainer.emplace(std::move(checkpoint), data, options);
+    std::vector<std::string> changes;
+    trainer.emplace(checkpoint, data.train, resumed_options(line, checkpoint.options), &changes);
+    for (const std::string& change : changes) spdlog::info("resume: changed {}", change);
+    checkpointer = std::make_shared<Checkpointer>(std::move(lock), data_spec);
   } else {
     if (line.model.empty() || line.out.empty()) throw Error("--model and --out are required (or --resume DIR)");
     if (line.task.empty() == line.data_file.empty()) throw Error("give exactly one of --task NAME and --data FILE.tsv");
+    const models::ModelKind& kind = models::find_model_kind(line.model);
+    json config = models::config_from_options(kind, line.model_options);
+    config["seed"] = line.seed;
+    // Locked before anything is loaded or written: a second run into a busy directory is
+    // refused at once, and the first run's files stay as they are.
+    RunDirectoryLock lock(line.out);
     data_spec = line.task.empty() ? corpus_data_spec(line.data_file, line.reverse_pairs, line.split)
                                   : task_data_spec(line.task, line.seed, line.train_size, line.eval_size);
+    data_spec["min_freq"] = line.min_freq;
     data = load_data(data_spec);
     // --split d2l reproduces d2l.ai's vocabularies exactly (min_freq 2 over cut sentences).
     const Vocabs vocabs =
         line.split == "d2l" ? d2l_vocabs(data) : build_vocabs(data.train, {.min_freq = line.min_freq});
-    auto model = make_model(line.model, model_config(line), vocabs.source.size(), vocabs.target.size());
-    TrainOptions options;
-    options.seed = line.seed;
-    options.epochs = line.epochs_given || line.time_budget == 0 ? line.epochs : 0;
-    options.time_budget_seconds = line.time_budget;
-    options.batch_size = line.batch;
-    options.lr = line.lr;
-    options.schedule = line.schedule;
-    options.warmup_steps = std::int64_t(line.warmup);
-    options.clip_norm = line.clip;
-    options.label_smoothing = line.label_smoothing;
-    options.decode.beam = line.beam;
-    trainer.emplace(model, vocabs, data, options, line.out, data_spec);
-    spdlog::info("{} model, {} parameters; {} training pairs, {} batches per epoch", line.model,
+    auto model = models::make_model(kind.name, config, vocabs.source.size(), vocabs.target.size());
+    trainer.emplace(model, vocabs, data.train, train_cli::training_options(line));
+    spdlog::info("{} model, {} parameters; {} training pairs, {} batches per epoch", kind.name,
                  model->parameter_count(), data.train.size(), trainer->batches_per_epoch());
+    spdlog::info("model config {}", model->config().dump());
+    spdlog::info("training options {}", trainer->options().to_json().dump());
+    checkpointer = std::make_shared<Checkpointer>(std::move(lock), data_spec);
   }
+  const fs::path out = checkpointer->directory();
+  trainer->set_evaluator(evaluate_on(data.validation));
+  trainer->add_callback(checkpointer);
+  trainer->add_callback(std::make_shared<ConsoleReporter>(::isatty(STDERR_FILENO) != 0));
+  trainer->add_callback(std::make_shared<CurvesPlot>((out / "curves.svg").string()));
+  if (target) trainer->add_callback(std::make_shared<StopAtTarget>(*target));
 
   std::signal(SIGINT, on_sigint);
-  const bool tty = ::isatty(STDERR_FILENO) != 0;
-  const std::size_t epochs = trainer->options().epochs;
-  const auto report = [&](const StepInfo& info) {
-    static double tokens = 0;
-    tokens += double(info.tokens);
-    const double rate = tokens / std::max(info.seconds, 1e-9);
-    // The ETA of the run: the time budget's rest, or the remaining steps at this pace.
-    const double steps_left = epochs > 0 ? double((epochs - info.epoch) * info.batches_in_epoch - info.batch - 1) : 0;
-    const double pace = info.seconds / double(std::max<std::int64_t>(info.step, 1));
-    double eta = epochs > 0 ? steps_left * pace : 0;
-    if (trainer->options().time_budget_seconds > 0)
-      eta = eta > 0 ? std::min(eta, trainer->options().time_budget_seconds - info.seconds)
-                    : trainer->options().time_budget_seconds - info.seconds;
-    if (tty) {
-      const double done = double(info.batch + 1) / double(info.batches_in_epoch);
-      std::fprintf(stderr, "\repoch %zu [%-30s] step %lld  loss %.4f  %.0f tok/s  ETA %.0f s   ", info.epoch + 1,
-                   std::string(std::size_t(done * 30), '=').c_str(), static_cast<long long>(info.step), info.loss, rate,
-                   std::max(eta, 0.0));
-      if (info.batch + 1 == info.batches_in_epoch) std::fprintf(stderr, "\n");
-    } else if (info.step % 100 == 0) {
-      spdlog::info("epoch {} step {} loss {:.4f} lr {:.2e} {:.0f} tok/s ETA {:.0f} s", info.epoch + 1, info.step,
-                   info.loss, info.learning_rate, rate, std::max(eta, 0.0));
-    }
-  };
-  const TrainResult result = trainer->train(report, &interrupted);
-  if (tty) std::fprintf(stderr, "\n");
+  const TrainResult result = trainer->train(&interrupted);
   if (result.reason == StopReason::diverged) {
     spdlog::error("{}", result.message);
     return 1;
   }
   if (result.reason == StopReason::interrupted) {
-    spdlog::warn("interrupted: checkpoint saved in {}; continue with --resume {}", trainer->out_dir(),
-                 trainer->out_dir());
+    spdlog::warn("interrupted: checkpoint saved in {}; continue with --resume {}", out.string(), out.string());
     return 130;
   }
+  if (result.reason == StopReason::requested) spdlog::info("stopped early: {}", result.message);
 
   // The test set judges the model validation chose (best/), as a user would ship it.
-  const fs::path out = trainer->out_dir();
-  std::shared_ptr<Seq2SeqModel> chosen(&trainer->model(), [](Seq2SeqModel*) {});
+  std::shared_ptr<models::Seq2SeqModel> chosen(&trainer->model(), [](models::Seq2SeqModel*) {});
   if (fs::exists(out / "best" / "config.json")) {
     const Checkpoint best = load_checkpoint((out / "best").string());
     chosen = best.model;
     const json& entry = best.history.back();
-    spdlog::info("testing the best checkpoint by validation {}: epoch {:.2f}, step {}", trainer->options().best_metric,
-                 entry.at("epoch").get<double>(), entry.at("step").get<std::int64_t>());
+    spdlog::info("testing the best checkpoint by validation {}: epoch {:.2f}, step {}",
+                 name_of(trainer->options().best_metric), entry.at("epoch").get<double>(),
+                 entry.at("step").get<std::int64_t>());
   }
   const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
   const Evaluation final =
@@ -182,7 +200,6 @@ int run(int argc, char** argv) {
   for (std::size_t i = 0; i < std::min<std::size_t>(5, final.groups.size()); ++i)
     spdlog::info("{}  =>  {}", detokenize(data_spec, final.groups[i].source),
                  detokenize(data_spec, trainer->vocabs().target.decode(final.decoded[i].tokens)));
-  write_curves(trainer->history(), out);
   const AttentionPlots plots = write_attention_plots(*chosen, trainer->vocabs(), held_out[0].source, data_spec,
                                                      trainer->options().decode, (out / "attention").string());
   std::string entropies;

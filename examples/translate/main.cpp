@@ -33,6 +33,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace qkv;
 using namespace qkv::models;
+using namespace qkv::train;
 
 struct Line {
   std::size_t number = 0;  // 1-based line on stdin

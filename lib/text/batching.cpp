@@ -8,6 +8,10 @@
 
 namespace qkv {
 
+std::size_t count_label_tokens(const IndexArray& labels) {
+  return std::size_t(std::count_if(labels.begin(), labels.end(), [](std::int64_t id) { return id != Vocab::pad_id; }));
+}
+
 namespace {
 
 void shuffle(std::vector<std::size_t>& items, Rng& rng) {  // Fisher-Yates

@@ -53,6 +53,9 @@ struct Batch {
   std::size_t size() const { return indices.size(); }
 };
 
+/// Label positions that are not padding: the tokens a loss averages over.
+std::size_t count_label_tokens(const IndexArray& labels);
+
 class Batcher {
  public:
   /// Encodes every pair once; the Batcher keeps no reference to `pairs` or the vocabularies.

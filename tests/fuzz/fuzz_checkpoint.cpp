@@ -1,4 +1,4 @@
-// libFuzzer target: a checkpoint's config.json (models/training.*: load_checkpoint,
+// libFuzzer target: a checkpoint's config.json (train/checkpoint.*: load_checkpoint,
 // which reads the format, the vocabularies, TrainOptions, the progress, the random state and
 // the model config, builds the model and loads its weights). The input becomes config.json in
 // a directory that also holds a real model.safetensors (tests/fuzz/checkpoint/), so inputs
@@ -41,7 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
   }
   try {
-    const qkv::models::Checkpoint checkpoint = qkv::models::load_checkpoint(directory.string());
+    const qkv::train::Checkpoint checkpoint = qkv::train::load_checkpoint(directory.string());
     (void)checkpoint.options.to_json();
   } catch (const qkv::Error&) {
   }

@@ -1,4 +1,4 @@
-#include "models/bahdanau.hpp"
+#include "models/bahdanau/bahdanau.hpp"
 
 #include <algorithm>
 #include <string>

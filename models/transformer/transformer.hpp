@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "lib/numerics/enum_names.hpp"
 #include "models/seq2seq.hpp"
 #include "layers/embedding.hpp"
 #include "layers/positional.hpp"
@@ -18,9 +19,11 @@
 namespace qkv::models {
 
 enum class PositionalKind { sinusoidal, learned, relative, rope };
-std::string to_string(PositionalKind kind);
-/// Throws Error listing the accepted names.
-PositionalKind parse_positional_kind(const std::string& name);
+constexpr EnumNames<PositionalKind, 4> enum_names(PositionalKind) {
+  return {"positional encoding",
+          {{{PositionalKind::sinusoidal, "sinusoidal"}, {PositionalKind::learned, "learned"},
+            {PositionalKind::relative, "relative"}, {PositionalKind::rope, "rope"}}}};
+}
 
 struct TransformerConfig {
   std::size_t source_vocab_size = 0;

@@ -1,4 +1,4 @@
-#include "models/transformer.hpp"
+#include "models/transformer/transformer.hpp"
 
 #include <cmath>
 
@@ -21,32 +21,6 @@ Unsigned non_negative_integer(const std::string& key, const nlohmann::json& valu
   return value.get<Unsigned>();
 }
 
-const std::vector<std::pair<ScoreScale::Kind, std::string>>& scale_names() {
-  static const std::vector<std::pair<ScoreScale::Kind, std::string>> names = {
-      {ScoreScale::Kind::inverse_sqrt_dim, "inverse_sqrt_dim"},
-      {ScoreScale::Kind::none, "none"},
-      {ScoreScale::Kind::inverse_dim, "inverse_dim"},
-      {ScoreScale::Kind::fixed, "fixed"},
-      {ScoreScale::Kind::learned_temperature, "learned_temperature"},
-  };
-  return names;
-}
-
-std::string scale_name(ScoreScale::Kind kind) {
-  for (const auto& [k, name] : scale_names())
-    if (k == kind) return name;
-  throw Error(std::string(kConfig) + ": unknown score scale kind");
-}
-
-ScoreScale::Kind parse_scale_kind(const std::string& name) {
-  std::string known;
-  for (const auto& [kind, n] : scale_names()) {
-    if (n == name) return kind;
-    known += (known.empty() ? "" : ", ") + n;
-  }
-  throw Error(std::string(kConfig) + ": unknown scale kind \"" + name + "\" (expected one of " + known + ")");
-}
-
 /// "[2, 5]" for an index array.
 std::string shape_of(const IndexArray& a) { return qkv::to_string(Shape(a.shape().begin(), a.shape().end())); }
 
@@ -62,23 +36,6 @@ Array head_of(const Array& weights, std::size_t head) {
 
 }  // namespace
 
-std::string to_string(PositionalKind kind) {
-  switch (kind) {
-    case PositionalKind::sinusoidal: return "sinusoidal";
-    case PositionalKind::learned: return "learned";
-    case PositionalKind::relative: return "relative";
-    case PositionalKind::rope: return "rope";
-  }
-  return "?";
-}
-
-PositionalKind parse_positional_kind(const std::string& name) {
-  for (const PositionalKind kind :
-       {PositionalKind::sinusoidal, PositionalKind::learned, PositionalKind::relative, PositionalKind::rope})
-    if (to_string(kind) == name) return kind;
-  throw Error(std::string(kConfig) + ": unknown positional \"" + name +
-              "\" (expected one of sinusoidal, learned, relative, rope)");
-}
 
 void TransformerConfig::validate() const {
   const auto positive = [](std::size_t value, const char* field) {
@@ -111,11 +68,11 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"decoder_layers", config.decoder_layers},
       {"dim_feedforward", config.dim_feedforward},
       {"dropout", config.dropout},
-      {"activation", qkv::to_string(config.activation)},
+      {"activation", name_of(config.activation)},
       {"norm_first", config.norm_first},
-      {"positional", to_string(config.positional)},
+      {"positional", name_of(config.positional)},
       {"relative_max_distance", config.relative_max_distance},
-      {"scale", {{"kind", scale_name(config.scale.kind)}, {"value", config.scale.value}}},
+      {"scale", {{"kind", name_of(config.scale.kind)}, {"value", config.scale.value}}},
       {"max_length", config.max_length},
       {"seed", config.seed},
   };
@@ -134,12 +91,12 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       else if (key == "decoder_layers") config.decoder_layers = non_negative_integer<std::size_t>(key, value);
       else if (key == "dim_feedforward") config.dim_feedforward = non_negative_integer<std::size_t>(key, value);
       else if (key == "dropout") config.dropout = value.get<real>();
-      else if (key == "activation") config.activation = parse_activation(value.get<std::string>());
+      else if (key == "activation") config.activation = parse_name<Activation>(value.get<std::string>(), kConfig);
       else if (key == "norm_first") config.norm_first = value.get<bool>();
-      else if (key == "positional") config.positional = parse_positional_kind(value.get<std::string>());
+      else if (key == "positional") config.positional = parse_name<PositionalKind>(value.get<std::string>(), kConfig);
       else if (key == "relative_max_distance") config.relative_max_distance = non_negative_integer<std::size_t>(key, value);
       else if (key == "scale") {
-        config.scale.kind = parse_scale_kind(value.at("kind").get<std::string>());
+        config.scale.kind = parse_name<ScoreScale::Kind>(value.at("kind").get<std::string>(), kConfig);
         if (value.contains("value")) config.scale.value = value.at("value").get<real>();
       } else if (key == "max_length") config.max_length = non_negative_integer<std::size_t>(key, value);
       else if (key == "seed") config.seed = non_negative_integer<std::uint64_t>(key, value);

@@ -36,6 +36,7 @@ cmake -S examples/custom_layer -B build-custom-layer -DCMAKE_PREFIX_PATH="$prefi
 cmake --build build-custom-layer -j"$jobs"
 build-custom-layer/gated_attention_check
 build-custom-layer/gated_attention_train | tail -1
+build-custom-layer/gated_seq2seq_train | tail -2
 
 section "AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
 # halt_on_error and abort make any report fail its test; leaks count as reports.

@@ -186,7 +186,7 @@ std::vector<std::string> write_report(const std::string& directory, const Report
   Csv softmax({"d_k", "scaling", "factor", "score_std", "entropy", "entropy_max", "predicted_entropy", "max_weight",
                "saturated_share", "jacobian_norm", "predicted_jacobian_norm", "query_grad_norm", "query_grad_median", "key_grad_norm"});
   for (const SoftmaxStatistics& c : statistics.cells)
-    softmax.row({std::to_string(c.key_size), scaling_id(c.scaling), cell(c.factor), cell(c.score_std),
+    softmax.row({std::to_string(c.key_size), name_of(c.scaling), cell(c.factor), cell(c.score_std),
                  cell(c.entropy), cell(c.entropy_max), cell(c.predicted_entropy), cell(c.max_weight),
                  cell(c.saturated_share), cell(c.jacobian_norm), cell(c.predicted_jacobian_norm),
                  cell(c.query_grad_norm), cell(c.query_grad_median), cell(c.key_grad_norm)});
@@ -249,13 +249,13 @@ std::vector<std::string> write_report(const std::string& directory, const Report
     std::vector<double> g, q;
     for (const ProbePoint& p : r.curve) {
       g.push_back(p.attention_grad_norm), q.push_back(p.qk_grad_norm);
-      curves.row({scaling_id(r.scaling), std::to_string(r.key_size), std::to_string(r.heads), std::to_string(r.seed),
+      curves.row({name_of(r.scaling), std::to_string(r.key_size), std::to_string(r.heads), std::to_string(r.seed),
                   std::to_string(p.step), cell(p.train_loss), cell(p.probe_loss), cell(p.token_accuracy),
                   cell(p.entropy), cell(p.saturated_share), cell(p.mean_abs_logit), cell(p.attention_grad_norm),
                   cell(p.qk_grad_norm), cell(p.temperature)});
     }
     const ProbePoint& last = r.curve.back();
-    run_table.row({scaling_id(r.scaling), std::to_string(r.key_size), std::to_string(r.heads), std::to_string(r.seed),
+    run_table.row({name_of(r.scaling), std::to_string(r.key_size), std::to_string(r.heads), std::to_string(r.seed),
                    r.steps_to_target ? std::to_string(*r.steps_to_target) : "", cell(r.final_loss),
                    cell(r.final_token_accuracy), cell(r.final_exact), cell(last.entropy), cell(last.mean_abs_logit),
                    cell(spread_of(g).mean), cell(spread_of(q).mean), cell(last.temperature), cell(r.seconds),
@@ -271,7 +271,7 @@ std::vector<std::string> write_report(const std::string& directory, const Report
                      "final_mean_abs_logit_mean", "final_mean_abs_logit_std", "attention_grad_norm_mean",
                      "attention_grad_norm_std", "qk_grad_norm_mean", "qk_grad_norm_std"});
   for (const TrainingCell& c : cells)
-    summary_table.row({scaling_id(c.scaling), std::to_string(c.key_size), std::to_string(c.heads),
+    summary_table.row({name_of(c.scaling), std::to_string(c.key_size), std::to_string(c.heads),
                        std::to_string(c.runs), std::to_string(c.reached),
                        c.steps_to_target.count ? cell(c.steps_to_target.mean) : "",
                        c.steps_to_target.count ? cell(c.steps_to_target.std) : "", cell(c.final_loss.mean),

@@ -31,16 +31,6 @@ struct SummaryMeans {
 
 }  // namespace
 
-std::string scaling_id(Scaling scaling) {
-  switch (scaling) {
-    case Scaling::none: return "none";
-    case Scaling::inverse_sqrt_dim: return "inv_sqrt_dk";
-    case Scaling::inverse_dim: return "inv_dk";
-    case Scaling::learned_temperature: return "learned_tau";
-  }
-  return "?";
-}
-
 std::string scaling_label(Scaling scaling) {
   switch (scaling) {
     case Scaling::none: return "none";
@@ -49,12 +39,6 @@ std::string scaling_label(Scaling scaling) {
     case Scaling::learned_temperature: return "learned τ";
   }
   return "?";
-}
-
-Scaling parse_scaling(const std::string& id) {
-  for (Scaling s : {Scaling::none, Scaling::inverse_sqrt_dim, Scaling::inverse_dim, Scaling::learned_temperature})
-    if (scaling_id(s) == id) return s;
-  throw Error("scaling study: unknown scaling \"" + id + "\" (expected one of none, inv_sqrt_dk, inv_dk, learned_tau)");
 }
 
 ScoreScale score_scale(Scaling scaling, std::size_t key_size) {

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lib/numerics/enum_names.hpp"
 #include "layers/attention.hpp"
 
 namespace qkv::study {
@@ -30,13 +31,14 @@ constexpr double kSaturatedWeight = 0.99;
 
 /// The score scalings the study compares.
 enum class Scaling { none, inverse_sqrt_dim, inverse_dim, learned_temperature };
-
-/// For CSV columns and file names: "none", "inv_sqrt_dk", "inv_dk", "learned_tau".
-std::string scaling_id(Scaling scaling);
-/// For plots and the summary: "none", "1/√d_k", "1/d_k", "learned τ".
+/// The names of --scalings, CSV columns and file names (name_of, parse_name).
+constexpr EnumNames<Scaling, 4> enum_names(Scaling) {
+  return {"scaling",
+          {{{Scaling::none, "none"}, {Scaling::inverse_sqrt_dim, "inv_sqrt_dk"}, {Scaling::inverse_dim, "inv_dk"},
+            {Scaling::learned_temperature, "learned_tau"}}}};
+}
+/// For plots and the summary (display only): "none", "1/√d_k", "1/d_k", "learned τ".
 std::string scaling_label(Scaling scaling);
-/// Parses scaling_id(); throws Error listing the accepted names.
-Scaling parse_scaling(const std::string& id);
 /// The layer setting for key size d_k; a learned temperature starts at √d_k (the default scale).
 ScoreScale score_scale(Scaling scaling, std::size_t key_size);
 

@@ -90,7 +90,7 @@ ProbePoint probe(models::Seq2SeqModel& model, const Batch& batch) {
 }
 
 std::string run_name(Scaling scaling, std::size_t key_size, std::uint64_t seed) {
-  return scaling_id(scaling) + "-dk" + std::to_string(key_size) + "-seed" + std::to_string(seed);
+  return name_of(scaling) + "-dk" + std::to_string(key_size) + "-seed" + std::to_string(seed);
 }
 
 }  // namespace

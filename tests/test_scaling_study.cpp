@@ -94,7 +94,7 @@ TEST_CASE("scaling study: properties of a seeded statistics run") {
     for (const SoftmaxStatistics& c : seeded_statistics().cells) {
       if (c.key_size < 64) continue;
       CAPTURE(c.key_size);
-      CAPTURE(scaling_id(c.scaling));
+      CAPTURE(name_of(c.scaling));
       CHECK(std::abs(c.entropy - c.predicted_entropy) < 0.05 * std::log(10.0));
       CHECK(std::abs(c.jacobian_norm - c.predicted_jacobian_norm) < 0.02);
     }
@@ -157,8 +157,8 @@ TEST_CASE("scaling study: bad options name the field") {
   SweepOptions sweep;
   sweep.key_sizes = {48};
   CHECK_THROWS_WITH_AS(sweep.validate(), doctest::Contains("d_model 128 is not a multiple of d_k 48"), Error);
-  CHECK_THROWS_WITH_AS(parse_scaling("sqrt"), doctest::Contains("inv_sqrt_dk"), Error);
-  CHECK(parse_scaling("learned_tau") == Scaling::learned_temperature);
+  CHECK_THROWS_WITH_AS(parse_name<Scaling>("sqrt", "--scalings"), doctest::Contains("inv_sqrt_dk"), Error);
+  CHECK(parse_name<Scaling>("learned_tau", "--scalings") == Scaling::learned_temperature);
 }
 
 TEST_CASE("AttentionObserver sees the scaled scores, the weights and the mask of every attention call") {

@@ -57,10 +57,7 @@ Dataset load_data(const json& spec) {
   if (!fs::exists(file)) throw Error("data file " + file + " does not exist");
   CorpusOptions options;
   options.tsv.reverse = field<bool>(spec, "reverse");
-  const auto split = field<std::string>(spec, "split");
-  if (split != "default" && split != "d2l")
-    throw Error("data spec: \"split\" must be \"default\" or \"d2l\", got \"" + split + "\"");
-  options.split = split == "d2l" ? CorpusSplit::d2l : CorpusSplit::by_source;
+  options.split = parse_name<CorpusSplit>(field<std::string>(spec, "split"), "data spec");
   return load_corpus(file, options);
 }
 

@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
   }
   if (!scaling_ids.empty()) {
     sweep.scalings.clear();
-    for (const std::string& id : scaling_ids) sweep.scalings.push_back(parse_scaling(id));
+    for (const std::string& id : scaling_ids) sweep.scalings.push_back(qkv::parse_name<Scaling>(id, "--scalings"));
   }
   std::ostringstream command;
   for (int i = 0; i < argc; ++i) command << (i ? " " : "") << (i ? argv[i] : "qkv-scaling-study");

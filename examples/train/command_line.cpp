@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "lib/text/corpus.hpp"
 #include "models/registry.hpp"
 
 namespace qkv::train_cli {
@@ -43,7 +44,8 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--data", line.data_file, "two-column TSV corpus");
   app.add_flag("--reverse-pairs", line.reverse_pairs, "swap the TSV columns");
-  app.add_option("--split", line.split, "default | d2l")->check(CLI::IsMember({"default", "d2l"}));
+  app.add_option("--split", line.split, "default (by source) | d2l (d2l.ai's MTFraEng split and vocabularies)")
+      ->check(CLI::IsMember(names_of<CorpusSplit>()));
   app.add_option("--out", line.out, "output directory");
   app.add_option("--resume", line.resume, "continue the checkpoint in this directory");
   app.add_option("--seed", line.seed, "batch order and initialisation");

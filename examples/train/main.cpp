@@ -156,7 +156,9 @@ int run(int argc, char** argv) {
     data = load_data(data_spec);
     // --split d2l reproduces d2l.ai's vocabularies exactly (min_freq 2 over cut sentences).
     const Vocabs vocabs =
-        line.split == "d2l" ? d2l_vocabs(data) : build_vocabs(data.train, {.min_freq = line.min_freq});
+        parse_name<CorpusSplit>(line.split, "--split") == CorpusSplit::d2l
+            ? d2l_vocabs(data)
+            : build_vocabs(data.train, {.min_freq = line.min_freq});
     auto model = models::make_model(kind.name, config, vocabs.source.size(), vocabs.target.size());
     trainer.emplace(model, vocabs, data.train, train_cli::training_options(line));
     spdlog::info("{} model, {} parameters; {} training pairs, {} batches per epoch", kind.name,

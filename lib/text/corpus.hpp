@@ -25,6 +25,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lib/numerics/enum_names.hpp"
 #include "lib/text/vocab.hpp"
 
 namespace qkv {
@@ -108,6 +109,10 @@ enum class CorpusSplit {
   /// `BatchOptions::num_steps = 9` and `d2l_vocabs` for d2l's arrays.
   d2l,
 };
+/// "default" (by_source) and "d2l": the names of --split and of a data spec's "split".
+constexpr EnumNames<CorpusSplit, 2> enum_names(CorpusSplit) {
+  return {"split", {{{CorpusSplit::by_source, "default"}, {CorpusSplit::d2l, "d2l"}}}};
+}
 
 struct CorpusOptions {
   TsvOptions tsv = {};

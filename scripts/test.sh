@@ -12,6 +12,9 @@ jobs=$(nproc)
 bash scripts/setup.sh
 section() { echo "== $1 (at $((SECONDS / 60))m$((SECONDS % 60))s)"; }
 
+section "Includes point one way (docs/architecture.md)"
+python3 scripts/check_layers.py
+
 section "Release build and tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"

@@ -37,10 +37,10 @@ Variable unary(const char* name, const Variable& x, Forward forward, Derivative 
                    const real* __restrict px = inputs[0].value().data();
                    const real* __restrict py = y.data();
                    const real* __restrict pg = g.data();
-                   bool accumulate = true;
-                   real* __restrict pd = inputs[0].grad_buffer(accumulate).data();
+                   const GradientOut dx = inputs[0].gradient_out();
+                   real* __restrict pd = dx.data;
                    parallel::for_chunks(g.size(), parallel::min_elements_per_chunk, [&](std::size_t begin, std::size_t end) {
-                     if (accumulate)
+                     if (dx.accumulate)
                        for (std::size_t i = begin; i < end; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
                      else  // a fresh buffer: write, no zero-fill first
                        for (std::size_t i = begin; i < end; ++i) pd[i] = pg[i] * derivative(px[i], py[i]);

@@ -55,9 +55,9 @@ void copy_along_axis(const real* src, AxisRange from, real* dst, AxisRange to, s
 }
 
 /// grad += g, element for element, whatever the two shapes (same element count).
-void add_flat(const Array& g, Array& grad) {
+void add_flat(const Array& g, real* grad) {
   const real* pg = g.data();
-  real* pd = grad.data();
+  real* pd = grad;
   for (std::size_t i = 0, n = g.size(); i < n; ++i) pd[i] += pg[i];
 }
 
@@ -66,10 +66,9 @@ Variable reshaped(const char* name, const Variable& x, const Shape& shape) {
   Array out = Array::from_shape(shape);
   std::copy(x.value().data(), x.value().data() + x.numel(), out.data());
   return make_op(name, std::move(out), {x}, [](const Array& g, const Array&, std::span<Variable> in) {
-    bool accumulate = true;
-    Array& grad = in[0].grad_buffer(accumulate);
-    if (accumulate) add_flat(g, grad);
-    else std::copy(g.data(), g.data() + g.size(), grad.data());
+    const GradientOut dx = in[0].gradient_out();
+    if (dx.accumulate) add_flat(g, dx.data);
+    else std::copy(g.data(), g.data() + g.size(), dx.data);
   });
 }
 
@@ -91,9 +90,9 @@ Variable permuted(const char* name, const Variable& x, const Shape& in_shape, co
                  [out_shape, out_strides, read_strides](const Array& g, const Array&, std::span<Variable> in) {
                    // The same walk in reverse: read g contiguously, add into x's permuted slots
                    // (or write them: a permutation reaches every slot of a fresh buffer once).
-                   bool accumulate = true;
-                   real* dx = in[0].grad_buffer(accumulate).data();
-                   copy_strided(out_shape, g.data(), out_strides, dx, read_strides, accumulate ? Mode::Add : Mode::Assign);
+                   const GradientOut dx = in[0].gradient_out();
+                   copy_strided(out_shape, g.data(), out_strides, dx.data, read_strides,
+                                dx.accumulate ? Mode::Add : Mode::Assign);
                  });
 }
 
@@ -133,10 +132,9 @@ Variable joined(const char* name, const std::vector<Variable>& parts, const Shap
                      if (in[i].requires_grad()) {
                        // The part's gradient is one block of g's, covering all of the part.
                        const AxisSplit part_layout{out_layout.outer, extents[i], out_layout.inner};
-                       bool accumulate = true;
-                       real* dpart = in[i].grad_buffer(accumulate).data();
-                       copy_along_axis(g.data(), {out_layout, offset}, dpart, {part_layout, 0}, extents[i],
-                                       accumulate ? Mode::Add : Mode::Assign);
+                       const GradientOut dpart = in[i].gradient_out();
+                       copy_along_axis(g.data(), {out_layout, offset}, dpart.data, {part_layout, 0}, extents[i],
+                                       dpart.accumulate ? Mode::Add : Mode::Assign);
                      }
                      offset += extents[i];
                    }

@@ -180,15 +180,15 @@ Array& Variable::grad_buffer() {
   return n.grad;
 }
 
-Array& Variable::grad_buffer(bool& accumulate) {
+GradientOut Variable::gradient_out() {
   detail::Node& n = node();
   const bool fits = n.has_grad && n.grad.shape() == n.value.shape();
-  accumulate = fits && !n.grad_is_zero;
+  const bool accumulate = fits && !n.grad_is_zero;
   // A zeroed gradient's buffer is handed out as fresh: the caller overwrites all of it.
   if (!fits) n.grad = Array::from_shape(shape_of(n.value));
   n.has_grad = true;
   n.grad_is_zero = false;
-  return n.grad;
+  return {n.grad.data(), accumulate};
 }
 
 void Variable::add_grad(const Array& gradient) {

@@ -133,7 +133,7 @@ void BahdanauState::select_rows(const std::vector<std::size_t>& rows) {
   projected_keys = gather_rows(projected_keys, indices);    // [K, S, A]
   for (Variable& h : hidden) h = gather_rows(h, indices);   // [K, H]
 
-  const std::size_t row_size = numel(Shape(allowed.shape().begin(), allowed.shape().end())) / batch;
+  const std::size_t row_size = numel(shape_of(allowed)) / batch;
   BoolArray gathered = BoolArray::from_shape({rows.size(), allowed.shape()[1], allowed.shape()[2]});  // [K, 1, S]
   for (std::size_t k = 0; k < rows.size(); ++k)
     std::copy_n(allowed.data() + rows[k] * row_size, row_size, gathered.data() + k * row_size);
@@ -178,8 +178,8 @@ std::shared_ptr<BahdanauModel> BahdanauModel::from_config(const nlohmann::json& 
 Variable BahdanauModel::drop(const Variable& x) const { return dropout_ ? dropout_->forward(x) : x; }
 
 void BahdanauModel::check_source(const IndexArray& source, const IndexArray& source_lengths) const {
-  const Shape shape(source.shape().begin(), source.shape().end());
-  const Shape lengths_shape(source_lengths.shape().begin(), source_lengths.shape().end());
+  const Shape shape = shape_of(source);
+  const Shape lengths_shape = shape_of(source_lengths);
   check_shape(shape.size() == 2 && shape[0] > 0 && shape[1] > 0, model_name,
               "source must be [B, S] with B, S > 0, got " + to_string(shape));
   check_shape(lengths_shape == Shape{shape[0]}, model_name,
@@ -245,11 +245,11 @@ Variable BahdanauModel::step(BahdanauState& state, const Variable& embedding_gat
 Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray& source_lengths,
                                      const IndexArray& target_input) {
   check_source(source, source_lengths);
-  const Shape target_shape(target_input.shape().begin(), target_input.shape().end());
+  const Shape target_shape = shape_of(target_input);
   check_shape(target_shape.size() == 2 && target_shape[1] > 0 && target_shape[0] == source.shape()[0],
               model_name,
               "target_input must be [B, T] with T > 0 and the source's B, got " + to_string(target_shape) +
-                  " for source " + to_string(Shape(source.shape().begin(), source.shape().end())));
+                  " for source " + to_string(shape_of(source)));
   BahdanauState state = encode(source, source_lengths);
   const std::size_t batch = target_shape[0], steps = target_shape[1];
   const std::size_t source_steps = source.shape()[1];
@@ -286,7 +286,7 @@ std::unique_ptr<DecoderState> BahdanauModel::start_decoding(const IndexArray& so
 StepOutput BahdanauModel::decode_step(DecoderState& state, const IndexArray& previous_tokens) {
   auto* bahdanau = dynamic_cast<BahdanauState*>(&state);
   check_arg(bahdanau != nullptr, model_name, "decode_step needs the state start_decoding returned");
-  const Shape tokens_shape(previous_tokens.shape().begin(), previous_tokens.shape().end());
+  const Shape tokens_shape = shape_of(previous_tokens);
   check_shape(tokens_shape == Shape{bahdanau->batch_size()}, model_name,
               "previous_tokens " + to_string(tokens_shape) + " must be [" + std::to_string(bahdanau->batch_size()) +
                   "], one per row of the decoder state");

@@ -47,9 +47,6 @@ ScoreScale::Kind parse_scale_kind(const std::string& name) {
   throw Error(std::string(kConfig) + ": unknown scale kind \"" + name + "\" (expected one of " + known + ")");
 }
 
-/// "[2, 5]" for an index array.
-std::string shape_of(const IndexArray& a) { return qkv::to_string(Shape(a.shape().begin(), a.shape().end())); }
-
 /// Head h of per-head weights [B, H, T, S] -> [B, T, S].
 Array head_of(const Array& weights, std::size_t head) {
   const std::size_t batch = weights.shape()[0], heads = weights.shape()[1];
@@ -228,8 +225,8 @@ TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexAr
   check_shape(source.dimension() == 2 && source_lengths.dimension() == 1 &&
                   source_lengths.shape()[0] == source.shape()[0],
               kModel,
-              "source must be [B, S] and source_lengths [B], got source " + shape_of(source) +
-                  " and source_lengths " + shape_of(source_lengths));
+              "source must be [B, S] and source_lengths [B], got source " + qkv::to_string(shape_of(source)) +
+                  " and source_lengths " + qkv::to_string(shape_of(source_lengths)));
   check_shape(source.shape()[1] <= config_.max_length, kModel,
               "source length " + std::to_string(source.shape()[1]) + " exceeds max_length " +
                   std::to_string(config_.max_length));
@@ -254,7 +251,7 @@ std::vector<AttentionGroup> TransformerModel::attention_groups(const IndexArray&
   const TransformerEncoder::Output encoded = encode_with_attention(source, source_lengths);  // [B, S, D]
   check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
               "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
-                  shape_of(target_input));
+                  qkv::to_string(shape_of(target_input)));
   AttentionMask source_mask;
   source_mask.valid_lens = source_lengths;
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
@@ -272,7 +269,7 @@ Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArr
   const Variable memory = encode(source, source_lengths);  // [B, S, D]
   check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
               "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
-                  shape_of(target_input));
+                  qkv::to_string(shape_of(target_input)));
   check_shape(target_input.shape()[1] <= config_.max_length, kModel,
               "target length " + std::to_string(target_input.shape()[1]) + " exceeds max_length " +
                   std::to_string(config_.max_length));
@@ -314,7 +311,7 @@ StepOutput TransformerModel::decode_step(DecoderState& state, const IndexArray& 
   const std::size_t batch = transformer_state->source_lengths.size();
   check_shape(previous_tokens.dimension() == 1 && previous_tokens.size() == batch, kModel,
               "previous_tokens must be [B] with B = " + std::to_string(batch) + ", got " +
-                  shape_of(previous_tokens));
+                  qkv::to_string(shape_of(previous_tokens)));
   const std::size_t position = transformer_state->cache.length();
   check_shape(position < config_.max_length, kModel,
               "decoding step " + std::to_string(position + 1) + " exceeds max_length " +

@@ -142,7 +142,7 @@ void write_safetensors(const std::string& path, const std::map<std::string, Arra
   }
   for (const auto& [name, array] : integers) {
     const std::uint64_t size = array.size() * sizeof(std::int64_t);
-    header[name] = {{"dtype", "I64"}, {"shape", Shape(array.shape().begin(), array.shape().end())},
+    header[name] = {{"dtype", "I64"}, {"shape", shape_of(array)},
                     {"data_offsets", {offset, offset + size}}};
     offset += size;
   }

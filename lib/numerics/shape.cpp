@@ -10,7 +10,14 @@ std::size_t numel(const Shape& shape) {
   return count;
 }
 
-Shape shape_of(const Array& array) { return Shape(array.shape().begin(), array.shape().end()); }
+Shape unravel_index(std::size_t flat, const Shape& shape) {
+  Shape index(shape.size());
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    index[d] = flat % shape[d];
+    flat /= shape[d];
+  }
+  return index;
+}
 
 Shape strides_of(const Shape& shape) {
   Shape strides(shape.size());
@@ -35,6 +42,14 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
     out[i] = da == 1 ? db : da;
   }
   return out;
+}
+
+bool broadcasts_to(const Shape& shape, const Shape& target) {
+  if (shape.size() > target.size()) return false;
+  const std::size_t offset = target.size() - shape.size();
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] != 1 && shape[i] != target[offset + i]) return false;
+  return true;
 }
 
 Shape broadcast_strides(const Shape& input, const Shape& output_shape) {

@@ -6,14 +6,15 @@
 
 #include "lib/text/corpus.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 
 namespace {
 
 void check_same_shape(const IndexArray& predictions, const IndexArray& targets, const char* op) {
-  const Shape predicted(predictions.shape().begin(), predictions.shape().end());
-  const Shape expected(targets.shape().begin(), targets.shape().end());
+  const Shape predicted = shape_of(predictions);
+  const Shape expected = shape_of(targets);
   check_shape(predicted == expected && expected.size() == 2, op,
               "predictions " + to_string(predicted) + " and targets " + to_string(expected) +
                   " must be the same [B, T] shape");

@@ -5,6 +5,7 @@
 
 #include "autograd/ops.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/json_field.hpp"
 #include "lib/numerics/shape.hpp"
 
 namespace qkv::models {
@@ -26,18 +27,6 @@ std::string join(const std::vector<std::string>& names) {
   std::string text;
   for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
   return text;
-}
-
-/// json[key] as an unsigned integer, or `fallback` when absent.
-template <class Unsigned>
-Unsigned read_unsigned(const nlohmann::json& json, const std::string& key, Unsigned fallback) {
-  if (!json.contains(key)) return fallback;
-  const nlohmann::json& value = json.at(key);
-  // JSON parsers mark non-negative literals unsigned, json{{"k", 10}} built in C++ signed.
-  const bool non_negative = value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0);
-  check_arg(non_negative, "BahdanauConfig",
-            "\"" + key + "\" must be a non-negative integer, got " + value.dump());
-  return value.get<Unsigned>();
 }
 
 // ---- row gathering ------------------------------------------------------------------------
@@ -92,28 +81,18 @@ void from_json(const nlohmann::json& json, BahdanauConfig& config) {
       unknown.push_back("\"" + item.key() + "\"");
   check_arg(unknown.empty(), "BahdanauConfig",
             "unknown key(s) " + join(unknown) + "; the known keys are " + join(config_keys()));
-  for (const char* required : {"source_vocab_size", "target_vocab_size"})
-    check_arg(json.contains(required), "BahdanauConfig", std::string("\"") + required + "\" is required");
-
+  constexpr const char* owner = "BahdanauConfig";
   BahdanauConfig result;
-  result.source_vocab_size = read_unsigned(json, "source_vocab_size", result.source_vocab_size);
-  result.target_vocab_size = read_unsigned(json, "target_vocab_size", result.target_vocab_size);
-  result.embed_size = read_unsigned(json, "embed_size", result.embed_size);
-  result.hidden_size = read_unsigned(json, "hidden_size", result.hidden_size);
-  result.encoder_layers = read_unsigned(json, "encoder_layers", result.encoder_layers);
-  result.decoder_layers = read_unsigned(json, "decoder_layers", result.decoder_layers);
-  result.attention_size = read_unsigned(json, "attention_size", result.attention_size);
-  result.seed = read_unsigned(json, "seed", result.seed);
-  if (json.contains("bidirectional")) {
-    check_arg(json.at("bidirectional").is_boolean(), "BahdanauConfig",
-              "\"bidirectional\" must be true or false, got " + json.at("bidirectional").dump());
-    result.bidirectional = json.at("bidirectional").get<bool>();
-  }
-  if (json.contains("dropout")) {
-    check_arg(json.at("dropout").is_number(), "BahdanauConfig",
-              "\"dropout\" must be a number, got " + json.at("dropout").dump());
-    result.dropout = static_cast<real>(json.at("dropout").get<double>());
-  }
+  result.source_vocab_size = json_field<std::size_t>(json, owner, "source_vocab_size");
+  result.target_vocab_size = json_field<std::size_t>(json, owner, "target_vocab_size");
+  result.embed_size = json_field_or(json, owner, "embed_size", result.embed_size);
+  result.hidden_size = json_field_or(json, owner, "hidden_size", result.hidden_size);
+  result.encoder_layers = json_field_or(json, owner, "encoder_layers", result.encoder_layers);
+  result.decoder_layers = json_field_or(json, owner, "decoder_layers", result.decoder_layers);
+  result.attention_size = json_field_or(json, owner, "attention_size", result.attention_size);
+  result.seed = json_field_or(json, owner, "seed", result.seed);
+  result.bidirectional = json_field_or(json, owner, "bidirectional", result.bidirectional);
+  result.dropout = static_cast<real>(json_field_or(json, owner, "dropout", static_cast<double>(result.dropout)));
   result.validate();
   config = result;
 }

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/json_field.hpp"
 #include "lib/numerics/shape.hpp"
 
 namespace qkv::models {
@@ -11,15 +12,6 @@ namespace {
 
 constexpr const char* kModel = "TransformerModel";
 constexpr const char* kConfig = "TransformerConfig";
-
-/// A size or count: nlohmann's get<std::size_t> would wrap -8 to 2^64 - 8 and convert 1e30 with
-/// undefined behaviour (both found by fuzzing), so anything but a non-negative integer is refused.
-template <class Unsigned>
-Unsigned non_negative_integer(const std::string& key, const nlohmann::json& value) {
-  const bool ok = value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0);
-  check_arg(ok, kConfig, "field \"" + key + "\" must be a non-negative integer, got " + value.dump());
-  return value.get<Unsigned>();
-}
 
 const std::vector<std::pair<ScoreScale::Kind, std::string>>& scale_names() {
   static const std::vector<std::pair<ScoreScale::Kind, std::string>> names = {
@@ -121,30 +113,30 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
 void from_json(const nlohmann::json& json, TransformerConfig& config) {
   check_arg(json.is_object(), kConfig, "expected a JSON object, got " + json.dump());
   config = TransformerConfig{};
+  // Sizes go through json_value, which refuses -8 and 1e30 (nlohmann's get<std::size_t> would
+  // wrap the one and convert the other with undefined behaviour; both found by fuzzing).
   for (const auto& [key, value] : json.items()) {
-    try {
-      if (key == "source_vocab_size") config.source_vocab_size = non_negative_integer<std::size_t>(key, value);
-      else if (key == "target_vocab_size") config.target_vocab_size = non_negative_integer<std::size_t>(key, value);
-      else if (key == "d_model") config.d_model = non_negative_integer<std::size_t>(key, value);
-      else if (key == "num_heads") config.num_heads = non_negative_integer<std::size_t>(key, value);
-      else if (key == "encoder_layers") config.encoder_layers = non_negative_integer<std::size_t>(key, value);
-      else if (key == "decoder_layers") config.decoder_layers = non_negative_integer<std::size_t>(key, value);
-      else if (key == "dim_feedforward") config.dim_feedforward = non_negative_integer<std::size_t>(key, value);
-      else if (key == "dropout") config.dropout = value.get<real>();
-      else if (key == "activation") config.activation = parse_activation(value.get<std::string>());
-      else if (key == "norm_first") config.norm_first = value.get<bool>();
-      else if (key == "positional") config.positional = parse_positional_kind(value.get<std::string>());
-      else if (key == "relative_max_distance") config.relative_max_distance = non_negative_integer<std::size_t>(key, value);
-      else if (key == "scale") {
-        config.scale.kind = parse_scale_kind(value.at("kind").get<std::string>());
-        if (value.contains("value")) config.scale.value = value.at("value").get<real>();
-      } else if (key == "max_length") config.max_length = non_negative_integer<std::size_t>(key, value);
-      else if (key == "seed") config.seed = non_negative_integer<std::uint64_t>(key, value);
-      else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(std::string(kConfig) + ": field \"" + key + "\" has a bad value " + value.dump() + " (" +
-                  e.what() + ")");
-    }
+    const auto size = [&] { return json_value<std::size_t>(value, kConfig, key); };
+    const auto text = [&] { return json_value<std::string>(value, kConfig, key); };
+    if (key == "source_vocab_size") config.source_vocab_size = size();
+    else if (key == "target_vocab_size") config.target_vocab_size = size();
+    else if (key == "d_model") config.d_model = size();
+    else if (key == "num_heads") config.num_heads = size();
+    else if (key == "encoder_layers") config.encoder_layers = size();
+    else if (key == "decoder_layers") config.decoder_layers = size();
+    else if (key == "dim_feedforward") config.dim_feedforward = size();
+    else if (key == "dropout") config.dropout = json_value<real>(value, kConfig, key);
+    else if (key == "activation") config.activation = parse_activation(text());
+    else if (key == "norm_first") config.norm_first = json_value<bool>(value, kConfig, key);
+    else if (key == "positional") config.positional = parse_positional_kind(text());
+    else if (key == "relative_max_distance") config.relative_max_distance = size();
+    else if (key == "scale") {
+      const std::string owner = std::string(kConfig) + " scale";
+      config.scale.kind = parse_scale_kind(json_field<std::string>(value, owner, "kind"));
+      config.scale.value = json_field_or<real>(value, owner, "value", config.scale.value);
+    } else if (key == "max_length") config.max_length = size();
+    else if (key == "seed") config.seed = json_value<std::uint64_t>(value, kConfig, key);
+    else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
   }
   config.validate();
 }

@@ -274,7 +274,7 @@ TEST_CASE("Bahdanau: config JSON round trip rebuilds an identical model") {
   CHECK(defaults.hidden_size == 128);
   CHECK(defaults.bidirectional);
   CHECK_THROWS_WITH_AS(nlohmann::json({{"source_vocab_size", 10}}).get<BahdanauConfig>(),
-                       "BahdanauConfig: \"target_vocab_size\" is required", Error);
+                       "BahdanauConfig: field \"target_vocab_size\" is missing", Error);
   nlohmann::json typo = json;
   typo["hiden_size"] = 3;
   CHECK_THROWS_WITH_AS(typo.get<BahdanauConfig>(),
@@ -282,7 +282,7 @@ TEST_CASE("Bahdanau: config JSON round trip rebuilds an identical model") {
   nlohmann::json negative = json;
   negative["hidden_size"] = -3;
   CHECK_THROWS_WITH_AS(negative.get<BahdanauConfig>(),
-                       "BahdanauConfig: \"hidden_size\" must be a non-negative integer, got -3", Error);
+                       "BahdanauConfig: field \"hidden_size\" must be a non-negative integer, got -3", Error);
   nlohmann::json bad_dropout = json;
   bad_dropout["dropout"] = 1.5;
   CHECK_THROWS_WITH_AS(bad_dropout.get<BahdanauConfig>(), "BahdanauConfig: dropout must be in [0, 1), got 1.5",

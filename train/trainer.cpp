@@ -7,13 +7,12 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <sstream>
-#include <type_traits>
 
 #include "autograd/ops.hpp"
 #include "lib/numerics/atomic_file.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/json_field.hpp"
 #include "lib/text/metrics.hpp"
 #include "lib/numerics/safetensors.hpp"
 #include "models/registry.hpp"
@@ -45,27 +44,6 @@ LengthPenalty penalty_from_name(const std::string& name) {
   throw Error("TrainOptions: unknown length penalty '" + name + "'; known: none, length, gnmt");
 }
 
-template <class T>
-T field(const json& object, const char* name, const std::string& where) {
-  if (!object.is_object() || !object.contains(name)) throw Error(where + ": missing field '" + name + "'");
-  // nlohmann converts any number to any number type: -1 to 2^64 - 1, and 1e30 to an integer
-  // with undefined behaviour. Integers must be integers, and in range.
-  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-    const json& value = object.at(name);
-    const bool in_range = value.is_number_unsigned()
-                              ? value.get<std::uint64_t>() <= std::uint64_t(std::numeric_limits<T>::max())
-                              : value.is_number_integer() && (std::is_signed_v<T> || value.get<std::int64_t>() >= 0);
-    if (!in_range)
-      throw Error(where + ": field '" + name + "' must be " + (std::is_signed_v<T> ? "an" : "a non-negative") +
-                  " integer, got " + value.dump());
-  }
-  try {
-    return object.at(name).get<T>();
-  } catch (const json::exception& e) {
-    throw Error(where + ": field '" + name + "' has the wrong type (" + e.what() + ")");
-  }
-}
-
 json read_json_file(const fs::path& path) {
   std::ifstream in(path);
   if (!in) throw Error("cannot open " + path.string());
@@ -83,11 +61,11 @@ json progress_to_json(const Progress& p) {
 
 Progress progress_from_json(const json& j, const std::string& where) {
   Progress p;
-  p.epoch = field<std::size_t>(j, "epoch", where);
-  p.batch_in_epoch = field<std::size_t>(j, "batch_in_epoch", where);
-  p.step = field<std::int64_t>(j, "step", where);
-  p.best_value = field<double>(j, "best_value", where);
-  p.best_epoch = field<std::int64_t>(j, "best_epoch", where);
+  p.epoch = json_field<std::size_t>(j, where, "epoch");
+  p.batch_in_epoch = json_field<std::size_t>(j, where, "batch_in_epoch");
+  p.step = json_field<std::int64_t>(j, where, "step");
+  p.best_value = json_field<double>(j, where, "best_value");
+  p.best_epoch = json_field<std::int64_t>(j, where, "best_epoch");
   return p;
 }
 
@@ -162,25 +140,25 @@ json TrainOptions::to_json() const {
 TrainOptions TrainOptions::from_json(const json& j) {
   const std::string where = "config.json training";
   TrainOptions o;
-  o.seed = field<std::uint64_t>(j, "seed", where);
-  o.epochs = field<std::size_t>(j, "epochs", where);
-  o.time_budget_seconds = field<double>(j, "time_budget_seconds", where);
-  o.batch_size = field<std::size_t>(j, "batch_size", where);
-  o.bucket_batches = field<std::size_t>(j, "bucket_batches", where);
-  o.optimizer = field<std::string>(j, "optimizer", where);
-  o.lr = field<double>(j, "lr", where);
-  o.weight_decay = field<double>(j, "weight_decay", where);
-  o.schedule = field<std::string>(j, "schedule", where);
-  o.warmup_steps = field<std::int64_t>(j, "warmup_steps", where);
-  o.clip_norm = field<double>(j, "clip_norm", where);
-  o.label_smoothing = field<double>(j, "label_smoothing", where);
-  const json decode = field<json>(j, "decode", where);
-  o.decode.beam = field<std::size_t>(decode, "beam", where + " decode");
-  o.decode.max_length = field<std::size_t>(decode, "max_length", where + " decode");
-  o.decode.length_penalty = penalty_from_name(field<std::string>(decode, "length_penalty", where + " decode"));
-  o.decode.alpha = field<double>(decode, "alpha", where + " decode");
-  o.best_metric = field<std::string>(j, "best_metric", where);
-  o.eval_batch_size = field<std::size_t>(j, "eval_batch_size", where);
+  o.seed = json_field<std::uint64_t>(j, where, "seed");
+  o.epochs = json_field<std::size_t>(j, where, "epochs");
+  o.time_budget_seconds = json_field<double>(j, where, "time_budget_seconds");
+  o.batch_size = json_field<std::size_t>(j, where, "batch_size");
+  o.bucket_batches = json_field<std::size_t>(j, where, "bucket_batches");
+  o.optimizer = json_field<std::string>(j, where, "optimizer");
+  o.lr = json_field<double>(j, where, "lr");
+  o.weight_decay = json_field<double>(j, where, "weight_decay");
+  o.schedule = json_field<std::string>(j, where, "schedule");
+  o.warmup_steps = json_field<std::int64_t>(j, where, "warmup_steps");
+  o.clip_norm = json_field<double>(j, where, "clip_norm");
+  o.label_smoothing = json_field<double>(j, where, "label_smoothing");
+  const json decode = json_field<json>(j, where, "decode");
+  o.decode.beam = json_field<std::size_t>(decode, where + " decode", "beam");
+  o.decode.max_length = json_field<std::size_t>(decode, where + " decode", "max_length");
+  o.decode.length_penalty = penalty_from_name(json_field<std::string>(decode, where + " decode", "length_penalty"));
+  o.decode.alpha = json_field<double>(decode, where + " decode", "alpha");
+  o.best_metric = json_field<std::string>(j, where, "best_metric");
+  o.eval_batch_size = json_field<std::size_t>(j, where, "eval_batch_size");
   o.validate();
   return o;
 }
@@ -269,20 +247,20 @@ Checkpoint load_checkpoint(const std::string& directory) {
   Checkpoint checkpoint;
   checkpoint.directory = directory;
   try {
-    const json vocab = field<json>(config, "vocab", where);
-    checkpoint.vocabs.source = Vocab::from_json(field<json>(vocab, "source", where));
-    checkpoint.vocabs.target = Vocab::from_json(field<json>(vocab, "target", where));
+    const json vocab = json_field<json>(config, where, "vocab");
+    checkpoint.vocabs.source = Vocab::from_json(json_field<json>(vocab, where, "source"));
+    checkpoint.vocabs.target = Vocab::from_json(json_field<json>(vocab, where, "target"));
   } catch (const Error& e) {
     throw Error(where + ": bad vocabulary: " + e.what());
   }
-  checkpoint.options = TrainOptions::from_json(field<json>(config, "training", where));
-  checkpoint.data = config.value("data", json::object());
-  checkpoint.progress = progress_from_json(field<json>(config, "progress", where), where + " progress");
-  checkpoint.history = config.value("history", json::array());
+  checkpoint.options = TrainOptions::from_json(json_field<json>(config, where, "training"));
+  checkpoint.data = json_field_or<json>(config, where, "data", json::object());
+  checkpoint.progress = progress_from_json(json_field<json>(config, where, "progress"), where + " progress");
+  checkpoint.history = json_field_or<json>(config, where, "history", json::array());
 
-  const json model = field<json>(config, "model", where);
-  const std::string kind = field<std::string>(model, "kind", where + " model");
-  checkpoint.model = make_model(kind, field<json>(model, "config", where + " model"), checkpoint.vocabs.source.size(),
+  const json model = json_field<json>(config, where, "model");
+  const std::string kind = json_field<std::string>(model, where + " model", "kind");
+  checkpoint.model = make_model(kind, json_field<json>(model, where + " model", "config"), checkpoint.vocabs.source.size(),
                                 checkpoint.vocabs.target.size());
   const std::string weights = (dir / "model.safetensors").string();
   try {
@@ -298,7 +276,7 @@ Checkpoint load_checkpoint(const std::string& directory) {
                 std::to_string(checkpoint.progress.step) + " (a torn save?)");
   // The dropout streams, so that a resumed run draws the masks an uninterrupted one would.
   try {
-    checkpoint.model->load_random_state(field<json>(config, "random_state", where).get<std::map<std::string, std::string>>());
+    checkpoint.model->load_random_state(json_field<std::map<std::string, std::string>>(config, where, "random_state"));
   } catch (const Error& e) {
     throw Error("checkpoint " + directory + ": " + e.what());
   } catch (const json::exception& e) {
@@ -409,7 +387,7 @@ TrainResult Trainer::train(const std::function<void(const StepInfo&)>& on_step, 
   const auto start = std::chrono::steady_clock::now();
   // Evaluations record the training time of the whole run, earlier (resumed) processes included.
   run_start_ = start;
-  seconds_before_run_ = history_.empty() ? 0.0 : history_.back().value("seconds", 0.0);
+  seconds_before_run_ = history_.empty() ? 0.0 : json_field_or<double>(history_.back(), "training history", "seconds", 0.0);
   TrainResult result;
   const bool budgeted = options_.time_budget_seconds > 0;
   const CrossEntropyOptions loss_options{.ignore_index = Vocab::pad_id, .label_smoothing = real(options_.label_smoothing)};

@@ -2,7 +2,6 @@
 // that input's shape (add_reduced_to).
 #include <cmath>
 #include <numbers>
-#include <type_traits>
 
 #include "autograd/ops.hpp"
 #include "lib/numerics/broadcast.hpp"
@@ -137,23 +136,12 @@ Variable log(const Variable& x) {
 }
 
 Variable tanh(const Variable& x) {
-  return unary("tanh", x, [](real v) {
-    if constexpr (std::is_same_v<real, float>) return vector_math::tanh(v);
-    else return std::tanh(v);
-  }, [](real, real y) { return real(1) - y * y; });
+  return unary("tanh", x, [](real v) { return vector_math::tanh_of(v); }, [](real, real y) { return real(1) - y * y; });
 }
 
 Variable sigmoid(const Variable& x) {
-  // Two branches keep exp() from overflowing for large |v|.
-  return unary(
-      "sigmoid", x,
-      [](real v) {
-        if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(v);
-        if (v >= 0) return real(1) / (real(1) + std::exp(-v));
-        const real e = std::exp(v);
-        return e / (real(1) + e);
-      },
-      [](real, real y) { return y * (real(1) - y); });
+  return unary("sigmoid", x, [](real v) { return vector_math::sigmoid_of(v); },
+               [](real, real y) { return y * (real(1) - y); });
 }
 
 Variable relu(const Variable& x) {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 #include "lib/numerics/simd.hpp"
@@ -10,13 +9,14 @@
 
 namespace qkv::kernels {
 
+namespace {
+using vector_math::sigmoid_of;
+using vector_math::tanh_of;
+}  // namespace
+
 // ---- additive attention scores -------------------------------------------------------------
 
 namespace {
-real tanh_of(real x) {
-  if constexpr (std::is_same_v<real, float>) return vector_math::tanh(x);
-  else return std::tanh(x);
-}
 
 /// Σ x[a] · y[a] over n elements, summed in `lanes` interleaved partial sums: a plain running
 /// sum is a chain the compiler may not reorder (no -ffast-math), so it would stay scalar; fixed
@@ -79,13 +79,6 @@ void additive_scores_backward(const real* grad_scores, const real* features, con
 }
 
 // ---- GRU cell ------------------------------------------------------------------------------
-
-namespace {
-real sigmoid_of(real x) {
-  if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(x);
-  else return x >= 0 ? real(1) / (real(1) + std::exp(-x)) : std::exp(x) / (real(1) + std::exp(x));
-}
-}  // namespace
 
 QKV_SIMD_CLONES
 void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,

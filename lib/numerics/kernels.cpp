@@ -26,10 +26,7 @@ namespace {
 
 /// e^x: the vectorisable float32 version in training builds, std::exp in float64 (gradient
 /// checks want every digit).
-real exp_of(real x) {
-  if constexpr (std::is_same_v<real, float>) return vector_math::exp(x);
-  else return std::exp(x);
-}
+using vector_math::exp_of;
 
 /// Rows per chunk so that a chunk holds at least parallel::min_elements_per_chunk elements.
 std::size_t rows_per_chunk(std::size_t row_size) {

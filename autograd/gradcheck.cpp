@@ -78,9 +78,9 @@ GradcheckResult gradcheck(const GradcheckFunction& function, std::vector<Variabl
   for (std::size_t i = inputs.size(); i-- > 0;)
     checked.insert(checked.begin(), {"input[" + std::to_string(i) + "]", inputs[i]});
   for (auto& [name, variable] : checked) {
-    check_arg(variable.defined(), "gradcheck", name + " is undefined");
-    check_arg(variable.is_leaf(), "gradcheck", name + " must be a leaf (it is the result of '" +
-                                                   variable.op_name() + "')");
+    check_arg(variable.defined(), "gradcheck", [&] { return name + " is undefined"; });
+    check_arg(variable.is_leaf(), "gradcheck",
+              [&] { return name + " must be a leaf (it is the result of '" + variable.op_name() + "')"; });
     variable.set_requires_grad(true);
     variable.zero_grad();
   }

@@ -43,7 +43,7 @@ std::string matmul_shapes(const Shape& a, Trans ta, const Shape& b, Trans tb) {
 Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real scale) {
   const Shape sa = a.shape(), sb = b.shape();
   check_shape(sa.size() >= 2 && sb.size() >= 2, "matmul",
-              "operands need at least 2 dims, got " + matmul_shapes(sa, ta, sb, tb));
+              [&] { return "operands need at least 2 dims, got " + matmul_shapes(sa, ta, sb, tb); });
   auto plan = std::make_shared<MatmulPlan>();
   const std::size_t ra = sa[sa.size() - 2], ca = sa.back(), rb = sb[sb.size() - 2], cb = sb.back();
   plan->m = transposed(ta) ? ca : ra;
@@ -52,9 +52,10 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
   plan->n = transposed(tb) ? rb : cb;
   plan->a_cols = ca;
   plan->b_cols = cb;
-  check_shape(plan->k == kb, "matmul",
-              "cannot multiply " + matmul_shapes(sa, ta, sb, tb) + ": inner dimensions " +
-                  std::to_string(plan->k) + " and " + std::to_string(kb) + " differ");
+  check_shape(plan->k == kb, "matmul", [&] {
+    return "cannot multiply " + matmul_shapes(sa, ta, sb, tb) + ": inner dimensions " + std::to_string(plan->k) +
+           " and " + std::to_string(kb) + " differ";
+  });
 
   const Shape batch_a(sa.begin(), sa.end() - 2), batch_b(sb.begin(), sb.end() - 2);
   Shape batch;

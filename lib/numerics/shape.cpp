@@ -36,9 +36,10 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
     // Align from the right, as NumPy does; missing leading dims count as 1.
     const std::size_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
     const std::size_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
-    check_shape(da == db || da == 1 || db == 1, op,
-                "cannot broadcast " + to_string(a) + " with " + to_string(b) + " (dimension " +
-                    std::to_string(i) + ": " + std::to_string(da) + " vs " + std::to_string(db) + ")");
+    check_shape(da == db || da == 1 || db == 1, op, [&] {
+      return "cannot broadcast " + to_string(a) + " with " + to_string(b) + " (dimension " + std::to_string(i) + ": " +
+             std::to_string(da) + " vs " + std::to_string(db) + ")";
+    });
     out[i] = da == 1 ? db : da;
   }
   return out;
@@ -65,7 +66,7 @@ std::size_t normalize_axis(const char* op, long axis, const Shape& shape) {
   const long rank = static_cast<long>(shape.size());
   const long normalized = axis < 0 ? axis + rank : axis;
   check_shape(normalized >= 0 && normalized < rank, op,
-              "axis " + std::to_string(axis) + " is out of range for shape " + to_string(shape));
+              [&] { return "axis " + std::to_string(axis) + " is out of range for shape " + to_string(shape); });
   return static_cast<std::size_t>(normalized);
 }
 

@@ -125,7 +125,8 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
         const GradientOut db = in[1].gradient_out();
         if (transposed(tb))
           blas::gemm(Trans::Yes, Trans::No, n, k, rows, scale, g.data(), n, pa, p.a_cols, db.beta(), db.data, p.b_cols);
-        else blas::gemm(Trans::Yes, Trans::No, k, n, rows, scale, pa, p.a_cols, g.data(), n, db.beta(), db.data, p.b_cols);
+        else
+          blas::gemm(Trans::Yes, Trans::No, k, n, rows, scale, pa, p.a_cols, g.data(), n, db.beta(), db.data, p.b_cols);
       }
       return;
     }

@@ -35,7 +35,8 @@ Variable select(const char* op, const BoolArray& condition, const Variable& a, c
 
 Variable embedding(const Variable& weight, const IndexArray& indices) {
   const Shape weight_shape = weight.shape();
-  check_shape(weight_shape.size() == 2, "embedding", [&] { return "weight must be [V, D], got " + to_string(weight_shape); });
+  check_shape(weight_shape.size() == 2, "embedding",
+              [&] { return "weight must be [V, D], got " + to_string(weight_shape); });
   const std::size_t vocab = weight_shape[0], dim = weight_shape[1];
   const Shape index_shape = shape_of(indices);
   const std::int64_t* index = indices.data();

@@ -16,7 +16,8 @@ Variable additive_scores(const Variable& queries, const Variable& keys, const Va
                        ", keys " + to_string(sk) + ", v " + to_string(sv);
               });
   const std::size_t batch = sq[0], query_count = sq[1], key_count = sk[1], hidden = sq[2];
-  auto features = std::make_shared<Array>(Array::from_shape({batch, query_count, key_count, hidden}));  // [B, Tq, Tk, A]
+  // tanh(q + k) for every pair, kept for the backward: [B, Tq, Tk, A]
+  auto features = std::make_shared<Array>(Array::from_shape({batch, query_count, key_count, hidden}));
   Array scores = Array::from_shape({batch, query_count, key_count});  // [B, Tq, Tk]
   kernels::additive_scores_forward(queries.value().data(), keys.value().data(), v.value().data(), batch, query_count,
                                    key_count, hidden, features->data(), scores.data());

@@ -1,7 +1,6 @@
 #include "autograd/recurrent_kernels.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "lib/numerics/simd.hpp"

@@ -387,7 +387,8 @@ TrainResult Trainer::train(const std::function<void(const StepInfo&)>& on_step, 
   const auto start = std::chrono::steady_clock::now();
   // Evaluations record the training time of the whole run, earlier (resumed) processes included.
   run_start_ = start;
-  seconds_before_run_ = history_.empty() ? 0.0 : json_field_or<double>(history_.back(), "training history", "seconds", 0.0);
+  seconds_before_run_ =
+      history_.empty() ? 0.0 : json_field_or<double>(history_.back(), "training history", "seconds", 0.0);
   TrainResult result;
   const bool budgeted = options_.time_budget_seconds > 0;
   const CrossEntropyOptions loss_options{.ignore_index = Vocab::pad_id, .label_smoothing = real(options_.label_smoothing)};

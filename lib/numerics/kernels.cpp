@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "lib/numerics/broadcast.hpp"
@@ -17,10 +16,10 @@ namespace qkv::kernels {
 // QKV_SIMD_CLONES (lib/numerics/simd.hpp) so that its loops get an AVX2 build, and a public function
 // that shares the rows out among qkv's threads (lib/numerics/parallel.hpp). Each output element is
 // written by one chunk, in the serial loop's order: results do not depend on the thread count.
-// Three kinds of kernel are exceptions, each for its reason: embedding_forward shares out rows
-// but only copies them (nothing to vectorise); embedding_backward is serial, because repeated
-// indices add into the same row; where_select and where_gradient are serial walks of broadcast
-// rows (for_each_row) that only select.
+// The exceptions, each for its reason: embedding_forward shares out rows but only copies them
+// (nothing to vectorise); embedding_backward is serial, because repeated indices add into the
+// same row; where_select and where_gradient are serial walks of broadcast rows (for_each_row)
+// that only select.
 
 namespace {
 

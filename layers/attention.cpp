@@ -9,7 +9,6 @@
 
 #include "lib/numerics/broadcast.hpp"
 #include "lib/numerics/error.hpp"
-#include "lib/numerics/kernels.hpp"
 #include "lib/numerics/shape.hpp"
 
 namespace qkv {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/shape.hpp"

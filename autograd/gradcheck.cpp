@@ -25,15 +25,6 @@ double projected_output(const GradcheckFunction& function, const std::vector<Var
   return total;
 }
 
-Shape unravel(std::size_t flat, const Shape& shape) {
-  Shape index(shape.size());
-  for (std::size_t d = shape.size(); d-- > 0;) {
-    index[d] = flat % shape[d];
-    flat /= shape[d];
-  }
-  return index;
-}
-
 std::vector<std::size_t> elements_to_check(std::size_t count, std::size_t limit, Rng& rng) {
   std::vector<std::size_t> all(count);
   std::iota(all.begin(), all.end(), 0);
@@ -87,9 +78,9 @@ GradcheckResult gradcheck(const GradcheckFunction& function, std::vector<Variabl
   for (std::size_t i = inputs.size(); i-- > 0;)
     checked.insert(checked.begin(), {"input[" + std::to_string(i) + "]", inputs[i]});
   for (auto& [name, variable] : checked) {
-    check_arg(variable.defined(), "gradcheck", name + " is undefined");
-    check_arg(variable.is_leaf(), "gradcheck", name + " must be a leaf (it is the result of '" +
-                                                   variable.op_name() + "')");
+    check_arg(variable.defined(), "gradcheck", [&] { return name + " is undefined"; });
+    check_arg(variable.is_leaf(), "gradcheck",
+              [&] { return name + " must be a leaf (it is the result of '" + variable.op_name() + "')"; });
     variable.set_requires_grad(true);
     variable.zero_grad();
   }
@@ -158,7 +149,7 @@ GradcheckResult gradcheck(const GradcheckFunction& function, std::vector<Variabl
         element = original;
         GradcheckEntry entry;
         entry.tensor = name;
-        entry.index = unravel(flat, summary.shape);
+        entry.index = unravel_index(flat, summary.shape);
         entry.analytic = analytic.data()[flat];
         entry.numeric = (plus - minus) / (2 * options.eps);
         record(summary, entry);

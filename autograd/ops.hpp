@@ -3,7 +3,21 @@
 // returns a Variable that knows its backward. Elementwise ops broadcast as NumPy does, and
 // their backward sums the gradient back to each input's shape. Bad shapes throw ShapeError
 // naming the op and the shapes.
+//
+// The rules for ops:
+// - Every differentiable op is made here, in autograd/ (ops_*.cpp), with make_op, and declared
+//   in this header; layers/, models/ and the rest compose these and never call make_op
+//   themselves. (A user's own op may: see docs/custom_ops.md.)
+// - A backward adds into its inputs' gradients: through grad_buffer() or add_grad() when it can
+//   only add, or through gradient_out() when it can write as cheaply as add (a gemm with beta,
+//   a kernel taking a GradientOut) — then `accumulate` false means the buffer is fresh and must
+//   be written in full (lib/numerics/gradient_out.hpp). Kernels get a null pointer for an input
+//   that does not require a gradient.
+// - Checks run at forward time and build their messages only on failure (check_shape and
+//   check_arg with a lambda) when they run per element or on a hot path.
+// - Every tensor line that is not obvious carries its shape in a comment: `// [B, T, D]`.
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "autograd/variable.hpp"
@@ -101,10 +115,21 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
 /// Rows of `weight` ([V, D]) picked by `indices` (any shape) -> [..., D]. The backward
 /// scatter-adds into the picked rows. Throws on an index outside [0, V).
 Variable embedding(const Variable& weight, const IndexArray& indices);
+/// `rows` ([..., D], embedding(weight, indices)) unchanged, with no gradient through the
+/// positions whose index is `padding_idx`: PyTorch's padding_idx, whose row is a constant.
+/// Returns `rows` itself when no gradient is recorded or no index is `padding_idx`.
+Variable embedding_padding(const Variable& rows, const IndexArray& indices, std::int64_t padding_idx);
 /// Numerically stable softmax along `axis`.
 Variable softmax(const Variable& x, long axis);
 /// Numerically stable log-softmax along `axis`.
 Variable log_softmax(const Variable& x, long axis);
+/// Softmax over the last axis of scores [..., Tk], restricted to the allowed keys (`allowed`
+/// broadcasts to the scores). Masked entries get weight exactly 0 and gradient 0; a row with
+/// no allowed key gets all-zero weights and zero gradients — never NaN, never uniform weights
+/// over padding. A fused op: composing masked_fill + softmax cannot give that last row.
+Variable masked_softmax(const Variable& scores, const BoolArray& allowed);
+/// Plain softmax over the last axis when `allowed` is nullopt, masked_softmax otherwise.
+Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed);
 
 struct CrossEntropyOptions {
   /// Targets equal to this are not counted (PyTorch's default).
@@ -117,16 +142,6 @@ struct CrossEntropyOptions {
 /// gradients (PyTorch gives NaN).
 Variable cross_entropy(const Variable& logits, const IndexArray& targets,
                        const CrossEntropyOptions& options = {});
-/// Additive (Bahdanau) attention scores, fused: queries [B, Tq, A], keys [B, Tk, A], v [A] ->
-/// [B, Tq, Tk] with scores[b, i, j] = vᵀ tanh(queries[b, i] + keys[b, j]). Same values as
-/// composing unsqueeze, add, tanh and a product with v, without the [B, Tq, Tk, A] temporaries
-/// (the tanh values are kept for the backward).
-Variable additive_scores(const Variable& queries, const Variable& keys, const Variable& v);
-/// The GRU update, fused (PyTorch's equations, gate order r, z, n): input_gates = W_ih x + b_ih
-/// and hidden_gates = W_hh h + b_hh, both [B, 3H], and h [B, H] ->
-///   h' = n + z ⊙ (h - n), r = σ(i_r + h_r), z = σ(i_z + h_z), n = tanh(i_n + r ⊙ h_n).
-/// One op instead of the ~15 elementwise ones it replaces.
-Variable gru_cell(const Variable& input_gates, const Variable& hidden_gates, const Variable& h);
 /// Layer normalisation over the last dim; `weight` and `bias` ([D]) may be undefined.
 Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias,
                     real eps = real(1e-5));
@@ -137,7 +152,21 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng);
 Variable where(const BoolArray& condition, const Variable& a, const Variable& b);
 /// x with `value` wherever `mask` is true (mask broadcasts to x).
 Variable masked_fill(const Variable& x, const BoolArray& mask, real value);
+/// Rotates x [..., T, d] (positions start, start+1, ...) pair by pair as RoPE does
+/// (RotaryPositionEncoding). A fused op: the backward is the inverse rotation.
+Variable rotary_embedding(const Variable& x, std::size_t start, real base = 10000);
 
+// ---- recurrent (Bahdanau) model family: fused per-time-step ops (ops_recurrent.cpp) -------
+/// Additive (Bahdanau) attention scores, fused: queries [B, Tq, A], keys [B, Tk, A], v [A] ->
+/// [B, Tq, Tk] with scores[b, i, j] = vᵀ tanh(queries[b, i] + keys[b, j]). Same values as
+/// composing unsqueeze, add, tanh and a product with v, without the [B, Tq, Tk, A] temporaries
+/// (the tanh values are kept for the backward).
+Variable additive_scores(const Variable& queries, const Variable& keys, const Variable& v);
+/// The GRU update, fused (PyTorch's equations, gate order r, z, n): input_gates = W_ih x + b_ih
+/// and hidden_gates = W_hh h + b_hh, both [B, 3H], and h [B, H] ->
+///   h' = n + z ⊙ (h - n), r = σ(i_r + h_r), z = σ(i_z + h_z), n = tanh(i_n + r ⊙ h_n).
+/// One op instead of the ~15 elementwise ones it replaces.
+Variable gru_cell(const Variable& input_gates, const Variable& hidden_gates, const Variable& h);
 /// The attention's weighted sum of values, weights [B, Tq, Tk] and values [B, Tk, dv] ->
 /// [B, Tq, dv] with output[b, i] = Σ_j weights[b, i, j] · values[b, j]: matmul(weights, values)
 /// without a BLAS call per batch row, which is what it costs when Tq is 1 (an RNN decoder's step).

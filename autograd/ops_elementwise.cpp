@@ -2,7 +2,6 @@
 // that input's shape (add_reduced_to).
 #include <cmath>
 #include <numbers>
-#include <type_traits>
 
 #include "autograd/ops.hpp"
 #include "lib/numerics/broadcast.hpp"
@@ -37,10 +36,10 @@ Variable unary(const char* name, const Variable& x, Forward forward, Derivative 
                    const real* __restrict px = inputs[0].value().data();
                    const real* __restrict py = y.data();
                    const real* __restrict pg = g.data();
-                   bool accumulate = true;
-                   real* __restrict pd = inputs[0].grad_buffer(accumulate).data();
+                   const GradientOut dx = inputs[0].gradient_out();
+                   real* __restrict pd = dx.data;
                    parallel::for_chunks(g.size(), parallel::min_elements_per_chunk, [&](std::size_t begin, std::size_t end) {
-                     if (accumulate)
+                     if (dx.accumulate)
                        for (std::size_t i = begin; i < end; ++i) pd[i] += pg[i] * derivative(px[i], py[i]);
                      else  // a fresh buffer: write, no zero-fill first
                        for (std::size_t i = begin; i < end; ++i) pd[i] = pg[i] * derivative(px[i], py[i]);
@@ -137,23 +136,12 @@ Variable log(const Variable& x) {
 }
 
 Variable tanh(const Variable& x) {
-  return unary("tanh", x, [](real v) {
-    if constexpr (std::is_same_v<real, float>) return vector_math::tanh(v);
-    else return std::tanh(v);
-  }, [](real, real y) { return real(1) - y * y; });
+  return unary("tanh", x, [](real v) { return vector_math::tanh_of(v); }, [](real, real y) { return real(1) - y * y; });
 }
 
 Variable sigmoid(const Variable& x) {
-  // Two branches keep exp() from overflowing for large |v|.
-  return unary(
-      "sigmoid", x,
-      [](real v) {
-        if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(v);
-        if (v >= 0) return real(1) / (real(1) + std::exp(-v));
-        const real e = std::exp(v);
-        return e / (real(1) + e);
-      },
-      [](real, real y) { return y * (real(1) - y); });
+  return unary("sigmoid", x, [](real v) { return vector_math::sigmoid_of(v); },
+               [](real, real y) { return y * (real(1) - y); });
 }
 
 Variable relu(const Variable& x) {

@@ -43,7 +43,7 @@ std::string matmul_shapes(const Shape& a, Trans ta, const Shape& b, Trans tb) {
 Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real scale) {
   const Shape sa = a.shape(), sb = b.shape();
   check_shape(sa.size() >= 2 && sb.size() >= 2, "matmul",
-              "operands need at least 2 dims, got " + matmul_shapes(sa, ta, sb, tb));
+              [&] { return "operands need at least 2 dims, got " + matmul_shapes(sa, ta, sb, tb); });
   auto plan = std::make_shared<MatmulPlan>();
   const std::size_t ra = sa[sa.size() - 2], ca = sa.back(), rb = sb[sb.size() - 2], cb = sb.back();
   plan->m = transposed(ta) ? ca : ra;
@@ -52,9 +52,10 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
   plan->n = transposed(tb) ? rb : cb;
   plan->a_cols = ca;
   plan->b_cols = cb;
-  check_shape(plan->k == kb, "matmul",
-              "cannot multiply " + matmul_shapes(sa, ta, sb, tb) + ": inner dimensions " +
-                  std::to_string(plan->k) + " and " + std::to_string(kb) + " differ");
+  check_shape(plan->k == kb, "matmul", [&] {
+    return "cannot multiply " + matmul_shapes(sa, ta, sb, tb) + ": inner dimensions " + std::to_string(plan->k) +
+           " and " + std::to_string(kb) + " differ";
+  });
 
   const Shape batch_a(sa.begin(), sa.end() - 2), batch_b(sb.begin(), sb.end() - 2);
   Shape batch;
@@ -113,19 +114,19 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
     // C = op(A) op(B): d op(A) = dC op(B)ᵀ and d op(B) = op(A)ᵀ dC. When an operand is
     // stored transposed, its stored gradient is the transpose of that, which gemm computes by
     // swapping the factors: dA_stored = op(B) dCᵀ, dB_stored = dCᵀ op(A).
-    bool accumulate = true;
     if (p.folded) {
       // Each gradient is one gemm over the whole buffer: a fresh buffer is written (beta 0).
       const std::size_t rows = g.size() / n;  // batch * M
       if (in[0].requires_grad()) {
-        real* da = in[0].grad_buffer(accumulate).data();
-        blas::gemm(Trans::No, flip(tb), rows, k, n, scale, g.data(), n, pb, p.b_cols, accumulate ? 1 : 0, da, k);
+        const GradientOut da = in[0].gradient_out();
+        blas::gemm(Trans::No, flip(tb), rows, k, n, scale, g.data(), n, pb, p.b_cols, da.beta(), da.data, k);
       }
       if (in[1].requires_grad()) {
-        real* db = in[1].grad_buffer(accumulate).data();
-        const real beta = accumulate ? 1 : 0;
-        if (transposed(tb)) blas::gemm(Trans::Yes, Trans::No, n, k, rows, scale, g.data(), n, pa, p.a_cols, beta, db, p.b_cols);
-        else blas::gemm(Trans::Yes, Trans::No, k, n, rows, scale, pa, p.a_cols, g.data(), n, beta, db, p.b_cols);
+        const GradientOut db = in[1].gradient_out();
+        if (transposed(tb))
+          blas::gemm(Trans::Yes, Trans::No, n, k, rows, scale, g.data(), n, pa, p.a_cols, db.beta(), db.data, p.b_cols);
+        else
+          blas::gemm(Trans::Yes, Trans::No, k, n, rows, scale, pa, p.a_cols, g.data(), n, db.beta(), db.data, p.b_cols);
       }
       return;
     }
@@ -133,11 +134,9 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
     // operand's products add up into one zeroed buffer, in order on one thread; otherwise each
     // product owns its slice, a fresh buffer is written (beta 0) and threads share them out.
     const auto for_each_gradient = [&](Variable& input, bool broadcast, const auto& product) {
-      bool accumulate = true;
-      real* grad = broadcast ? input.grad_buffer().data() : input.grad_buffer(accumulate).data();
-      const real beta = accumulate ? 1 : 0;
+      const GradientOut grad = broadcast ? GradientOut{input.grad_buffer().data()} : input.gradient_out();
       const auto products = [&](std::size_t first, std::size_t last) {
-        for (std::size_t i = first; i < last; ++i) product(i, grad, beta);
+        for (std::size_t i = first; i < last; ++i) product(i, grad.data, grad.beta());
       };
       if (broadcast) products(0, p.a_offsets.size());
       else parallel::for_chunks(p.a_offsets.size(), products_per_chunk(m, n, k), products);
@@ -193,16 +192,16 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
   if (bias.defined()) inputs.push_back(bias);
   return make_op("linear", std::move(out), std::move(inputs),
                  [rows, in_features, out_features](const Array& g, const Array&, std::span<Variable> in) {
-    bool accumulate = true;  // false: a fresh gradient buffer, written with beta 0
+    // A fresh gradient buffer is written with beta 0, one holding a gradient added to (beta 1).
     if (in[0].requires_grad()) {  // dx[rows, in] += dy[rows, out] · W[out, in]
-      real* dx = in[0].grad_buffer(accumulate).data();
+      const GradientOut dx = in[0].gradient_out();
       blas::gemm(Trans::No, Trans::No, rows, in_features, out_features, 1, g.data(), out_features,
-                 in[1].value().data(), in_features, accumulate ? 1 : 0, dx, in_features);
+                 in[1].value().data(), in_features, dx.beta(), dx.data, in_features);
     }
     if (in[1].requires_grad()) {  // dW[out, in] += dyᵀ[out, rows] · x[rows, in]
-      real* dw = in[1].grad_buffer(accumulate).data();
+      const GradientOut dw = in[1].gradient_out();
       blas::gemm(Trans::Yes, Trans::No, out_features, in_features, rows, 1, g.data(), out_features,
-                 in[0].value().data(), in_features, accumulate ? 1 : 0, dw, in_features);
+                 in[0].value().data(), in_features, dw.beta(), dw.data, in_features);
     }
     if (in.size() > 2 && in[2].requires_grad())  // db[out] += Σ_rows dy[rows, out]
       kernels::add_column_sums(g.data(), rows, out_features, in[2].grad_buffer().data());

@@ -1,8 +1,10 @@
-// Neural-network ops: embedding, softmax / log-softmax, fused cross-entropy, layer norm,
-// dropout, where / masked_fill. Each validates its input (errors name the op and the shapes),
-// calls a fused kernel from lib/numerics/kernels.hpp and saves only what its backward needs.
+// Neural-network ops: embedding (and its padding), softmax / log-softmax / masked softmax,
+// fused cross-entropy, layer norm, dropout, where / masked_fill, rotary position embedding. Each
+// validates its input (errors name the op and the shapes), calls a fused kernel from
+// lib/numerics/kernels.hpp and saves only what its backward needs.
+#include <algorithm>
+#include <cmath>
 #include <memory>
-#include <sstream>
 #include <vector>
 
 #include "autograd/ops.hpp"
@@ -12,27 +14,6 @@
 namespace qkv {
 
 namespace {
-
-template <class T>
-Shape shape_of_any(const xt::xarray<T, xt::layout_type::row_major>& array) {
-  return Shape(array.shape().begin(), array.shape().end());
-}
-
-/// The multi-index of row-major element `flat` in `shape`, as "[1, 2]", for error messages.
-std::string position_of(std::size_t flat, const Shape& shape) {
-  Shape index(shape.size());
-  for (std::size_t d = shape.size(); d-- > 0;) {
-    index[d] = flat % shape[d];
-    flat /= shape[d];
-  }
-  return to_string(index);
-}
-
-std::string format_real(real value) {
-  std::ostringstream text;
-  text << value;
-  return text.str();
-}
 
 /// condition ? a : b under broadcasting, reported as `op` (where and masked_fill share it).
 Variable select(const char* op, const BoolArray& condition, const Variable& a, const Variable& b) {
@@ -54,15 +35,17 @@ Variable select(const char* op, const BoolArray& condition, const Variable& a, c
 
 Variable embedding(const Variable& weight, const IndexArray& indices) {
   const Shape weight_shape = weight.shape();
-  check_shape(weight_shape.size() == 2, "embedding", "weight must be [V, D], got " + to_string(weight_shape));
+  check_shape(weight_shape.size() == 2, "embedding",
+              [&] { return "weight must be [V, D], got " + to_string(weight_shape); });
   const std::size_t vocab = weight_shape[0], dim = weight_shape[1];
-  const Shape index_shape = shape_of_any(indices);
+  const Shape index_shape = shape_of(indices);
   const std::int64_t* index = indices.data();
   for (std::size_t i = 0; i < indices.size(); ++i)
-    check_arg(index[i] >= 0 && static_cast<std::size_t>(index[i]) < vocab, "embedding",
-              "index " + std::to_string(index[i]) + " at " + position_of(i, index_shape) + " of indices " +
-                  to_string(index_shape) + " is out of range [0, " + std::to_string(vocab) + ") for weight " +
-                  to_string(weight_shape));
+    check_arg(index[i] >= 0 && static_cast<std::size_t>(index[i]) < vocab, "embedding", [&] {
+      return "index " + std::to_string(index[i]) + " at " + to_string(unravel_index(i, index_shape)) + " of indices " +
+             to_string(index_shape) + " is out of range [0, " + std::to_string(vocab) + ") for weight " +
+             to_string(weight_shape);
+    });
 
   Shape out_shape = index_shape;
   out_shape.push_back(dim);
@@ -77,6 +60,30 @@ Variable embedding(const Variable& weight, const IndexArray& indices) {
                  });
 }
 
+Variable embedding_padding(const Variable& rows, const IndexArray& indices, std::int64_t padding_idx) {
+  const Shape row_shape = rows.shape(), index_shape = shape_of(indices);
+  check_shape(row_shape.size() == index_shape.size() + 1 &&
+                  std::equal(index_shape.begin(), index_shape.end(), row_shape.begin()),
+              "embedding_padding", [&] {
+                return "rows must be [..., D] for indices [...], got rows " + to_string(row_shape) + " and indices " +
+                       to_string(index_shape);
+              });
+  if (!rows.requires_grad()) return rows;
+  // This costs one copy of the rows, the price of keeping the embedding op itself generic; it
+  // is skipped when no position reads the padding row.
+  if (std::find(indices.begin(), indices.end(), padding_idx) == indices.end()) return rows;
+  const std::size_t dim = row_shape.back();
+  Array value = rows.value();  // [..., D]
+  return make_op("embedding_padding", std::move(value), {rows},
+                 [indices, padding_idx, dim](const Array& g, const Array&, std::span<Variable> in) {
+    real* dx = in[0].grad_buffer().data();
+    const real* pg = g.data();
+    for (std::size_t i = 0; i < indices.size(); ++i)
+      if (indices.data()[i] != padding_idx)
+        for (std::size_t j = 0; j < dim; ++j) dx[i * dim + j] += pg[i * dim + j];
+  });
+}
+
 Variable softmax(const Variable& x, long axis) {
   const Shape shape = x.shape();
   const AxisSplit split = split_at_axis(shape, normalize_axis("softmax", axis, shape));
@@ -84,10 +91,7 @@ Variable softmax(const Variable& x, long axis) {
   kernels::softmax_forward(x.value().data(), y.data(), split);
   // The backward needs only the output, which the engine hands back to it.
   return make_op("softmax", std::move(y), {x}, [split](const Array& g, const Array& y, std::span<Variable> in) {
-    if (!in[0].requires_grad()) return;
-    bool accumulate = true;
-    real* dx = in[0].grad_buffer(accumulate).data();
-    kernels::softmax_backward(g.data(), y.data(), dx, split, !accumulate);
+    if (in[0].requires_grad()) kernels::softmax_backward(g.data(), y.data(), in[0].gradient_out(), split);
   });
 }
 
@@ -101,26 +105,51 @@ Variable log_softmax(const Variable& x, long axis) {
   });
 }
 
+Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
+  const Shape shape = scores.shape();
+  const Shape mask_shape = shape_of(allowed);
+  check_shape(!shape.empty(), "masked_softmax", "scores must have at least one axis, got []");
+  check_shape(broadcasts_to(mask_shape, shape), "masked_softmax", [&] {
+    return "allowed mask " + to_string(mask_shape) + " does not broadcast to scores " + to_string(shape);
+  });
+  Array out = Array::from_shape(shape);  // [..., Tk]
+  kernels::masked_softmax_forward(scores.value().data(), allowed.data(), shape, broadcast_strides(mask_shape, shape),
+                                  out.data());
+  const AxisSplit rows{shape.back() == 0 ? 0 : numel(shape) / shape.back(), shape.back(), 1};  // [rows, Tk]
+  return make_op("masked_softmax", std::move(out), {scores},
+                 [rows](const Array& g, const Array& y, std::span<Variable> in) {
+    // dx = y ⊙ (g - Σ g y) per row. Masked entries have y = 0, so their gradient is exactly
+    // 0, and a fully masked row (all y = 0) passes no gradient back.
+    if (in[0].requires_grad()) kernels::softmax_backward(g.data(), y.data(), in[0].gradient_out(), rows);
+  });
+}
+
+Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed) {
+  return allowed ? masked_softmax(scores, *allowed) : softmax(scores, -1);
+}
+
 Variable cross_entropy(const Variable& logits, const IndexArray& targets, const CrossEntropyOptions& options) {
   const Shape logits_shape = logits.shape();
-  const Shape target_shape = shape_of_any(targets);
+  const Shape target_shape = shape_of(targets);
   check_shape(!logits_shape.empty() && target_shape == Shape(logits_shape.begin(), logits_shape.end() - 1),
-              "cross_entropy",
-              "logits " + to_string(logits_shape) + " do not match targets " + to_string(target_shape) +
-                  " (expected logits [..., C] and targets [...] with the same leading dims)");
+              "cross_entropy", [&] {
+                return "logits " + to_string(logits_shape) + " do not match targets " + to_string(target_shape) +
+                       " (expected logits [..., C] and targets [...] with the same leading dims)";
+              });
   const std::size_t classes = logits_shape.back();
-  check_shape(classes > 0, "cross_entropy", "logits " + to_string(logits_shape) + " have no classes");
+  check_shape(classes > 0, "cross_entropy", [&] { return "logits " + to_string(logits_shape) + " have no classes"; });
   const real smoothing = options.label_smoothing;
-  check_arg(smoothing >= 0 && smoothing <= 1, "cross_entropy",
-            "label_smoothing must be in [0, 1], got " + format_real(smoothing));
+  check_range("cross_entropy", "label_smoothing", smoothing, 0, 1, true);
   const std::int64_t* target = targets.data();
   const std::size_t rows = targets.size();
   for (std::size_t i = 0; i < rows; ++i)
     check_arg(target[i] == options.ignore_index || (target[i] >= 0 && static_cast<std::size_t>(target[i]) < classes),
-              "cross_entropy",
-              "target " + std::to_string(target[i]) + " at " + position_of(i, target_shape) + " of targets " +
-                  to_string(target_shape) + " is out of range [0, " + std::to_string(classes) + ") for logits " +
-                  to_string(logits_shape) + " (ignore_index is " + std::to_string(options.ignore_index) + ")");
+              "cross_entropy", [&] {
+                return "target " + std::to_string(target[i]) + " at " + to_string(unravel_index(i, target_shape)) +
+                       " of targets " + to_string(target_shape) + " is out of range [0, " + std::to_string(classes) +
+                       ") for logits " + to_string(logits_shape) + " (ignore_index is " +
+                       std::to_string(options.ignore_index) + ")";
+              });
 
   // Per-row softmax statistics: the backward rebuilds the probabilities from these and the
   // logits (an input, kept alive by the graph anyway) instead of saving a [rows, C] copy.
@@ -145,59 +174,18 @@ Variable cross_entropy(const Variable& logits, const IndexArray& targets, const 
                  });
 }
 
-Variable additive_scores(const Variable& queries, const Variable& keys, const Variable& v) {
-  const Shape sq = queries.shape(), sk = keys.shape(), sv = v.shape();
-  check_shape(sq.size() == 3 && sk.size() == 3 && sv.size() == 1 && sq[0] == sk[0] && sq[2] == sk[2] && sv[0] == sq[2],
-              "additive_scores",
-              "queries must be [B, Tq, A], keys [B, Tk, A] and v [A], got queries " + to_string(sq) + ", keys " +
-                  to_string(sk) + ", v " + to_string(sv));
-  const std::size_t batch = sq[0], query_count = sq[1], key_count = sk[1], hidden = sq[2];
-  auto features = std::make_shared<Array>(Array::from_shape({batch, query_count, key_count, hidden}));
-  Array scores = Array::from_shape({batch, query_count, key_count});
-  kernels::additive_scores_forward(queries.value().data(), keys.value().data(), v.value().data(), batch, query_count,
-                                   key_count, hidden, features->data(), scores.data());
-  return make_op("additive_scores", std::move(scores), {queries, keys, v},
-                 [features, batch, query_count, key_count, hidden](const Array& g, const Array&,
-                                                                   std::span<Variable> in) {
-    kernels::additive_scores_backward(g.data(), features->data(), in[2].value().data(), batch, query_count, key_count,
-                                      hidden, in[0].requires_grad() ? in[0].grad_buffer().data() : nullptr,
-                                      in[1].requires_grad() ? in[1].grad_buffer().data() : nullptr,
-                                      in[2].requires_grad() ? in[2].grad_buffer().data() : nullptr);
-  });
-}
-
-Variable gru_cell(const Variable& input_gates, const Variable& hidden_gates, const Variable& h) {
-  const Shape si = input_gates.shape(), sg = hidden_gates.shape(), sh = h.shape();
-  check_shape(sh.size() == 2 && si == Shape{sh[0], 3 * sh[1]} && sg == si, "gru_cell",
-              "input_gates and hidden_gates must be [B, 3H] for h [B, H], got input_gates " + to_string(si) +
-                  ", hidden_gates " + to_string(sg) + ", h " + to_string(sh));
-  const std::size_t batch = sh[0], hidden = sh[1];
-  auto saved = std::make_shared<Array>(Array::from_shape({batch, 3 * hidden}));  // r, z, n
-  Array h_next = Array::from_shape({batch, hidden});
-  kernels::gru_cell_forward(input_gates.value().data(), hidden_gates.value().data(), h.value().data(), batch, hidden,
-                            h_next.data(), saved->data());
-  return make_op("gru_cell", std::move(h_next), {input_gates, hidden_gates, h},
-                 [saved, batch, hidden](const Array& g, const Array&, std::span<Variable> in) {
-    // Taken in input order, so that a buffer two inputs share is written fresh before it is added to.
-    kernels::GradientOut grads[3];
-    for (std::size_t i = 0; i < 3; ++i)
-      if (in[i].requires_grad()) grads[i].data = in[i].grad_buffer(grads[i].accumulate).data();
-    kernels::gru_cell_backward(g.data(), in[1].value().data(), in[2].value().data(), saved->data(), batch, hidden,
-                               grads[0], grads[1], grads[2]);
-  });
-}
-
 Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias, real eps) {
   const Shape shape = x.shape();
   check_shape(!shape.empty() && shape.back() > 0, "layer_norm",
-              "x must have a non-empty last dim to normalise, got " + to_string(shape));
+              [&] { return "x must have a non-empty last dim to normalise, got " + to_string(shape); });
   const std::size_t dim = shape.back();
   const std::size_t rows = numel(shape) / dim;
   const auto check_param = [&](const Variable& param, const char* name) {
     if (param.defined())
-      check_shape(param.shape() == Shape{dim}, "layer_norm",
-                  std::string(name) + " " + to_string(param.shape()) + " does not match the last dim of x " +
-                      to_string(shape) + " (expected [" + std::to_string(dim) + "])");
+      check_shape(param.shape() == Shape{dim}, "layer_norm", [&] {
+        return std::string(name) + " " + to_string(param.shape()) + " does not match the last dim of x " +
+               to_string(shape) + " (expected [" + std::to_string(dim) + "])";
+      });
   };
   check_param(weight, "weight");
   check_param(bias, "bias");
@@ -226,19 +214,17 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
                    const auto gradient_of = [&](std::size_t slot) -> real* {
                      return in[slot].requires_grad() ? in[slot].grad_buffer().data() : nullptr;
                    };
-                   bool accumulate_x = true;  // false: x's buffer is fresh and is written, not added to
-                   real* grad_x = in[0].requires_grad() ? in[0].grad_buffer(accumulate_x).data() : nullptr;
+                   const GradientOut grad_x = in[0].requires_grad() ? in[0].gradient_out() : GradientOut{};
                    kernels::layer_norm_backward(
                        g.data(), in[0].value().data(), weight_slot != no_slot ? in[weight_slot].value().data() : nullptr,
                        saved->mean.data(), saved->rstd.data(), rows, dim, grad_x,
                        weight_slot != no_slot ? gradient_of(weight_slot) : nullptr,
-                       bias_slot != no_slot ? gradient_of(bias_slot) : nullptr, !accumulate_x);
+                       bias_slot != no_slot ? gradient_of(bias_slot) : nullptr);
                  });
 }
 
 Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
-  // Written so that NaN fails too.
-  check_arg(p >= 0 && p <= 1, "dropout", "probability p must be in [0, 1], got " + format_real(p));
+  check_range("dropout", "probability p", p, 0, 1, true);  // NaN fails too
   if (!training || p == 0) return x;
   const Shape shape = x.shape();
   // p == 1 drops everything: zeros, and no draws are made (1/(1-p) would be infinite).
@@ -251,10 +237,7 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
   Array y = Array::from_shape(shape);
   kernels::dropout_forward(x.value().data(), p, rng, count, keep->data(), y.data());
   return make_op("dropout", std::move(y), {x}, [keep, p](const Array& g, const Array&, std::span<Variable> in) {
-    if (!in[0].requires_grad()) return;
-    bool accumulate = true;
-    real* dx = in[0].grad_buffer(accumulate).data();
-    kernels::dropout_backward(g.data(), keep->data(), p, g.size(), dx, !accumulate);
+    if (in[0].requires_grad()) kernels::dropout_backward(g.data(), keep->data(), p, g.size(), in[0].gradient_out());
   });
 }
 
@@ -264,29 +247,67 @@ Variable where(const BoolArray& condition, const Variable& a, const Variable& b)
 
 Variable masked_fill(const Variable& x, const BoolArray& mask, real value) {
   const Shape shape = x.shape();
-  const Shape mask_shape = shape_of_any(mask);
+  const Shape mask_shape = shape_of(mask);
   check_shape(broadcast_shapes("masked_fill", mask_shape, shape) == shape, "masked_fill",
-              "mask " + to_string(mask_shape) + " does not broadcast to x " + to_string(shape));
+              [&] { return "mask " + to_string(mask_shape) + " does not broadcast to x " + to_string(shape); });
   // The fill value is a constant: a 0-d variable that needs no gradient.
   return select("masked_fill", mask, Variable(full({}, value)), x);
 }
 
-Variable attention_context(const Variable& weights, const Variable& values) {
-  const Shape sw = weights.shape(), sv = values.shape();
-  check_shape(sw.size() == 3 && sv.size() == 3 && sw[0] == sv[0] && sw[2] == sv[1], "attention_context", [&] {
-    return "weights must be [B, Tq, Tk] and values [B, Tk, dv], got weights " + to_string(sw) + ", values " +
-           to_string(sv);
-  });
-  const std::size_t batch = sw[0], query_count = sw[1], key_count = sw[2], value_size = sv[2];
-  Array output = Array::from_shape({batch, query_count, value_size});  // [B, Tq, dv]
-  kernels::attention_context_forward(weights.value().data(), values.value().data(), batch, query_count, key_count,
-                                     value_size, output.data());
-  return make_op("attention_context", std::move(output), {weights, values},
-                 [batch, query_count, key_count, value_size](const Array& g, const Array&, std::span<Variable> in) {
-    kernels::attention_context_backward(g.data(), in[0].value().data(), in[1].value().data(), batch, query_count,
-                                        key_count, value_size,
-                                        in[0].requires_grad() ? in[0].grad_buffer().data() : nullptr,
-                                        in[1].requires_grad() ? in[1].grad_buffer().data() : nullptr);
+// ---- rotary position embedding (RoPE) -------------------------------------------------
+
+namespace {
+
+/// cos and sin of (start + t) θ_i, θ_i = base^(-2i/d): [T, d/2] each.
+struct RotaryAngles {
+  std::vector<real> cos, sin;
+};
+
+RotaryAngles rotary_angles(std::size_t steps, std::size_t dim, std::size_t start, real base) {
+  const std::size_t pairs = dim / 2;
+  RotaryAngles angles{std::vector<real>(steps * pairs), std::vector<real>(steps * pairs)};
+  for (std::size_t t = 0; t < steps; ++t)
+    for (std::size_t i = 0; i < pairs; ++i) {
+      const double theta = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / static_cast<double>(dim));
+      const double angle = static_cast<double>(start + t) * theta;
+      angles.cos[t * pairs + i] = static_cast<real>(std::cos(angle));
+      angles.sin[t * pairs + i] = static_cast<real>(std::sin(angle));
+    }
+  return angles;
+}
+
+/// out = R(±angle) x on each pair (x_2i, x_2i+1), for blocks of [T, d]; `direction` -1
+/// rotates backwards (the transpose, which is the backward of the forward rotation).
+void rotate_pairs(const real* x, real* out, std::size_t size, std::size_t steps, std::size_t dim,
+                  const RotaryAngles& angles, real direction, bool accumulate) {
+  const std::size_t pairs = dim / 2, block = steps * dim;
+  for (std::size_t offset = 0; offset < size; offset += block)
+    for (std::size_t t = 0; t < steps; ++t)
+      for (std::size_t i = 0; i < pairs; ++i) {
+        const real c = angles.cos[t * pairs + i], s = direction * angles.sin[t * pairs + i];
+        const std::size_t at = offset + t * dim + 2 * i;
+        const real a = x[at], b = x[at + 1];
+        const real first = a * c - b * s, second = a * s + b * c;
+        if (accumulate) out[at] += first, out[at + 1] += second;
+        else out[at] = first, out[at + 1] = second;
+      }
+}
+
+}  // namespace
+
+Variable rotary_embedding(const Variable& x, std::size_t start, real base) {
+  const Shape s = x.shape();
+  check_shape(s.size() >= 2 && s.back() % 2 == 0, "rotary_embedding",
+              [&] { return "input must be [..., T, d] with d even, got " + to_string(s); });
+  const std::size_t steps = s[s.size() - 2], dim = s.back();
+  auto angles = std::make_shared<RotaryAngles>(rotary_angles(steps, dim, start, base));
+  Array out = Array::from_shape(s);  // [..., T, d]
+  rotate_pairs(x.value().data(), out.data(), out.size(), steps, dim, *angles, 1, false);
+  return make_op("rotary_embedding", std::move(out), {x},
+                 [angles, steps, dim](const Array& g, const Array&, std::span<Variable> in) {
+    if (!in[0].requires_grad()) return;
+    // A rotation is orthogonal: its backward is the rotation the other way.
+    rotate_pairs(g.data(), in[0].grad_buffer().data(), g.size(), steps, dim, *angles, -1, true);
   });
 }
 

@@ -40,12 +40,14 @@ Reduction plan_reduction(const char* op, const Shape& shape, const std::vector<l
   std::string listed = "(";
   for (std::size_t i = 0; i < axes.size(); ++i) listed += (i ? ", " : "") + std::to_string(axes[i]);
   listed += ")";
-  check_shape(!axes.empty(), op, "no axes given for " + to_string(shape) + "; pass every axis to reduce them all");
+  check_shape(!axes.empty(), op,
+              [&] { return "no axes given for " + to_string(shape) + "; pass every axis to reduce them all"; });
   std::vector<bool> reduced(shape.size(), false);
   for (long axis : axes) {
     const std::size_t at = normalize_axis(op, axis, shape);
-    check_shape(!reduced[at], op,
-                "axis " + std::to_string(at) + " appears twice in axes " + listed + " for shape " + to_string(shape));
+    check_shape(!reduced[at], op, [&] {
+      return "axis " + std::to_string(at) + " appears twice in axes " + listed + " for shape " + to_string(shape);
+    });
     reduced[at] = true;
   }
   return plan_reduction(shape, reduced, keepdim);
@@ -101,8 +103,9 @@ Variable max(const Variable& x, const std::vector<long>& axes, bool keepdim) {
   const Shape shape = x.shape();
   const Reduction plan = plan_reduction("max", shape, axes, keepdim);
   const std::size_t outputs = numel(plan.out);
-  check_shape(plan.group > 0 || outputs == 0, "max",
-              "cannot take the maximum of an empty group: " + to_string(shape) + " has extent 0 along a reduced axis");
+  check_shape(plan.group > 0 || outputs == 0, "max", [&] {
+    return "cannot take the maximum of an empty group: " + to_string(shape) + " has extent 0 along a reduced axis";
+  });
   Array out = Array::from_shape(plan.out);
   // winner[j] is the flat index in x of output j's maximum.
   constexpr std::size_t unset = std::numeric_limits<std::size_t>::max();

@@ -55,9 +55,9 @@ void copy_along_axis(const real* src, AxisRange from, real* dst, AxisRange to, s
 }
 
 /// grad += g, element for element, whatever the two shapes (same element count).
-void add_flat(const Array& g, Array& grad) {
+void add_flat(const Array& g, real* grad) {
   const real* pg = g.data();
-  real* pd = grad.data();
+  real* pd = grad;
   for (std::size_t i = 0, n = g.size(); i < n; ++i) pd[i] += pg[i];
 }
 
@@ -66,10 +66,9 @@ Variable reshaped(const char* name, const Variable& x, const Shape& shape) {
   Array out = Array::from_shape(shape);
   std::copy(x.value().data(), x.value().data() + x.numel(), out.data());
   return make_op(name, std::move(out), {x}, [](const Array& g, const Array&, std::span<Variable> in) {
-    bool accumulate = true;
-    Array& grad = in[0].grad_buffer(accumulate);
-    if (accumulate) add_flat(g, grad);
-    else std::copy(g.data(), g.data() + g.size(), grad.data());
+    const GradientOut dx = in[0].gradient_out();
+    if (dx.accumulate) add_flat(g, dx.data);
+    else std::copy(g.data(), g.data() + g.size(), dx.data);
   });
 }
 
@@ -91,9 +90,9 @@ Variable permuted(const char* name, const Variable& x, const Shape& in_shape, co
                  [out_shape, out_strides, read_strides](const Array& g, const Array&, std::span<Variable> in) {
                    // The same walk in reverse: read g contiguously, add into x's permuted slots
                    // (or write them: a permutation reaches every slot of a fresh buffer once).
-                   bool accumulate = true;
-                   real* dx = in[0].grad_buffer(accumulate).data();
-                   copy_strided(out_shape, g.data(), out_strides, dx, read_strides, accumulate ? Mode::Add : Mode::Assign);
+                   const GradientOut dx = in[0].gradient_out();
+                   copy_strided(out_shape, g.data(), out_strides, dx.data, read_strides,
+                                dx.accumulate ? Mode::Add : Mode::Assign);
                  });
 }
 
@@ -101,9 +100,9 @@ Variable permuted(const char* name, const Variable& x, const Shape& in_shape, co
 std::size_t normalize_new_axis(const char* op, long axis, const Shape& shape) {
   const long rank = static_cast<long>(shape.size());
   const long normalized = axis < 0 ? axis + rank + 1 : axis;
-  check_shape(normalized >= 0 && normalized <= rank, op,
-              "axis " + std::to_string(axis) + " is out of range for inserting a dimension into " +
-                  to_string(shape));
+  check_shape(normalized >= 0 && normalized <= rank, op, [&] {
+    return "axis " + std::to_string(axis) + " is out of range for inserting a dimension into " + to_string(shape);
+  });
   return static_cast<std::size_t>(normalized);
 }
 
@@ -133,10 +132,9 @@ Variable joined(const char* name, const std::vector<Variable>& parts, const Shap
                      if (in[i].requires_grad()) {
                        // The part's gradient is one block of g's, covering all of the part.
                        const AxisSplit part_layout{out_layout.outer, extents[i], out_layout.inner};
-                       bool accumulate = true;
-                       real* dpart = in[i].grad_buffer(accumulate).data();
-                       copy_along_axis(g.data(), {out_layout, offset}, dpart, {part_layout, 0}, extents[i],
-                                       accumulate ? Mode::Add : Mode::Assign);
+                       const GradientOut dpart = in[i].gradient_out();
+                       copy_along_axis(g.data(), {out_layout, offset}, dpart.data, {part_layout, 0}, extents[i],
+                                       dpart.accumulate ? Mode::Add : Mode::Assign);
                      }
                      offset += extents[i];
                    }
@@ -157,20 +155,20 @@ Variable reshape(const Variable& x, const std::vector<long>& shape) {
   std::size_t inferred = shape.size();  // index of the -1, if any
   for (std::size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == -1) {
-      check_shape(inferred == shape.size(), "reshape", what + ": only one extent may be -1");
+      check_shape(inferred == shape.size(), "reshape", [&] { return what + ": only one extent may be -1"; });
       inferred = i;
     } else {
-      check_shape(shape[i] >= 0, "reshape", what + ": extents must be non-negative or -1");
+      check_shape(shape[i] >= 0, "reshape", [&] { return what + ": extents must be non-negative or -1"; });
       out_shape[i] = static_cast<std::size_t>(shape[i]);
       known *= out_shape[i];
     }
   }
   if (inferred < shape.size()) {
     // With a zero among the given extents, any value fits the -1: refuse to guess.
-    check_shape(known != 0, "reshape", what + ": the -1 is ambiguous next to an extent of 0");
+    check_shape(known != 0, "reshape", [&] { return what + ": the -1 is ambiguous next to an extent of 0"; });
     out_shape[inferred] = x.numel() / known;  // a remainder is caught by the count check below
   }
-  check_shape(numel(out_shape) == x.numel(), "reshape", what + ": element counts differ");
+  check_shape(numel(out_shape) == x.numel(), "reshape", [&] { return what + ": element counts differ"; });
   return reshaped("reshape", x, out_shape);
 }
 
@@ -184,9 +182,10 @@ Variable unsqueeze(const Variable& x, long axis) {
 Variable squeeze(const Variable& x, long axis) {
   Shape shape = x.shape();
   const std::size_t at = normalize_axis("squeeze", axis, shape);
-  check_shape(shape[at] == 1, "squeeze",
-              "axis " + std::to_string(axis) + " of " + to_string(shape) + " has extent " +
-                  std::to_string(shape[at]) + ", not 1");
+  check_shape(shape[at] == 1, "squeeze", [&] {
+    return "axis " + std::to_string(axis) + " of " + to_string(shape) + " has extent " + std::to_string(shape[at]) +
+           ", not 1";
+  });
   shape.erase(shape.begin() + static_cast<long>(at));
   return reshaped("squeeze", x, shape);
 }
@@ -199,7 +198,7 @@ Variable expand(const Variable& x, const Shape& shape) {
     const std::size_t target = shape[shape.size() - in_shape.size() + i];
     fits = in_shape[i] == target || in_shape[i] == 1;
   }
-  check_shape(fits, "expand", "cannot expand " + to_string(in_shape) + " to " + to_string(shape));
+  check_shape(fits, "expand", [&] { return "cannot expand " + to_string(in_shape) + " to " + to_string(shape); });
   Array out = zeros(shape);
   add_broadcast_to(x.value(), shape, out);
   return make_op("expand", std::move(out), {x}, [](const Array& g, const Array&, std::span<Variable> in) {
@@ -220,15 +219,18 @@ Variable transpose(const Variable& x, long axis0, long axis1) {
 Variable permute(const Variable& x, const std::vector<std::size_t>& order) {
   const Shape shape = x.shape();
   const std::string listed = to_string(order);
-  check_shape(order.size() == shape.size(), "permute",
-              "order " + listed + " has " + std::to_string(order.size()) + " axes but the input " +
-                  to_string(shape) + " has " + std::to_string(shape.size()));
+  check_shape(order.size() == shape.size(), "permute", [&] {
+    return "order " + listed + " has " + std::to_string(order.size()) + " axes but the input " + to_string(shape) +
+           " has " + std::to_string(shape.size());
+  });
   std::vector<bool> seen(shape.size(), false);
   for (std::size_t axis : order) {
-    check_shape(axis < shape.size(), "permute",
-                "axis " + std::to_string(axis) + " in order " + listed + " is out of range for " + to_string(shape));
-    check_shape(!seen[axis], "permute",
-                "axis " + std::to_string(axis) + " appears twice in order " + listed + " for " + to_string(shape));
+    check_shape(axis < shape.size(), "permute", [&] {
+      return "axis " + std::to_string(axis) + " in order " + listed + " is out of range for " + to_string(shape);
+    });
+    check_shape(!seen[axis], "permute", [&] {
+      return "axis " + std::to_string(axis) + " appears twice in order " + listed + " for " + to_string(shape);
+    });
     seen[axis] = true;
   }
   return permuted("permute", x, shape, order, {});
@@ -236,8 +238,9 @@ Variable permute(const Variable& x, const std::vector<std::size_t>& order) {
 
 Variable split_heads(const Variable& x, std::size_t heads) {
   const Shape shape = x.shape();
-  check_shape(shape.size() == 3 && heads > 0 && shape[2] % heads == 0, "split_heads",
-              "needs [B, T, E] with E divisible by the " + std::to_string(heads) + " heads, got " + to_string(shape));
+  check_shape(shape.size() == 3 && heads > 0 && shape[2] % heads == 0, "split_heads", [&] {
+    return "needs [B, T, E] with E divisible by the " + std::to_string(heads) + " heads, got " + to_string(shape);
+  });
   const std::size_t batch = shape[0], steps = shape[1], head_dim = shape[2] / heads;
   // Read as [B, T, H, d], written as [B, H, T, d].
   return permuted("split_heads", x, {batch, steps, heads, head_dim}, {0, 2, 1, 3}, {});
@@ -245,7 +248,7 @@ Variable split_heads(const Variable& x, std::size_t heads) {
 
 Variable merge_heads(const Variable& x) {
   const Shape shape = x.shape();
-  check_shape(shape.size() == 4, "merge_heads", "needs [B, H, T, d], got " + to_string(shape));
+  check_shape(shape.size() == 4, "merge_heads", [&] { return "needs [B, H, T, d], got " + to_string(shape); });
   // Written as [B, T, H, d], labelled [B, T, H·d].
   return permuted("merge_heads", x, shape, {0, 2, 1, 3}, {shape[0], shape[2], shape[1] * shape[3]});
 }
@@ -253,9 +256,10 @@ Variable merge_heads(const Variable& x) {
 Variable slice(const Variable& x, long axis, std::size_t start, std::size_t end) {
   const Shape in_shape = x.shape();
   const std::size_t at = normalize_axis("slice", axis, in_shape);
-  check_shape(start <= end && end <= in_shape[at], "slice",
-              "range [" + std::to_string(start) + ", " + std::to_string(end) + ") is invalid for axis " +
-                  std::to_string(axis) + " (extent " + std::to_string(in_shape[at]) + ") of " + to_string(in_shape));
+  check_shape(start <= end && end <= in_shape[at], "slice", [&] {
+    return "range [" + std::to_string(start) + ", " + std::to_string(end) + ") is invalid for axis " +
+           std::to_string(axis) + " (extent " + std::to_string(in_shape[at]) + ") of " + to_string(in_shape);
+  });
   Shape out_shape = in_shape;
   out_shape[at] = end - start;
   const AxisSplit in_layout = split_at_axis(in_shape, at), out_layout = split_at_axis(out_shape, at);
@@ -280,7 +284,7 @@ Variable concat(const std::vector<Variable>& parts, long axis) {
     bool fits = shape.size() == first.size();
     for (std::size_t d = 0; fits && d < shape.size(); ++d) fits = d == at || shape[d] == first[d];
     check_shape(fits, "concat",
-                "shapes " + shapes_of(parts) + " differ outside axis " + std::to_string(axis));
+                [&] { return "shapes " + shapes_of(parts) + " differ outside axis " + std::to_string(axis); });
     extents.push_back(shape[at]);
     out_shape[at] += shape[at];
   }
@@ -291,7 +295,8 @@ Variable stack(const std::vector<Variable>& parts, long axis) {
   check_shape(!parts.empty(), "stack", "needs at least one part");
   const Shape first = parts[0].shape();
   for (const Variable& part : parts)
-    check_shape(part.shape() == first, "stack", "parts must all have one shape, got " + shapes_of(parts));
+    check_shape(part.shape() == first, "stack",
+                [&] { return "parts must all have one shape, got " + shapes_of(parts); });
   const std::size_t at = normalize_new_axis("stack", axis, first);
   Shape out_shape = first;
   out_shape.insert(out_shape.begin() + static_cast<long>(at), parts.size());
@@ -303,9 +308,10 @@ std::vector<Variable> split(const Variable& x, const std::vector<std::size_t>& s
   const std::size_t at = normalize_axis("split", axis, shape);
   const std::size_t total = std::accumulate(sizes.begin(), sizes.end(), std::size_t{0});
   const std::string listed = to_string(sizes);
-  check_shape(total == shape[at], "split",
-              "sizes " + listed + " add up to " + std::to_string(total) + ", but axis " + std::to_string(axis) +
-                  " of " + to_string(shape) + " has extent " + std::to_string(shape[at]));
+  check_shape(total == shape[at], "split", [&] {
+    return "sizes " + listed + " add up to " + std::to_string(total) + ", but axis " + std::to_string(axis) + " of " +
+           to_string(shape) + " has extent " + std::to_string(shape[at]);
+  });
   // Each piece is a slice: its own node, so pieces used in different ways each add their
   // share into x's gradient.
   std::vector<Variable> pieces;

@@ -135,7 +135,7 @@ std::size_t Variable::numel() const { return node().value.size(); }
 
 real Variable::item() const {
   const Array& v = node().value;
-  check_shape(v.size() == 1, "item", "needs exactly one element, got shape " + to_string(shape_of(v)));
+  check_shape(v.size() == 1, "item", [&] { return "needs exactly one element, got shape " + to_string(shape_of(v)); });
   return v.data()[0];
 }
 
@@ -143,7 +143,7 @@ bool Variable::requires_grad() const { return node().requires_grad; }
 
 Variable& Variable::set_requires_grad(bool requires_grad) {
   check_arg(node().is_leaf, "set_requires_grad",
-            "only leaves can be marked; '" + node().op + "' is the result of an op");
+            [&] { return "only leaves can be marked; '" + node().op + "' is the result of an op"; });
   node_->requires_grad = requires_grad;
   return *this;
 }
@@ -162,9 +162,10 @@ void materialise_zero_grad(detail::Node& n) {
 }  // namespace
 
 const Array& Variable::grad() const {
-  check_arg(node().has_grad, "grad",
-            "no gradient yet for this " + to_string(shape()) + " '" + node_->op +
-                "' variable (call backward() first; non-leaf gradients need retain_grad())");
+  check_arg(node().has_grad, "grad", [&] {
+    return "no gradient yet for this " + to_string(shape()) + " '" + node_->op +
+           "' variable (call backward() first; non-leaf gradients need retain_grad())";
+  });
   materialise_zero_grad(*node_);
   return node_->grad;
 }
@@ -180,22 +181,23 @@ Array& Variable::grad_buffer() {
   return n.grad;
 }
 
-Array& Variable::grad_buffer(bool& accumulate) {
+GradientOut Variable::gradient_out() {
   detail::Node& n = node();
   const bool fits = n.has_grad && n.grad.shape() == n.value.shape();
-  accumulate = fits && !n.grad_is_zero;
+  const bool accumulate = fits && !n.grad_is_zero;
   // A zeroed gradient's buffer is handed out as fresh: the caller overwrites all of it.
   if (!fits) n.grad = Array::from_shape(shape_of(n.value));
   n.has_grad = true;
   n.grad_is_zero = false;
-  return n.grad;
+  return {n.grad.data(), accumulate};
 }
 
 void Variable::add_grad(const Array& gradient) {
   detail::Node& n = node();
-  check_shape(gradient.shape() == n.value.shape(), "add_grad",
-              "gradient of shape " + to_string(shape_of(gradient)) + " for a value of shape " +
-                  to_string(shape_of(n.value)) + " (op '" + n.op + "')");
+  check_shape(gradient.shape() == n.value.shape(), "add_grad", [&] {
+    return "gradient of shape " + to_string(shape_of(gradient)) + " for a value of shape " +
+           to_string(shape_of(n.value)) + " (op '" + n.op + "')";
+  });
   if (!n.has_grad) {
     n.grad = gradient;
     n.has_grad = true;
@@ -222,20 +224,21 @@ Variable& Variable::retain_grad() {
 }
 
 void Variable::backward(bool retain_graph) {
-  check_shape(numel() == 1, "backward",
-              "without a gradient argument the output must have one element, got shape " +
-                  to_string(shape()));
+  check_shape(numel() == 1, "backward", [&] {
+    return "without a gradient argument the output must have one element, got shape " + to_string(shape());
+  });
   backward(full(shape(), real(1)), retain_graph);
 }
 
 void Variable::backward(const Array& grad_output, bool retain_graph) {
   detail::Node& root = node();
-  check_arg(root.requires_grad, "backward",
-            "this '" + root.op + "' variable does not require a gradient (no input did, or it was "
-            "made under NoGradGuard)");
-  check_shape(grad_output.shape() == root.value.shape(), "backward",
-              "grad_output of shape " + to_string(shape_of(grad_output)) + " for an output of shape " +
-                  to_string(shape()));
+  check_arg(root.requires_grad, "backward", [&] {
+    return "this '" + root.op +
+           "' variable does not require a gradient (no input did, or it was made under NoGradGuard)";
+  });
+  check_shape(grad_output.shape() == root.value.shape(), "backward", [&] {
+    return "grad_output of shape " + to_string(shape_of(grad_output)) + " for an output of shape " + to_string(shape());
+  });
 
   // Iterative post-order depth-first sort: `order` ends with the root, and every node comes
   // after all of its inputs. `order` owns the nodes during the sweep, so releasing a node's
@@ -260,10 +263,11 @@ void Variable::backward(const Array& grad_output, bool retain_graph) {
 
   if (anomaly_enabled.load(std::memory_order_relaxed)) {
     const std::size_t bad = first_non_finite(grad_output);
-    check_arg(bad == grad_output.size(), "backward",
-              "anomaly detected: the gradient backward() was given holds " +
-                  (bad < grad_output.size() ? describe_value(grad_output.data()[bad]) : std::string()) +
-                  " at flat index " + std::to_string(bad));
+    check_arg(bad == grad_output.size(), "backward", [&] {
+      return "anomaly detected: the gradient backward() was given holds " +
+             (bad < grad_output.size() ? describe_value(grad_output.data()[bad]) : std::string()) + " at flat index " +
+             std::to_string(bad);
+    });
   }
   add_grad(grad_output);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/numerics/gradient_out.hpp"
 #include "lib/numerics/shape.hpp"
 #include "lib/numerics/tensor.hpp"
 
@@ -20,8 +21,9 @@ namespace qkv {
 class Variable;
 
 /// How an op sends gradients to its inputs: given dL/d(output) and the forward value, add
-/// dL/d(input) into `inputs[i]` (with `add_grad` or `grad_buffer`) for every input that
-/// `requires_grad()`. It must add, never assign: an input used twice receives the sum.
+/// dL/d(input) into `inputs[i]` (with `add_grad`, `grad_buffer` or `gradient_out`) for every
+/// input that `requires_grad()`. It must add, never assign — unless `gradient_out` says the
+/// buffer is fresh: an input used twice receives the sum.
 using BackwardFn =
     std::function<void(const Array& grad_output, const Array& output, std::span<Variable> inputs)>;
 
@@ -56,7 +58,7 @@ class Variable {
   /// Name of the op that made this variable ("leaf" for leaves).
   const std::string& op_name() const;
 
-  /// True once a gradient has been accumulated (or `grad_buffer` allocated one).
+  /// True once a gradient has been accumulated (or `grad_buffer` / `gradient_out` allocated one).
   bool has_grad() const;
   /// The accumulated gradient, same shape as the value. Throws when there is none yet.
   const Array& grad() const;
@@ -66,13 +68,13 @@ class Variable {
   /// For backward functions that can write a gradient as cheaply as add it (gemm with beta 0
   /// or 1): the buffer, with `accumulate` set to whether it already holds a gradient. When it
   /// comes back false the buffer is uninitialised and must be overwritten in full, which saves
-  /// zero-filling it first.
-  Array& grad_buffer(bool& accumulate);
+  /// zero-filling it first (lib/numerics/gradient_out.hpp).
+  GradientOut gradient_out();
   /// grad += gradient (same shape). For backward functions.
   void add_grad(const Array& gradient);
   /// Sets the gradient to zero, keeping its buffer for the next step. The zeros are written
   /// only when the gradient is next read or added to; a backward that overwrites the whole
-  /// buffer (grad_buffer(accumulate)) skips them.
+  /// buffer (gradient_out() with accumulate false) skips them.
   void zero_grad();
   /// Keeps this non-leaf's gradient after backward (non-leaf gradients are freed by default).
   Variable& retain_grad();

@@ -9,7 +9,6 @@
 
 #include "lib/numerics/broadcast.hpp"
 #include "lib/numerics/error.hpp"
-#include "lib/numerics/kernels.hpp"
 #include "lib/numerics/shape.hpp"
 
 namespace qkv {
@@ -17,7 +16,7 @@ namespace qkv {
 // ---- masks -----------------------------------------------------------------------------
 
 BoolArray allowed_from_valid_lens(const IndexArray& valid_lens, std::size_t queries, std::size_t keys) {
-  const Shape shape(valid_lens.shape().begin(), valid_lens.shape().end());
+  const Shape shape = shape_of(valid_lens);
   check_shape(shape.size() == 1 || (shape.size() == 2 && shape[1] == queries), "allowed_from_valid_lens",
               "valid_lens must be [B] or [B, Tq] with Tq = " + std::to_string(queries) + ", got " + to_string(shape));
   const std::size_t batch = shape[0];
@@ -28,9 +27,10 @@ BoolArray allowed_from_valid_lens(const IndexArray& valid_lens, std::size_t quer
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t i = 0; i < queries; ++i) {
       const std::int64_t length = lens[per_query ? b * queries + i : b];
-      check_arg(length >= 0 && length <= static_cast<std::int64_t>(keys), "allowed_from_valid_lens",
-                "valid length " + std::to_string(length) + " at batch " + std::to_string(b) +
-                    " is outside [0, " + std::to_string(keys) + "] (there are " + std::to_string(keys) + " keys)");
+      check_arg(length >= 0 && length <= static_cast<std::int64_t>(keys), "allowed_from_valid_lens", [&] {
+        return "valid length " + std::to_string(length) + " at batch " + std::to_string(b) + " is outside [0, " +
+               std::to_string(keys) + "] (there are " + std::to_string(keys) + " keys)";
+      });
       bool* row = out + (b * queries + i) * keys;
       for (std::size_t j = 0; j < keys; ++j) row[j] = static_cast<std::int64_t>(j) < length;
     }
@@ -56,49 +56,9 @@ BoolArray window_allowed(std::size_t queries, std::size_t keys, std::size_t wind
 std::optional<BoolArray> allowed_and(const std::optional<BoolArray>& a, const std::optional<BoolArray>& b) {
   if (!a) return b;
   if (!b) return a;
-  const Shape sa(a->shape().begin(), a->shape().end()), sb(b->shape().begin(), b->shape().end());
-  broadcast_shapes("allowed_and", sa, sb);  // throws naming both shapes
+  broadcast_shapes("allowed_and", shape_of(*a), shape_of(*b));  // throws naming both shapes
   BoolArray both = *a && *b;
   return both;
-}
-
-namespace {
-
-/// True when `mask` broadcasts to `target` without growing it.
-bool broadcasts_to(const Shape& mask, const Shape& target) {
-  if (mask.size() > target.size()) return false;
-  const std::size_t offset = target.size() - mask.size();
-  for (std::size_t i = 0; i < mask.size(); ++i)
-    if (mask[i] != 1 && mask[i] != target[offset + i]) return false;
-  return true;
-}
-
-}  // namespace
-
-Variable masked_softmax(const Variable& scores, const BoolArray& allowed) {
-  const Shape shape = scores.shape();
-  const Shape mask_shape(allowed.shape().begin(), allowed.shape().end());
-  check_shape(!shape.empty(), "masked_softmax", "scores must have at least one axis, got []");
-  check_shape(broadcasts_to(mask_shape, shape), "masked_softmax", [&] {
-    return "allowed mask " + to_string(mask_shape) + " does not broadcast to scores " + to_string(shape);
-  });
-  Array out = Array::from_shape(shape);
-  kernels::masked_softmax_forward(scores.value().data(), allowed.data(), shape, broadcast_strides(mask_shape, shape),
-                                  out.data());
-  const AxisSplit rows{shape.back() == 0 ? 0 : numel(shape) / shape.back(), shape.back(), 1};  // [rows, Tk]
-  return make_op("masked_softmax", std::move(out), {scores},
-                 [rows](const Array& g, const Array& y, std::span<Variable> in) {
-    // dx = y ⊙ (g - Σ g y) per row. Masked entries have y = 0, so their gradient is exactly
-    // 0, and a fully masked row (all y = 0) passes no gradient back.
-    if (!in[0].requires_grad()) return;
-    bool accumulate = true;
-    real* dx = in[0].grad_buffer(accumulate).data();
-    kernels::softmax_backward(g.data(), y.data(), dx, rows, !accumulate);
-  });
-}
-
-Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed) {
-  return allowed ? masked_softmax(scores, *allowed) : softmax(scores, -1);
 }
 
 // ---- position hooks: defaults change nothing --------------------------------------------
@@ -184,7 +144,7 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
   }
 
   if (allowed) {
-    const Shape mask_shape(allowed->shape().begin(), allowed->shape().end());
+    const Shape mask_shape = shape_of(*allowed);
     check_shape(broadcasts_to(mask_shape, scores.shape()), "DotProductAttention", [&] {
       return "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " + to_string(scores.shape()) +
              " (" + shapes() + ")";
@@ -249,7 +209,7 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
               [&] { return "values must be [B, Tk, dv] with the keys' B and Tk, got " + shapes(); });
   const Shape score_shape{sq[0], sq[1], sk[1]};
   if (allowed) {
-    const Shape mask_shape(allowed->shape().begin(), allowed->shape().end());
+    const Shape mask_shape = shape_of(*allowed);
     check_shape(broadcasts_to(mask_shape, score_shape), "AdditiveAttention", [&] {
       return "allowed mask " + to_string(mask_shape) + " does not broadcast to the scores " + to_string(score_shape) +
              " (" + shapes() + ")";

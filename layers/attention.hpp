@@ -1,5 +1,5 @@
 #pragma once
-// Attention building blocks: masks, masked softmax, the scoring functions (dot, scaled dot,
+// Attention building blocks: masks, the scoring functions (dot, scaled dot,
 // additive) and the hook through which positional schemes (relative, rotary, ALiBi) act
 // inside attention.
 //
@@ -31,13 +31,7 @@ BoolArray window_allowed(std::size_t queries, std::size_t keys, std::size_t wind
 /// a AND b, broadcasting as NumPy does; nullopt on either side means "everything allowed".
 std::optional<BoolArray> allowed_and(const std::optional<BoolArray>& a, const std::optional<BoolArray>& b);
 
-/// Softmax over the last axis of scores [..., Tk], restricted to the allowed keys (`allowed`
-/// broadcasts to the scores). Masked entries get weight exactly 0 and gradient 0; a row with
-/// no allowed key gets all-zero weights and zero gradients — never NaN, never uniform weights
-/// over padding. A fused op: composing masked_fill + softmax cannot give that last row.
-Variable masked_softmax(const Variable& scores, const BoolArray& allowed);
-/// Plain softmax over the last axis when `allowed` is nullopt, masked_softmax otherwise.
-Variable masked_softmax(const Variable& scores, const std::optional<BoolArray>& allowed);
+// masked_softmax, the op these masks feed, is in autograd/ops.hpp.
 
 // ---- scoring ---------------------------------------------------------------------------
 

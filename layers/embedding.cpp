@@ -34,26 +34,16 @@ std::string Embedding::describe() const {
 }
 
 Variable Embedding::forward(const IndexArray& indices) const {
-  for (const std::int64_t index : indices)
-    check_arg(index >= 0 && static_cast<std::size_t>(index) < num_embeddings_, describe().c_str(),
-              "index " + std::to_string(index) + " is outside [0, " + std::to_string(num_embeddings_) +
-                  ") in indices of shape " + to_string(Shape(indices.shape().begin(), indices.shape().end())));
-  Variable rows = embedding(weight_, indices);  // [..., D]
-  if (!padding_idx_ || !rows.requires_grad()) return rows;
-  // The padding token's row is a constant: stop the gradient at the positions that read it.
-  // This costs one copy of the output, the price of keeping the embedding op itself generic.
-  const std::int64_t pad = *padding_idx_;
-  if (std::find(indices.begin(), indices.end(), pad) == indices.end()) return rows;
-  const std::size_t dim = embedding_dim_;
-  Array value = rows.value();
-  return make_op("embedding_padding", std::move(value), {rows},
-                 [indices, pad, dim](const Array& g, const Array&, std::span<Variable> in) {
-    real* dx = in[0].grad_buffer().data();
-    const real* pg = g.data();
-    for (std::size_t i = 0; i < indices.size(); ++i)
-      if (indices.data()[i] != pad)
-        for (std::size_t j = 0; j < dim; ++j) dx[i * dim + j] += pg[i * dim + j];
+  // The message (which names this module) is built only for a bad index: this runs per element.
+  const auto bad = std::find_if(indices.begin(), indices.end(), [&](std::int64_t index) {
+    return index < 0 || static_cast<std::size_t>(index) >= num_embeddings_;
   });
+  if (bad != indices.end())
+    throw Error(describe() + ": index " + std::to_string(*bad) + " is outside [0, " + std::to_string(num_embeddings_) +
+                ") in indices of shape " + to_string(shape_of(indices)));
+  Variable rows = embedding(weight_, indices);  // [..., D]
+  // The padding token's row is a constant: stop the gradient at the positions that read it.
+  return padding_idx_ ? embedding_padding(rows, indices, *padding_idx_) : rows;
 }
 
 }  // namespace qkv

@@ -117,7 +117,7 @@ GRUOutput GRU::forward(const Variable& input, const Variable& h0) const { return
 GRUOutput GRU::forward(const Variable& input, const IndexArray& valid_lens, const Variable& h0) const {
   const Shape shape = input.shape();
   const auto [batch, steps] = check_input(shape);
-  const Shape lens_shape(valid_lens.shape().begin(), valid_lens.shape().end());
+  const Shape lens_shape = shape_of(valid_lens);
   check_shape(lens_shape == Shape{batch}, describe().c_str(),
               "valid_lens " + to_string(lens_shape) + " must be [" + std::to_string(batch) + "] for input " +
                   to_string(shape));

@@ -11,8 +11,6 @@ namespace {
 
 constexpr const char* kLayer = "MultiheadAttention";
 
-Shape shape_of_mask(const BoolArray& mask) { return Shape(mask.shape().begin(), mask.shape().end()); }
-
 BoolArray reshaped(BoolArray mask, const Shape& shape) {
   mask.reshape(shape);
   return mask;
@@ -25,19 +23,19 @@ std::optional<BoolArray> resolve_mask(const AttentionMask& mask, std::size_t bat
   const std::string scores = "the scores [B, H, Tq, Tk] = " + to_string({batch, heads, queries, keys});
   std::optional<BoolArray> allowed;
   if (mask.valid_lens) {
-    const Shape s(mask.valid_lens->shape().begin(), mask.valid_lens->shape().end());
+    const Shape s = shape_of(*mask.valid_lens);
     check_shape((s.size() == 1 || (s.size() == 2 && s[1] == queries)) && s[0] == batch, kLayer,
                 "valid_lens must be [B] or [B, Tq] for " + scores + ", got " + to_string(s));
     allowed = allowed_and(allowed, reshaped(allowed_from_valid_lens(*mask.valid_lens, queries, keys),
                                             {batch, 1, queries, keys}));
   }
   if (mask.key_allowed) {
-    const Shape s = shape_of_mask(*mask.key_allowed);
+    const Shape s = shape_of(*mask.key_allowed);
     check_shape(s == Shape{batch, keys}, kLayer, "key_allowed must be [B, Tk] for " + scores + ", got " + to_string(s));
     allowed = allowed_and(allowed, reshaped(*mask.key_allowed, {batch, 1, 1, keys}));
   }
   if (mask.allowed) {
-    const Shape s = shape_of_mask(*mask.allowed);
+    const Shape s = shape_of(*mask.allowed);
     const bool fits = (s.size() == 2 && s == Shape{queries, keys}) ||
                       (s.size() == 3 && s == Shape{batch, queries, keys}) ||
                       (s.size() == 4 && (s[0] == batch || s[0] == 1) && (s[1] == heads || s[1] == 1) &&

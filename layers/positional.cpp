@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/shape.hpp"
@@ -127,61 +126,6 @@ Variable RelativePositionEncoding::output_term(const Variable& weights, std::siz
 }
 
 // ---- rotary (RoPE) -------------------------------------------------------------------------
-
-namespace {
-
-/// cos and sin of (start + t) θ_i, θ_i = base^(-2i/d): [T, d/2] each.
-struct RotaryAngles {
-  std::vector<real> cos, sin;
-};
-
-RotaryAngles rotary_angles(std::size_t steps, std::size_t dim, std::size_t start, real base) {
-  const std::size_t pairs = dim / 2;
-  RotaryAngles angles{std::vector<real>(steps * pairs), std::vector<real>(steps * pairs)};
-  for (std::size_t t = 0; t < steps; ++t)
-    for (std::size_t i = 0; i < pairs; ++i) {
-      const double theta = std::pow(static_cast<double>(base), -2.0 * static_cast<double>(i) / static_cast<double>(dim));
-      const double angle = static_cast<double>(start + t) * theta;
-      angles.cos[t * pairs + i] = static_cast<real>(std::cos(angle));
-      angles.sin[t * pairs + i] = static_cast<real>(std::sin(angle));
-    }
-  return angles;
-}
-
-/// out = R(±angle) x on each pair (x_2i, x_2i+1), for blocks of [T, d]; `direction` -1
-/// rotates backwards (the transpose, which is the backward of the forward rotation).
-void rotate_pairs(const real* x, real* out, std::size_t size, std::size_t steps, std::size_t dim,
-                  const RotaryAngles& angles, real direction, bool accumulate) {
-  const std::size_t pairs = dim / 2, block = steps * dim;
-  for (std::size_t offset = 0; offset < size; offset += block)
-    for (std::size_t t = 0; t < steps; ++t)
-      for (std::size_t i = 0; i < pairs; ++i) {
-        const real c = angles.cos[t * pairs + i], s = direction * angles.sin[t * pairs + i];
-        const std::size_t at = offset + t * dim + 2 * i;
-        const real a = x[at], b = x[at + 1];
-        const real first = a * c - b * s, second = a * s + b * c;
-        if (accumulate) out[at] += first, out[at + 1] += second;
-        else out[at] = first, out[at + 1] = second;
-      }
-}
-
-}  // namespace
-
-Variable rotary_embedding(const Variable& x, std::size_t start, real base) {
-  const Shape s = x.shape();
-  check_shape(s.size() >= 2 && s.back() % 2 == 0, "rotary_embedding",
-              "input must be [..., T, d] with d even, got " + to_string(s));
-  const std::size_t steps = s[s.size() - 2], dim = s.back();
-  auto angles = std::make_shared<RotaryAngles>(rotary_angles(steps, dim, start, base));
-  Array out = Array::from_shape(s);
-  rotate_pairs(x.value().data(), out.data(), out.size(), steps, dim, *angles, 1, false);
-  return make_op("rotary_embedding", std::move(out), {x},
-                 [angles, steps, dim](const Array& g, const Array&, std::span<Variable> in) {
-    if (!in[0].requires_grad()) return;
-    // A rotation is orthogonal: its backward is the rotation the other way.
-    rotate_pairs(g.data(), in[0].grad_buffer().data(), g.size(), steps, dim, *angles, -1, true);
-  });
-}
 
 RotaryPositionEncoding::RotaryPositionEncoding(std::size_t head_dim, real base) : head_dim_(head_dim), base_(base) {
   check_arg(head_dim > 0 && head_dim % 2 == 0, "RotaryPositionEncoding",

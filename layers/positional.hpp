@@ -79,10 +79,6 @@ class RotaryPositionEncoding : public AttentionPositionEncoding {
   real base_;
 };
 
-/// Rotates x [..., T, d] (positions start, start+1, ...) as RotaryPositionEncoding does. A
-/// fused op: the backward is the inverse rotation.
-Variable rotary_embedding(const Variable& x, std::size_t start, real base = 10000);
-
 /// The per-head slopes of ALiBi: for n a power of two, 2^(-8/n), 2^(-16/n), ..., 2^(-8); for
 /// other n, the paper's rule (the slopes of the closest smaller power of two, then every other
 /// slope of the next power of two).

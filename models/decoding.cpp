@@ -44,7 +44,7 @@ void append_attention(AttentionTrace& trace, const std::vector<NamedAttention>& 
   for (std::size_t i = 0; i < step_attention.size(); ++i) {
     const Array& weights = step_attention[i].second;  // [N, S]
     check_shape(weights.dimension() == 2 && weights.shape()[0] > row && weights.shape()[1] >= source_length,
-                "decode", "step attention '" + step_attention[i].first + "' has shape " + to_string(Shape(weights.shape().begin(), weights.shape().end())) +
+                "decode", "step attention '" + step_attention[i].first + "' has shape " + to_string(shape_of(weights)) +
                               ", expected [rows, source length]");
     const real* begin = weights.data() + row * weights.shape()[1];
     trace.rows[i].insert(trace.rows[i].end(), begin, begin + source_length);
@@ -62,10 +62,10 @@ std::vector<NamedAttention> finish_attention(const AttentionTrace& trace, std::s
 }
 
 void check_inputs(const IndexArray& source, const IndexArray& source_lengths, std::size_t max_length) {
-  check_shape(source.dimension() == 2, "decode", "source must be [B, S], got " + to_string(Shape(source.shape().begin(), source.shape().end())));
+  check_shape(source.dimension() == 2, "decode", "source must be [B, S], got " + to_string(shape_of(source)));
   check_shape(source_lengths.dimension() == 1 && source_lengths.shape()[0] == source.shape()[0], "decode",
               "source_lengths must be [B] = [" + std::to_string(source.shape()[0]) + "], got " +
-                  to_string(Shape(source_lengths.shape().begin(), source_lengths.shape().end())));
+                  to_string(shape_of(source_lengths)));
   for (std::size_t b = 0; b < source_lengths.size(); ++b)
     check_arg(source_lengths(b) >= 1 && std::size_t(source_lengths(b)) <= source.shape()[1], "decode",
               "source length " + std::to_string(source_lengths(b)) + " of sentence " + std::to_string(b) +
@@ -118,7 +118,7 @@ std::vector<Hypothesis> greedy_decode(Seq2SeqModel& model, const IndexArray& sou
     const StepOutput out = model.decode_step(*state, previous);
     const Array& logits = out.logits.value();  // [B, V]
     check_shape(logits.dimension() == 2 && logits.shape()[0] == batch, "greedy_decode",
-                "decode_step returned logits of shape " + to_string(Shape(logits.shape().begin(), logits.shape().end())) + " for " +
+                "decode_step returned logits of shape " + to_string(shape_of(logits)) + " for " +
                     std::to_string(batch) + " sentences");
     const std::size_t vocab = logits.shape()[1];
     for (std::size_t b = 0; b < batch; ++b) {
@@ -173,7 +173,7 @@ std::vector<Hypothesis> beam_search(Seq2SeqModel& model, const IndexArray& sourc
     const StepOutput out = model.decode_step(*state, previous);
     const Array& logits = out.logits.value();  // [B*K, V]
     check_shape(logits.dimension() == 2 && logits.shape()[0] == batch * beam, "beam_search",
-                "decode_step returned logits of shape " + to_string(Shape(logits.shape().begin(), logits.shape().end())) + " for " +
+                "decode_step returned logits of shape " + to_string(shape_of(logits)) + " for " +
                     std::to_string(batch * beam) + " hypotheses");
     const std::size_t vocab = logits.shape()[1];
     for (std::size_t b = 0; b < batch; ++b) {

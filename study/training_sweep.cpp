@@ -96,8 +96,8 @@ std::string run_name(Scaling scaling, std::size_t key_size, std::uint64_t seed) 
 }  // namespace
 
 void AttentionTally::add(const Array& scores, const Array& weights, const std::optional<BoolArray>& allowed) {
-  const Shape shape(scores.shape().begin(), scores.shape().end());
-  const Shape mask_shape = allowed ? Shape(allowed->shape().begin(), allowed->shape().end()) : Shape{1};
+  const Shape shape = shape_of(scores);
+  const Shape mask_shape = allowed ? shape_of(*allowed) : Shape{1};
   const Shape strides[2] = {strides_of(shape), broadcast_strides(mask_shape, shape)};
   const std::size_t mask_step = strides[1].back();
   const real* s = scores.data();

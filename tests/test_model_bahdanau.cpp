@@ -96,8 +96,8 @@ TEST_CASE("Bahdanau: parameter names and which initial-state path each config ta
     CHECK_MESSAGE(names.count(expected) == 1, expected);
   // Keys are the encoder's two directions: W_k [A, 2H]; the bottom cell reads [E + 2H].
   const auto state = bidirectional.state_dict();
-  CHECK(Shape(state.at("attention.W_k").shape().begin(), state.at("attention.W_k").shape().end()) == Shape{6, 10});
-  CHECK(Shape(state.at("decoder.0.weight_ih").shape().begin(), state.at("decoder.0.weight_ih").shape().end()) ==
+  CHECK(shape_of(state.at("attention.W_k")) == Shape{6, 10});
+  CHECK(shape_of(state.at("decoder.0.weight_ih")) ==
         Shape{15, 14});
   CHECK(bidirectional.kind() == "bahdanau");
 
@@ -117,7 +117,7 @@ TEST_CASE("Bahdanau: decode_step over a prefix equals forward's rows (unequal so
     const models::Seq2SeqOutput full = model.forward(source, source_lengths, target_input);
     REQUIRE(full.logits.shape() == Shape{3, 4, 8});
     const Array& full_attention = attention_of(full.attention);
-    REQUIRE(Shape(full_attention.shape().begin(), full_attention.shape().end()) == Shape{3, 4, 5});
+    REQUIRE(shape_of(full_attention) == Shape{3, 4, 5});
 
     const auto state = model.start_decoding(source, source_lengths);
     for (std::size_t t = 0; t < 4; ++t) {
@@ -274,7 +274,7 @@ TEST_CASE("Bahdanau: config JSON round trip rebuilds an identical model") {
   CHECK(defaults.hidden_size == 128);
   CHECK(defaults.bidirectional);
   CHECK_THROWS_WITH_AS(nlohmann::json({{"source_vocab_size", 10}}).get<BahdanauConfig>(),
-                       "BahdanauConfig: \"target_vocab_size\" is required", Error);
+                       "BahdanauConfig: field \"target_vocab_size\" is missing", Error);
   nlohmann::json typo = json;
   typo["hiden_size"] = 3;
   CHECK_THROWS_WITH_AS(typo.get<BahdanauConfig>(),
@@ -282,7 +282,7 @@ TEST_CASE("Bahdanau: config JSON round trip rebuilds an identical model") {
   nlohmann::json negative = json;
   negative["hidden_size"] = -3;
   CHECK_THROWS_WITH_AS(negative.get<BahdanauConfig>(),
-                       "BahdanauConfig: \"hidden_size\" must be a non-negative integer, got -3", Error);
+                       "BahdanauConfig: field \"hidden_size\" must be a non-negative integer, got -3", Error);
   nlohmann::json bad_dropout = json;
   bad_dropout["dropout"] = 1.5;
   CHECK_THROWS_WITH_AS(bad_dropout.get<BahdanauConfig>(), "BahdanauConfig: dropout must be in [0, 1), got 1.5",

@@ -286,6 +286,29 @@ TEST_CASE("embedding gradient with repeated indices") {
   QKV_CHECK_GRADIENTS([&](const auto& in) { return embedding(in[0], indices); }, {Variable(random_array({5, 3}, 17))});
 }
 
+TEST_CASE("embedding_padding: the identity, with no gradient through the padding positions") {
+  const IndexArray indices = {{1, 2, 1}, {2, 0, 1}};
+  const std::int64_t pad = 1;
+  Array keep = zeros({2, 3, 1});  // 1 where the index is not the padding index
+  for (std::size_t i = 0; i < indices.size(); ++i) keep.data()[i] = indices.data()[i] == pad ? 0 : 1;
+  // With the padding positions multiplied away, their true derivative is 0 as well, so the
+  // finite differences check how the op routes every other position's gradient.
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return embedding_padding(in[0], indices, pad) * Variable(keep); },
+                      {Variable(random_array({2, 3, 4}, 23))});
+
+  Variable rows(random_array({2, 3, 4}, 29), true);
+  const Variable padded = embedding_padding(rows, indices, pad);  // [2, 3, 4]
+  CHECK(max_abs_diff(padded.value(), rows.value()) == 0);
+  sum(padded).backward();
+  for (std::size_t i = 0; i < indices.size(); ++i)
+    for (std::size_t j = 0; j < 4; ++j) CHECK(rows.grad().data()[i * 4 + j] == keep.data()[i]);
+  // No position reads the padding index: the rows come back as they are.
+  CHECK(embedding_padding(rows, indices, 3).id() == rows.id());
+  CHECK_THROWS_WITH_AS(embedding_padding(rows, IndexArray{0, 1}, pad),
+                       "embedding_padding: rows must be [..., D] for indices [...], got rows [2, 3, 4] and indices [2]",
+                       ShapeError);
+}
+
 TEST_CASE("where and masked_fill gradients with broadcasting") {
   const BoolArray condition = bool_array({2, 1, 4}, {true, false, false, true, false, true, true, false});
   QKV_CHECK_GRADIENTS([&](const auto& in) { return qkv::where(condition, in[0], in[1]); },

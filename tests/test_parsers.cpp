@@ -84,18 +84,18 @@ TEST_CASE("parsers: TrainOptions integers must be integers in range (fuzz_checkp
   json negative = valid;
   negative["batch_size"] = -1;
   CHECK_THROWS_WITH_AS(TrainOptions::from_json(negative),
-                       "config.json training: field 'batch_size' must be a non-negative integer, got -1", Error);
+                       "config.json training: field \"batch_size\" must be a non-negative integer, got -1", Error);
   json fractional = valid;
   fractional["epochs"] = 1e300;
   CHECK_THROWS_WITH_AS(TrainOptions::from_json(fractional),
-                       "config.json training: field 'epochs' must be a non-negative integer, got 1e+300", Error);
+                       "config.json training: field \"epochs\" must be a non-negative integer, got 1e+300", Error);
   json signed_field = valid;
   signed_field["warmup_steps"] = 0.5;
   CHECK_THROWS_WITH_AS(TrainOptions::from_json(signed_field),
-                       "config.json training: field 'warmup_steps' must be an integer, got 0.5", Error);
+                       "config.json training: field \"warmup_steps\" must be an integer, got 0.5", Error);
   json huge = valid;
   huge["warmup_steps"] = std::uint64_t(1) << 63;  // above int64's range
-  CHECK_THROWS_WITH_AS(TrainOptions::from_json(huge), doctest::Contains("field 'warmup_steps' must be an integer"),
+  CHECK_THROWS_WITH_AS(TrainOptions::from_json(huge), doctest::Contains("field \"warmup_steps\" must be an integer"),
                        Error);
 }
 

@@ -31,7 +31,7 @@ namespace {
 
 /// Rows of a [N, ...] array, in the given order.
 Array take_rows(const Array& a, const std::vector<std::size_t>& rows) {
-  Shape shape(a.shape().begin(), a.shape().end());
+  Shape shape = shape_of(a);
   const std::size_t row_size = a.size() / shape[0];
   shape[0] = rows.size();
   Array out = Array::from_shape(shape);

@@ -77,7 +77,8 @@ TEST_CASE("data spec: bad specs and input name what is wrong") {
   const json corpus = {{"file", "/no/such/corpus.tsv"}, {"reverse", false}, {"split", "default"}, {"preprocess", "d2l"}};
   CHECK_THROWS_WITH_AS(load_data(corpus), doctest::Contains("/no/such/corpus.tsv"), Error);
   CHECK_THROWS_WITH_AS(load_data(json{{"task", "reverse"}}), doctest::Contains("\"seed\" is missing"), Error);
-  CHECK_THROWS_WITH_AS(load_data(json{{"task", "reverse"}, {"seed", "x"}}), doctest::Contains("\"seed\" has the wrong type"),
+  CHECK_THROWS_WITH_AS(load_data(json{{"task", "reverse"}, {"seed", "x"}}),
+                       doctest::Contains("field \"seed\" must be a non-negative integer, got \"x\""),
                        Error);
   CHECK_THROWS_WITH_AS(load_data(json{{"task", "sorting"}, {"seed", 0}}), doctest::Contains("sorting"), Error);
   CHECK_THROWS_WITH_AS(load_data(json::array()), doctest::Contains("expected an object"), Error);

@@ -35,11 +35,11 @@ json progress_to_json(const Progress& p) {
 
 Progress progress_from_json(const json& j, const std::string& where) {
   Progress p;
-  p.epoch = json_field<std::size_t>(j, "epoch", where);
-  p.batch_in_epoch = json_field<std::size_t>(j, "batch_in_epoch", where);
-  p.step = json_field<std::int64_t>(j, "step", where);
-  p.best_value = json_field<double>(j, "best_value", where);
-  p.best_epoch = json_field<std::int64_t>(j, "best_epoch", where);
+  p.epoch = json_field<std::size_t>(j, where, "epoch");
+  p.batch_in_epoch = json_field<std::size_t>(j, where, "batch_in_epoch");
+  p.step = json_field<std::int64_t>(j, where, "step");
+  p.best_value = json_field<double>(j, where, "best_value");
+  p.best_epoch = json_field<std::int64_t>(j, where, "best_epoch");
   return p;
 }
 
@@ -79,20 +79,20 @@ Checkpoint load_checkpoint(const std::string& directory) {
   Checkpoint checkpoint;
   checkpoint.directory = directory;
   try {
-    const json vocab = json_field<json>(config, "vocab", where);
-    checkpoint.vocabs.source = Vocab::from_json(json_field<json>(vocab, "source", where));
-    checkpoint.vocabs.target = Vocab::from_json(json_field<json>(vocab, "target", where));
+    const json vocab = json_field<json>(config, where, "vocab");
+    checkpoint.vocabs.source = Vocab::from_json(json_field<json>(vocab, where, "source"));
+    checkpoint.vocabs.target = Vocab::from_json(json_field<json>(vocab, where, "target"));
   } catch (const Error& e) {
     throw Error(where + ": bad vocabulary: " + e.what());
   }
-  checkpoint.options = TrainOptions::from_json(json_field<json>(config, "training", where));
+  checkpoint.options = TrainOptions::from_json(json_field<json>(config, where, "training"));
   checkpoint.data = config.value("data", json::object());
-  checkpoint.progress = progress_from_json(json_field<json>(config, "progress", where), where + " progress");
+  checkpoint.progress = progress_from_json(json_field<json>(config, where, "progress"), where + " progress");
   checkpoint.history = config.value("history", json::array());
 
-  const json model = json_field<json>(config, "model", where);
-  const std::string kind = json_field<std::string>(model, "kind", where + " model");
-  checkpoint.model = models::make_model(kind, json_field<json>(model, "config", where + " model"),
+  const json model = json_field<json>(config, where, "model");
+  const std::string kind = json_field<std::string>(model, where + " model", "kind");
+  checkpoint.model = models::make_model(kind, json_field<json>(model, where + " model", "config"),
                                         checkpoint.vocabs.source.size(), checkpoint.vocabs.target.size());
   const std::string weights = (dir / "model.safetensors").string();
   try {
@@ -109,7 +109,7 @@ Checkpoint load_checkpoint(const std::string& directory) {
   // The dropout streams, so that a resumed run draws the masks an uninterrupted one would.
   try {
     checkpoint.model->load_random_state(
-        json_field<json>(config, "random_state", where).get<std::map<std::string, std::string>>());
+        json_field<json>(config, where, "random_state").get<std::map<std::string, std::string>>());
   } catch (const Error& e) {
     throw Error("checkpoint " + directory + ": " + e.what());
   } catch (const json::exception& e) {

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/json_field.hpp"
 #include "lib/text/tasks.hpp"
 
 namespace qkv::train {
@@ -12,21 +13,9 @@ using nlohmann::json;
 
 namespace {
 
-std::string preprocess_of(const json& spec) {
-  if (!spec.is_object() || !spec.contains("preprocess") || !spec.at("preprocess").is_string())
-    throw Error("data spec: \"preprocess\" is missing or not a string in " + spec.dump());
-  return spec.at("preprocess").get<std::string>();
-}
+constexpr const char* kSpec = "data spec";
 
-template <typename T>
-T field(const json& spec, const char* name) {
-  if (!spec.contains(name)) throw Error(std::string("data spec: \"") + name + "\" is missing in " + spec.dump());
-  try {
-    return spec.at(name).get<T>();
-  } catch (const json::exception&) {
-    throw Error(std::string("data spec: \"") + name + "\" has the wrong type in " + spec.dump());
-  }
-}
+std::string preprocess_of(const json& spec) { return json_field<std::string>(spec, kSpec, "preprocess"); }
 
 }  // namespace
 
@@ -47,17 +36,17 @@ Dataset load_data(const json& spec) {
   if (!spec.is_object()) throw Error("data spec: expected an object, got " + spec.dump());
   if (spec.contains("task")) {
     TaskOptions options;
-    options.seed = field<std::uint64_t>(spec, "seed");
-    options.train_size = spec.contains("train_size") ? field<std::size_t>(spec, "train_size") : options.train_size;
+    options.seed = json_field<std::uint64_t>(spec, kSpec, "seed");
+    options.train_size = json_field_or<std::size_t>(spec, kSpec, "train_size", options.train_size);
     options.validation_size = options.test_size =
-        spec.contains("eval_size") ? field<std::size_t>(spec, "eval_size") : options.validation_size;
-    return make_task(field<std::string>(spec, "task"), options);
+        json_field_or<std::size_t>(spec, kSpec, "eval_size", options.validation_size);
+    return make_task(json_field<std::string>(spec, kSpec, "task"), options);
   }
-  const auto file = field<std::string>(spec, "file");
+  const auto file = json_field<std::string>(spec, kSpec, "file");
   if (!fs::exists(file)) throw Error("data file " + file + " does not exist");
   CorpusOptions options;
-  options.tsv.reverse = field<bool>(spec, "reverse");
-  options.split = parse_name<CorpusSplit>(field<std::string>(spec, "split"), "data spec");
+  options.tsv.reverse = json_field<bool>(spec, kSpec, "reverse");
+  options.split = parse_name<CorpusSplit>(json_field<std::string>(spec, kSpec, "split"), kSpec);
   return load_corpus(file, options);
 }
 

@@ -27,27 +27,27 @@ json TrainOptions::to_json() const {
 TrainOptions TrainOptions::from_json(const json& j) {
   const std::string where = "config.json training";
   TrainOptions o;
-  o.seed = json_field<std::uint64_t>(j, "seed", where);
-  o.epochs = json_field<std::size_t>(j, "epochs", where);
-  o.time_budget_seconds = json_field<double>(j, "time_budget_seconds", where);
-  o.batch_size = json_field<std::size_t>(j, "batch_size", where);
-  o.bucket_batches = json_field<std::size_t>(j, "bucket_batches", where);
-  o.optimizer = parse_name<OptimizerKind>(json_field<std::string>(j, "optimizer", where), where);
-  o.lr = json_field<double>(j, "lr", where);
-  o.weight_decay = json_field<double>(j, "weight_decay", where);
-  o.schedule = parse_name<ScheduleKind>(json_field<std::string>(j, "schedule", where), where);
-  o.warmup_steps = json_field<std::int64_t>(j, "warmup_steps", where);
-  o.clip_norm = json_field<double>(j, "clip_norm", where);
-  o.label_smoothing = json_field<double>(j, "label_smoothing", where);
-  const json decode = json_field<json>(j, "decode", where);
+  o.seed = json_field<std::uint64_t>(j, where, "seed");
+  o.epochs = json_field<std::size_t>(j, where, "epochs");
+  o.time_budget_seconds = json_field<double>(j, where, "time_budget_seconds");
+  o.batch_size = json_field<std::size_t>(j, where, "batch_size");
+  o.bucket_batches = json_field<std::size_t>(j, where, "bucket_batches");
+  o.optimizer = parse_name<OptimizerKind>(json_field<std::string>(j, where, "optimizer"), where);
+  o.lr = json_field<double>(j, where, "lr");
+  o.weight_decay = json_field<double>(j, where, "weight_decay");
+  o.schedule = parse_name<ScheduleKind>(json_field<std::string>(j, where, "schedule"), where);
+  o.warmup_steps = json_field<std::int64_t>(j, where, "warmup_steps");
+  o.clip_norm = json_field<double>(j, where, "clip_norm");
+  o.label_smoothing = json_field<double>(j, where, "label_smoothing");
+  const json decode = json_field<json>(j, where, "decode");
   const std::string decode_where = where + " decode";
-  o.decode.beam = json_field<std::size_t>(decode, "beam", decode_where);
-  o.decode.max_length = json_field<std::size_t>(decode, "max_length", decode_where);
+  o.decode.beam = json_field<std::size_t>(decode, decode_where, "beam");
+  o.decode.max_length = json_field<std::size_t>(decode, decode_where, "max_length");
   o.decode.length_penalty =
-      parse_name<models::LengthPenalty>(json_field<std::string>(decode, "length_penalty", decode_where), decode_where);
-  o.decode.alpha = json_field<double>(decode, "alpha", decode_where);
-  o.best_metric = parse_name<BestMetric>(json_field<std::string>(j, "best_metric", where), where);
-  o.eval_batch_size = json_field<std::size_t>(j, "eval_batch_size", where);
+      parse_name<models::LengthPenalty>(json_field<std::string>(decode, decode_where, "length_penalty"), decode_where);
+  o.decode.alpha = json_field<double>(decode, decode_where, "alpha");
+  o.best_metric = parse_name<BestMetric>(json_field<std::string>(j, where, "best_metric"), where);
+  o.eval_batch_size = json_field<std::size_t>(j, where, "eval_batch_size");
   o.validate();
   return o;
 }

@@ -111,10 +111,10 @@ void register_gated_seq2seq() {
                       .max = 4096}},
          .make = [](const nlohmann::json& config) -> std::shared_ptr<qkv::models::Seq2SeqModel> {
            const std::string where = "gated_seq2seq config";
-           return std::make_shared<GatedSeq2Seq>(qkv::json_field<std::size_t>(config, "source_vocab_size", where),
-                                                 qkv::json_field<std::size_t>(config, "target_vocab_size", where),
-                                                 qkv::json_field<std::size_t>(config, "d_model", where),
-                                                 qkv::json_field<std::uint64_t>(config, "seed", where));
+           return std::make_shared<GatedSeq2Seq>(qkv::json_field<std::size_t>(config, where, "source_vocab_size"),
+                                                 qkv::json_field<std::size_t>(config, where, "target_vocab_size"),
+                                                 qkv::json_field<std::size_t>(config, where, "d_model"),
+                                                 qkv::json_field<std::uint64_t>(config, where, "seed"));
          }});
   });
 }

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "lib/numerics/broadcast.hpp"
@@ -13,19 +12,20 @@
 
 namespace qkv::kernels {
 
-// Every kernel here is written as a serial "chunk" function over a range of rows, marked
+// A kernel here is written as a serial "chunk" function over a range of rows, marked
 // QKV_SIMD_CLONES (lib/numerics/simd.hpp) so that its loops get an AVX2 build, and a public function
 // that shares the rows out among qkv's threads (lib/numerics/parallel.hpp). Each output element is
 // written by one chunk, in the serial loop's order: results do not depend on the thread count.
+// The exceptions, each for its reason: embedding_forward shares out rows but only copies them
+// (nothing to vectorise); embedding_backward is serial, because repeated indices add into the
+// same row; where_select and where_gradient are serial walks of broadcast rows (for_each_row)
+// that only select.
 
 namespace {
 
 /// e^x: the vectorisable float32 version in training builds, std::exp in float64 (gradient
 /// checks want every digit).
-real exp_of(real x) {
-  if constexpr (std::is_same_v<real, float>) return vector_math::exp(x);
-  else return std::exp(x);
-}
+using vector_math::exp_of;
 
 /// Rows per chunk so that a chunk holds at least parallel::min_elements_per_chunk elements.
 std::size_t rows_per_chunk(std::size_t row_size) {
@@ -88,8 +88,6 @@ void sum_then_update(AxisSplit split, Term term, Finish finish, Update update) {
   }
 }
 
-Shape shape_of_mask(const BoolArray& mask) { return Shape(mask.shape().begin(), mask.shape().end()); }
-
 // ---- serial chunks of the softmax family --------------------------------------------------
 
 QKV_SIMD_CLONES void softmax_chunk(const real* x, real* y, AxisSplit split) {
@@ -119,13 +117,13 @@ QKV_SIMD_CLONES void log_softmax_chunk(const real* x, real* y, AxisSplit split) 
 }
 
 QKV_SIMD_CLONES void softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split,
-                                            bool overwrite) {
+                                            bool accumulate) {
   const auto dot_of = [&](std::size_t i, std::size_t) { return double(grad_y[i]) * double(y[i]); };
   const auto finish = [](std::size_t, double total) { return real(total); };
-  if (overwrite)
-    sum_then_update(split, dot_of, finish, [&](std::size_t i, std::size_t, real dot) { grad_x[i] = y[i] * (grad_y[i] - dot); });
-  else
+  if (accumulate)
     sum_then_update(split, dot_of, finish, [&](std::size_t i, std::size_t, real dot) { grad_x[i] += y[i] * (grad_y[i] - dot); });
+  else
+    sum_then_update(split, dot_of, finish, [&](std::size_t i, std::size_t, real dot) { grad_x[i] = y[i] * (grad_y[i] - dot); });
 }
 
 QKV_SIMD_CLONES void log_softmax_backward_chunk(const real* grad_y, const real* y, real* grad_x, AxisSplit split) {
@@ -173,11 +171,11 @@ void log_softmax_forward(const real* x, real* y, AxisSplit split) {
                    [&](std::size_t first, AxisSplit part) { log_softmax_chunk(x + first * block, y + first * block, part); });
 }
 
-void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split, bool overwrite) {
+void softmax_backward(const real* grad_y, const real* y, GradientOut grad_x, AxisSplit split) {
   const std::size_t block = split.size * split.inner;
   for_outer_chunks(split, [&](std::size_t first, AxisSplit part) {
     const std::size_t offset = first * block;
-    softmax_backward_chunk(grad_y + offset, y + offset, grad_x + offset, part, overwrite);
+    softmax_backward_chunk(grad_y + offset, y + offset, grad_x.data + offset, part, grad_x.accumulate);
   });
 }
 
@@ -319,7 +317,7 @@ QKV_SIMD_CLONES void layer_norm_chunk(const real* x, const real* weight, const r
 
 QKV_SIMD_CLONES void layer_norm_grad_x_chunk(const real* grad_y, const real* x, const real* weight, const real* mean,
                                              const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
-                                             bool overwrite) {
+                                             bool accumulate) {
   for (std::size_t row = 0; row < rows; ++row) {
     const real* gr = grad_y + row * dim;  // [D]
     const real* xr = x + row * dim;       // [D]
@@ -337,7 +335,7 @@ QKV_SIMD_CLONES void layer_norm_grad_x_chunk(const real* grad_y, const real* x, 
     for (std::size_t i = 0; i < dim; ++i) {
       const real g = gr[i] * (weight ? weight[i] : real(1));
       const real normalized = (xr[i] - row_mean) * row_rstd;
-      dxr[i] = (overwrite ? real(0) : dxr[i]) + row_rstd * (g - grad_mean - normalized * grad_dot_mean);
+      dxr[i] = (accumulate ? dxr[i] : real(0)) + row_rstd * (g - grad_mean - normalized * grad_dot_mean);
     }
   }
 }
@@ -368,12 +366,12 @@ void layer_norm_forward(const real* x, const real* weight, const real* bias, std
 }
 
 void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
-                         const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
-                         real* grad_weight, real* grad_bias, bool overwrite_grad_x) {
-  if (grad_x)
+                         const real* rstd, std::size_t rows, std::size_t dim, GradientOut grad_x,
+                         real* grad_weight, real* grad_bias) {
+  if (grad_x.data)
     parallel::for_chunks(rows, rows_per_chunk(dim), [&](std::size_t first, std::size_t last) {
       layer_norm_grad_x_chunk(grad_y + first * dim, x + first * dim, weight, mean + first, rstd + first, last - first,
-                              dim, grad_x + first * dim, overwrite_grad_x);
+                              dim, grad_x.data + first * dim, grad_x.accumulate);
     });
   // The parameters' gradients sum over rows: threads take columns instead, so that each sum
   // still runs over the rows in order. Columns are shared in blocks of 16 floats (a cache line).
@@ -478,11 +476,11 @@ QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t
 }
 
 QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8_t* keep, real keep_scale,
-                                            std::size_t first, std::size_t last, real* grad_x, bool overwrite) {
-  if (overwrite)
-    for (std::size_t i = first; i < last; ++i) grad_x[i] = grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
-  else
+                                            std::size_t first, std::size_t last, real* grad_x, bool accumulate) {
+  if (accumulate)
     for (std::size_t i = first; i < last; ++i) grad_x[i] += grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
+  else
+    for (std::size_t i = first; i < last; ++i) grad_x[i] = grad_y[i] * (keep_scale * static_cast<real>(keep[i]));
 }
 
 }  // namespace
@@ -502,160 +500,17 @@ void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::ui
   });
 }
 
-void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x,
-                      bool overwrite) {
+void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, GradientOut grad_x) {
   const real keep_scale = real(1) / (real(1) - p);
   parallel::for_chunks(count, parallel::min_elements_per_chunk, [&](std::size_t first, std::size_t last) {
-    dropout_backward_chunk(grad_y, keep, keep_scale, first, last, grad_x, overwrite);
+    dropout_backward_chunk(grad_y, keep, keep_scale, first, last, grad_x.data, grad_x.accumulate);
   });
-}
-
-// ---- additive attention scores -------------------------------------------------------------
-
-namespace {
-real tanh_of(real x) {
-  if constexpr (std::is_same_v<real, float>) return vector_math::tanh(x);
-  else return std::tanh(x);
-}
-
-/// Σ x[a] · y[a] over n elements, summed in `lanes` interleaved partial sums: a plain running
-/// sum is a chain the compiler may not reorder (no -ffast-math), so it would stay scalar; fixed
-/// partial sums vectorise, and give the same result in every SIMD clone. The partial sums are
-/// then added pairwise (3 dependent adds, not 8: this runs once per short row).
-inline real dot_in_lanes(const real* __restrict x, const real* __restrict y, std::size_t n) {
-  constexpr std::size_t lanes = 8;
-  real partial[lanes] = {};
-  std::size_t a = 0;
-  for (; a + lanes <= n; a += lanes)
-    for (std::size_t l = 0; l < lanes; ++l) partial[l] += x[a + l] * y[a + l];
-  for (std::size_t l = 0; a < n; ++a, ++l) partial[l] += x[a] * y[a];  // the last n % lanes
-  for (std::size_t width = lanes / 2; width > 0; width /= 2)
-    for (std::size_t l = 0; l < width; ++l) partial[l] += partial[l + width];
-  return partial[0];
-}
-}  // namespace
-
-QKV_SIMD_CLONES
-void additive_scores_forward(const real* queries, const real* keys, const real* v, std::size_t batch,
-                             std::size_t query_count, std::size_t key_count, std::size_t hidden, real* features,
-                             real* scores) {
-  for (std::size_t b = 0; b < batch; ++b)
-    for (std::size_t i = 0; i < query_count; ++i) {
-      const real* __restrict q = queries + (b * query_count + i) * hidden;  // [A]
-      for (std::size_t j = 0; j < key_count; ++j) {
-        const real* __restrict k = keys + (b * key_count + j) * hidden;      // [A]
-        const std::size_t row = (b * query_count + i) * key_count + j;
-        real* __restrict f = features + row * hidden;                       // [A]
-        for (std::size_t a = 0; a < hidden; ++a) f[a] = tanh_of(q[a] + k[a]);
-        scores[row] = dot_in_lanes(v, f, hidden);
-      }
-    }
-}
-
-QKV_SIMD_CLONES
-void additive_scores_backward(const real* grad_scores, const real* features, const real* v, std::size_t batch,
-                              std::size_t query_count, std::size_t key_count, std::size_t hidden,
-                              real* grad_queries, real* grad_keys, real* grad_v) {
-  std::vector<real> d(hidden);  // grad · v ⊙ (1 - f²) of one (b, i, j)
-  for (std::size_t b = 0; b < batch; ++b)
-    for (std::size_t i = 0; i < query_count; ++i)
-      for (std::size_t j = 0; j < key_count; ++j) {
-        const std::size_t row = (b * query_count + i) * key_count + j;
-        const real g = grad_scores[row];
-        const real* __restrict f = features + row * hidden;
-        if (grad_v)
-          for (std::size_t a = 0; a < hidden; ++a) grad_v[a] += g * f[a];
-        real* __restrict dd = d.data();
-        for (std::size_t a = 0; a < hidden; ++a) dd[a] = g * v[a] * (real(1) - f[a] * f[a]);
-        if (grad_queries) {
-          real* dq = grad_queries + (b * query_count + i) * hidden;
-          for (std::size_t a = 0; a < hidden; ++a) dq[a] += dd[a];
-        }
-        if (grad_keys) {
-          real* dk = grad_keys + (b * key_count + j) * hidden;
-          for (std::size_t a = 0; a < hidden; ++a) dk[a] += dd[a];
-        }
-      }
-}
-
-// ---- GRU cell ------------------------------------------------------------------------------
-
-namespace {
-real sigmoid_of(real x) {
-  if constexpr (std::is_same_v<real, float>) return vector_math::sigmoid(x);
-  else return x >= 0 ? real(1) / (real(1) + std::exp(-x)) : std::exp(x) / (real(1) + std::exp(x));
-}
-}  // namespace
-
-QKV_SIMD_CLONES
-void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
-                      std::size_t hidden, real* h_next, real* saved) {
-  // One simple loop per gate, so that each vectorises.
-  for (std::size_t b = 0; b < batch; ++b) {
-    const real* __restrict xi = input_gates + b * 3 * hidden;   // [3H]: i_r, i_z, i_n
-    const real* __restrict hi = hidden_gates + b * 3 * hidden;  // [3H]: h_r, h_z, h_n
-    const real* __restrict hb = h + b * hidden;                 // [H]
-    real* __restrict r = saved + b * 3 * hidden;                // saved [3H]: r, z, n
-    real* __restrict z = r + hidden;
-    real* __restrict n = z + hidden;
-    real* __restrict out = h_next + b * hidden;
-    for (std::size_t j = 0; j < hidden; ++j) r[j] = sigmoid_of(xi[j] + hi[j]);
-    for (std::size_t j = 0; j < hidden; ++j) z[j] = sigmoid_of(xi[hidden + j] + hi[hidden + j]);
-    for (std::size_t j = 0; j < hidden; ++j) n[j] = tanh_of(xi[2 * hidden + j] + r[j] * hi[2 * hidden + j]);
-    for (std::size_t j = 0; j < hidden; ++j) out[j] = n[j] + z[j] * (hb[j] - n[j]);
-  }
-}
-
-namespace {
-/// out[j] (+)= values[j] for j < n: added, or written over a fresh buffer.
-inline void put(const GradientOut& out, std::size_t offset, const real* __restrict values, std::size_t n) {
-  real* __restrict to = out.data + offset;
-  if (out.accumulate)
-    for (std::size_t j = 0; j < n; ++j) to[j] += values[j];
-  else
-    std::copy_n(values, n, to);
-}
-}  // namespace
-
-QKV_SIMD_CLONES
-void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
-                       std::size_t batch, std::size_t hidden, GradientOut grad_input_gates,
-                       GradientOut grad_hidden_gates, GradientOut grad_h) {
-  std::vector<real> scratch(5 * hidden);
-  real* __restrict pre = scratch.data();               // [3H] d(i_r + h_r), d(i_z + h_z), d(i_n + r h_n)
-  real* __restrict dr = pre;
-  real* __restrict dz = dr + hidden;
-  real* __restrict dn = dz + hidden;
-  real* __restrict dhn = pre + 3 * hidden;             // [H] d(h_n) = d(i_n + r h_n) ⊙ r
-  real* __restrict dh = dhn + hidden;                  // [H] d(h) through h' directly
-  for (std::size_t b = 0; b < batch; ++b) {
-    const real* __restrict g = grad_h_next + b * hidden;
-    const real* __restrict hi = hidden_gates + b * 3 * hidden;
-    const real* __restrict hb = h + b * hidden;
-    const real* __restrict r = saved + b * 3 * hidden;
-    const real* __restrict z = r + hidden;
-    const real* __restrict n = z + hidden;
-    // h' = n + z (h - n): through n with weight 1 - z, through z with h - n, through h with z.
-    for (std::size_t j = 0; j < hidden; ++j) dn[j] = g[j] * (real(1) - z[j]) * (real(1) - n[j] * n[j]);
-    for (std::size_t j = 0; j < hidden; ++j) dz[j] = g[j] * (hb[j] - n[j]) * z[j] * (real(1) - z[j]);
-    for (std::size_t j = 0; j < hidden; ++j) dr[j] = dn[j] * hi[2 * hidden + j] * r[j] * (real(1) - r[j]);
-    if (grad_input_gates.data) put(grad_input_gates, b * 3 * hidden, pre, 3 * hidden);
-    if (grad_hidden_gates.data) {
-      for (std::size_t j = 0; j < hidden; ++j) dhn[j] = dn[j] * r[j];
-      put(grad_hidden_gates, b * 3 * hidden, pre, 2 * hidden);
-      put(grad_hidden_gates, b * 3 * hidden + 2 * hidden, dhn, hidden);
-    }
-    if (grad_h.data) {
-      for (std::size_t j = 0; j < hidden; ++j) dh[j] = g[j] * z[j];
-      put(grad_h, b * hidden, dh, hidden);
-    }
-  }
 }
 
 // ---- where ----------------------------------------------------------------------------------
 
 Array where_select(const char* op, const BoolArray& condition, const Array& a, const Array& b) {
-  const Shape condition_shape = shape_of_mask(condition);
+  const Shape condition_shape = shape_of(condition);
   const Shape out_shape =
       broadcast_shapes(op, broadcast_shapes(op, condition_shape, shape_of(a)), shape_of(b));
   Array out = Array::from_shape(out_shape);
@@ -679,7 +534,7 @@ Array where_select(const char* op, const BoolArray& condition, const Array& a, c
 Array where_gradient(const BoolArray& condition, const Array& gradient, bool keep_when) {
   const Shape shape = shape_of(gradient);
   Array out = Array::from_shape(shape);
-  const Shape strides[2] = {strides_of(shape), broadcast_strides(shape_of_mask(condition), shape)};
+  const Shape strides[2] = {strides_of(shape), broadcast_strides(shape_of(condition), shape)};
   const std::size_t sc = strides[1].empty() ? 0 : strides[1].back();
   const bool* pc = condition.data();
   const real* pg = gradient.data();
@@ -688,48 +543,6 @@ Array where_gradient(const BoolArray& condition, const Array& gradient, bool kee
     for (std::size_t i = 0; i < count; ++i) po[o + i] = pc[ic + i * sc] == keep_when ? pg[o + i] : real(0);
   });
   return out;
-}
-
-}  // namespace qkv::kernels
-
-// ---- attention context ------------------------------------------------------------------------
-
-namespace qkv::kernels {
-
-QKV_SIMD_CLONES
-void attention_context_forward(const real* weights, const real* values, std::size_t batch, std::size_t query_count,
-                               std::size_t key_count, std::size_t value_size, real* output) {
-  for (std::size_t b = 0; b < batch; ++b)
-    for (std::size_t i = 0; i < query_count; ++i) {
-      const real* w = weights + (b * query_count + i) * key_count;  // [Tk]
-      real* __restrict out = output + (b * query_count + i) * value_size;  // [dv]
-      std::fill_n(out, value_size, real(0));
-      for (std::size_t j = 0; j < key_count; ++j) {
-        const real weight = w[j];
-        const real* __restrict value = values + (b * key_count + j) * value_size;  // [dv]
-        for (std::size_t d = 0; d < value_size; ++d) out[d] += weight * value[d];
-      }
-    }
-}
-
-QKV_SIMD_CLONES
-void attention_context_backward(const real* grad_output, const real* weights, const real* values, std::size_t batch,
-                                std::size_t query_count, std::size_t key_count, std::size_t value_size,
-                                real* grad_weights, real* grad_values) {
-  for (std::size_t b = 0; b < batch; ++b)
-    for (std::size_t i = 0; i < query_count; ++i) {
-      const std::size_t row = b * query_count + i;
-      const real* __restrict g = grad_output + row * value_size;  // [dv]
-      for (std::size_t j = 0; j < key_count; ++j) {
-        const std::size_t key = b * key_count + j;
-        if (grad_weights) grad_weights[row * key_count + j] += dot_in_lanes(g, values + key * value_size, value_size);
-        if (grad_values) {
-          const real weight = weights[row * key_count + j];
-          real* __restrict dv = grad_values + key * value_size;  // [dv]
-          for (std::size_t d = 0; d < value_size; ++d) dv[d] += weight * g[d];
-        }
-      }
-    }
 }
 
 }  // namespace qkv::kernels

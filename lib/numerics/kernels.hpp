@@ -3,16 +3,20 @@
 // (cross-entropy), layer norm, embedding gather/scatter, dropout masks and masked selection.
 //
 // Plain functions over raw pointers and Arrays: lib knows nothing of autograd. Each forward
-// kernel has its backward beside it; backward kernels ADD into the gradient buffers they are
-// given (the autograd contract), and a null gradient pointer means "not needed". Those with an
-// `overwrite` flag write instead when it is true: the buffer is fresh and uninitialised
-// (Variable::grad_buffer(accumulate)), which saves zero-filling it and reading the zeros back.
+// kernel has its backward beside it; backward kernels ADD into the `real*` gradient buffers they
+// are given (the autograd contract), and a null gradient pointer means "not needed". A backward
+// that can as cheaply write as add takes a GradientOut instead (lib/numerics/gradient_out.hpp)
+// and writes when its buffer is fresh.
+//
+// Only generic kernels live here; those of one model family sit beside the ops that use them
+// (the GRU and additive-attention kernels in autograd/recurrent_kernels.hpp).
 //
 // Reductions that decide precision (softmax sums, layer-norm moments, the loss) accumulate in
 // double, so the float32 build keeps its digits on long rows.
 #include <cstddef>
 #include <cstdint>
 
+#include "lib/numerics/gradient_out.hpp"
 #include "lib/numerics/rng.hpp"
 #include "lib/numerics/shape.hpp"
 #include "lib/numerics/tensor.hpp"
@@ -27,8 +31,8 @@ namespace qkv::kernels {
 void softmax_forward(const real* x, real* y, AxisSplit split);
 /// y = x - max - log Σ exp(x - max) along the axis.
 void log_softmax_forward(const real* x, real* y, AxisSplit split);
-/// grad_x += y ⊙ (grad_y - Σ grad_y ⊙ y), from the softmax output y (no Jacobian).
-void softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split, bool overwrite = false);
+/// grad_x (+)= y ⊙ (grad_y - Σ grad_y ⊙ y), from the softmax output y (no Jacobian).
+void softmax_backward(const real* grad_y, const real* y, GradientOut grad_x, AxisSplit split);
 /// grad_x += grad_y - exp(y) Σ grad_y, from the log-softmax output y.
 void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisSplit split);
 /// Softmax over the last axis of x (shape `shape`) among the entries `allowed` keeps, read
@@ -69,50 +73,14 @@ void cross_entropy_backward(real grad_loss, const real* logits, const std::int64
 /// ([rows]) for the backward.
 void layer_norm_forward(const real* x, const real* weight, const real* bias, std::size_t rows,
                         std::size_t dim, real eps, real* y, real* mean, real* rstd);
-/// Adds the gradients w.r.t. x, weight and bias; any of the three outputs may be null. With
+/// Puts the gradient w.r.t. x and adds those w.r.t. weight and bias; any of the three may be
+/// null. With
 /// x̂ = (x - mean) · rstd and ĝ = grad_y ⊙ weight:
 ///   grad_x = rstd · (ĝ - mean(ĝ) - x̂ · mean(ĝ ⊙ x̂)),  grad_weight = Σ_rows grad_y ⊙ x̂,
 ///   grad_bias = Σ_rows grad_y.
 void layer_norm_backward(const real* grad_y, const real* x, const real* weight, const real* mean,
-                         const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
-                         real* grad_weight, real* grad_bias, bool overwrite_grad_x = false);
-
-// ---- additive attention scores -------------------------------------------------------------
-
-/// scores[b, i, j] = Σ_a v[a] · tanh(queries[b, i, a] + keys[b, j, a]) for queries [B, Tq, A],
-/// keys [B, Tk, A], v [A]; writes the tanh values into `features` [B, Tq, Tk, A] for the
-/// backward. One pass instead of a broadcast add, a tanh and a product, each over [B, Tq, Tk, A].
-void additive_scores_forward(const real* queries, const real* keys, const real* v, std::size_t batch,
-                             std::size_t query_count, std::size_t key_count, std::size_t hidden, real* features,
-                             real* scores);
-/// Adds the gradients w.r.t. queries, keys and v (any may be null) from grad_scores [B, Tq, Tk]
-/// and the saved features: with d = grad · v ⊙ (1 - features²), grad_queries[b, i] += Σ_j d,
-/// grad_keys[b, j] += Σ_i d, grad_v += Σ grad · features.
-void additive_scores_backward(const real* grad_scores, const real* features, const real* v, std::size_t batch,
-                              std::size_t query_count, std::size_t key_count, std::size_t hidden,
-                              real* grad_queries, real* grad_keys, real* grad_v);
-
-// ---- GRU cell ------------------------------------------------------------------------------
-
-/// PyTorch's GRU update from both halves of the gates, input_gates = W_ih x + b_ih and
-/// hidden_gates = W_hh h + b_hh ([B, 3H] each, gate order r, z, n) and h [B, H]:
-///   r = σ(i_r + h_r), z = σ(i_z + h_z), n = tanh(i_n + r ⊙ h_n), h' = n + z ⊙ (h - n).
-/// Writes h' [B, H] and saves r, z, n into `saved` [B, 3H] for the backward.
-void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
-                      std::size_t hidden, real* h_next, real* saved);
-/// Where a backward kernel puts one input's gradient: added into `data`, or, when `accumulate`
-/// is false (a fresh buffer from Variable::grad_buffer(bool&)), written over it, which saves
-/// zero-filling the buffer first. Null `data`: the input needs no gradient.
-struct GradientOut {
-  real* data = nullptr;
-  bool accumulate = true;
-};
-
-/// Puts the gradients w.r.t. input_gates, hidden_gates and h from grad_h_next. When two of them
-/// share a buffer (the same variable passed twice), the first that arrives fresh must come first.
-void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
-                       std::size_t batch, std::size_t hidden, GradientOut grad_input_gates,
-                       GradientOut grad_hidden_gates, GradientOut grad_h);
+                         const real* rstd, std::size_t rows, std::size_t dim, GradientOut grad_x,
+                         real* grad_weight, real* grad_bias);
 
 // ---- reductions over rows ------------------------------------------------------------------
 
@@ -141,9 +109,8 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 /// number of threads) into `keep` (1 or 0, a byte each: a quarter of a float mask's memory
 /// traffic) and writes y = x · keep / (1 - p). Requires 0 <= p < 1.
 void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y);
-/// grad_x += grad_y · keep / (1 - p).
-void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, real* grad_x,
-                      bool overwrite = false);
+/// grad_x (+)= grad_y · keep / (1 - p).
+void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, GradientOut grad_x);
 
 // ---- selection under a broadcast boolean mask -------------------------------------------------
 
@@ -153,19 +120,5 @@ Array where_select(const char* op, const BoolArray& condition, const Array& a, c
 /// The part of `gradient` where `condition` (broadcast to gradient's shape) equals
 /// `keep_when`, zeros elsewhere: the backward of where_select for one branch.
 Array where_gradient(const BoolArray& condition, const Array& gradient, bool keep_when);
-
-// ---- attention context ------------------------------------------------------------------------
-
-/// output[b, i] = Σ_j weights[b, i, j] · values[b, j] for weights [B, Tq, Tk] and values
-/// [B, Tk, dv] -> output [B, Tq, dv] (written, not added). A batched matmul, as plain loops: for the
-/// one-query-per-row products of an RNN decoder's attention, B separate [1, Tk] x [Tk, dv] gemms
-/// spend more in BLAS's call and packing overhead than in arithmetic.
-void attention_context_forward(const real* weights, const real* values, std::size_t batch, std::size_t query_count,
-                               std::size_t key_count, std::size_t value_size, real* output);
-/// Adds grad_weights[b, i, j] += grad_output[b, i] · values[b, j] and grad_values[b, j] +=
-/// Σ_i weights[b, i, j] · grad_output[b, i] (either may be null).
-void attention_context_backward(const real* grad_output, const real* weights, const real* values, std::size_t batch,
-                                std::size_t query_count, std::size_t key_count, std::size_t value_size,
-                                real* grad_weights, real* grad_values);
 
 }  // namespace qkv::kernels

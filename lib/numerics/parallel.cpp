@@ -154,7 +154,7 @@ Pool& pool() {
 }  // namespace
 
 void set_num_threads(int threads) {
-  check_arg(threads >= 1, "set_num_threads", "needs at least 1 thread, got " + std::to_string(threads));
+  check_arg(threads >= 1, "set_num_threads", [&] { return "needs at least 1 thread, got " + std::to_string(threads); });
   check_arg(!inside_parallel_region, "set_num_threads", "cannot resize the pool from inside a parallel loop");
   if (threads != pool().threads()) pool().resize(threads);
 }

@@ -58,7 +58,7 @@ void Rng::load_state(const std::string& state) {
   const int fields = std::sscanf(state.c_str(), "%16llx %16llx %16llx %16llx %16llx %d%n", &words[0], &words[1],
                                  &words[2], &words[3], &words[4], &has_spare, &consumed);
   check_arg(fields == 6 && static_cast<std::size_t>(consumed) == state.size() && (has_spare == 0 || has_spare == 1),
-            "Rng::load_state", "not a saved generator state: '" + state + "'");
+            "Rng::load_state", [&] { return "not a saved generator state: '" + state + "'"; });
   for (int i = 0; i < 4; ++i) state_[i] = words[i];
   std::memcpy(&spare_normal_, &words[4], sizeof spare_normal_);
   has_spare_ = has_spare == 1;

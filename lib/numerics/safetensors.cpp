@@ -135,14 +135,14 @@ void write_safetensors(const std::string& path, const std::map<std::string, Arra
   std::uint64_t offset = 0;
   const char* real_dtype = std::is_same_v<real, float> ? "F32" : "F64";
   for (const auto& [name, array] : reals) {
-    check_arg(!integers.contains(name), "write_safetensors", "tensor name '" + name + "' used twice");
+    check_arg(!integers.contains(name), "write_safetensors", [&] { return "tensor name '" + name + "' used twice"; });
     const std::uint64_t size = array.size() * sizeof(real);
     header[name] = {{"dtype", real_dtype}, {"shape", shape_of(array)}, {"data_offsets", {offset, offset + size}}};
     offset += size;
   }
   for (const auto& [name, array] : integers) {
     const std::uint64_t size = array.size() * sizeof(std::int64_t);
-    header[name] = {{"dtype", "I64"}, {"shape", Shape(array.shape().begin(), array.shape().end())},
+    header[name] = {{"dtype", "I64"}, {"shape", shape_of(array)},
                     {"data_offsets", {offset, offset + size}}};
     offset += size;
   }

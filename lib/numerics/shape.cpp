@@ -10,7 +10,14 @@ std::size_t numel(const Shape& shape) {
   return count;
 }
 
-Shape shape_of(const Array& array) { return Shape(array.shape().begin(), array.shape().end()); }
+Shape unravel_index(std::size_t flat, const Shape& shape) {
+  Shape index(shape.size());
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    index[d] = flat % shape[d];
+    flat /= shape[d];
+  }
+  return index;
+}
 
 Shape strides_of(const Shape& shape) {
   Shape strides(shape.size());
@@ -29,12 +36,21 @@ Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b) {
     // Align from the right, as NumPy does; missing leading dims count as 1.
     const std::size_t da = i < rank - a.size() ? 1 : a[i - (rank - a.size())];
     const std::size_t db = i < rank - b.size() ? 1 : b[i - (rank - b.size())];
-    check_shape(da == db || da == 1 || db == 1, op,
-                "cannot broadcast " + to_string(a) + " with " + to_string(b) + " (dimension " +
-                    std::to_string(i) + ": " + std::to_string(da) + " vs " + std::to_string(db) + ")");
+    check_shape(da == db || da == 1 || db == 1, op, [&] {
+      return "cannot broadcast " + to_string(a) + " with " + to_string(b) + " (dimension " + std::to_string(i) + ": " +
+             std::to_string(da) + " vs " + std::to_string(db) + ")";
+    });
     out[i] = da == 1 ? db : da;
   }
   return out;
+}
+
+bool broadcasts_to(const Shape& shape, const Shape& target) {
+  if (shape.size() > target.size()) return false;
+  const std::size_t offset = target.size() - shape.size();
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] != 1 && shape[i] != target[offset + i]) return false;
+  return true;
 }
 
 Shape broadcast_strides(const Shape& input, const Shape& output_shape) {
@@ -50,7 +66,7 @@ std::size_t normalize_axis(const char* op, long axis, const Shape& shape) {
   const long rank = static_cast<long>(shape.size());
   const long normalized = axis < 0 ? axis + rank : axis;
   check_shape(normalized >= 0 && normalized < rank, op,
-              "axis " + std::to_string(axis) + " is out of range for shape " + to_string(shape));
+              [&] { return "axis " + std::to_string(axis) + " is out of range for shape " + to_string(shape); });
   return static_cast<std::size_t>(normalized);
 }
 

@@ -8,13 +8,26 @@
 namespace qkv {
 
 std::size_t numel(const Shape& shape);
-Shape shape_of(const Array& array);
+
+/// The shape of any xtensor array or expression (Array, IndexArray, BoolArray, a view, ...) as
+/// a Shape: the one way to take a shape out of xtensor.
+template <class E>
+  requires requires(const E& e) { e.shape().begin(); }
+Shape shape_of(const E& array) {
+  return Shape(array.shape().begin(), array.shape().end());
+}
+
+/// The multi-index of row-major element `flat` in `shape` (NumPy's unravel_index).
+Shape unravel_index(std::size_t flat, const Shape& shape);
 
 /// Row-major strides in elements.
 Shape strides_of(const Shape& shape);
 
 /// NumPy broadcasting of two shapes; throws ShapeError naming `op` and both shapes.
 Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
+
+/// True when `shape` broadcasts to `target` without growing it (a mask over scores, say).
+bool broadcasts_to(const Shape& shape, const Shape& target);
 
 /// Strides of `input` when read as `output_shape` under broadcasting: 0 along broadcast dims.
 /// `input` must broadcast to `output_shape`.

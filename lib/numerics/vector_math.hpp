@@ -10,6 +10,9 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+
+#include "lib/numerics/tensor.hpp"
 
 namespace qkv::vector_math {
 
@@ -54,5 +57,27 @@ inline float tanh(float x) {
 
 /// 1 / (1 + e^-x): e^-x saturates instead of overflowing, so one formula serves every x.
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+
+// ---- in the build's precision --------------------------------------------------------------
+// What the kernels and ops call: the float32 functions above in training builds, the standard
+// ones in float64.
+
+inline real exp_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return exp(x);
+  else return std::exp(x);
+}
+
+inline real tanh_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return tanh(x);
+  else return std::tanh(x);
+}
+
+inline real sigmoid_of(real x) {
+  if constexpr (std::is_same_v<real, float>) return sigmoid(x);
+  // Two branches keep std::exp from overflowing for large |x|.
+  if (x >= 0) return real(1) / (real(1) + std::exp(-x));
+  const real e = std::exp(x);
+  return e / (real(1) + e);
+}
 
 }  // namespace qkv::vector_math

@@ -232,25 +232,28 @@ void check_attention(const char* op, const std::string& where, const Array& weig
                      std::size_t key_count) {
   const Shape shape = shape_of(weights);
   const std::string name = "weights" + where;
-  check_shape(shape.size() == 2, op, name + " must be a [Tq, Tk] matrix, got " + to_string(shape));
-  check_arg(weights.size() > 0, op, name + " are " + to_string(shape) + ": there is nothing to draw");
-  check_shape(shape[0] == query_count && shape[1] == key_count, op,
-              name + " are " + to_string(shape) + " ([Tq, Tk]) but " + std::to_string(query_count) +
-                  " query labels and " + std::to_string(key_count) + " key labels were given");
+  check_shape(shape.size() == 2, op, [&] { return name + " must be a [Tq, Tk] matrix, got " + to_string(shape); });
+  check_arg(weights.size() > 0, op, [&] { return name + " are " + to_string(shape) + ": there is nothing to draw"; });
+  check_shape(shape[0] == query_count && shape[1] == key_count, op, [&] {
+    return name + " are " + to_string(shape) + " ([Tq, Tk]) but " + std::to_string(query_count) + " query labels and " +
+           std::to_string(key_count) + " key labels were given";
+  });
   const real* data = weights.data();  // [Tq, Tk]
   for (std::size_t i = 0; i < shape[0]; ++i) {
     double sum = 0;
     for (std::size_t j = 0; j < shape[1]; ++j) {
       const double value = data[i * shape[1] + j];
-      check_arg(std::isfinite(value) && value >= 0, op,
-                name + "[" + std::to_string(i) + ", " + std::to_string(j) + "] is " + num(value, 6) +
-                    ": attention weights must be finite and >= 0");
+      check_arg(std::isfinite(value) && value >= 0, op, [&] {
+        return name + "[" + std::to_string(i) + ", " + std::to_string(j) + "] is " + num(value, 6) +
+               ": attention weights must be finite and >= 0";
+      });
       sum += value;
     }
     // Softmax rows sum to 1 up to rounding; masked or padded rows may sum to less.
-    check_arg(sum <= 1 + 1e-3, op,
-              "row " + std::to_string(i) + " of the " + name + " sums to " + num(sum, 4) +
-                  ": attention rows sum to at most 1 (pass the softmax output, not the scores)");
+    check_arg(sum <= 1 + 1e-3, op, [&] {
+      return "row " + std::to_string(i) + " of the " + name + " sums to " + num(sum, 4) +
+             ": attention rows sum to at most 1 (pass the softmax output, not the scores)";
+    });
   }
 }
 
@@ -560,8 +563,9 @@ std::string viridis(double value) {
 
 std::vector<double> nice_ticks(double low, double high, std::size_t max_ticks) {
   check_arg(std::isfinite(low) && std::isfinite(high) && low <= high, "nice_ticks",
-            "need finite low <= high, got [" + num(low, 6) + ", " + num(high, 6) + "]");
-  check_arg(max_ticks >= 2, "nice_ticks", "max_ticks must be at least 2, got " + std::to_string(max_ticks));
+            [&] { return "need finite low <= high, got [" + num(low, 6) + ", " + num(high, 6) + "]"; });
+  check_arg(max_ticks >= 2, "nice_ticks",
+            [&] { return "max_ticks must be at least 2, got " + std::to_string(max_ticks); });
   if (high == low) {
     const double pad = low == 0 ? 1 : std::abs(low) * 0.1;
     low -= pad;
@@ -600,8 +604,9 @@ std::string attention_grid_svg(const AttentionGrid& grid) {
   constexpr const char* op = "attention_grid_svg";
   check_arg(!grid.weights.empty(), op, "no matrices to draw (weights is empty)");
   check_arg(grid.columns > 0, op, "columns must be at least 1");
-  check_shape(grid.titles.size() == grid.weights.size(), op,
-              std::to_string(grid.weights.size()) + " matrices but " + std::to_string(grid.titles.size()) + " titles");
+  check_shape(grid.titles.size() == grid.weights.size(), op, [&] {
+    return std::to_string(grid.weights.size()) + " matrices but " + std::to_string(grid.titles.size()) + " titles";
+  });
   std::vector<const Array*> matrices;
   for (std::size_t p = 0; p < grid.weights.size(); ++p) {
     check_attention(op, " of panel " + std::to_string(p) + " ('" + grid.titles[p] + "')", grid.weights[p],
@@ -691,15 +696,16 @@ std::string line_chart_svg(const LineChart& chart) {
   double x_low = std::numeric_limits<double>::infinity(), x_high = -x_low, y_low = x_low, y_high = -x_low;
   bool integer_x = true;
   for (const Series& series : chart.series) {
-    check_shape(series.x.size() == series.y.size(), op,
-                "series '" + series.name + "' has " + std::to_string(series.x.size()) + " x values but " +
-                    std::to_string(series.y.size()) + " y values");
+    check_shape(series.x.size() == series.y.size(), op, [&] {
+      return "series '" + series.name + "' has " + std::to_string(series.x.size()) + " x values but " +
+             std::to_string(series.y.size()) + " y values";
+    });
     for (std::size_t k = 0; k < series.x.size(); ++k) {
       const double x = series.x[k], y = series.y[k];
       if (!std::isfinite(x) || !std::isfinite(y)) continue;
       const std::string point = "series '" + series.name + "' has the point (" + num(x, 6) + ", " + num(y, 6) + ")";
-      check_arg(!chart.log_x || x > 0, op, point + ", which a log x axis cannot show");
-      check_arg(!chart.log_y || y > 0, op, point + ", which a log y axis cannot show");
+      check_arg(!chart.log_x || x > 0, op, [&] { return point + ", which a log x axis cannot show"; });
+      check_arg(!chart.log_y || y > 0, op, [&] { return point + ", which a log y axis cannot show"; });
       x_low = std::min(x_low, x), x_high = std::max(x_high, x);
       integer_x = integer_x && x == std::round(x);
       y_low = std::min(y_low, y), y_high = std::max(y_high, y);
@@ -707,8 +713,9 @@ std::string line_chart_svg(const LineChart& chart) {
   }
   check_arg(x_low <= x_high, op, "no finite (x, y) point in any series: nothing to draw");
   for (const double tick : chart.x_ticks)
-    check_arg(std::isfinite(tick) && (!chart.log_x || tick > 0), op,
-              "x tick " + num(tick, 6) + " cannot be shown on " + (chart.log_x ? "a log" : "an") + " x axis");
+    check_arg(std::isfinite(tick) && (!chart.log_x || tick > 0), op, [&] {
+      return "x tick " + num(tick, 6) + " cannot be shown on " + (chart.log_x ? "a log" : "an") + " x axis";
+    });
 
   Axis x_axis = make_axis(x_low, x_high, chart.log_x, kMaxXTicks, chart.x_ticks, integer_x);
   Axis y_axis = make_axis(y_low, y_high, chart.log_y, kMaxYTicks, {}, false);

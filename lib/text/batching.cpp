@@ -99,8 +99,9 @@ Batch Batcher::make_batch(std::span<const std::size_t> indices) const {
   const std::size_t rows = indices.size();
   std::size_t longest_source = 0, longest_target = 0;
   for (const std::size_t index : indices) {
-    check_arg(index < num_pairs(), "Batcher::make_batch",
-              "index " + std::to_string(index) + " is outside [0, " + std::to_string(num_pairs()) + ")");
+    check_arg(index < num_pairs(), "Batcher::make_batch", [&] {
+      return "index " + std::to_string(index) + " is outside [0, " + std::to_string(num_pairs()) + ")";
+    });
     longest_source = std::max(longest_source, sources_[index].size());
     longest_target = std::max(longest_target, targets_[index].size() + 1);  // + <bos> or <eos>
   }

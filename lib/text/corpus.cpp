@@ -117,7 +117,7 @@ std::string lowercase_utf8(std::string_view text) {
   out.reserve(text.size());
   for (std::size_t pos = 0; pos < text.size();) {
     const auto [cp, length] = decode_utf8(text, pos);
-    check_arg(length != 0, "lowercase_utf8", "invalid UTF-8 at byte " + std::to_string(pos));
+    check_arg(length != 0, "lowercase_utf8", [&] { return "invalid UTF-8 at byte " + std::to_string(pos); });
     if (cp == 0x130) {
       out += "i\xCC\x87";  // İ lowers to i + U+0307 COMBINING DOT ABOVE, as in Python
     } else {

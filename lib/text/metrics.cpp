@@ -6,17 +6,19 @@
 
 #include "lib/text/corpus.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/shape.hpp"
 
 namespace qkv {
 
 namespace {
 
 void check_same_shape(const IndexArray& predictions, const IndexArray& targets, const char* op) {
-  const Shape predicted(predictions.shape().begin(), predictions.shape().end());
-  const Shape expected(targets.shape().begin(), targets.shape().end());
-  check_shape(predicted == expected && expected.size() == 2, op,
-              "predictions " + to_string(predicted) + " and targets " + to_string(expected) +
-                  " must be the same [B, T] shape");
+  const Shape predicted = shape_of(predictions);
+  const Shape expected = shape_of(targets);
+  check_shape(predicted == expected && expected.size() == 2, op, [&] {
+    return "predictions " + to_string(predicted) + " and targets " + to_string(expected) +
+           " must be the same [B, T] shape";
+  });
 }
 
 using NgramCounts = std::map<std::vector<std::string>, std::size_t>;
@@ -60,9 +62,10 @@ double exact_match(const IndexArray& predictions, const IndexArray& targets, std
 }
 
 double exact_match(std::span<const Tokens> hypotheses, std::span<const std::vector<Tokens>> references) {
-  check_arg(hypotheses.size() == references.size() && !hypotheses.empty(), "exact_match",
-            std::to_string(hypotheses.size()) + " hypotheses for " + std::to_string(references.size()) +
-                " reference sets (need the same, nonzero number)");
+  check_arg(hypotheses.size() == references.size() && !hypotheses.empty(), "exact_match", [&] {
+    return std::to_string(hypotheses.size()) + " hypotheses for " + std::to_string(references.size()) +
+           " reference sets (need the same, nonzero number)";
+  });
   std::size_t matched = 0;
   for (std::size_t i = 0; i < hypotheses.size(); ++i)
     matched += std::find(references[i].begin(), references[i].end(), hypotheses[i]) != references[i].end();
@@ -70,13 +73,15 @@ double exact_match(std::span<const Tokens> hypotheses, std::span<const std::vect
 }
 
 BleuScore corpus_bleu(std::span<const Tokens> hypotheses, std::span<const std::vector<Tokens>> references) {
-  check_arg(hypotheses.size() == references.size(), "corpus_bleu",
-            std::to_string(hypotheses.size()) + " hypotheses but " + std::to_string(references.size()) +
-                " reference sets");
+  check_arg(hypotheses.size() == references.size(), "corpus_bleu", [&] {
+    return std::to_string(hypotheses.size()) + " hypotheses but " + std::to_string(references.size()) +
+           " reference sets";
+  });
   BleuScore score;
   for (std::size_t i = 0; i < hypotheses.size(); ++i) {
     const Tokens& hypothesis = hypotheses[i];
-    check_arg(!references[i].empty(), "corpus_bleu", "hypothesis " + std::to_string(i) + " has no reference");
+    check_arg(!references[i].empty(), "corpus_bleu",
+              [&] { return "hypothesis " + std::to_string(i) + " has no reference"; });
     for (std::size_t n = 1; n <= 4; ++n) {
       NgramCounts max_reference_counts;
       for (const Tokens& reference : references[i])

@@ -30,9 +30,10 @@ Dataset distinct_splits(const char* task, const TaskOptions& options, Generate g
   // request larger than the task's input space from looping forever.
   const std::size_t max_draws = 100 * total + 10000;
   for (std::size_t draw = 0; pool.size() < total; ++draw) {
-    check_arg(draw < max_draws, task,
-              "could only draw " + std::to_string(pool.size()) + " distinct examples of the " +
-                  std::to_string(total) + " requested");
+    check_arg(draw < max_draws, task, [&] {
+      return "could only draw " + std::to_string(pool.size()) + " distinct examples of the " + std::to_string(total) +
+             " requested";
+    });
     SentencePair pair = generate(rng);
     std::string key;
     for (const std::string& token : pair.source) (key += token) += '\x1F';
@@ -129,9 +130,10 @@ std::string below_thousand(int n) {  // 1..999
 }
 
 void check_lengths(const TaskOptions& options, const char* task) {
-  check_arg(options.min_length >= 1 && options.min_length <= options.max_length, task,
-            "need 1 <= min_length <= max_length, got " + std::to_string(options.min_length) + " and " +
-                std::to_string(options.max_length));
+  check_arg(options.min_length >= 1 && options.min_length <= options.max_length, task, [&] {
+    return "need 1 <= min_length <= max_length, got " + std::to_string(options.min_length) + " and " +
+           std::to_string(options.max_length);
+  });
 }
 
 Tokens letters(Rng& rng, const TaskOptions& options) {
@@ -190,7 +192,7 @@ Tokens characters(std::string_view text) {
 
 std::string number_to_words(int number) {
   check_arg(number >= 0 && number <= 999999, "number_to_words",
-            std::to_string(number) + " is outside [0, 999999]");
+            [&] { return std::to_string(number) + " is outside [0, 999999]"; });
   if (number == 0) return "zero";
   const int thousands = number / 1000;
   const int rest = number % 1000;

@@ -22,7 +22,7 @@ Vocab::Vocab() : Vocab(special_tokens()) {}
 Vocab::Vocab(std::vector<std::string> tokens) : tokens_(std::move(tokens)) {
   for (std::size_t i = 0; i < tokens_.size(); ++i) {
     const bool inserted = ids_.emplace(tokens_[i], static_cast<std::int64_t>(i)).second;
-    check_arg(inserted, "Vocab", "token '" + tokens_[i] + "' appears twice");
+    check_arg(inserted, "Vocab", [&] { return "token '" + tokens_[i] + "' appears twice"; });
   }
 }
 
@@ -54,7 +54,7 @@ bool Vocab::contains(const std::string& token) const { return ids_.contains(toke
 
 const std::string& Vocab::token(std::int64_t id) const {
   check_arg(id >= 0 && static_cast<std::size_t>(id) < tokens_.size(), "Vocab::token",
-            "id " + std::to_string(id) + " is outside [0, " + std::to_string(tokens_.size()) + ")");
+            [&] { return "id " + std::to_string(id) + " is outside [0, " + std::to_string(tokens_.size()) + ")"; });
   return tokens_[static_cast<std::size_t>(id)];
 }
 
@@ -83,12 +83,12 @@ Vocab Vocab::from_json(const nlohmann::json& json) {
   check_arg(json.is_object() && json.contains("format") && json["format"] == "qkv.vocab",
             "Vocab::from_json", "not a qkv vocabulary (expected \"format\": \"qkv.vocab\")");
   check_arg(json.contains("version") && json["version"] == 1, "Vocab::from_json",
-            "unsupported version " + (json.contains("version") ? json["version"].dump() : "(none)"));
+            [&] { return "unsupported version " + (json.contains("version") ? json["version"].dump() : "(none)"); });
   check_arg(json.contains("tokens") && json["tokens"].is_array(), "Vocab::from_json",
             "\"tokens\" must be an array of strings");
   std::vector<std::string> tokens;
   for (const auto& token : json["tokens"]) {
-    check_arg(token.is_string(), "Vocab::from_json", "token " + token.dump() + " is not a string");
+    check_arg(token.is_string(), "Vocab::from_json", [&] { return "token " + token.dump() + " is not a string"; });
     tokens.push_back(token.get<std::string>());
   }
   const auto& specials = special_tokens();
@@ -99,14 +99,14 @@ Vocab Vocab::from_json(const nlohmann::json& json) {
 
 void Vocab::save(const std::filesystem::path& path) const {
   std::ofstream file(path);
-  check_arg(static_cast<bool>(file), "Vocab::save", "cannot open '" + path.string() + "' for writing");
+  check_arg(static_cast<bool>(file), "Vocab::save", [&] { return "cannot open '" + path.string() + "' for writing"; });
   file << to_json().dump(1) << '\n';
-  check_arg(static_cast<bool>(file), "Vocab::save", "failed writing '" + path.string() + "'");
+  check_arg(static_cast<bool>(file), "Vocab::save", [&] { return "failed writing '" + path.string() + "'"; });
 }
 
 Vocab Vocab::load(const std::filesystem::path& path) {
   std::ifstream file(path);
-  check_arg(static_cast<bool>(file), "Vocab::load", "cannot open '" + path.string() + "'");
+  check_arg(static_cast<bool>(file), "Vocab::load", [&] { return "cannot open '" + path.string() + "'"; });
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(file);

@@ -5,6 +5,7 @@
 
 #include "autograd/ops.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/json_field.hpp"
 #include "lib/numerics/shape.hpp"
 
 namespace qkv::models {
@@ -26,18 +27,6 @@ std::string join(const std::vector<std::string>& names) {
   std::string text;
   for (const std::string& name : names) text += (text.empty() ? "" : ", ") + name;
   return text;
-}
-
-/// json[key] as an unsigned integer, or `fallback` when absent.
-template <class Unsigned>
-Unsigned read_unsigned(const nlohmann::json& json, const std::string& key, Unsigned fallback) {
-  if (!json.contains(key)) return fallback;
-  const nlohmann::json& value = json.at(key);
-  // JSON parsers mark non-negative literals unsigned, json{{"k", 10}} built in C++ signed.
-  const bool non_negative = value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0);
-  check_arg(non_negative, "BahdanauConfig",
-            "\"" + key + "\" must be a non-negative integer, got " + value.dump());
-  return value.get<Unsigned>();
 }
 
 // ---- row gathering ------------------------------------------------------------------------
@@ -92,28 +81,18 @@ void from_json(const nlohmann::json& json, BahdanauConfig& config) {
       unknown.push_back("\"" + item.key() + "\"");
   check_arg(unknown.empty(), "BahdanauConfig",
             "unknown key(s) " + join(unknown) + "; the known keys are " + join(config_keys()));
-  for (const char* required : {"source_vocab_size", "target_vocab_size"})
-    check_arg(json.contains(required), "BahdanauConfig", std::string("\"") + required + "\" is required");
-
+  constexpr const char* owner = "BahdanauConfig";
   BahdanauConfig result;
-  result.source_vocab_size = read_unsigned(json, "source_vocab_size", result.source_vocab_size);
-  result.target_vocab_size = read_unsigned(json, "target_vocab_size", result.target_vocab_size);
-  result.embed_size = read_unsigned(json, "embed_size", result.embed_size);
-  result.hidden_size = read_unsigned(json, "hidden_size", result.hidden_size);
-  result.encoder_layers = read_unsigned(json, "encoder_layers", result.encoder_layers);
-  result.decoder_layers = read_unsigned(json, "decoder_layers", result.decoder_layers);
-  result.attention_size = read_unsigned(json, "attention_size", result.attention_size);
-  result.seed = read_unsigned(json, "seed", result.seed);
-  if (json.contains("bidirectional")) {
-    check_arg(json.at("bidirectional").is_boolean(), "BahdanauConfig",
-              "\"bidirectional\" must be true or false, got " + json.at("bidirectional").dump());
-    result.bidirectional = json.at("bidirectional").get<bool>();
-  }
-  if (json.contains("dropout")) {
-    check_arg(json.at("dropout").is_number(), "BahdanauConfig",
-              "\"dropout\" must be a number, got " + json.at("dropout").dump());
-    result.dropout = static_cast<real>(json.at("dropout").get<double>());
-  }
+  result.source_vocab_size = json_field<std::size_t>(json, owner, "source_vocab_size");
+  result.target_vocab_size = json_field<std::size_t>(json, owner, "target_vocab_size");
+  result.embed_size = json_field_or(json, owner, "embed_size", result.embed_size);
+  result.hidden_size = json_field_or(json, owner, "hidden_size", result.hidden_size);
+  result.encoder_layers = json_field_or(json, owner, "encoder_layers", result.encoder_layers);
+  result.decoder_layers = json_field_or(json, owner, "decoder_layers", result.decoder_layers);
+  result.attention_size = json_field_or(json, owner, "attention_size", result.attention_size);
+  result.seed = json_field_or(json, owner, "seed", result.seed);
+  result.bidirectional = json_field_or(json, owner, "bidirectional", result.bidirectional);
+  result.dropout = static_cast<real>(json_field_or(json, owner, "dropout", static_cast<double>(result.dropout)));
   result.validate();
   config = result;
 }
@@ -133,7 +112,7 @@ void BahdanauState::select_rows(const std::vector<std::size_t>& rows) {
   projected_keys = gather_rows(projected_keys, indices);    // [K, S, A]
   for (Variable& h : hidden) h = gather_rows(h, indices);   // [K, H]
 
-  const std::size_t row_size = numel(Shape(allowed.shape().begin(), allowed.shape().end())) / batch;
+  const std::size_t row_size = numel(shape_of(allowed)) / batch;
   BoolArray gathered = BoolArray::from_shape({rows.size(), allowed.shape()[1], allowed.shape()[2]});  // [K, 1, S]
   for (std::size_t k = 0; k < rows.size(); ++k)
     std::copy_n(allowed.data() + rows[k] * row_size, row_size, gathered.data() + k * row_size);
@@ -178,8 +157,8 @@ std::shared_ptr<BahdanauModel> BahdanauModel::from_config(const nlohmann::json& 
 Variable BahdanauModel::drop(const Variable& x) const { return dropout_ ? dropout_->forward(x) : x; }
 
 void BahdanauModel::check_source(const IndexArray& source, const IndexArray& source_lengths) const {
-  const Shape shape(source.shape().begin(), source.shape().end());
-  const Shape lengths_shape(source_lengths.shape().begin(), source_lengths.shape().end());
+  const Shape shape = shape_of(source);
+  const Shape lengths_shape = shape_of(source_lengths);
   check_shape(shape.size() == 2 && shape[0] > 0 && shape[1] > 0, model_name,
               "source must be [B, S] with B, S > 0, got " + to_string(shape));
   check_shape(lengths_shape == Shape{shape[0]}, model_name,
@@ -245,11 +224,11 @@ Variable BahdanauModel::step(BahdanauState& state, const Variable& embedding_gat
 Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray& source_lengths,
                                      const IndexArray& target_input) {
   check_source(source, source_lengths);
-  const Shape target_shape(target_input.shape().begin(), target_input.shape().end());
+  const Shape target_shape = shape_of(target_input);
   check_shape(target_shape.size() == 2 && target_shape[1] > 0 && target_shape[0] == source.shape()[0],
               model_name,
               "target_input must be [B, T] with T > 0 and the source's B, got " + to_string(target_shape) +
-                  " for source " + to_string(Shape(source.shape().begin(), source.shape().end())));
+                  " for source " + to_string(shape_of(source)));
   BahdanauState state = encode(source, source_lengths);
   const std::size_t batch = target_shape[0], steps = target_shape[1];
   const std::size_t source_steps = source.shape()[1];
@@ -286,7 +265,7 @@ std::unique_ptr<DecoderState> BahdanauModel::start_decoding(const IndexArray& so
 StepOutput BahdanauModel::decode_step(DecoderState& state, const IndexArray& previous_tokens) {
   auto* bahdanau = dynamic_cast<BahdanauState*>(&state);
   check_arg(bahdanau != nullptr, model_name, "decode_step needs the state start_decoding returned");
-  const Shape tokens_shape(previous_tokens.shape().begin(), previous_tokens.shape().end());
+  const Shape tokens_shape = shape_of(previous_tokens);
   check_shape(tokens_shape == Shape{bahdanau->batch_size()}, model_name,
               "previous_tokens " + to_string(tokens_shape) + " must be [" + std::to_string(bahdanau->batch_size()) +
                   "], one per row of the decoder state");

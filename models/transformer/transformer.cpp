@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/json_field.hpp"
 #include "lib/numerics/shape.hpp"
 
 namespace qkv::models {
@@ -12,17 +13,6 @@ namespace {
 constexpr const char* kModel = "TransformerModel";
 constexpr const char* kConfig = "TransformerConfig";
 
-/// A size or count: nlohmann's get<std::size_t> would wrap -8 to 2^64 - 8 and convert 1e30 with
-/// undefined behaviour (both found by fuzzing), so anything but a non-negative integer is refused.
-template <class Unsigned>
-Unsigned non_negative_integer(const std::string& key, const nlohmann::json& value) {
-  const bool ok = value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0);
-  check_arg(ok, kConfig, "field \"" + key + "\" must be a non-negative integer, got " + value.dump());
-  return value.get<Unsigned>();
-}
-
-/// "[2, 5]" for an index array.
-std::string shape_of(const IndexArray& a) { return qkv::to_string(Shape(a.shape().begin(), a.shape().end())); }
 
 /// Head h of per-head weights [B, H, T, S] -> [B, T, S].
 Array head_of(const Array& weights, std::size_t head) {
@@ -81,30 +71,30 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
 void from_json(const nlohmann::json& json, TransformerConfig& config) {
   check_arg(json.is_object(), kConfig, "expected a JSON object, got " + json.dump());
   config = TransformerConfig{};
+  // Sizes go through json_value, which refuses -8 and 1e30 (nlohmann's get<std::size_t> would
+  // wrap the one and convert the other with undefined behaviour; both found by fuzzing).
   for (const auto& [key, value] : json.items()) {
-    try {
-      if (key == "source_vocab_size") config.source_vocab_size = non_negative_integer<std::size_t>(key, value);
-      else if (key == "target_vocab_size") config.target_vocab_size = non_negative_integer<std::size_t>(key, value);
-      else if (key == "d_model") config.d_model = non_negative_integer<std::size_t>(key, value);
-      else if (key == "num_heads") config.num_heads = non_negative_integer<std::size_t>(key, value);
-      else if (key == "encoder_layers") config.encoder_layers = non_negative_integer<std::size_t>(key, value);
-      else if (key == "decoder_layers") config.decoder_layers = non_negative_integer<std::size_t>(key, value);
-      else if (key == "dim_feedforward") config.dim_feedforward = non_negative_integer<std::size_t>(key, value);
-      else if (key == "dropout") config.dropout = value.get<real>();
-      else if (key == "activation") config.activation = parse_name<Activation>(value.get<std::string>(), kConfig);
-      else if (key == "norm_first") config.norm_first = value.get<bool>();
-      else if (key == "positional") config.positional = parse_name<PositionalKind>(value.get<std::string>(), kConfig);
-      else if (key == "relative_max_distance") config.relative_max_distance = non_negative_integer<std::size_t>(key, value);
-      else if (key == "scale") {
-        config.scale.kind = parse_name<ScoreScale::Kind>(value.at("kind").get<std::string>(), kConfig);
-        if (value.contains("value")) config.scale.value = value.at("value").get<real>();
-      } else if (key == "max_length") config.max_length = non_negative_integer<std::size_t>(key, value);
-      else if (key == "seed") config.seed = non_negative_integer<std::uint64_t>(key, value);
-      else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(std::string(kConfig) + ": field \"" + key + "\" has a bad value " + value.dump() + " (" +
-                  e.what() + ")");
-    }
+    const auto size = [&] { return json_value<std::size_t>(value, kConfig, key); };
+    const auto text = [&] { return json_value<std::string>(value, kConfig, key); };
+    if (key == "source_vocab_size") config.source_vocab_size = size();
+    else if (key == "target_vocab_size") config.target_vocab_size = size();
+    else if (key == "d_model") config.d_model = size();
+    else if (key == "num_heads") config.num_heads = size();
+    else if (key == "encoder_layers") config.encoder_layers = size();
+    else if (key == "decoder_layers") config.decoder_layers = size();
+    else if (key == "dim_feedforward") config.dim_feedforward = size();
+    else if (key == "dropout") config.dropout = json_value<real>(value, kConfig, key);
+    else if (key == "activation") config.activation = parse_name<Activation>(text(), kConfig);
+    else if (key == "norm_first") config.norm_first = json_value<bool>(value, kConfig, key);
+    else if (key == "positional") config.positional = parse_name<PositionalKind>(text(), kConfig);
+    else if (key == "relative_max_distance") config.relative_max_distance = size();
+    else if (key == "scale") {
+      const std::string owner = std::string(kConfig) + " scale";
+      config.scale.kind = parse_name<ScoreScale::Kind>(json_field<std::string>(value, owner, "kind"), owner);
+      config.scale.value = json_field_or<real>(value, owner, "value", config.scale.value);
+    } else if (key == "max_length") config.max_length = size();
+    else if (key == "seed") config.seed = json_value<std::uint64_t>(value, kConfig, key);
+    else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
   }
   config.validate();
 }
@@ -185,8 +175,8 @@ TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexAr
   check_shape(source.dimension() == 2 && source_lengths.dimension() == 1 &&
                   source_lengths.shape()[0] == source.shape()[0],
               kModel,
-              "source must be [B, S] and source_lengths [B], got source " + shape_of(source) +
-                  " and source_lengths " + shape_of(source_lengths));
+              "source must be [B, S] and source_lengths [B], got source " + qkv::to_string(shape_of(source)) +
+                  " and source_lengths " + qkv::to_string(shape_of(source_lengths)));
   check_shape(source.shape()[1] <= config_.max_length, kModel,
               "source length " + std::to_string(source.shape()[1]) + " exceeds max_length " +
                   std::to_string(config_.max_length));
@@ -211,7 +201,7 @@ std::vector<AttentionGroup> TransformerModel::attention_groups(const IndexArray&
   const TransformerEncoder::Output encoded = encode_with_attention(source, source_lengths);  // [B, S, D]
   check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
               "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
-                  shape_of(target_input));
+                  qkv::to_string(shape_of(target_input)));
   AttentionMask source_mask;
   source_mask.valid_lens = source_lengths;
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
@@ -229,7 +219,7 @@ Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArr
   const Variable memory = encode(source, source_lengths);  // [B, S, D]
   check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
               "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
-                  shape_of(target_input));
+                  qkv::to_string(shape_of(target_input)));
   check_shape(target_input.shape()[1] <= config_.max_length, kModel,
               "target length " + std::to_string(target_input.shape()[1]) + " exceeds max_length " +
                   std::to_string(config_.max_length));
@@ -271,7 +261,7 @@ StepOutput TransformerModel::decode_step(DecoderState& state, const IndexArray& 
   const std::size_t batch = transformer_state->source_lengths.size();
   check_shape(previous_tokens.dimension() == 1 && previous_tokens.size() == batch, kModel,
               "previous_tokens must be [B] with B = " + std::to_string(batch) + ", got " +
-                  shape_of(previous_tokens));
+                  qkv::to_string(shape_of(previous_tokens)));
   const std::size_t position = transformer_state->cache.length();
   check_shape(position < config_.max_length, kModel,
               "decoding step " + std::to_string(position + 1) + " exceeds max_length " +

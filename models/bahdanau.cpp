@@ -68,7 +68,7 @@ void BahdanauConfig::validate() const {
   positive(encoder_layers, "encoder_layers");
   positive(decoder_layers, "decoder_layers");
   positive(attention_size, "attention_size");
-  check_arg(dropout >= 0 && dropout < 1, "BahdanauConfig", "dropout must be in [0, 1), got " + format_number(dropout));
+  check_range("BahdanauConfig", "dropout", dropout, 0, 1);
 }
 
 void to_json(nlohmann::json& json, const BahdanauConfig& config) {
@@ -159,7 +159,7 @@ BahdanauModel::BahdanauModel(const BahdanauConfig& config) : config_(config) {
   if (config.bidirectional || config.encoder_layers != config.decoder_layers)
     bridge_ = register_module("bridge", std::make_shared<Linear>(key_size, config.decoder_layers * hidden, rng));
   attention_ = register_module(
-      "attention", std::make_shared<AdditiveAttention>(hidden, key_size, config.attention_size, 0, rng.next_u64()));
+      "attention", std::make_shared<AdditiveAttention>(hidden, key_size, config.attention_size, rng));
   target_embedding_ = register_module(
       "target_embedding", std::make_shared<Embedding>(config.target_vocab_size, config.embed_size, rng,
                                                       EmbeddingOptions{.padding_idx = 0}));
@@ -168,7 +168,8 @@ BahdanauModel::BahdanauModel(const BahdanauConfig& config) : config_(config) {
     decoder_.push_back(register_module("decoder." + std::to_string(layer), std::make_shared<GRUCell>(input, hidden, rng)));
   }
   output_ = register_module("output", std::make_shared<Linear>(hidden, config.target_vocab_size, rng));
-  if (config.dropout > 0) dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, rng));
+  if (config.dropout > 0)
+    dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, Rng(rng.next_u64())));
 }
 
 std::shared_ptr<BahdanauModel> BahdanauModel::from_config(const nlohmann::json& config) {

@@ -98,7 +98,7 @@ void TransformerConfig::validate() const {
             "rope needs an even head size, got d_model / num_heads = " + std::to_string(d_model / num_heads));
   check_arg(positional != PositionalKind::relative || relative_max_distance > 0, kConfig,
             "relative_max_distance must be positive, got 0");
-  check_arg(dropout >= 0 && dropout < 1, kConfig, "dropout must be in [0, 1), got " + format_number(dropout));
+  check_range(kConfig, "dropout", dropout, 0, 1);
 }
 
 void to_json(nlohmann::json& json, const TransformerConfig& config) {
@@ -172,12 +172,13 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
     source_positions_ = register_module("source_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
     target_positions_ = register_module("target_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
   } else if (config.positional == PositionalKind::learned) {
-    source_positions_ = register_module("source_positions", std::make_shared<LearnedPositionalEmbedding>(
-                                                                d, config.max_length, 0, rng.next_u64()));
-    target_positions_ = register_module("target_positions", std::make_shared<LearnedPositionalEmbedding>(
-                                                                d, config.max_length, 0, rng.next_u64()));
+    source_positions_ =
+        register_module("source_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_length, rng));
+    target_positions_ =
+        register_module("target_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_length, rng));
   }
-  embedding_dropout_ = register_module("embedding_dropout", std::make_shared<Dropout>(config.dropout, rng));
+  embedding_dropout_ =
+      register_module("embedding_dropout", std::make_shared<Dropout>(config.dropout, Rng(rng.next_u64())));
 
   TransformerLayerOptions layer;
   layer.d_model = d;
@@ -192,15 +193,16 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
     auto seed = std::make_shared<std::uint64_t>(rng.next_u64());
     const std::size_t distance = config.relative_max_distance;
     layer.self_attention_positions = [seed, head_dim, distance] {
-      return std::make_shared<RelativePositionEncoding>(head_dim, distance, true, (*seed)++);
+      Rng tables((*seed)++);
+      return std::make_shared<RelativePositionEncoding>(head_dim, distance, tables);
     };
   } else if (config.positional == PositionalKind::rope) {
     layer.self_attention_positions = [head_dim] { return std::make_shared<RotaryPositionEncoding>(head_dim); };
   }
-  layer.seed = rng.next_u64();
-  encoder_ = register_module("encoder", std::make_shared<TransformerEncoder>(layer, config.encoder_layers, config.norm_first));
-  layer.seed = rng.next_u64();
-  decoder_ = register_module("decoder", std::make_shared<TransformerDecoder>(layer, config.decoder_layers, config.norm_first));
+  encoder_ = register_module(
+      "encoder", std::make_shared<TransformerEncoder>(layer, config.encoder_layers, config.norm_first, rng));
+  decoder_ = register_module(
+      "decoder", std::make_shared<TransformerDecoder>(layer, config.decoder_layers, config.norm_first, rng));
   output_ = register_module("output", std::make_shared<Linear>(d, config.target_vocab_size, rng));
 }
 

@@ -87,15 +87,15 @@ void TransformerConfig::validate() const {
   positive(source_vocab_size, "source_vocab_size");
   positive(target_vocab_size, "target_vocab_size");
   positive(d_model, "d_model");
-  positive(num_heads, "num_heads");
+  positive(nhead, "num_heads");
   positive(encoder_layers, "encoder_layers");
   positive(decoder_layers, "decoder_layers");
   positive(dim_feedforward, "dim_feedforward");
-  positive(max_length, "max_length");
-  check_arg(d_model % num_heads == 0, kConfig,
-            "d_model " + std::to_string(d_model) + " is not divisible by num_heads " + std::to_string(num_heads));
-  check_arg(positional != PositionalKind::rope || (d_model / num_heads) % 2 == 0, kConfig,
-            "rope needs an even head size, got d_model / num_heads = " + std::to_string(d_model / num_heads));
+  positive(max_len, "max_length");
+  check_arg(d_model % nhead == 0, kConfig,
+            "d_model " + std::to_string(d_model) + " is not divisible by num_heads " + std::to_string(nhead));
+  check_arg(positional != PositionalKind::rope || (d_model / nhead) % 2 == 0, kConfig,
+            "rope needs an even head size, got d_model / num_heads = " + std::to_string(d_model / nhead));
   check_arg(positional != PositionalKind::relative || relative_max_distance > 0, kConfig,
             "relative_max_distance must be positive, got 0");
   check_range(kConfig, "dropout", dropout, 0, 1);
@@ -106,7 +106,7 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"source_vocab_size", config.source_vocab_size},
       {"target_vocab_size", config.target_vocab_size},
       {"d_model", config.d_model},
-      {"num_heads", config.num_heads},
+      {"num_heads", config.nhead},
       {"encoder_layers", config.encoder_layers},
       {"decoder_layers", config.decoder_layers},
       {"dim_feedforward", config.dim_feedforward},
@@ -116,7 +116,7 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"positional", to_string(config.positional)},
       {"relative_max_distance", config.relative_max_distance},
       {"scale", {{"kind", scale_name(config.scale.kind)}, {"value", config.scale.value}}},
-      {"max_length", config.max_length},
+      {"max_length", config.max_len},
       {"seed", config.seed},
   };
 }
@@ -129,7 +129,7 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       if (key == "source_vocab_size") config.source_vocab_size = non_negative_integer<std::size_t>(key, value);
       else if (key == "target_vocab_size") config.target_vocab_size = non_negative_integer<std::size_t>(key, value);
       else if (key == "d_model") config.d_model = non_negative_integer<std::size_t>(key, value);
-      else if (key == "num_heads") config.num_heads = non_negative_integer<std::size_t>(key, value);
+      else if (key == "num_heads") config.nhead = non_negative_integer<std::size_t>(key, value);
       else if (key == "encoder_layers") config.encoder_layers = non_negative_integer<std::size_t>(key, value);
       else if (key == "decoder_layers") config.decoder_layers = non_negative_integer<std::size_t>(key, value);
       else if (key == "dim_feedforward") config.dim_feedforward = non_negative_integer<std::size_t>(key, value);
@@ -141,7 +141,7 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       else if (key == "scale") {
         config.scale.kind = parse_scale_kind(value.at("kind").get<std::string>());
         if (value.contains("value")) config.scale.value = value.at("value").get<real>();
-      } else if (key == "max_length") config.max_length = non_negative_integer<std::size_t>(key, value);
+      } else if (key == "max_length") config.max_len = non_negative_integer<std::size_t>(key, value);
       else if (key == "seed") config.seed = non_negative_integer<std::uint64_t>(key, value);
       else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
     } catch (const nlohmann::json::exception& e) {
@@ -155,7 +155,7 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
 TransformerModel::TransformerModel(const TransformerConfig& config) : config_(config) {
   config.validate();
   Rng rng(config.seed);
-  const std::size_t d = config.d_model, head_dim = config.d_model / config.num_heads;
+  const std::size_t d = config.d_model, head_dim = config.d_model / config.nhead;
   const EmbeddingOptions padding{.padding_idx = 0};
   source_embedding_ =
       register_module("source_embedding", std::make_shared<Embedding>(config.source_vocab_size, d, rng, padding));
@@ -169,20 +169,20 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
     std::fill_n(weight.mutable_value().data(), d, real(0));  // the <pad> row stays zero
   }
   if (config.positional == PositionalKind::sinusoidal) {
-    source_positions_ = register_module("source_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
-    target_positions_ = register_module("target_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
+    source_positions_ = register_module("source_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_len));
+    target_positions_ = register_module("target_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_len));
   } else if (config.positional == PositionalKind::learned) {
     source_positions_ =
-        register_module("source_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_length, rng));
+        register_module("source_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_len, rng));
     target_positions_ =
-        register_module("target_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_length, rng));
+        register_module("target_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_len, rng));
   }
   embedding_dropout_ =
       register_module("embedding_dropout", std::make_shared<Dropout>(config.dropout, Rng(rng.next_u64())));
 
   TransformerLayerOptions layer;
   layer.d_model = d;
-  layer.nhead = config.num_heads;
+  layer.nhead = config.nhead;
   layer.dim_feedforward = config.dim_feedforward;
   layer.dropout = config.dropout;
   layer.activation = config.activation;
@@ -232,9 +232,9 @@ TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexAr
               kModel,
               "source must be [B, S] and source_lengths [B], got source " + shape_of(source) +
                   " and source_lengths " + shape_of(source_lengths));
-  check_shape(source.shape()[1] <= config_.max_length, kModel,
+  check_shape(source.shape()[1] <= config_.max_len, kModel,
               "source length " + std::to_string(source.shape()[1]) + " exceeds max_length " +
-                  std::to_string(config_.max_length));
+                  std::to_string(config_.max_len));
   AttentionMask mask;
   mask.valid_lens = source_lengths;
   return encoder_->forward(embed(*source_embedding_, source_positions_.get(), source, 0), mask);  // [B, S, D]
@@ -243,7 +243,7 @@ TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexAr
 std::vector<NamedAttention> TransformerModel::name_attention(const std::vector<Variable>& attention) const {
   std::vector<NamedAttention> maps;
   for (std::size_t l = 0; l < attention.size(); ++l)
-    for (std::size_t h = 0; h < config_.num_heads; ++h)
+    for (std::size_t h = 0; h < config_.nhead; ++h)
       maps.emplace_back("layer " + std::to_string(l + 1) + " head " + std::to_string(h + 1),
                         head_of(attention[l].value(), h));  // [B, T_queries, T_keys]
   return maps;
@@ -261,7 +261,7 @@ std::vector<AttentionGroup> TransformerModel::attention_groups(const IndexArray&
   source_mask.valid_lens = source_lengths;
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
   const TransformerDecoder::Output decoded = decoder_->forward(target, encoded.output, {.causal = true}, source_mask);
-  const std::size_t heads = config_.num_heads;
+  const std::size_t heads = config_.nhead;
   return {{"cross-attention", TokenSide::target, TokenSide::source, heads, name_attention(decoded.cross_attention)},
           {"encoder self-attention", TokenSide::source, TokenSide::source, heads,
            name_attention(encoded.self_attention)},
@@ -275,9 +275,9 @@ Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArr
   check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
               "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
                   shape_of(target_input));
-  check_shape(target_input.shape()[1] <= config_.max_length, kModel,
+  check_shape(target_input.shape()[1] <= config_.max_len, kModel,
               "target length " + std::to_string(target_input.shape()[1]) + " exceeds max_length " +
-                  std::to_string(config_.max_length));
+                  std::to_string(config_.max_len));
   AttentionMask source_mask;
   source_mask.valid_lens = source_lengths;
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
@@ -318,9 +318,9 @@ StepOutput TransformerModel::decode_step(DecoderState& state, const IndexArray& 
               "previous_tokens must be [B] with B = " + std::to_string(batch) + ", got " +
                   shape_of(previous_tokens));
   const std::size_t position = transformer_state->cache.length();
-  check_shape(position < config_.max_length, kModel,
+  check_shape(position < config_.max_len, kModel,
               "decoding step " + std::to_string(position + 1) + " exceeds max_length " +
-                  std::to_string(config_.max_length));
+                  std::to_string(config_.max_len));
   IndexArray tokens = previous_tokens;
   tokens.reshape({batch, 1});
   const Variable target = embed(*target_embedding_, target_positions_.get(), tokens, position);  // [B, 1, D]

@@ -125,9 +125,7 @@ AttentionObserver*& AttentionObserver::current() {
 
 DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, Rng dropout_stream) : scale_(scale) {
   check_range("DotProductAttention", "dropout", dropout, 0, 1);
-  dropout_ = register_module("dropout", std::make_shared<Dropout>(dropout, dropout_stream));
-  // Before the Dropout module, this layer kept the stream itself, as "dropout_rng".
-  register_legacy_random_stream_name("dropout_rng", "dropout.dropout_rng");
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, dropout_stream));
   if (scale.kind == ScoreScale::Kind::learned_temperature) {
     check_arg(scale.value > 0, "DotProductAttention",
               "a learned temperature must start positive, got " + format_number(scale.value));
@@ -212,9 +210,7 @@ AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_siz
                 std::to_string(key_size) + ", hidden_size " + std::to_string(hidden_size));
   check_range("AdditiveAttention", "dropout", dropout, 0, 1);
   const std::uint64_t seed = rng.next_u64();
-  dropout_ = register_module("dropout", std::make_shared<Dropout>(dropout, Rng(seed)));
-  // Before the Dropout module, this layer kept the stream itself, as "dropout_rng".
-  register_legacy_random_stream_name("dropout_rng", "dropout.dropout_rng");
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, Rng(seed)));
   // nn.Linear's default: U(-1/√fan_in, 1/√fan_in).
   Rng init(seed ^ splitmix64_increment);
   auto bound = [](std::size_t fan_in) { return real(1) / std::sqrt(static_cast<real>(fan_in)); };

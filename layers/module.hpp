@@ -90,10 +90,14 @@ class Module {
   /// Registers a random stream the module draws from (it must live as long as the module,
   /// e.g. a member), so that checkpoints can save and restore it.
   void register_random_stream(const std::string& name, Rng& stream);
-  /// Makes load_random_state accept `legacy_name` for the stream now saved as `name` (both
-  /// relative to this module, e.g. "dropout_rng" for "dropout.dropout_rng"), so checkpoints
-  /// written before a stream moved into a submodule keep loading.
-  void register_legacy_random_stream_name(const std::string& legacy_name, const std::string& name);
+  /// Registers a layer's Dropout as submodule "dropout", for the layers that kept their own
+  /// stream "dropout_rng" before they held a Dropout: load_random_state still accepts that
+  /// name for "dropout.dropout_rng", so checkpoints written before keep resuming.
+  template <class D>
+  std::shared_ptr<D> register_dropout(std::shared_ptr<D> dropout) {
+    register_legacy_random_stream_name("dropout_rng", "dropout.dropout_rng");
+    return register_module("dropout", std::move(dropout));
+  }
   /// Registers a submodule; its names are prefixed with `name.`.
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
@@ -105,6 +109,9 @@ class Module {
   void add_child(const std::string& name, std::shared_ptr<Module> module);
   /// Throws when `name` is already a parameter, buffer or submodule of this module.
   void check_unique(const std::string& name) const;
+  /// Makes load_random_state accept `legacy_name` for the stream now saved as `name` (both
+  /// relative to this module).
+  void register_legacy_random_stream_name(const std::string& legacy_name, const std::string& name);
   void collect(const std::string& prefix, bool buffers, std::vector<NamedVariable>& out) const;
 
   std::vector<NamedVariable> parameters_;

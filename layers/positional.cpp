@@ -56,9 +56,7 @@ SinusoidalPositionalEncoding::SinusoidalPositionalEncoding(std::size_t d_model, 
                                                            Rng dropout_stream)
     : d_model_(d_model), max_len_(max_len) {
   check_absolute_options("SinusoidalPositionalEncoding", d_model, max_len, dropout);
-  dropout_ = register_module("dropout", std::make_shared<Dropout>(dropout, dropout_stream));
-  // Before the Dropout module, this layer kept the stream itself, as "dropout_rng".
-  register_legacy_random_stream_name("dropout_rng", "dropout.dropout_rng");
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, dropout_stream));
   table_ = register_buffer("pe", sinusoidal_table(max_len, d_model));
 }
 
@@ -73,9 +71,7 @@ LearnedPositionalEmbedding::LearnedPositionalEmbedding(std::size_t d_model, std:
     : d_model_(d_model), max_len_(max_len) {
   check_absolute_options("LearnedPositionalEmbedding", d_model, max_len, dropout);
   const std::uint64_t seed = rng.next_u64();
-  dropout_ = register_module("dropout", std::make_shared<Dropout>(dropout, Rng(seed)));
-  // Before the Dropout module, this layer kept the stream itself, as "dropout_rng".
-  register_legacy_random_stream_name("dropout_rng", "dropout.dropout_rng");
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, Rng(seed)));
   Rng init(seed ^ splitmix64_increment);
   weight_ = register_parameter("weight", normal({max_len, d_model}, 0, real(0.02), init));
 }

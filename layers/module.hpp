@@ -15,8 +15,9 @@
 //   Transformer*Layer, stacks      d_model, nhead, dim_feedforward, num_layers
 //   positional encodings           d_model, max_len (PyTorch's tutorial PositionalEncoding)
 //
-// (config.json keys keep their own, older spellings — "num_heads", "max_length",
-// "embed_size" — so files written before still load.)
+// The model configs use the same names in C++ (TransformerConfig::nhead, max_len;
+// BahdanauConfig::embedding_dim); their config.json keys keep the older spellings —
+// "num_heads", "max_length", "embed_size" — so files written before still load.
 //
 // Seeding: randomness comes in as a generator, never as a bare uint64 seed.
 //  - `Rng& rng`: a constructor that draws while it builds (initial weights, or the streams it
@@ -28,6 +29,8 @@
 //  - `Rng stream`, by value: a module that draws during forward (Dropout, and the layers
 //    whose only randomness is their dropout) keeps the generator it is given. Callers pass
 //    Rng(rng.next_u64()) to draw it from their own generator, or Rng(seed) for a fixed one.
+//    By value because the stream must be exactly the one given (MultiheadAttention hands its
+//    attention Rng(seed + 1), as it always did); from an Rng& it could only seed a new one.
 // Layers that took a uint64 before this convention draw one seed and derive their inner
 // streams from it as they always did (seed + 1, seed ^ φ), so that existing seeds keep their
 // exact weights and dropout masks.

@@ -83,11 +83,9 @@ AttentionObserver*& AttentionObserver::current() {
 }
 
 
-DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, std::uint64_t seed)
-    : scale_(scale), dropout_(dropout), rng_(seed) {
-  register_random_stream("dropout_rng", rng_);
-  check_arg(dropout >= 0 && dropout < 1, "DotProductAttention",
-            "dropout must be in [0, 1), got " + format_number(dropout));
+DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, Rng dropout_stream) : scale_(scale) {
+  check_range("DotProductAttention", "dropout", dropout, 0, 1);
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, dropout_stream));
   if (scale.kind == ScoreScale::Kind::learned_temperature) {
     check_arg(scale.value > 0, "DotProductAttention",
               "a learned temperature must start positive, got " + format_number(scale.value));
@@ -153,8 +151,8 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
   const Variable weights = masked_softmax(scores, allowed);  // [..., Tq, Tk]
   if (const AttentionObserver* observer = AttentionObserver::current())
     observer->callback_(scores.value(), weights.value(), allowed);
-  const Variable attended = dropout_ > 0 ? dropout(weights, dropout_, is_training(), rng_) : weights;
-  Variable output = matmul(attended, values);  // [..., Tq, dv]
+  const Variable attended = dropout_->forward(weights);  // [..., Tq, Tk]
+  Variable output = matmul(attended, values);          // [..., Tq, dv]
   if (positions) {
     const Variable term = positions->output_term(attended, query_start);
     if (term.defined()) output = output + term;
@@ -164,17 +162,17 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
 
 // ---- additive attention ------------------------------------------------------------------
 
-AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size,
-                                     real dropout, std::uint64_t seed)
-    : query_size_(query_size), key_size_(key_size), hidden_size_(hidden_size), dropout_(dropout), rng_(seed) {
-  register_random_stream("dropout_rng", rng_);
+AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size, Rng& rng,
+                                     real dropout)
+    : query_size_(query_size), key_size_(key_size), hidden_size_(hidden_size) {
   check_arg(query_size > 0 && key_size > 0 && hidden_size > 0, "AdditiveAttention",
             "sizes must be positive, got query_size " + std::to_string(query_size) + ", key_size " +
                 std::to_string(key_size) + ", hidden_size " + std::to_string(hidden_size));
-  check_arg(dropout >= 0 && dropout < 1, "AdditiveAttention",
-            "dropout must be in [0, 1), got " + format_number(dropout));
+  check_range("AdditiveAttention", "dropout", dropout, 0, 1);
+  const std::uint64_t seed = rng.next_u64();
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, Rng(seed)));
   // nn.Linear's default: U(-1/√fan_in, 1/√fan_in).
-  Rng init(seed ^ 0x9e3779b97f4a7c15ULL);
+  Rng init(seed ^ splitmix64_increment);
   auto bound = [](std::size_t fan_in) { return real(1) / std::sqrt(static_cast<real>(fan_in)); };
   w_q_ = register_parameter("W_q", uniform({hidden_size, query_size}, -bound(query_size), bound(query_size), init));
   w_k_ = register_parameter("W_k", uniform({hidden_size, key_size}, -bound(key_size), bound(key_size), init));
@@ -220,7 +218,7 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
   // Every query against every key, vᵀ tanh(W_q q + W_k k), in one fused op.
   const Variable scores = additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
   const Variable weights = masked_softmax(scores, allowed);
-  const Variable attended = dropout_ > 0 ? dropout(weights, dropout_, is_training(), rng_) : weights;
+  const Variable attended = dropout_->forward(weights);  // [B, Tq, Tk]
   // Loops rather than a batched matmul: with one query per row (a decoder step) that would be
   // B tiny gemms, each paying BLAS's call and packing overhead.
   return {attention_context(attended, values), weights};  // [B, Tq, dv]

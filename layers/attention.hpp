@@ -14,6 +14,7 @@
 #include "lib/numerics/enum_names.hpp"
 #include "autograd/ops.hpp"
 #include "layers/module.hpp"
+#include "layers/normalization.hpp"
 #include "lib/numerics/rng.hpp"
 
 namespace qkv {
@@ -112,10 +113,12 @@ class AttentionObserver {
 
 /// Dot-product attention: softmax(scale · q kᵀ + position terms) V over the last two axes,
 /// with any leading (batch, head) axes. Parameters: "temperature" only when the scale is
-/// learned.
+/// learned. Submodule "dropout" (on the weights, in training mode).
 class DotProductAttention : public Module {
  public:
-  explicit DotProductAttention(ScoreScale scale = {}, real dropout = 0, std::uint64_t seed = 0);
+  /// `dropout_stream` is the attention dropout's random stream (a stream keeper, see
+  /// module.hpp); the default is the one a seed of 0 gave.
+  explicit DotProductAttention(ScoreScale scale = {}, real dropout = 0, Rng dropout_stream = Rng(0));
 
   /// queries [..., Tq, d], keys [..., Tk, d], values [..., Tk, dv] -> output [..., Tq, dv] and
   /// weights [..., Tq, Tk]. `allowed` broadcasts to [..., Tq, Tk]. `positions` (optional)
@@ -130,17 +133,19 @@ class DotProductAttention : public Module {
 
  private:
   ScoreScale scale_;
-  real dropout_;
-  Rng rng_;
+  std::shared_ptr<Dropout> dropout_;
   Variable temperature_;  // [] when the scale is learned
 };
 
 /// Additive (Bahdanau) attention: score(q, k) = vᵀ tanh(W_q q + W_k k). Parameters "W_q"
-/// [hidden, query_size], "W_k" [hidden, key_size], "v" [hidden].
+/// [hidden, query_size], "W_k" [hidden, key_size], "v" [hidden]; submodule "dropout" (on the
+/// weights, in training mode).
 class AdditiveAttention : public Module {
  public:
-  AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size, real dropout = 0,
-                    std::uint64_t seed = 0);
+  /// Draws one seed from `rng`: the dropout stream is Rng(seed), the weights come from
+  /// Rng(seed ^ φ) — what this layer did when it took the seed itself.
+  AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size, Rng& rng,
+                    real dropout = 0);
 
   /// keys [B, Tk, key_size] -> W_k k [B, Tk, hidden]. A decoder computes this once per batch
   /// and passes it to forward_projected at every step.
@@ -155,8 +160,7 @@ class AdditiveAttention : public Module {
 
  private:
   std::size_t query_size_, key_size_, hidden_size_;
-  real dropout_;
-  Rng rng_;
+  std::shared_ptr<Dropout> dropout_;
   Variable w_q_, w_k_, v_;
 };
 

@@ -78,8 +78,7 @@ GRU::GRU(std::size_t input_size, std::size_t hidden_size, Rng& rng, const GRUOpt
   check_arg(input_size > 0 && hidden_size > 0 && options.num_layers > 0, "GRU",
             "input_size, hidden_size and num_layers must be positive, got " + std::to_string(input_size) + ", " +
                 std::to_string(hidden_size) + " and " + std::to_string(options.num_layers));
-  check_arg(options.dropout >= 0 && options.dropout < 1, describe().c_str(),
-            "dropout must be in [0, 1), got " + std::to_string(options.dropout));
+  check_range(describe(), "dropout", options.dropout, 0, 1);
   const std::size_t gates = 3 * hidden_size;
   for (std::size_t layer = 0; layer < options.num_layers; ++layer) {
     const std::size_t layer_input = layer == 0 ? input_size : hidden_size * num_directions();
@@ -95,7 +94,8 @@ GRU::GRU(std::size_t input_size, std::size_t hidden_size, Rng& rng, const GRUOpt
       weights_.push_back(std::move(w));
     }
   }
-  if (options.dropout > 0) dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout, rng));
+  if (options.dropout > 0)
+    dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout, Rng(rng.next_u64())));
 }
 
 std::string GRU::describe() const {

@@ -23,8 +23,12 @@ std::string Linear::describe() const {
 
 Variable Linear::forward(const Variable& x) const {
   const Shape shape = x.shape();
-  check_shape(!shape.empty() && shape.back() == in_features_, describe().c_str(),
-              "input " + to_string(shape) + " must end in " + std::to_string(in_features_) + " features");
+  // describe() and the message are built only on failure: attention calls this at every
+  // decoding step.
+  if (shape.empty() || shape.back() != in_features_)
+    check_shape(false, describe().c_str(), [&] {
+      return "input " + to_string(shape) + " must end in " + std::to_string(in_features_) + " features";
+    });
   return linear(x, weight_, bias_);
 }
 

@@ -120,6 +120,11 @@ void Module::register_random_stream(const std::string& name, Rng& stream) {
   random_streams_.emplace_back(name, &stream);
 }
 
+void Module::register_legacy_random_stream_name(const std::string& legacy_name, const std::string& name) {
+  check_arg(legacy_name != name, "Module", "the legacy name of random stream '" + name + "' is its name");
+  legacy_stream_names_.emplace_back(legacy_name, name);
+}
+
 std::map<std::string, std::string> Module::random_state() const {
   std::map<std::string, std::string> state;
   for (const auto& [name, stream] : random_streams_) state.emplace(name, stream->save_state());
@@ -128,14 +133,21 @@ std::map<std::string, std::string> Module::random_state() const {
   return state;
 }
 
-void Module::load_random_state(const std::map<std::string, std::string>& state) {
+void Module::load_random_state(const std::map<std::string, std::string>& given) {
   // Flatten our own streams with their dotted names first, so nothing changes on a mismatch.
   std::vector<std::pair<std::string, Rng*>> own;
+  std::map<std::string, std::string> state = given;
   std::vector<std::pair<std::string, const Module*>> pending{{"", this}};
   while (!pending.empty()) {
     auto [prefix, module] = pending.back();
     pending.pop_back();
     for (const auto& [name, stream] : module->random_streams_) own.emplace_back(prefix + name, stream);
+    for (const auto& [legacy, name] : module->legacy_stream_names_) {
+      const auto found = state.find(prefix + legacy);
+      if (found == state.end() || state.contains(prefix + name)) continue;
+      state.emplace(prefix + name, found->second);
+      state.erase(found);
+    }
     for (const auto& [name, child] : module->children_) pending.emplace_back(prefix + name + ".", child.get());
   }
   NameMismatch mismatch({"missing", "unexpected"});

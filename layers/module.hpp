@@ -3,6 +3,37 @@
 // buffers (state that is saved but not trained, e.g. a sinusoidal table) and submodules, and
 // reports them with dotted names — `decoder.layers.0.self_attn.out_proj.weight` — the names
 // PyTorch would give the same layer, so weights move between the two by name.
+//
+// Sizes carry PyTorch's names too, in constructors, options and accessors:
+//
+//   layer                          sizes
+//   Linear                         in_features, out_features
+//   Embedding                      num_embeddings, embedding_dim, padding_idx
+//   LayerNorm                      normalized_shape (the last dim's size)
+//   GRUCell / GRU                  input_size, hidden_size, num_layers
+//   MultiheadAttention             embed_dim, num_heads (head_dim = embed_dim / num_heads)
+//   Transformer*Layer, stacks      d_model, nhead, dim_feedforward, num_layers
+//   positional encodings           d_model, max_len (PyTorch's tutorial PositionalEncoding)
+//
+// The model configs use the same names in C++ (TransformerConfig::nhead, max_len;
+// BahdanauConfig::embedding_dim); their config.json keys keep the older spellings —
+// "num_heads", "max_length", "embed_size" — so files written before still load.
+//
+// Seeding: randomness comes in as a generator, never as a bare uint64 seed.
+//  - `Rng& rng`: a constructor that draws while it builds (initial weights, or the streams it
+//    hands to its parts) draws from the caller's generator, in registration order. One seed
+//    (a model config's) threaded through every layer then reproduces the whole model, as
+//    torch.manual_seed does for PyTorch's global generator. A uint64 per layer could not say
+//    "continue where the previous layer stopped", which is what Linear, Embedding and GRU
+//    need, and pushed seed arithmetic onto every caller.
+//  - `Rng stream`, by value: a module that draws during forward (Dropout, and the layers
+//    whose only randomness is their dropout) keeps the generator it is given. Callers pass
+//    Rng(rng.next_u64()) to draw it from their own generator, or Rng(seed) for a fixed one.
+//    By value because the stream must be exactly the one given (MultiheadAttention hands its
+//    attention Rng(seed + 1), as it always did); from an Rng& it could only seed a new one.
+// Layers that took a uint64 before this convention draw one seed and derive their inner
+// streams from it as they always did (seed + 1, seed ^ φ), so that existing seeds keep their
+// exact weights and dropout masks.
 #include <map>
 #include <memory>
 #include <string>
@@ -45,7 +76,8 @@ class Module {
   /// name, as Rng::save_state text: with the weights and the optimizer, what a checkpoint
   /// needs for a resumed run to draw the same dropout masks as an uninterrupted one.
   std::map<std::string, std::string> random_state() const;
-  /// Restores random_state(); every missing or unexpected name is reported in one Error.
+  /// Restores random_state(), accepting the legacy names of moved streams; every missing or
+  /// unexpected name is reported in one Error.
   void load_random_state(const std::map<std::string, std::string>& state);
 
   /// state_dict() to a safetensors file, atomically; `metadata` goes into its header.
@@ -61,6 +93,14 @@ class Module {
   /// Registers a random stream the module draws from (it must live as long as the module,
   /// e.g. a member), so that checkpoints can save and restore it.
   void register_random_stream(const std::string& name, Rng& stream);
+  /// Registers a layer's Dropout as submodule "dropout", for the layers that kept their own
+  /// stream "dropout_rng" before they held a Dropout: load_random_state still accepts that
+  /// name for "dropout.dropout_rng", so checkpoints written before keep resuming.
+  template <class D>
+  std::shared_ptr<D> register_dropout(std::shared_ptr<D> dropout) {
+    register_legacy_random_stream_name("dropout_rng", "dropout.dropout_rng");
+    return register_module("dropout", std::move(dropout));
+  }
   /// Registers a submodule; its names are prefixed with `name.`.
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
@@ -72,11 +112,15 @@ class Module {
   void add_child(const std::string& name, std::shared_ptr<Module> module);
   /// Throws when `name` is already a parameter, buffer or submodule of this module.
   void check_unique(const std::string& name) const;
+  /// Makes load_random_state accept `legacy_name` for the stream now saved as `name` (both
+  /// relative to this module).
+  void register_legacy_random_stream_name(const std::string& legacy_name, const std::string& name);
   void collect(const std::string& prefix, bool buffers, std::vector<NamedVariable>& out) const;
 
   std::vector<NamedVariable> parameters_;
   std::vector<NamedVariable> buffers_;
   std::vector<std::pair<std::string, Rng*>> random_streams_;
+  std::vector<std::pair<std::string, std::string>> legacy_stream_names_;  // legacy name, current name
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
 };

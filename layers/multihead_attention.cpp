@@ -54,28 +54,30 @@ std::optional<BoolArray> resolve_mask(const AttentionMask& mask, std::size_t bat
 
 Variable MultiheadAttentionOutput::average_weights() const { return mean(weights, {1}); }
 
-MultiheadAttention::OutProjection::OutProjection(std::size_t embed_dim, bool with_bias, Rng& rng) {
-  // nn.MultiheadAttention's out_proj: kaiming_uniform(a=√5) = U(-1/√E, 1/√E), bias zero.
-  const real bound = real(1) / std::sqrt(static_cast<real>(embed_dim));
-  weight = register_parameter("weight", uniform({embed_dim, embed_dim}, -bound, bound, rng));
-  if (with_bias) bias = register_parameter("bias", zeros({embed_dim}));
-}
-
-MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, MultiheadAttentionOptions options)
+MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, Rng& rng,
+                                       MultiheadAttentionOptions options)
     : embed_dim_(embed_dim), num_heads_(num_heads) {
   check_arg(embed_dim > 0 && num_heads > 0, kLayer,
             "embed_dim and num_heads must be positive, got embed_dim " + std::to_string(embed_dim) +
                 ", num_heads " + std::to_string(num_heads));
   check_arg(embed_dim % num_heads == 0, kLayer,
             "embed_dim " + std::to_string(embed_dim) + " is not divisible by num_heads " + std::to_string(num_heads));
-  Rng rng(options.seed);
+  const std::uint64_t seed = rng.next_u64();
+  Rng init(seed);
   // nn.MultiheadAttention: xavier_uniform over the stacked [3E, E] weight, zero biases.
   const real bound = std::sqrt(real(6) / static_cast<real>(4 * embed_dim));
-  in_proj_weight_ = register_parameter("in_proj_weight", uniform({3 * embed_dim, embed_dim}, -bound, bound, rng));
+  in_proj_weight_ = register_parameter("in_proj_weight", uniform({3 * embed_dim, embed_dim}, -bound, bound, init));
   if (options.bias) in_proj_bias_ = register_parameter("in_proj_bias", zeros({3 * embed_dim}));
-  out_proj_ = register_module("out_proj", std::make_shared<OutProjection>(embed_dim, options.bias, rng));
+  // out_proj is an nn.Linear (its default U(-1/√E, 1/√E) weight) whose bias PyTorch then zeroes.
+  // The bias Linear draws comes after the weight and is the last draw from `init`.
+  out_proj_ = register_module("out_proj", std::make_shared<Linear>(embed_dim, embed_dim, init,
+                                                                   LinearOptions{.bias = options.bias}));
+  if (options.bias) {
+    Variable out_bias = out_proj_->bias();
+    out_bias.mutable_value().fill(0);
+  }
   attention_ = register_module("attention",
-                               std::make_shared<DotProductAttention>(options.scale, options.dropout, options.seed + 1));
+                               std::make_shared<DotProductAttention>(options.scale, options.dropout, Rng(seed + 1)));
   if (options.positions) positions_ = register_module("positions", options.positions);
 }
 
@@ -118,7 +120,7 @@ MultiheadAttentionOutput MultiheadAttention::attend(const Variable& q, const Var
   const std::optional<BoolArray> allowed = resolve_mask(mask, q.dim(0), num_heads_, q.dim(2), k.dim(2), query_start);
   const AttentionOutput attended = attention_->forward(q, k, v, allowed, positions_.get(), query_start);
   const Variable merged = merge_heads(attended.output);  // [B, Tq, E]
-  return {linear(merged, out_proj_->weight, out_proj_->bias), attended.weights};
+  return {out_proj_->forward(merged), attended.weights};  // [B, Tq, E]
 }
 
 MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,

@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "layers/attention.hpp"
+#include "layers/linear.hpp"
 
 namespace qkv {
 
@@ -46,7 +47,6 @@ struct MultiheadAttentionOptions {
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();  // over the head size d_head = E / H
   /// Relative / rotary / ALiBi positions inside attention; registered as submodule "positions".
   std::shared_ptr<AttentionPositionEncoding> positions = nullptr;
-  std::uint64_t seed = 0;  // initialisation and dropout
 };
 
 struct MultiheadAttentionOutput {
@@ -58,8 +58,10 @@ struct MultiheadAttentionOutput {
 
 class MultiheadAttention : public Module {
  public:
-  /// Throws Error naming the layer when embed_dim is not divisible by num_heads.
-  MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, MultiheadAttentionOptions options = {});
+  /// Draws one seed from `rng`: the projections come from Rng(seed), the attention dropout's
+  /// stream is Rng(seed + 1) — what this layer did when it took the seed itself. Throws Error
+  /// naming the layer when embed_dim is not divisible by num_heads.
+  MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, Rng& rng, MultiheadAttentionOptions options = {});
 
   /// query [B, Tq, E], key [B, Tk, E], value [B, Tk, E] (pass the same variable three times
   /// for self-attention: it is projected with one gemm). With a cache, key and value are the
@@ -82,13 +84,6 @@ class MultiheadAttention : public Module {
   std::size_t head_dim() const { return embed_dim_ / num_heads_; }
 
  private:
-  /// The output projection, a submodule so its names are out_proj.weight / out_proj.bias.
-  class OutProjection : public Module {
-   public:
-    OutProjection(std::size_t embed_dim, bool bias, Rng& rng);
-    Variable weight, bias;
-  };
-
   /// x [B, T, E] through block 0 (q), 1 (k) or 2 (v) of the stacked projection -> [B, H, T, d].
   Variable project(const Variable& x, std::size_t block) const;
   /// Attention over per-head q [B, H, Tq, d], k and v [B, H, Tk, d], then the output projection.
@@ -97,7 +92,7 @@ class MultiheadAttention : public Module {
 
   std::size_t embed_dim_, num_heads_;
   Variable in_proj_weight_, in_proj_bias_;
-  std::shared_ptr<OutProjection> out_proj_;
+  std::shared_ptr<Linear> out_proj_;  // out_proj.weight [E, E], out_proj.bias [E]
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;
 };

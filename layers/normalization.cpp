@@ -8,30 +8,30 @@
 
 namespace qkv {
 
-LayerNorm::LayerNorm(std::size_t normalized_size, const LayerNormOptions& options)
-    : size_(normalized_size), eps_(options.eps) {
-  check_arg(normalized_size > 0, "LayerNorm", "normalized_size must be positive, got 0");
+LayerNorm::LayerNorm(std::size_t normalized_shape, const LayerNormOptions& options)
+    : normalized_shape_(normalized_shape), eps_(options.eps) {
+  check_arg(normalized_shape > 0, "LayerNorm", "normalized_shape must be positive, got 0");
   check_arg(options.eps > 0 && std::isfinite(options.eps), describe().c_str(),
             "eps must be positive and finite, got " + std::to_string(options.eps));
   if (options.elementwise_affine) {
-    weight_ = register_parameter("weight", full({size_}, 1));
-    bias_ = register_parameter("bias", zeros({size_}));
+    weight_ = register_parameter("weight", full({normalized_shape_}, 1));
+    bias_ = register_parameter("bias", zeros({normalized_shape_}));
   }
 }
 
-std::string LayerNorm::describe() const { return "LayerNorm(" + std::to_string(size_) + ")"; }
+std::string LayerNorm::describe() const { return "LayerNorm(" + std::to_string(normalized_shape_) + ")"; }
 
 Variable LayerNorm::forward(const Variable& x) const {
   const Shape shape = x.shape();
-  check_shape(!shape.empty() && shape.back() == size_, describe().c_str(),
-              "input " + to_string(shape) + " must end in " + std::to_string(size_) + " features");
+  check_shape(!shape.empty() && shape.back() == normalized_shape_, describe().c_str(),
+              "input " + to_string(shape) + " must end in " + std::to_string(normalized_shape_) + " features");
   return layer_norm(x, weight_, bias_, eps_);
 }
 
-Dropout::Dropout(real p, Rng& rng) : p_(p), rng_(rng.next_u64()) {
+Dropout::Dropout(real p, Rng stream) : p_(p), rng_(stream) {
   register_random_stream("dropout_rng", rng_);
   // p = 1 would scale the kept elements by 1/0; nobody trains with it.
-  check_arg(p >= 0 && p < 1, "Dropout", "p must be in [0, 1), got " + std::to_string(p));
+  check_range("Dropout", "p", p, 0, 1);
 }
 
 std::string Dropout::describe() const {

@@ -14,16 +14,17 @@ struct LayerNormOptions {
   bool elementwise_affine = true;
 };
 
-/// Normalises over the last dim, of size `normalized_size`.
+/// Normalises over the last dim, of size `normalized_shape` (PyTorch's name; qkv normalises
+/// over one dim only, so it is a size).
 class LayerNorm : public Module {
  public:
-  explicit LayerNorm(std::size_t normalized_size, const LayerNormOptions& options = {});
+  explicit LayerNorm(std::size_t normalized_shape, const LayerNormOptions& options = {});
 
   /// [..., D] -> [..., D]
   Variable forward(const Variable& x) const;
   Variable operator()(const Variable& x) const { return forward(x); }
 
-  std::size_t normalized_size() const { return size_; }
+  std::size_t normalized_shape() const { return normalized_shape_; }
   real eps() const { return eps_; }
   /// Undefined without elementwise_affine.
   const Variable& weight() const { return weight_; }
@@ -32,20 +33,22 @@ class LayerNorm : public Module {
   std::string describe() const;
 
  private:
-  std::size_t size_;
+  std::size_t normalized_shape_;
   real eps_;
   Variable weight_;  // [D]
   Variable bias_;    // [D]
 };
 
 /// In training mode, zeroes each element with probability p and scales the rest by 1/(1-p);
-/// in eval mode, the identity.
+/// in eval mode (and for p = 0), the identity. The one dropout of qkv's layers: every layer
+/// that drops something holds one of these.
 class Dropout : public Module {
  public:
-  /// The layer keeps its own random stream, seeded from `rng` here, so it never refers to a
-  /// generator that may be gone by the time forward runs — and a fixed seed reproduces the
-  /// same masks.
-  Dropout(real p, Rng& rng);
+  /// Keeps `stream` as its own random stream "dropout_rng" (a stream keeper, see module.hpp),
+  /// so it never refers to a generator that may be gone by the time forward runs, and
+  /// checkpoints save and restore it by name. Pass Rng(rng.next_u64()) to draw it from a
+  /// model's generator.
+  Dropout(real p, Rng stream);
 
   /// Draws a new mask on each call in training mode, hence not const.
   Variable forward(const Variable& x);

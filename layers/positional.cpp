@@ -17,12 +17,19 @@ IndexArray positions_from(std::size_t start, std::size_t count) {
   return indices;
 }
 
+/// The checks both absolute encodings make on their sizes and dropout.
+void check_absolute_options(const char* layer, std::size_t d_model, std::size_t max_len, real dropout) {
+  check_arg(d_model > 0 && max_len > 0, layer,
+            "d_model and max_len must be positive, got " + std::to_string(d_model) + " and " + std::to_string(max_len));
+  check_range(layer, "dropout", dropout, 0, 1);
+}
+
 /// The check both absolute encodings make on x [B, T, D] at positions start..start+T-1.
-void check_absolute_input(const char* layer, const Variable& x, std::size_t model_dim, std::size_t max_len,
+void check_absolute_input(const char* layer, const Variable& x, std::size_t d_model, std::size_t max_len,
                           std::size_t start) {
   const Shape s = x.shape();
-  check_shape(s.size() == 3 && s[2] == model_dim, layer,
-              "input must be [B, T, " + std::to_string(model_dim) + "], got " + to_string(s));
+  check_shape(s.size() == 3 && s[2] == d_model, layer,
+              "input must be [B, T, " + std::to_string(d_model) + "], got " + to_string(s));
   check_shape(start + s[1] <= max_len, layer,
               "positions " + std::to_string(start) + ".." + std::to_string(start + s[1]) + " of input " +
                   to_string(s) + " exceed max_len " + std::to_string(max_len));
@@ -32,65 +39,59 @@ void check_absolute_input(const char* layer, const Variable& x, std::size_t mode
 
 // ---- absolute encodings ------------------------------------------------------------------
 
-Array sinusoidal_table(std::size_t max_len, std::size_t model_dim, real base) {
-  Array table = Array::from_shape({max_len, model_dim});
+Array sinusoidal_table(std::size_t max_len, std::size_t d_model, real base) {
+  Array table = Array::from_shape({max_len, d_model});
   for (std::size_t p = 0; p < max_len; ++p)
-    for (std::size_t column = 0; column < model_dim; ++column) {
+    for (std::size_t column = 0; column < d_model; ++column) {
       const std::size_t pair = column / 2;  // columns 2i and 2i+1 share a frequency
       const double angle = static_cast<double>(p) /
-                           std::pow(static_cast<double>(base), 2.0 * static_cast<double>(pair) / static_cast<double>(model_dim));
+                           std::pow(static_cast<double>(base), 2.0 * static_cast<double>(pair) / static_cast<double>(d_model));
       table(p, column) = static_cast<real>(column % 2 == 0 ? std::sin(angle) : std::cos(angle));
     }
   return table;
 }
 
-SinusoidalPositionalEncoding::SinusoidalPositionalEncoding(std::size_t model_dim, std::size_t max_len, real dropout,
-                                                           std::uint64_t seed)
-    : model_dim_(model_dim), max_len_(max_len), dropout_(dropout), rng_(seed) {
-  register_random_stream("dropout_rng", rng_);
-  check_arg(model_dim > 0 && max_len > 0, "SinusoidalPositionalEncoding",
-            "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
-  check_arg(dropout >= 0 && dropout < 1, "SinusoidalPositionalEncoding",
-            "dropout must be in [0, 1), got " + format_number(dropout));
-  table_ = register_buffer("pe", sinusoidal_table(max_len, model_dim));
+SinusoidalPositionalEncoding::SinusoidalPositionalEncoding(std::size_t d_model, std::size_t max_len, real dropout,
+                                                           Rng dropout_stream)
+    : d_model_(d_model), max_len_(max_len) {
+  check_absolute_options("SinusoidalPositionalEncoding", d_model, max_len, dropout);
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, dropout_stream));
+  table_ = register_buffer("pe", sinusoidal_table(max_len, d_model));
 }
 
 Variable SinusoidalPositionalEncoding::forward(const Variable& x, std::size_t start) {
-  check_absolute_input("SinusoidalPositionalEncoding", x, model_dim_, max_len_, start);
+  check_absolute_input("SinusoidalPositionalEncoding", x, d_model_, max_len_, start);
   const Variable encoded = x + slice(table_, 0, start, start + x.dim(1));  // [B, T, D] + [T, D]
-  return dropout_ > 0 ? dropout(encoded, dropout_, is_training(), rng_) : encoded;
+  return dropout_->forward(encoded);                                        // [B, T, D]
 }
 
-LearnedPositionalEmbedding::LearnedPositionalEmbedding(std::size_t model_dim, std::size_t max_len, real dropout,
-                                                       std::uint64_t seed)
-    : model_dim_(model_dim), max_len_(max_len), dropout_(dropout), rng_(seed) {
-  register_random_stream("dropout_rng", rng_);
-  check_arg(model_dim > 0 && max_len > 0, "LearnedPositionalEmbedding",
-            "model_dim and max_len must be positive, got " + std::to_string(model_dim) + " and " + std::to_string(max_len));
-  check_arg(dropout >= 0 && dropout < 1, "LearnedPositionalEmbedding",
-            "dropout must be in [0, 1), got " + format_number(dropout));
-  Rng init(seed ^ 0x9e3779b97f4a7c15ULL);
-  weight_ = register_parameter("weight", normal({max_len, model_dim}, 0, real(0.02), init));
+LearnedPositionalEmbedding::LearnedPositionalEmbedding(std::size_t d_model, std::size_t max_len, Rng& rng,
+                                                       real dropout)
+    : d_model_(d_model), max_len_(max_len) {
+  check_absolute_options("LearnedPositionalEmbedding", d_model, max_len, dropout);
+  const std::uint64_t seed = rng.next_u64();
+  dropout_ = register_dropout(std::make_shared<Dropout>(dropout, Rng(seed)));
+  Rng init(seed ^ splitmix64_increment);
+  weight_ = register_parameter("weight", normal({max_len, d_model}, 0, real(0.02), init));
 }
 
 Variable LearnedPositionalEmbedding::forward(const Variable& x, std::size_t start) {
-  check_absolute_input("LearnedPositionalEmbedding", x, model_dim_, max_len_, start);
+  check_absolute_input("LearnedPositionalEmbedding", x, d_model_, max_len_, start);
   const Variable encoded = x + embedding(weight_, positions_from(start, x.dim(1)));  // [B, T, D] + [T, D]
-  return dropout_ > 0 ? dropout(encoded, dropout_, is_training(), rng_) : encoded;
+  return dropout_->forward(encoded);                                                // [B, T, D]
 }
 
 // ---- relative positions (Shaw et al. 2018) -------------------------------------------------
 
-RelativePositionEncoding::RelativePositionEncoding(std::size_t head_dim, std::size_t max_distance,
-                                                   bool value_embeddings, std::uint64_t seed)
+RelativePositionEncoding::RelativePositionEncoding(std::size_t head_dim, std::size_t max_distance, Rng& rng,
+                                                   bool value_embeddings)
     : head_dim_(head_dim), max_distance_(max_distance) {
   check_arg(head_dim > 0, "RelativePositionEncoding", "head_dim must be positive, got 0");
-  Rng init(seed);
   const std::size_t distances = 2 * max_distance + 1;
   const real bound = std::sqrt(real(6) / static_cast<real>(distances + head_dim));  // xavier uniform
-  relative_keys_ = register_parameter("relative_keys", uniform({distances, head_dim}, -bound, bound, init));
+  relative_keys_ = register_parameter("relative_keys", uniform({distances, head_dim}, -bound, bound, rng));
   if (value_embeddings)
-    relative_values_ = register_parameter("relative_values", uniform({distances, head_dim}, -bound, bound, init));
+    relative_values_ = register_parameter("relative_values", uniform({distances, head_dim}, -bound, bound, rng));
 }
 
 IndexArray RelativePositionEncoding::relative_indices(std::size_t queries, std::size_t query_start,

@@ -15,34 +15,36 @@ namespace qkv {
 
 /// The sinusoidal table of Vaswani et al. [max_len, D]:
 ///   P[p, 2i] = sin(p / 10000^(2i/D)),  P[p, 2i+1] = cos(p / 10000^(2i/D)).
-Array sinusoidal_table(std::size_t max_len, std::size_t model_dim, real base = 10000);
+Array sinusoidal_table(std::size_t max_len, std::size_t d_model, real base = 10000);
 
-/// x + P[start : start + T], then dropout. Buffer "pe" [max_len, D].
+/// x + P[start : start + T], then dropout. Buffer "pe" [max_len, D]; submodule "dropout".
 class SinusoidalPositionalEncoding : public Module {
  public:
-  SinusoidalPositionalEncoding(std::size_t model_dim, std::size_t max_len = 1000, real dropout = 0,
-                               std::uint64_t seed = 0);
+  /// `dropout_stream` is the dropout's random stream (a stream keeper, see module.hpp); the
+  /// default is the one a seed of 0 gave.
+  SinusoidalPositionalEncoding(std::size_t d_model, std::size_t max_len = 1000, real dropout = 0,
+                               Rng dropout_stream = Rng(0));
   /// x [B, T, D] -> [B, T, D]; positions start at `start` (incremental decoding).
   Variable forward(const Variable& x, std::size_t start = 0);
 
  private:
-  std::size_t model_dim_, max_len_;
-  real dropout_;
-  Rng rng_;
+  std::size_t d_model_, max_len_;
+  std::shared_ptr<Dropout> dropout_;
   Variable table_;
 };
 
 /// x + W[start : start + T] with W a trained parameter "weight" [max_len, D] (BERT/GPT-2
-/// style), initialised N(0, 0.02²), then dropout.
+/// style), initialised N(0, 0.02²), then dropout (submodule "dropout").
 class LearnedPositionalEmbedding : public Module {
  public:
-  LearnedPositionalEmbedding(std::size_t model_dim, std::size_t max_len, real dropout = 0, std::uint64_t seed = 0);
+  /// Draws one seed from `rng`: the dropout stream is Rng(seed), the table comes from
+  /// Rng(seed ^ φ) — what this layer did when it took the seed itself.
+  LearnedPositionalEmbedding(std::size_t d_model, std::size_t max_len, Rng& rng, real dropout = 0);
   Variable forward(const Variable& x, std::size_t start = 0);
 
  private:
-  std::size_t model_dim_, max_len_;
-  real dropout_;
-  Rng rng_;
+  std::size_t d_model_, max_len_;
+  std::shared_ptr<Dropout> dropout_;
   Variable weight_;
 };
 
@@ -50,11 +52,10 @@ class LearnedPositionalEmbedding : public Module {
 ///   score_ij = q_i · (k_j + a^K_{clip(j-i)})  (before scaling),
 ///   out_i    = Σ_j α_ij (v_j + a^V_{clip(j-i)}).
 /// Parameters "relative_keys" [2k+1, d_head] and, when `value_embeddings`, "relative_values"
-/// [2k+1, d_head]; shared across heads, as in the paper.
+/// [2k+1, d_head]; shared across heads, as in the paper. Both are drawn from `rng`.
 class RelativePositionEncoding : public AttentionPositionEncoding {
  public:
-  RelativePositionEncoding(std::size_t head_dim, std::size_t max_distance, bool value_embeddings = true,
-                           std::uint64_t seed = 0);
+  RelativePositionEncoding(std::size_t head_dim, std::size_t max_distance, Rng& rng, bool value_embeddings = true);
   Variable score_term(const Variable& queries, std::size_t query_start, std::size_t keys) const override;
   Variable output_term(const Variable& weights, std::size_t query_start) const override;
   /// [Tq, Tk] indices into the tables: clip(j - (query_start + i), -k, k) + k.

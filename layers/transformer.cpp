@@ -25,8 +25,7 @@ void check_options(const TransformerLayerOptions& options, const std::string& la
   check_arg(options.d_model % options.nhead == 0, layer.c_str(),
             "d_model " + std::to_string(options.d_model) + " is not divisible by nhead " +
                 std::to_string(options.nhead));
-  check_arg(options.dropout >= 0 && options.dropout < 1, layer.c_str(),
-            "dropout must be in [0, 1), got " + format_number(options.dropout));
+  check_range(layer, "dropout", options.dropout, 0, 1);
   check_arg(options.layer_norm_eps > 0, layer.c_str(),
             "layer_norm_eps must be positive, got " + format_number(options.layer_norm_eps));
 }
@@ -38,16 +37,17 @@ void check_sequence(const Variable& x, std::size_t d_model, const std::string& l
                   to_string(x.shape()));
 }
 
-MultiheadAttentionOptions attention_options(const TransformerLayerOptions& options, bool with_positions,
-                                            std::uint64_t seed) {
+MultiheadAttentionOptions attention_options(const TransformerLayerOptions& options, bool with_positions) {
   MultiheadAttentionOptions result;
   result.dropout = options.dropout;
   result.bias = options.bias;
   result.scale = options.scale;
   if (with_positions && options.self_attention_positions) result.positions = options.self_attention_positions();
-  result.seed = seed;
   return result;
 }
+
+/// A Dropout with its own stream, seeded by one draw of `rng`.
+std::shared_ptr<Dropout> make_dropout(real p, Rng& rng) { return std::make_shared<Dropout>(p, Rng(rng.next_u64())); }
 
 Variable activate(const Variable& x, Activation activation) {
   return activation == Activation::relu ? relu(x) : gelu(x);
@@ -73,22 +73,21 @@ Variable take_rows(const Variable& x, const std::vector<std::size_t>& rows, cons
 
 // ---- encoder layer -----------------------------------------------------------------------
 
-TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerOptions& options) : options_(options) {
+TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerOptions& options, Rng& rng)
+    : options_(options) {
   check_options(options, describe());
-  Rng rng(options.seed);
   const LinearOptions linear{.bias = options.bias};
   const LayerNormOptions norm{.eps = options.layer_norm_eps};
   // Registration order is PyTorch's, so named_parameters() lists the same names in the same order.
-  self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(
-                                                options.d_model, options.nhead,
-                                                attention_options(options, true, rng.next_u64())));
+  self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(options.d_model, options.nhead, rng,
+                                                                                 attention_options(options, true)));
   linear1_ = register_module("linear1", std::make_shared<Linear>(options.d_model, options.dim_feedforward, rng, linear));
-  dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout, rng));
+  dropout_ = register_module("dropout", make_dropout(options.dropout, rng));
   linear2_ = register_module("linear2", std::make_shared<Linear>(options.dim_feedforward, options.d_model, rng, linear));
   norm1_ = register_module("norm1", std::make_shared<LayerNorm>(options.d_model, norm));
   norm2_ = register_module("norm2", std::make_shared<LayerNorm>(options.d_model, norm));
-  dropout1_ = register_module("dropout1", std::make_shared<Dropout>(options.dropout, rng));
-  dropout2_ = register_module("dropout2", std::make_shared<Dropout>(options.dropout, rng));
+  dropout1_ = register_module("dropout1", make_dropout(options.dropout, rng));
+  dropout2_ = register_module("dropout2", make_dropout(options.dropout, rng));
 }
 
 std::string TransformerEncoderLayer::describe() const { return describe_layer("TransformerEncoderLayer", options_); }
@@ -118,26 +117,25 @@ TransformerLayerOutput TransformerEncoderLayer::forward(const Variable& x, const
 
 // ---- decoder layer -----------------------------------------------------------------------
 
-TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerOptions& options) : options_(options) {
+TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerOptions& options, Rng& rng)
+    : options_(options) {
   check_options(options, describe());
-  Rng rng(options.seed);
   const LinearOptions linear{.bias = options.bias};
   const LayerNormOptions norm{.eps = options.layer_norm_eps};
-  self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(
-                                                options.d_model, options.nhead,
-                                                attention_options(options, true, rng.next_u64())));
-  multihead_attn_ = register_module("multihead_attn", std::make_shared<MultiheadAttention>(
-                                                          options.d_model, options.nhead,
-                                                          attention_options(options, false, rng.next_u64())));
+  self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(options.d_model, options.nhead, rng,
+                                                                                 attention_options(options, true)));
+  multihead_attn_ = register_module("multihead_attn",
+                                    std::make_shared<MultiheadAttention>(options.d_model, options.nhead, rng,
+                                                                         attention_options(options, false)));
   linear1_ = register_module("linear1", std::make_shared<Linear>(options.d_model, options.dim_feedforward, rng, linear));
-  dropout_ = register_module("dropout", std::make_shared<Dropout>(options.dropout, rng));
+  dropout_ = register_module("dropout", make_dropout(options.dropout, rng));
   linear2_ = register_module("linear2", std::make_shared<Linear>(options.dim_feedforward, options.d_model, rng, linear));
   norm1_ = register_module("norm1", std::make_shared<LayerNorm>(options.d_model, norm));
   norm2_ = register_module("norm2", std::make_shared<LayerNorm>(options.d_model, norm));
   norm3_ = register_module("norm3", std::make_shared<LayerNorm>(options.d_model, norm));
-  dropout1_ = register_module("dropout1", std::make_shared<Dropout>(options.dropout, rng));
-  dropout2_ = register_module("dropout2", std::make_shared<Dropout>(options.dropout, rng));
-  dropout3_ = register_module("dropout3", std::make_shared<Dropout>(options.dropout, rng));
+  dropout1_ = register_module("dropout1", make_dropout(options.dropout, rng));
+  dropout2_ = register_module("dropout2", make_dropout(options.dropout, rng));
+  dropout3_ = register_module("dropout3", make_dropout(options.dropout, rng));
 }
 
 std::string TransformerDecoderLayer::describe() const { return describe_layer("TransformerDecoderLayer", options_); }
@@ -220,23 +218,32 @@ void TransformerDecoderCache::select_rows(const std::vector<std::size_t>& rows) 
 
 namespace {
 
-/// Layer i of a stack: the same options, its own seed.
-TransformerLayerOptions layer_options_at(TransformerLayerOptions options, std::size_t index) {
-  options.seed = options.seed * 1000003 + index + 1;
-  return options;
+/// The layers of a stack, layers.0 .. layers.N-1, each with its own generator derived from
+/// one seed drawn from `rng`, then the optional final norm.
+template <class Layer>
+std::vector<std::shared_ptr<Layer>> make_stack(const TransformerLayerOptions& options, std::size_t num_layers,
+                                               Rng& rng, const char* stack) {
+  check_arg(num_layers > 0, stack, "num_layers must be positive, got 0");
+  const std::uint64_t seed = rng.next_u64();
+  std::vector<std::shared_ptr<Layer>> layers;
+  for (std::size_t i = 0; i < num_layers; ++i) {
+    Rng layer_rng(seed * 1000003 + i + 1);
+    layers.push_back(std::make_shared<Layer>(options, layer_rng));
+  }
+  return layers;
+}
+
+std::shared_ptr<LayerNorm> make_final_norm(const TransformerLayerOptions& options) {
+  return std::make_shared<LayerNorm>(options.d_model, LayerNormOptions{.eps = options.layer_norm_eps});
 }
 
 }  // namespace
 
 TransformerEncoder::TransformerEncoder(const TransformerLayerOptions& layer_options, std::size_t num_layers,
-                                       bool final_norm) {
-  check_arg(num_layers > 0, "TransformerEncoder", "num_layers must be positive, got 0");
-  for (std::size_t i = 0; i < num_layers; ++i)
-    layers_.push_back(register_module("layers." + std::to_string(i),
-                                      std::make_shared<TransformerEncoderLayer>(layer_options_at(layer_options, i))));
-  if (final_norm)
-    norm_ = register_module("norm", std::make_shared<LayerNorm>(layer_options.d_model,
-                                                                LayerNormOptions{.eps = layer_options.layer_norm_eps}));
+                                       bool final_norm, Rng& rng) {
+  layers_ = make_stack<TransformerEncoderLayer>(layer_options, num_layers, rng, "TransformerEncoder");
+  for (std::size_t i = 0; i < layers_.size(); ++i) register_module("layers." + std::to_string(i), layers_[i]);
+  if (final_norm) norm_ = register_module("norm", make_final_norm(layer_options));
 }
 
 TransformerEncoder::Output TransformerEncoder::forward(const Variable& x, const AttentionMask& mask) {
@@ -252,14 +259,10 @@ TransformerEncoder::Output TransformerEncoder::forward(const Variable& x, const 
 }
 
 TransformerDecoder::TransformerDecoder(const TransformerLayerOptions& layer_options, std::size_t num_layers,
-                                       bool final_norm) {
-  check_arg(num_layers > 0, "TransformerDecoder", "num_layers must be positive, got 0");
-  for (std::size_t i = 0; i < num_layers; ++i)
-    layers_.push_back(register_module("layers." + std::to_string(i),
-                                      std::make_shared<TransformerDecoderLayer>(layer_options_at(layer_options, i))));
-  if (final_norm)
-    norm_ = register_module("norm", std::make_shared<LayerNorm>(layer_options.d_model,
-                                                                LayerNormOptions{.eps = layer_options.layer_norm_eps}));
+                                       bool final_norm, Rng& rng) {
+  layers_ = make_stack<TransformerDecoderLayer>(layer_options, num_layers, rng, "TransformerDecoder");
+  for (std::size_t i = 0; i < layers_.size(); ++i) register_module("layers." + std::to_string(i), layers_[i]);
+  if (final_norm) norm_ = register_module("norm", make_final_norm(layer_options));
 }
 
 Variable TransformerDecoder::finish(const Variable& x) const { return norm_ ? norm_->forward(x) : x; }

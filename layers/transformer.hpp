@@ -55,7 +55,6 @@ struct TransformerLayerOptions {
   /// Position encoding inside self-attention (relative, rotary, ALiBi), or none. It is not
   /// applied to cross-attention: target and source positions are not on one axis.
   PositionEncodingFactory self_attention_positions = nullptr;
-  std::uint64_t seed = 0;  // initialisation and dropout
 };
 
 /// What a layer gives back: its output and the attention weights per head, for plots.
@@ -69,9 +68,10 @@ struct TransformerLayerOutput {
 /// with a residual connection and a LayerNorm (norm1, norm2).
 class TransformerEncoderLayer : public Module {
  public:
-  /// Throws Error naming the layer for a zero size, d_model not divisible by nhead, or a
-  /// dropout outside [0, 1).
-  explicit TransformerEncoderLayer(const TransformerLayerOptions& options);
+  /// Draws its weights and its parts' seeds from `rng`, in registration order. Throws Error
+  /// naming the layer for a zero size, d_model not divisible by nhead, or a dropout outside
+  /// [0, 1).
+  TransformerEncoderLayer(const TransformerLayerOptions& options, Rng& rng);
 
   /// x [B, S, D] -> [B, S, D]. `mask` restricts self-attention (source padding by valid_lens).
   TransformerLayerOutput forward(const Variable& x, const AttentionMask& mask = {});
@@ -106,7 +106,8 @@ struct TransformerDecoderCache {
 
 class TransformerDecoderLayer : public Module {
  public:
-  explicit TransformerDecoderLayer(const TransformerLayerOptions& options);
+  /// As TransformerEncoderLayer's.
+  TransformerDecoderLayer(const TransformerLayerOptions& options, Rng& rng);
 
   /// Teacher-forced pass: target [B, T, D], memory [B, S, D] -> [B, T, D]. `target_mask`
   /// restricts self-attention (usually {.causal = true}), `memory_mask` cross-attention
@@ -140,7 +141,9 @@ class TransformerDecoderLayer : public Module {
 /// LayerNorm `norm` — what a pre-LN stack needs, since its layers end un-normalised.
 class TransformerEncoder : public Module {
  public:
-  TransformerEncoder(const TransformerLayerOptions& layer_options, std::size_t num_layers, bool final_norm);
+  /// Draws one seed from `rng`; layer i's generator is Rng(seed · 1000003 + i + 1), as when
+  /// the stack took the seed itself.
+  TransformerEncoder(const TransformerLayerOptions& layer_options, std::size_t num_layers, bool final_norm, Rng& rng);
 
   struct Output {
     Variable output;                       // [B, S, D]
@@ -158,7 +161,8 @@ class TransformerEncoder : public Module {
 
 class TransformerDecoder : public Module {
  public:
-  TransformerDecoder(const TransformerLayerOptions& layer_options, std::size_t num_layers, bool final_norm);
+  /// Seeds its layers as TransformerEncoder does.
+  TransformerDecoder(const TransformerLayerOptions& layer_options, std::size_t num_layers, bool final_norm, Rng& rng);
 
   struct Output {
     Variable output;                        // [B, T, D]

@@ -150,7 +150,7 @@ RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t ke
   const Vocabs vocabs = build_vocabs(data.train);
   models::TransformerConfig config;
   config.d_model = options.d_model;
-  config.num_heads = options.d_model / key_size;
+  config.nhead = options.d_model / key_size;
   config.encoder_layers = config.decoder_layers = options.layers;
   config.dim_feedforward = options.dim_feedforward;
   config.dropout = 0;

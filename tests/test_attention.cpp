@@ -154,7 +154,7 @@ TEST_CASE("DotProductAttention: gradients w.r.t. q, k, v and a learned temperatu
 
 TEST_CASE("DotProductAttention: dropout acts on the weights in training only; returned weights are pre-dropout") {
   const Variable q(random_array({2, 4, 4}, 30)), k(random_array({2, 6, 4}, 31)), v(random_array({2, 6, 3}, 32));
-  DotProductAttention attention(ScoreScale::inverse_sqrt_dim(), 0.5, 7);
+  DotProductAttention attention(ScoreScale::inverse_sqrt_dim(), 0.5, Rng(7));
   const AttentionOutput trained = attention.forward(q, k, v);
   attention.eval();
   const AttentionOutput evaluated = attention.forward(q, k, v);
@@ -186,7 +186,8 @@ TEST_CASE("DotProductAttention: bad shapes and settings name the layer and the s
 }
 
 TEST_CASE("AdditiveAttention: v·tanh(W_q q + W_k k) by hand, and precomputed keys give the same") {
-  AdditiveAttention attention(3, 2, 4);
+  Rng rng(0);
+  AdditiveAttention attention(3, 2, 4, rng);
   const auto parameters = attention.named_parameters();
   REQUIRE(parameters.size() == 3);
   CHECK(parameters[0].first == "W_q");
@@ -226,7 +227,8 @@ TEST_CASE("AdditiveAttention: v·tanh(W_q q + W_k k) by hand, and precomputed ke
 }
 
 TEST_CASE("AdditiveAttention: gradients w.r.t. inputs and W_q, W_k, v, fully masked rows included") {
-  AdditiveAttention attention(3, 2, 4, 0, 5);
+  Rng rng(5);
+  AdditiveAttention attention(3, 2, 4, rng);
   const Array q = random_array({2, 2, 3}, 50), k = random_array({2, 4, 2}, 51), v = random_array({2, 4, 5}, 52);
   const BoolArray allowed = allowed_from_valid_lens(IndexArray{3, 0}, 2, 4);
   QKV_CHECK_GRADIENTS([&](const auto& x) { return attention.forward(x[0], x[1], x[2], allowed).output; },
@@ -240,7 +242,8 @@ TEST_CASE("AdditiveAttention: gradients w.r.t. inputs and W_q, W_k, v, fully mas
 }
 
 TEST_CASE("AdditiveAttention: bad shapes name the layer and the shapes") {
-  AdditiveAttention attention(3, 2, 4);
+  Rng rng(0);
+  AdditiveAttention attention(3, 2, 4, rng);
   const Variable q(zeros({2, 2, 3})), k(zeros({2, 4, 2})), v(zeros({2, 4, 5}));
   CHECK_THROWS_WITH_AS(attention.forward(Variable(zeros({2, 2, 5})), k, v),
                        "AdditiveAttention: queries must be [B, Tq, 3], got queries [2, 2, 5], projected keys "
@@ -252,5 +255,5 @@ TEST_CASE("AdditiveAttention: bad shapes name the layer and the shapes") {
                        "AdditiveAttention: values must be [B, Tk, dv] with the keys' B and Tk, got queries "
                        "[2, 2, 3], projected keys [2, 4, 4], values [2, 3, 5]",
                        ShapeError);
-  CHECK_THROWS_AS(AdditiveAttention(0, 2, 4), Error);
+  CHECK_THROWS_AS(AdditiveAttention(0, 2, 4, rng), Error);
 }

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include "layers/attention.hpp"
 #include "layers/embedding.hpp"
 #include "layers/linear.hpp"
 #include "layers/nadaraya_watson.hpp"
@@ -169,7 +170,7 @@ TEST_CASE("LayerNorm: defaults, gradcheck, no-affine variant") {
 }
 
 TEST_CASE("LayerNorm: bad configuration and bad input name the layer and the shapes") {
-  CHECK_THROWS_WITH_AS(LayerNorm(0), "LayerNorm: normalized_size must be positive, got 0", Error);
+  CHECK_THROWS_WITH_AS(LayerNorm(0), "LayerNorm: normalized_shape must be positive, got 0", Error);
   CHECK_THROWS_AS(LayerNorm(4, {.eps = 0}), Error);
   LayerNorm layer(6);
   CHECK_THROWS_WITH_AS(layer(Variable(zeros({2, 5}))), "LayerNorm(6): input [2, 5] must end in 6 features", ShapeError);
@@ -179,7 +180,7 @@ TEST_CASE("LayerNorm: bad configuration and bad input name the layer and the sha
 
 TEST_CASE("Dropout: drops about p, scales the rest by 1/(1-p), identity in eval mode") {
   Rng rng(12);
-  Dropout layer(0.25, rng);
+  Dropout layer(0.25, Rng(rng.next_u64()));
   CHECK(layer.is_training());
   const Variable x(full({100, 100}, 2));
   const Array y = layer(x).value();
@@ -195,7 +196,7 @@ TEST_CASE("Dropout: drops about p, scales the rest by 1/(1-p), identity in eval 
   CHECK(max_abs_diff(layer(x).value(), x.value()) == 0);
   // The same seed gives the same masks.
   Rng a(13), b(13);
-  Dropout first(0.5, a), second(0.5, b);
+  Dropout first(0.5, Rng(a.next_u64())), second(0.5, Rng(b.next_u64()));
   CHECK(max_abs_diff(first(x).value(), second(x).value()) == 0);
 }
 
@@ -204,7 +205,7 @@ TEST_CASE("Dropout gradcheck with a fixed mask") {
   QKV_CHECK_GRADIENTS(
       [](const auto& x) {
         Rng rng(14);
-        Dropout layer(0.4, rng);
+        Dropout layer(0.4, Rng(rng.next_u64()));
         return layer(x[0]);
       },
       {Variable(random_array({4, 6}, 15))});
@@ -212,9 +213,9 @@ TEST_CASE("Dropout gradcheck with a fixed mask") {
 
 TEST_CASE("Dropout: p outside 0 <= p < 1 is refused") {
   Rng rng(16);
-  CHECK_THROWS_WITH_AS(Dropout(1, rng), "Dropout: p must be in [0, 1), got 1.000000", Error);
-  CHECK_THROWS_AS(Dropout(-0.1, rng), Error);
-  CHECK_THROWS_AS(Dropout(std::nan(""), rng), Error);
+  CHECK_THROWS_WITH_AS(Dropout(1, Rng(rng.next_u64())), "Dropout: p must be in [0, 1), got 1", Error);
+  CHECK_THROWS_AS(Dropout(-0.1, Rng(rng.next_u64())), Error);
+  CHECK_THROWS_AS(Dropout(std::nan(""), Rng(rng.next_u64())), Error);
 }
 
 // ---- NadarayaWatson ------------------------------------------------------------------------
@@ -285,7 +286,7 @@ struct Block : Module {
   Block(Rng& rng) {
     fc = register_module("fc", std::make_shared<Linear>(3, 3, rng));
     norm = register_module("norm", std::make_shared<LayerNorm>(3));
-    drop = register_module("drop", std::make_shared<Dropout>(0.5, rng));
+    drop = register_module("drop", std::make_shared<Dropout>(0.5, Rng(rng.next_u64())));
   }
   Variable forward(const Variable& x) const { return drop->forward(norm->forward(fc->forward(x))); }
 };
@@ -407,7 +408,7 @@ TEST_CASE("Module: a repeated name is refused") {
 TEST_CASE("Module random streams: saved and restored, a restored dropout draws the same masks") {
   Rng rng(3);
   auto make = [&] {
-    auto outer = std::make_shared<Dropout>(real(0.5), rng);
+    auto outer = std::make_shared<Dropout>(real(0.5), Rng(rng.next_u64()));
     return outer;
   };
   auto first = make();
@@ -423,4 +424,23 @@ TEST_CASE("Module random streams: saved and restored, a restored dropout draws t
   CHECK(max_abs_diff(second->forward(x).value(), expected) == 0);
   CHECK_THROWS_WITH_AS(second->load_random_state({}), doctest::Contains("missing (1): dropout_rng;"), Error);
   CHECK_THROWS_WITH_AS(second->load_random_state({{"dropout_rng", "garbage"}}), doctest::Contains("not a saved generator state"), Error);
+}
+
+TEST_CASE("Module random streams: a stream that moved into a Dropout submodule loads under its old name") {
+  // Before the Dropout module, DotProductAttention kept its stream as "dropout_rng"; it is now
+  // "dropout.dropout_rng", and checkpoints written before must still resume the same masks.
+  DotProductAttention original(ScoreScale{}, real(0.5), Rng(21));
+  const auto saved = original.random_state();
+  REQUIRE(saved.size() == 1);
+  CHECK(saved.begin()->first == "dropout.dropout_rng");
+  const Variable q(random_array({1, 3, 4}, 22)), k(random_array({1, 5, 4}, 23)), v(random_array({1, 5, 2}, 24));
+  const Array expected = original.forward(q, k, v).output.value();
+
+  DotProductAttention restored(ScoreScale{}, real(0.5), Rng(99));
+  restored.load_random_state({{"dropout_rng", saved.begin()->second}});
+  CHECK(max_abs_diff(restored.forward(q, k, v).output.value(), expected) == 0);
+  // Given both, the current name wins and the legacy one is unexpected.
+  CHECK_THROWS_WITH_AS(restored.load_random_state({{"dropout_rng", saved.begin()->second},
+                                                   {"dropout.dropout_rng", saved.begin()->second}}),
+                       doctest::Contains("unexpected (1): dropout_rng;"), Error);
 }

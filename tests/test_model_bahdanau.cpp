@@ -27,7 +27,7 @@ BahdanauConfig small_config(bool bidirectional, std::size_t encoder_layers, std:
   BahdanauConfig config;
   config.source_vocab_size = 9;
   config.target_vocab_size = 8;
-  config.embed_size = 4;
+  config.embedding_dim = 4;
   config.hidden_size = 5;
   config.encoder_layers = encoder_layers;
   config.bidirectional = bidirectional;
@@ -177,7 +177,7 @@ TEST_CASE("Bahdanau gradcheck: every parameter, unequal source lengths, stacked 
   // (padding_idx), while a padded teacher-forced input would still move the logits.
   const IndexArray full_targets = ids({3, 3}, {1, 4, 5, /**/ 1, 7, 3, /**/ 1, 3, 2});
   BahdanauConfig tiny = small_config(true, 1, 1);
-  tiny.embed_size = 3;
+  tiny.embedding_dim = 3;
   tiny.hidden_size = 3;
   tiny.attention_size = 4;
   tiny.dropout = 0;
@@ -270,7 +270,7 @@ TEST_CASE("Bahdanau: config JSON round trip rebuilds an identical model") {
 
   // Defaults fill the gaps; vocabulary sizes do not.
   const auto defaults = nlohmann::json{{"source_vocab_size", 10}, {"target_vocab_size", 11}}.get<BahdanauConfig>();
-  CHECK(defaults.embed_size == 64);
+  CHECK(defaults.embedding_dim == 64);
   CHECK(defaults.hidden_size == 128);
   CHECK(defaults.bidirectional);
   CHECK_THROWS_WITH_AS(nlohmann::json({{"source_vocab_size", 10}}).get<BahdanauConfig>(),
@@ -341,7 +341,7 @@ TEST_CASE("Bahdanau learns: 150 Adam steps overfit one batch of the reverse task
   BahdanauConfig config;
   config.source_vocab_size = vocabs.source.size();
   config.target_vocab_size = vocabs.target.size();
-  config.embed_size = 16;
+  config.embedding_dim = 16;
   config.hidden_size = 32;
   config.attention_size = 32;
   config.dropout = 0;

@@ -23,14 +23,14 @@ TransformerConfig tiny_config(PositionalKind positional) {
   config.source_vocab_size = 9;
   config.target_vocab_size = 7;
   config.d_model = 8;
-  config.num_heads = 2;
+  config.nhead = 2;
   config.encoder_layers = 2;
   config.decoder_layers = 2;
   config.dim_feedforward = 12;
   config.dropout = 0;
   config.positional = positional;
   config.relative_max_distance = 2;
-  config.max_length = 16;
+  config.max_len = 16;
   config.seed = 3;
   return config;
 }
@@ -185,7 +185,7 @@ TEST_CASE("TransformerConfig: JSON round trip, defaults and errors") {
   const auto defaults =
       nlohmann::json{{"source_vocab_size", 10}, {"target_vocab_size", 11}}.get<TransformerConfig>();
   CHECK(defaults.d_model == 64);
-  CHECK(defaults.num_heads == 4);
+  CHECK(defaults.nhead == 4);
   CHECK(defaults.encoder_layers == 2);
   CHECK(defaults.dim_feedforward == 256);
   CHECK(defaults.dropout == real(0.1));
@@ -246,12 +246,12 @@ TEST_CASE("TransformerModel: 100 Adam steps overfit one batch of the reverse tas
   config.source_vocab_size = vocabs.source.size();
   config.target_vocab_size = vocabs.target.size();
   config.d_model = 32;
-  config.num_heads = 2;
+  config.nhead = 2;
   config.encoder_layers = 1;
   config.decoder_layers = 1;
   config.dim_feedforward = 64;
   config.dropout = 0;
-  config.max_length = 32;
+  config.max_len = 32;
   config.seed = 5;
   TransformerModel model(config);
   const auto [first, last] = overfit_one_batch(model, batch, 3e-3, 100);

@@ -18,7 +18,8 @@ constexpr std::size_t kE = 8, kH = 2;
 
 /// A MultiheadAttention with PyTorch's parameters from tests/fixtures/mha.safetensors.
 std::unique_ptr<MultiheadAttention> torch_mha(const TensorFile& fixture) {
-  auto mha = std::make_unique<MultiheadAttention>(kE, kH);
+  Rng rng(0);  // every parameter is then loaded
+  auto mha = std::make_unique<MultiheadAttention>(kE, kH, rng);
   std::map<std::string, Array> state;
   for (const char* name : {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"})
     state[name] = fixture.reals.at(name);
@@ -29,7 +30,8 @@ std::unique_ptr<MultiheadAttention> torch_mha(const TensorFile& fixture) {
 }  // namespace
 
 TEST_CASE("MultiheadAttention: PyTorch's parameter names and shapes") {
-  MultiheadAttention mha(8, 2);
+  Rng mha_rng(0);
+  MultiheadAttention mha(8, 2, mha_rng);
   const auto parameters = mha.named_parameters();
   REQUIRE(parameters.size() == 4);
   CHECK(parameters[0].first == "in_proj_weight");
@@ -41,16 +43,19 @@ TEST_CASE("MultiheadAttention: PyTorch's parameter names and shapes") {
   CHECK(parameters[3].first == "out_proj.bias");
   CHECK(parameters[3].second.shape() == Shape{8});
   CHECK(mha.head_dim() == 4);
-  MultiheadAttention no_bias(8, 2, {.bias = false});
+  Rng no_bias_rng(0);
+  MultiheadAttention no_bias(8, 2, no_bias_rng, {.bias = false});
   CHECK(no_bias.named_parameters().size() == 2);
-  MultiheadAttention learned(8, 2, {.scale = ScoreScale::learned_temperature(2)});
+  Rng learned_rng(0);
+  MultiheadAttention learned(8, 2, learned_rng, {.scale = ScoreScale::learned_temperature(2)});
   CHECK(learned.named_parameters().back().first == "attention.temperature");
 }
 
 TEST_CASE("MultiheadAttention: bad configs name the layer and the numbers") {
-  CHECK_THROWS_WITH_AS(MultiheadAttention(10, 3), "MultiheadAttention: embed_dim 10 is not divisible by num_heads 3",
+  Rng rng(0);
+  CHECK_THROWS_WITH_AS(MultiheadAttention(10, 3, rng), "MultiheadAttention: embed_dim 10 is not divisible by num_heads 3",
                        Error);
-  CHECK_THROWS_WITH_AS(MultiheadAttention(8, 0),
+  CHECK_THROWS_WITH_AS(MultiheadAttention(8, 0, rng),
                        "MultiheadAttention: embed_dim and num_heads must be positive, got embed_dim 8, num_heads 0",
                        Error);
 }
@@ -108,7 +113,8 @@ TEST_CASE("MultiheadAttention: a key_allowed mask is the same as valid lengths")
 }
 
 TEST_CASE("MultiheadAttention: gradcheck w.r.t. inputs and every parameter, under every mask") {
-  MultiheadAttention mha(6, 3, {.seed = 3});
+  Rng mha_rng(3);
+  MultiheadAttention mha(6, 3, mha_rng);
   // Non-zero biases so that their gradients are exercised through the whole layer.
   for (auto& [name, p] : mha.named_parameters())
     if (name.find("bias") != std::string::npos) p.mutable_value() = random_array(p.shape(), 4, 0.5);
@@ -137,13 +143,16 @@ TEST_CASE("MultiheadAttention: gradcheck w.r.t. inputs and every parameter, unde
   QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], in[1], in[2], patterned).output; },
                       {Variable(x), Variable(memory), Variable(random_array({2, 5, 6}, 62))}, mha.named_parameters());
 
-  MultiheadAttention unbiased(6, 2, {.bias = false, .seed = 4});
+  Rng unbiased_rng(4);
+
+  MultiheadAttention unbiased(6, 2, unbiased_rng, {.bias = false});
   QKV_CHECK_GRADIENTS([&](const auto& in) { return unbiased.forward(in[0], in[1], in[1]).output; },
                       {Variable(x), Variable(memory)}, unbiased.named_parameters());
 }
 
 TEST_CASE("MultiheadAttention: a fully masked query row gets zero weights and only the output bias") {
-  MultiheadAttention mha(4, 2, {.seed = 5});
+  Rng mha_rng(5);
+  MultiheadAttention mha(4, 2, mha_rng);
   mha.named_parameters()[3].second.mutable_value() = array_of({4}, {1, 2, 3, 4});  // out_proj.bias
   AttentionMask mask;
   mask.valid_lens = IndexArray{0};
@@ -154,7 +163,8 @@ TEST_CASE("MultiheadAttention: a fully masked query row gets zero weights and on
 }
 
 TEST_CASE("MultiheadAttention: local window attention sees only nearby keys") {
-  MultiheadAttention mha(4, 2, {.seed = 6});
+  Rng mha_rng(6);
+  MultiheadAttention mha(4, 2, mha_rng);
   AttentionMask mask;
   mask.window = 1;
   const Array w = mha.forward(Variable(random_array({1, 5, 4}, 71)), mask).weights.value();
@@ -195,24 +205,29 @@ void check_cache_matches_full_pass(MultiheadAttention& mha, const Array& x, std:
 TEST_CASE("MultiheadAttention: incremental decoding with a KV cache equals full causal recomputation") {
   const Array x = random_array({2, 6, 8}, 80);
   SUBCASE("no positions") {
-    MultiheadAttention mha(8, 2, {.seed = 7});
+    Rng mha_rng(7);
+    MultiheadAttention mha(8, 2, mha_rng);
     check_cache_matches_full_pass(mha, x);
     check_cache_matches_full_pass(mha, x, 2);
   }
   SUBCASE("rotary") {
-    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RotaryPositionEncoding>(4), .seed = 8});
+    Rng mha_rng(8);
+    MultiheadAttention mha(8, 2, mha_rng, {.positions = std::make_shared<RotaryPositionEncoding>(4)});
     check_cache_matches_full_pass(mha, x);
   }
   SUBCASE("ALiBi") {
-    MultiheadAttention mha(8, 2, {.positions = std::make_shared<ALiBi>(2), .seed = 9});
+    Rng mha_rng(9);
+    MultiheadAttention mha(8, 2, mha_rng, {.positions = std::make_shared<ALiBi>(2)});
     check_cache_matches_full_pass(mha, x);
   }
   SUBCASE("relative (Shaw)") {
-    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RelativePositionEncoding>(4, 2), .seed = 10});
+    Rng mha_rng(10);
+    MultiheadAttention mha(8, 2, mha_rng, {.positions = std::make_shared<RelativePositionEncoding>(4, 2, mha_rng)});
     check_cache_matches_full_pass(mha, x);
   }
   SUBCASE("a prompt fed at once, then single steps") {
-    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RotaryPositionEncoding>(4), .seed = 11});
+    Rng mha_rng(11);
+    MultiheadAttention mha(8, 2, mha_rng, {.positions = std::make_shared<RotaryPositionEncoding>(4)});
     AttentionMask causal;
     causal.causal = true;
     const MultiheadAttentionOutput full = mha.forward(Variable(x), causal);
@@ -227,7 +242,8 @@ TEST_CASE("MultiheadAttention: incremental decoding with a KV cache equals full 
     }
   }
   SUBCASE("a cache can be cleared and reused") {
-    MultiheadAttention mha(8, 2, {.seed = 7});
+    Rng mha_rng(7);
+    MultiheadAttention mha(8, 2, mha_rng);
     KVCache cache;
     AttentionMask causal;
     causal.causal = true;
@@ -240,7 +256,8 @@ TEST_CASE("MultiheadAttention: incremental decoding with a KV cache equals full 
 }
 
 TEST_CASE("MultiheadAttention: cross-attention against memory projected once equals projecting every call") {
-  MultiheadAttention mha(8, 2, {.seed = 12});
+  Rng mha_rng(12);
+  MultiheadAttention mha(8, 2, mha_rng);
   for (auto& [name, p] : mha.named_parameters())
     if (name.find("bias") != std::string::npos) p.mutable_value() = random_array(p.shape(), 13, 0.5);
   const Array memory = random_array({2, 5, 8}, 90), queries = random_array({2, 3, 8}, 91);
@@ -268,7 +285,8 @@ TEST_CASE("MultiheadAttention: cross-attention against memory projected once equ
 }
 
 TEST_CASE("MultiheadAttention: bad shapes and masks name the layer and the shapes") {
-  MultiheadAttention mha(8, 2);
+  Rng mha_rng(0);
+  MultiheadAttention mha(8, 2, mha_rng);
   const Variable x(zeros({2, 4, 8})), m(zeros({2, 5, 8}));
   CHECK_THROWS_WITH_AS(mha.forward(Variable(zeros({2, 4, 6}))),
                        "MultiheadAttention: query, key and value must end in embed_dim, got query [2, 4, 6], "

@@ -53,7 +53,8 @@ TEST_CASE("SinusoidalPositionalEncoding: a buffer, added from position `start`")
 }
 
 TEST_CASE("LearnedPositionalEmbedding: a parameter, gradients to the rows used") {
-  LearnedPositionalEmbedding embedding(4, 6, 0, 3);
+  Rng rng(3);
+  LearnedPositionalEmbedding embedding(4, 6, rng);
   const auto parameters = embedding.named_parameters();
   REQUIRE(parameters.size() == 1);
   CHECK(parameters[0].first == "weight");
@@ -102,7 +103,8 @@ Array loop_attention(const Array& q, const Array& k, const Array& v, double scal
 }  // namespace
 
 TEST_CASE("RelativePositionEncoding (Shaw): clipped distances, values against loops") {
-  RelativePositionEncoding relative(3, 2, true, 4);
+  Rng rng(4);
+  RelativePositionEncoding relative(3, 2, rng);
   const auto parameters = relative.named_parameters();
   REQUIRE(parameters.size() == 2);
   CHECK(parameters[0].first == "relative_keys");
@@ -124,7 +126,7 @@ TEST_CASE("RelativePositionEncoding (Shaw): clipped distances, values against lo
   const Array out = attention.forward(Variable(q), Variable(k), Variable(v), std::nullopt, &relative).output.value();
   CHECK(max_abs_diff(out, loop_attention(q, k, v, 1 / std::sqrt(3.0), hooks)) < 1e-13);
 
-  RelativePositionEncoding keys_only(3, 2, false);
+  RelativePositionEncoding keys_only(3, 2, rng, false);
   CHECK(keys_only.named_parameters().size() == 1);
 }
 
@@ -223,19 +225,22 @@ TEST_CASE("position encodings inside MultiheadAttention: gradcheck w.r.t. inputs
   AttentionMask mask;
   mask.valid_lens = IndexArray{4, 0};  // batch 1 fully masked
   SUBCASE("relative (Shaw)") {
-    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RelativePositionEncoding>(4, 2, true, 1), .seed = 1});
+    Rng mha_rng(1);
+    MultiheadAttention mha(8, 2, mha_rng, {.positions = std::make_shared<RelativePositionEncoding>(4, 2, mha_rng)});
     CHECK(mha.named_parameters().size() == 6);
     CHECK(mha.named_parameters()[4].first == "positions.relative_keys");
     QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], in[1], in[1], mask).output; },
                         {Variable(x), Variable(memory)}, mha.named_parameters());
   }
   SUBCASE("rotary") {
-    MultiheadAttention mha(8, 2, {.positions = std::make_shared<RotaryPositionEncoding>(4), .seed = 2});
+    Rng mha_rng(2);
+    MultiheadAttention mha(8, 2, mha_rng, {.positions = std::make_shared<RotaryPositionEncoding>(4)});
     QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], in[1], in[1], mask).output; },
                         {Variable(x), Variable(memory)}, mha.named_parameters());
   }
   SUBCASE("ALiBi") {
-    MultiheadAttention mha(8, 2, {.positions = std::make_shared<ALiBi>(2), .seed = 3});
+    Rng mha_rng(3);
+    MultiheadAttention mha(8, 2, mha_rng, {.positions = std::make_shared<ALiBi>(2)});
     AttentionMask causal;
     causal.causal = true;
     QKV_CHECK_GRADIENTS([&](const auto& in) { return mha.forward(in[0], causal).output; }, {Variable(x)},
@@ -244,12 +249,13 @@ TEST_CASE("position encodings inside MultiheadAttention: gradcheck w.r.t. inputs
 }
 
 TEST_CASE("position encodings: bad settings and shapes name the layer") {
-  CHECK_THROWS_WITH_AS(SinusoidalPositionalEncoding(0), "SinusoidalPositionalEncoding: model_dim and max_len must be "
+  CHECK_THROWS_WITH_AS(SinusoidalPositionalEncoding(0), "SinusoidalPositionalEncoding: d_model and max_len must be "
                                                         "positive, got 0 and 1000",
                        Error);
-  CHECK_THROWS_WITH_AS(LearnedPositionalEmbedding(4, 6, 1.5),
+  Rng rng(0);
+  CHECK_THROWS_WITH_AS(LearnedPositionalEmbedding(4, 6, rng, 1.5),
                        "LearnedPositionalEmbedding: dropout must be in [0, 1), got 1.5", Error);
-  RelativePositionEncoding relative(4, 2);
+  RelativePositionEncoding relative(4, 2, rng);
   CHECK_THROWS_WITH_AS(relative.score_term(Variable(zeros({1, 2, 3, 5})), 0, 3),
                        "RelativePositionEncoding: queries must be [B, H, Tq, 4], got [1, 2, 3, 5]", ShapeError);
   DotProductAttention attention;

@@ -49,16 +49,17 @@ void randomise(Module& module, std::uint64_t seed) {
 }  // namespace
 
 TEST_CASE("Transformer layers: PyTorch's parameter names, in PyTorch's order") {
+  Rng rng(0);
   const TensorFile fixture = load_fixture("transformer");
   for (const std::string name : {"encoder_post_relu", "decoder_post_relu", "encoder_stack_pre_relu",
                                  "decoder_stack_post_gelu"}) {
     CAPTURE(name);
     std::unique_ptr<Module> module;
     const TransformerLayerOptions options = small_options(false, Activation::relu);
-    if (name == "encoder_post_relu") module = std::make_unique<TransformerEncoderLayer>(options);
-    if (name == "decoder_post_relu") module = std::make_unique<TransformerDecoderLayer>(options);
-    if (name == "encoder_stack_pre_relu") module = std::make_unique<TransformerEncoder>(options, 2, true);
-    if (name == "decoder_stack_post_gelu") module = std::make_unique<TransformerDecoder>(options, 2, true);
+    if (name == "encoder_post_relu") module = std::make_unique<TransformerEncoderLayer>(options, rng);
+    if (name == "decoder_post_relu") module = std::make_unique<TransformerDecoderLayer>(options, rng);
+    if (name == "encoder_stack_pre_relu") module = std::make_unique<TransformerEncoder>(options, 2, true, rng);
+    if (name == "decoder_stack_post_gelu") module = std::make_unique<TransformerDecoder>(options, 2, true, rng);
     std::vector<std::string> ours, theirs;
     for (const auto& [parameter, variable] : module->named_parameters()) ours.push_back(parameter);
     for (const auto& [parameter, value] : torch_state(fixture, name)) theirs.push_back(parameter);
@@ -66,7 +67,7 @@ TEST_CASE("Transformer layers: PyTorch's parameter names, in PyTorch's order") {
     std::sort(ours_sorted.begin(), ours_sorted.end());
     CHECK(ours_sorted == theirs);
   }
-  TransformerEncoderLayer layer(small_options(false, Activation::relu));
+  TransformerEncoderLayer layer(small_options(false, Activation::relu), rng);
   const auto names = layer.named_parameters();
   REQUIRE(names.size() == 12);
   CHECK(names[0].first == "self_attn.in_proj_weight");
@@ -75,7 +76,7 @@ TEST_CASE("Transformer layers: PyTorch's parameter names, in PyTorch's order") {
   TransformerLayerOptions unbiased = small_options(false, Activation::relu);
   unbiased.bias = false;
   // Without bias: the attention projections and linears lose theirs; LayerNorm keeps its shift.
-  CHECK(TransformerDecoderLayer(unbiased).named_parameters().size() == 2 + 2 + 2 + 6);
+  CHECK(TransformerDecoderLayer(unbiased, rng).named_parameters().size() == 2 + 2 + 2 + 6);
 }
 
 TEST_CASE("Transformer layers and stacks match PyTorch: outputs and all gradients") {
@@ -108,25 +109,26 @@ TEST_CASE("Transformer layers and stacks match PyTorch: outputs and all gradient
     Variable target;
     if (c.decoder) target = Variable(fixture.reals.at(c.name + ".target"), true);
 
+    Rng rng(0);  // every parameter is then loaded
     std::shared_ptr<Module> module;
     Variable output;
     if (!c.decoder && c.layers == 0) {
-      auto layer = std::make_shared<TransformerEncoderLayer>(options);
+      auto layer = std::make_shared<TransformerEncoderLayer>(options, rng);
       layer->load_state_dict(torch_state(fixture, c.name));
       output = layer->forward(source, source_mask).output;
       module = layer;
     } else if (!c.decoder) {
-      auto stack = std::make_shared<TransformerEncoder>(options, c.layers, true);
+      auto stack = std::make_shared<TransformerEncoder>(options, c.layers, true, rng);
       stack->load_state_dict(torch_state(fixture, c.name));
       output = stack->forward(source, source_mask).output;
       module = stack;
     } else if (c.layers == 0) {
-      auto layer = std::make_shared<TransformerDecoderLayer>(options);
+      auto layer = std::make_shared<TransformerDecoderLayer>(options, rng);
       layer->load_state_dict(torch_state(fixture, c.name));
       output = layer->forward(target, source, causal, source_mask).output;
       module = layer;
     } else {
-      auto stack = std::make_shared<TransformerDecoder>(options, c.layers, true);
+      auto stack = std::make_shared<TransformerDecoder>(options, c.layers, true, rng);
       stack->load_state_dict(torch_state(fixture, c.name));
       output = stack->forward(target, source, causal, source_mask).output;
       module = stack;
@@ -154,14 +156,15 @@ TEST_CASE("TransformerEncoderLayer: gradcheck, post-LN and pre-LN, relu and gelu
       TransformerLayerOptions options = small_options(norm_first, activation);
       options.d_model = 6;
       options.nhead = 3;
-      options.seed = 5;
-      TransformerEncoderLayer layer(options);
+      Rng rng(5);
+      TransformerEncoderLayer layer(options, rng);
       randomise(layer, 20);
       QKV_CHECK_GRADIENTS([&](const auto& in) { return layer.forward(in[0], padded).output; }, {Variable(x)},
                             layer.named_parameters());
     }
   }
-  TransformerEncoder stack(small_options(true, Activation::gelu), 2, true);
+  Rng stack_rng(0);
+  TransformerEncoder stack(small_options(true, Activation::gelu), 2, true, stack_rng);
   randomise(stack, 30);
   AttentionMask lengths;
   lengths.valid_lens = IndexArray{2, 4};
@@ -179,8 +182,8 @@ TEST_CASE("TransformerDecoderLayer: gradcheck, post-LN and pre-LN, relu and gelu
       CAPTURE(norm_first);
       CAPTURE(name_of(activation));
       TransformerLayerOptions options = small_options(norm_first, activation);
-      options.seed = 6;
-      TransformerDecoderLayer layer(options);
+      Rng rng(6);
+      TransformerDecoderLayer layer(options, rng);
       randomise(layer, 50);
       QKV_CHECK_GRADIENTS([&](const auto& in) { return layer.forward(in[0], in[1], causal, memory_mask).output; },
                             {Variable(target), Variable(memory)}, layer.named_parameters());
@@ -190,7 +193,8 @@ TEST_CASE("TransformerDecoderLayer: gradcheck, post-LN and pre-LN, relu and gelu
           {Variable(target), Variable(memory)}, layer.named_parameters());
     }
   }
-  TransformerDecoder stack(small_options(false, Activation::gelu), 2, true);
+  Rng stack_rng(0);
+  TransformerDecoder stack(small_options(false, Activation::gelu), 2, true, stack_rng);
   randomise(stack, 60);
   QKV_CHECK_GRADIENTS([&](const auto& in) { return stack.forward(in[0], in[1], causal, memory_mask).output; },
                         {Variable(target), Variable(memory)}, stack.named_parameters());
@@ -207,12 +211,15 @@ TEST_CASE("TransformerDecoder: stepping one token at a time equals the full caus
       CAPTURE(norm_first);
       TransformerLayerOptions options = small_options(norm_first, Activation::gelu);
       options.d_model = 8;
-      options.seed = 7;
+      Rng rng(7);
       if (positions == "rope")
         options.self_attention_positions = [] { return std::make_shared<RotaryPositionEncoding>(4); };
       if (positions == "relative")
-        options.self_attention_positions = [] { return std::make_shared<RelativePositionEncoding>(4, 2, true, 3); };
-      TransformerDecoder decoder(options, 2, norm_first);
+        options.self_attention_positions = [] {
+          Rng tables(3);
+          return std::make_shared<RelativePositionEncoding>(4, 2, tables);
+        };
+      TransformerDecoder decoder(options, 2, norm_first, rng);
       decoder.eval();
       const TransformerDecoder::Output full = decoder.forward(Variable(target), Variable(memory), causal, memory_mask);
 
@@ -233,7 +240,8 @@ TEST_CASE("TransformerDecoder: stepping one token at a time equals the full caus
 }
 
 TEST_CASE("TransformerDecoderCache::select_rows reorders and repeats batch rows of every layer") {
-  TransformerDecoder decoder(small_options(true, Activation::relu), 2, true);
+  Rng rng(0);
+  TransformerDecoder decoder(small_options(true, Activation::relu), 2, true, rng);
   decoder.eval();
   NoGradGuard no_grad;
   const Array target = random_array({2, 3, kD}, 80), memory = random_array({2, 4, kD}, 81);
@@ -259,27 +267,28 @@ TEST_CASE("TransformerDecoderCache::select_rows reorders and repeats batch rows 
 }
 
 TEST_CASE("Transformer layers: bad configs and shapes name the layer") {
+  Rng rng(0);
   TransformerLayerOptions options = small_options(false, Activation::relu);
   options.nhead = 3;
-  CHECK_THROWS_WITH_AS(TransformerEncoderLayer{options},
+  CHECK_THROWS_WITH_AS(TransformerEncoderLayer(options, rng),
                        "TransformerEncoderLayer(d_model=4, nhead=3): d_model 4 is not divisible by nhead 3", Error);
   options = small_options(false, Activation::relu, 1);
-  CHECK_THROWS_WITH_AS(TransformerDecoderLayer{options},
+  CHECK_THROWS_WITH_AS(TransformerDecoderLayer(options, rng),
                        "TransformerDecoderLayer(d_model=4, nhead=2): dropout must be in [0, 1), got 1", Error);
   options = small_options(false, Activation::relu);
   options.dim_feedforward = 0;
-  CHECK_THROWS_AS(TransformerEncoderLayer{options}, Error);
-  CHECK_THROWS_WITH_AS(TransformerEncoder(small_options(false, Activation::relu), 0, false),
+  CHECK_THROWS_AS(TransformerEncoderLayer(options, rng), Error);
+  CHECK_THROWS_WITH_AS(TransformerEncoder(small_options(false, Activation::relu), 0, false, rng),
                        "TransformerEncoder: num_layers must be positive, got 0", Error);
   CHECK_THROWS_WITH_AS(parse_name<Activation>("tanh", "TransformerConfig"),
                        "TransformerConfig: unknown activation 'tanh'; known: relu, gelu", Error);
 
-  TransformerEncoderLayer encoder(small_options(false, Activation::relu));
+  TransformerEncoderLayer encoder(small_options(false, Activation::relu), rng);
   CHECK_THROWS_WITH_AS(encoder.forward(Variable(random_array({2, 3, 5}, 1))),
                        "TransformerEncoderLayer(d_model=4, nhead=2): the input must be [B, T, d_model] with "
                        "d_model 4, got [2, 3, 5]",
                        ShapeError);
-  TransformerDecoderLayer decoder(small_options(false, Activation::relu));
+  TransformerDecoderLayer decoder(small_options(false, Activation::relu), rng);
   CHECK_THROWS_WITH_AS(decoder.forward(Variable(random_array({2, 3, 4}, 2)), Variable(random_array({3, 5, 4}, 3))),
                        "TransformerDecoderLayer(d_model=4, nhead=2): target [2, 3, 4] and memory [3, 5, 4] have "
                        "different batch sizes",

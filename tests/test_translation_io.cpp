@@ -111,12 +111,12 @@ TransformerConfig tiny_transformer(const Vocabs& vocabs, std::size_t encoder_lay
   config.source_vocab_size = vocabs.source.size();
   config.target_vocab_size = vocabs.target.size();
   config.d_model = 8;
-  config.num_heads = 2;
+  config.nhead = 2;
   config.encoder_layers = encoder_layers;
   config.decoder_layers = decoder_layers;
   config.dim_feedforward = 16;
   config.dropout = 0;
-  config.max_length = 32;
+  config.max_len = 32;
   return config;
 }
 
@@ -177,7 +177,7 @@ TEST_CASE("attention plots: Bahdanau draws its one map and the connection diagra
   BahdanauConfig config;
   config.source_vocab_size = tiny.vocabs.source.size();
   config.target_vocab_size = tiny.vocabs.target.size();
-  config.embed_size = 6;
+  config.embedding_dim = 6;
   config.hidden_size = 8;
   config.attention_size = 8;
   config.dropout = 0;

@@ -52,18 +52,18 @@ void BahdanauConfig::validate() const {
   };
   positive(source_vocab_size, "source_vocab_size");
   positive(target_vocab_size, "target_vocab_size");
-  positive(embed_size, "embed_size");
+  positive(embedding_dim, "embed_size");
   positive(hidden_size, "hidden_size");
   positive(encoder_layers, "encoder_layers");
   positive(decoder_layers, "decoder_layers");
   positive(attention_size, "attention_size");
-  check_arg(dropout >= 0 && dropout < 1, "BahdanauConfig", "dropout must be in [0, 1), got " + format_number(dropout));
+  check_range("BahdanauConfig", "dropout", dropout, 0, 1);
 }
 
 void to_json(nlohmann::json& json, const BahdanauConfig& config) {
   json = nlohmann::json{{"source_vocab_size", config.source_vocab_size},
                         {"target_vocab_size", config.target_vocab_size},
-                        {"embed_size", config.embed_size},
+                        {"embed_size", config.embedding_dim},
                         {"hidden_size", config.hidden_size},
                         {"encoder_layers", config.encoder_layers},
                         {"bidirectional", config.bidirectional},
@@ -85,7 +85,7 @@ void from_json(const nlohmann::json& json, BahdanauConfig& config) {
   BahdanauConfig result;
   result.source_vocab_size = json_field<std::size_t>(json, owner, "source_vocab_size");
   result.target_vocab_size = json_field<std::size_t>(json, owner, "target_vocab_size");
-  result.embed_size = json_field_or(json, owner, "embed_size", result.embed_size);
+  result.embedding_dim = json_field_or(json, owner, "embed_size", result.embedding_dim);
   result.hidden_size = json_field_or(json, owner, "hidden_size", result.hidden_size);
   result.encoder_layers = json_field_or(json, owner, "encoder_layers", result.encoder_layers);
   result.decoder_layers = json_field_or(json, owner, "decoder_layers", result.decoder_layers);
@@ -129,25 +129,26 @@ BahdanauModel::BahdanauModel(const BahdanauConfig& config) : config_(config) {
   const std::size_t key_size = directions * hidden;  // encoder output per source position
 
   source_embedding_ = register_module(
-      "source_embedding", std::make_shared<Embedding>(config.source_vocab_size, config.embed_size, rng,
+      "source_embedding", std::make_shared<Embedding>(config.source_vocab_size, config.embedding_dim, rng,
                                                       EmbeddingOptions{.padding_idx = 0}));
-  encoder_ = register_module("encoder", std::make_shared<GRU>(config.embed_size, hidden, rng,
+  encoder_ = register_module("encoder", std::make_shared<GRU>(config.embedding_dim, hidden, rng,
                                                               GRUOptions{.num_layers = config.encoder_layers,
                                                                          .dropout = config.dropout,
                                                                          .bidirectional = config.bidirectional}));
   if (config.bidirectional || config.encoder_layers != config.decoder_layers)
     bridge_ = register_module("bridge", std::make_shared<Linear>(key_size, config.decoder_layers * hidden, rng));
   attention_ = register_module(
-      "attention", std::make_shared<AdditiveAttention>(hidden, key_size, config.attention_size, 0, rng.next_u64()));
+      "attention", std::make_shared<AdditiveAttention>(hidden, key_size, config.attention_size, rng));
   target_embedding_ = register_module(
-      "target_embedding", std::make_shared<Embedding>(config.target_vocab_size, config.embed_size, rng,
+      "target_embedding", std::make_shared<Embedding>(config.target_vocab_size, config.embedding_dim, rng,
                                                       EmbeddingOptions{.padding_idx = 0}));
   for (std::size_t layer = 0; layer < config.decoder_layers; ++layer) {
-    const std::size_t input = layer == 0 ? config.embed_size + key_size : hidden;  // [y_{t-1}; context] at the bottom
+    const std::size_t input = layer == 0 ? config.embedding_dim + key_size : hidden;  // [y_{t-1}; context] at the bottom
     decoder_.push_back(register_module("decoder." + std::to_string(layer), std::make_shared<GRUCell>(input, hidden, rng)));
   }
   output_ = register_module("output", std::make_shared<Linear>(hidden, config.target_vocab_size, rng));
-  if (config.dropout > 0) dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, rng));
+  if (config.dropout > 0)
+    dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, Rng(rng.next_u64())));
 }
 
 std::shared_ptr<BahdanauModel> BahdanauModel::from_config(const nlohmann::json& config) {
@@ -204,7 +205,7 @@ BahdanauState BahdanauModel::encode(const IndexArray& source, const IndexArray& 
 BahdanauModel::InputWeights BahdanauModel::split_input_weights() const {
   // The bottom cell reads [embedding; context]: W_ih = [W_e | W_c] along its input axis.
   const Variable& weight_ih = decoder_[0]->weight_ih();  // [3H, E + D·H]
-  const std::size_t embed = config_.embed_size, input = weight_ih.dim(1);
+  const std::size_t embed = config_.embedding_dim, input = weight_ih.dim(1);
   return {slice(weight_ih, 1, 0, embed), slice(weight_ih, 1, embed, input)};  // [3H, E], [3H, D·H]
 }
 

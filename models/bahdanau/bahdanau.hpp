@@ -49,7 +49,7 @@ namespace qkv::models {
 struct BahdanauConfig {
   std::size_t source_vocab_size = 0;  // required: no default fits every corpus
   std::size_t target_vocab_size = 0;  // required
-  std::size_t embed_size = 64;
+  std::size_t embedding_dim = 64;    // config.json: "embed_size"
   std::size_t hidden_size = 128;      // per direction in the encoder; the decoder's state size
   std::size_t encoder_layers = 1;
   bool bidirectional = true;          // the encoder

@@ -34,18 +34,18 @@ void TransformerConfig::validate() const {
   positive(source_vocab_size, "source_vocab_size");
   positive(target_vocab_size, "target_vocab_size");
   positive(d_model, "d_model");
-  positive(num_heads, "num_heads");
+  positive(nhead, "num_heads");
   positive(encoder_layers, "encoder_layers");
   positive(decoder_layers, "decoder_layers");
   positive(dim_feedforward, "dim_feedforward");
-  positive(max_length, "max_length");
-  check_arg(d_model % num_heads == 0, kConfig,
-            "d_model " + std::to_string(d_model) + " is not divisible by num_heads " + std::to_string(num_heads));
-  check_arg(positional != PositionalKind::rope || (d_model / num_heads) % 2 == 0, kConfig,
-            "rope needs an even head size, got d_model / num_heads = " + std::to_string(d_model / num_heads));
+  positive(max_len, "max_length");
+  check_arg(d_model % nhead == 0, kConfig,
+            "d_model " + std::to_string(d_model) + " is not divisible by num_heads " + std::to_string(nhead));
+  check_arg(positional != PositionalKind::rope || (d_model / nhead) % 2 == 0, kConfig,
+            "rope needs an even head size, got d_model / num_heads = " + std::to_string(d_model / nhead));
   check_arg(positional != PositionalKind::relative || relative_max_distance > 0, kConfig,
             "relative_max_distance must be positive, got 0");
-  check_arg(dropout >= 0 && dropout < 1, kConfig, "dropout must be in [0, 1), got " + format_number(dropout));
+  check_range(kConfig, "dropout", dropout, 0, 1);
 }
 
 void to_json(nlohmann::json& json, const TransformerConfig& config) {
@@ -53,7 +53,7 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"source_vocab_size", config.source_vocab_size},
       {"target_vocab_size", config.target_vocab_size},
       {"d_model", config.d_model},
-      {"num_heads", config.num_heads},
+      {"num_heads", config.nhead},
       {"encoder_layers", config.encoder_layers},
       {"decoder_layers", config.decoder_layers},
       {"dim_feedforward", config.dim_feedforward},
@@ -63,7 +63,7 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"positional", name_of(config.positional)},
       {"relative_max_distance", config.relative_max_distance},
       {"scale", {{"kind", name_of(config.scale.kind)}, {"value", config.scale.value}}},
-      {"max_length", config.max_length},
+      {"max_length", config.max_len},
       {"seed", config.seed},
   };
 }
@@ -79,7 +79,7 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
     if (key == "source_vocab_size") config.source_vocab_size = size();
     else if (key == "target_vocab_size") config.target_vocab_size = size();
     else if (key == "d_model") config.d_model = size();
-    else if (key == "num_heads") config.num_heads = size();
+    else if (key == "num_heads") config.nhead = size();
     else if (key == "encoder_layers") config.encoder_layers = size();
     else if (key == "decoder_layers") config.decoder_layers = size();
     else if (key == "dim_feedforward") config.dim_feedforward = size();
@@ -92,7 +92,7 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       const std::string owner = std::string(kConfig) + " scale";
       config.scale.kind = parse_name<ScoreScale::Kind>(json_field<std::string>(value, owner, "kind"), owner);
       config.scale.value = json_field_or<real>(value, owner, "value", config.scale.value);
-    } else if (key == "max_length") config.max_length = size();
+    } else if (key == "max_length") config.max_len = size();
     else if (key == "seed") config.seed = json_value<std::uint64_t>(value, kConfig, key);
     else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
   }
@@ -102,7 +102,7 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
 TransformerModel::TransformerModel(const TransformerConfig& config) : config_(config) {
   config.validate();
   Rng rng(config.seed);
-  const std::size_t d = config.d_model, head_dim = config.d_model / config.num_heads;
+  const std::size_t d = config.d_model, head_dim = config.d_model / config.nhead;
   const EmbeddingOptions padding{.padding_idx = 0};
   source_embedding_ =
       register_module("source_embedding", std::make_shared<Embedding>(config.source_vocab_size, d, rng, padding));
@@ -116,19 +116,20 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
     std::fill_n(weight.mutable_value().data(), d, real(0));  // the <pad> row stays zero
   }
   if (config.positional == PositionalKind::sinusoidal) {
-    source_positions_ = register_module("source_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
-    target_positions_ = register_module("target_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_length));
+    source_positions_ = register_module("source_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_len));
+    target_positions_ = register_module("target_positions", std::make_shared<SinusoidalPositionalEncoding>(d, config.max_len));
   } else if (config.positional == PositionalKind::learned) {
-    source_positions_ = register_module("source_positions", std::make_shared<LearnedPositionalEmbedding>(
-                                                                d, config.max_length, 0, rng.next_u64()));
-    target_positions_ = register_module("target_positions", std::make_shared<LearnedPositionalEmbedding>(
-                                                                d, config.max_length, 0, rng.next_u64()));
+    source_positions_ =
+        register_module("source_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_len, rng));
+    target_positions_ =
+        register_module("target_positions", std::make_shared<LearnedPositionalEmbedding>(d, config.max_len, rng));
   }
-  embedding_dropout_ = register_module("embedding_dropout", std::make_shared<Dropout>(config.dropout, rng));
+  embedding_dropout_ =
+      register_module("embedding_dropout", std::make_shared<Dropout>(config.dropout, Rng(rng.next_u64())));
 
   TransformerLayerOptions layer;
   layer.d_model = d;
-  layer.nhead = config.num_heads;
+  layer.nhead = config.nhead;
   layer.dim_feedforward = config.dim_feedforward;
   layer.dropout = config.dropout;
   layer.activation = config.activation;
@@ -139,15 +140,16 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
     auto seed = std::make_shared<std::uint64_t>(rng.next_u64());
     const std::size_t distance = config.relative_max_distance;
     layer.self_attention_positions = [seed, head_dim, distance] {
-      return std::make_shared<RelativePositionEncoding>(head_dim, distance, true, (*seed)++);
+      Rng tables((*seed)++);
+      return std::make_shared<RelativePositionEncoding>(head_dim, distance, tables);
     };
   } else if (config.positional == PositionalKind::rope) {
     layer.self_attention_positions = [head_dim] { return std::make_shared<RotaryPositionEncoding>(head_dim); };
   }
-  layer.seed = rng.next_u64();
-  encoder_ = register_module("encoder", std::make_shared<TransformerEncoder>(layer, config.encoder_layers, config.norm_first));
-  layer.seed = rng.next_u64();
-  decoder_ = register_module("decoder", std::make_shared<TransformerDecoder>(layer, config.decoder_layers, config.norm_first));
+  encoder_ = register_module(
+      "encoder", std::make_shared<TransformerEncoder>(layer, config.encoder_layers, config.norm_first, rng));
+  decoder_ = register_module(
+      "decoder", std::make_shared<TransformerDecoder>(layer, config.decoder_layers, config.norm_first, rng));
   output_ = register_module("output", std::make_shared<Linear>(d, config.target_vocab_size, rng));
 }
 
@@ -177,9 +179,9 @@ TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexAr
               kModel,
               "source must be [B, S] and source_lengths [B], got source " + qkv::to_string(shape_of(source)) +
                   " and source_lengths " + qkv::to_string(shape_of(source_lengths)));
-  check_shape(source.shape()[1] <= config_.max_length, kModel,
+  check_shape(source.shape()[1] <= config_.max_len, kModel,
               "source length " + std::to_string(source.shape()[1]) + " exceeds max_length " +
-                  std::to_string(config_.max_length));
+                  std::to_string(config_.max_len));
   AttentionMask mask;
   mask.valid_lens = source_lengths;
   return encoder_->forward(embed(*source_embedding_, source_positions_.get(), source, 0), mask);  // [B, S, D]
@@ -188,7 +190,7 @@ TransformerEncoder::Output TransformerModel::encode_with_attention(const IndexAr
 std::vector<NamedAttention> TransformerModel::name_attention(const std::vector<Variable>& attention) const {
   std::vector<NamedAttention> maps;
   for (std::size_t l = 0; l < attention.size(); ++l)
-    for (std::size_t h = 0; h < config_.num_heads; ++h)
+    for (std::size_t h = 0; h < config_.nhead; ++h)
       maps.emplace_back("layer " + std::to_string(l + 1) + " head " + std::to_string(h + 1),
                         head_of(attention[l].value(), h));  // [B, T_queries, T_keys]
   return maps;
@@ -206,7 +208,7 @@ std::vector<AttentionGroup> TransformerModel::attention_groups(const IndexArray&
   source_mask.valid_lens = source_lengths;
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
   const TransformerDecoder::Output decoded = decoder_->forward(target, encoded.output, {.causal = true}, source_mask);
-  const std::size_t heads = config_.num_heads;
+  const std::size_t heads = config_.nhead;
   return {{"cross-attention", TokenSide::target, TokenSide::source, heads, name_attention(decoded.cross_attention)},
           {"encoder self-attention", TokenSide::source, TokenSide::source, heads,
            name_attention(encoded.self_attention)},
@@ -220,9 +222,9 @@ Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArr
   check_shape(target_input.dimension() == 2 && target_input.shape()[0] == source.shape()[0], kModel,
               "target_input must be [B, T] with the source's batch " + std::to_string(source.shape()[0]) + ", got " +
                   qkv::to_string(shape_of(target_input)));
-  check_shape(target_input.shape()[1] <= config_.max_length, kModel,
+  check_shape(target_input.shape()[1] <= config_.max_len, kModel,
               "target length " + std::to_string(target_input.shape()[1]) + " exceeds max_length " +
-                  std::to_string(config_.max_length));
+                  std::to_string(config_.max_len));
   AttentionMask source_mask;
   source_mask.valid_lens = source_lengths;
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
@@ -263,9 +265,9 @@ StepOutput TransformerModel::decode_step(DecoderState& state, const IndexArray& 
               "previous_tokens must be [B] with B = " + std::to_string(batch) + ", got " +
                   qkv::to_string(shape_of(previous_tokens)));
   const std::size_t position = transformer_state->cache.length();
-  check_shape(position < config_.max_length, kModel,
+  check_shape(position < config_.max_len, kModel,
               "decoding step " + std::to_string(position + 1) + " exceeds max_length " +
-                  std::to_string(config_.max_length));
+                  std::to_string(config_.max_len));
   IndexArray tokens = previous_tokens;
   tokens.reshape({batch, 1});
   const Variable target = embed(*target_embedding_, target_positions_.get(), tokens, position);  // [B, 1, D]

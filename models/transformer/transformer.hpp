@@ -29,7 +29,7 @@ struct TransformerConfig {
   std::size_t source_vocab_size = 0;
   std::size_t target_vocab_size = 0;
   std::size_t d_model = 64;
-  std::size_t num_heads = 4;
+  std::size_t nhead = 4;  // config.json: "num_heads"
   std::size_t encoder_layers = 2;
   std::size_t decoder_layers = 2;
   std::size_t dim_feedforward = 256;
@@ -44,10 +44,10 @@ struct TransformerConfig {
   /// temperature of "learned_temperature".
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();
   /// Longest source or target sequence (the size of the position tables).
-  std::size_t max_length = 256;
+  std::size_t max_len = 256;  // config.json: "max_length"
   std::uint64_t seed = 0;
 
-  /// Throws Error naming the field for a zero size, d_model not divisible by num_heads, odd
+  /// Throws Error naming the field for a zero size, d_model not divisible by nhead, odd
   /// head size with rope, or dropout outside [0, 1).
   void validate() const;
 };

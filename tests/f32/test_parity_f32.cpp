@@ -51,7 +51,8 @@ TEST_CASE("float32: MultiheadAttention matches PyTorch within 1e-4 (self, cross,
   const TensorFile fixture = load_fixture("mha");
   for (const std::string name : {"self", "cross", "padding", "causal"}) {
     CAPTURE(name);
-    MultiheadAttention mha(8, 2);
+    Rng mha_rng(0);
+    MultiheadAttention mha(8, 2, mha_rng);
     std::map<std::string, Array> state;
     for (const char* parameter : {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"})
       state[parameter] = fixture.reals.at(parameter);

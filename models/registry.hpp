@@ -25,19 +25,19 @@ namespace qkv::models {
 
 /// One hyperparameter of a model kind, as a program offers it.
 struct ModelOption {
-  std::string flag;               // the command-line flag: "--d-model"
-  std::vector<std::string> keys;  // JSON pointers it sets in the config: {"/d_model"}, {"/scale/kind"}
-  std::string help;
+  std::string flag = {};               // the command-line flag: "--d-model"
+  std::vector<std::string> keys = {};  // JSON pointers it sets in the config: {"/d_model"}, {"/scale/kind"}
+  std::string help = {};
   /// Its type is the option's: an unsigned integer, a number or a string.
-  nlohmann::json default_value;
-  std::vector<std::string> choices;  // a string option's accepted values (empty: any)
+  nlohmann::json default_value = {};
+  std::vector<std::string> choices = {};  // a string option's accepted values (empty: any)
   double min = 0, max = 0;           // a number's accepted range, both ends included
 };
 
 struct ModelKind {
-  std::string name;     // --model and config.json "kind": "transformer"
-  std::string summary;  // one line, for --help
-  std::vector<ModelOption> options;
+  std::string name = {};     // --model and config.json "kind": "transformer"
+  std::string summary = {};  // one line, for --help
+  std::vector<ModelOption> options = {};
   /// Builds the model from its config (which holds "source_vocab_size" and "target_vocab_size").
   /// Throws Error naming the key for anything it does not understand.
   std::function<std::shared_ptr<Seq2SeqModel>(const nlohmann::json& config)> make;

@@ -97,8 +97,9 @@ qkv::models::StepOutput GatedSeq2Seq::decode_step(qkv::models::DecoderState& bas
   Variable logits;
   const qkv::AttentionOutput attended = decode(state.memory, allowed, inputs, state.position++, logits);
   const std::size_t vocab = logits.dim(-1);
-  return {.logits = qkv::reshape(logits, {batch, vocab}),  // [B, V]
-          .attention = {{"cross-attention", qkv::reshape(attended.weights, {batch, source_length}).value()}}};
+  const long rows = long(batch);
+  return {.logits = qkv::reshape(logits, {rows, long(vocab)}),  // [B, V]
+          .attention = {{"cross-attention", qkv::reshape(attended.weights, {rows, long(source_length)}).value()}}};
 }
 
 void register_gated_seq2seq() {

@@ -21,6 +21,7 @@
 #include <filesystem>
 
 #include "autograd/variable.hpp"
+#include "lib/numerics/blas.hpp"
 #include "lib/numerics/parallel.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/plot/svg.hpp"
@@ -89,6 +90,7 @@ int run(int argc, char** argv) {
     std::fputs(line.help_text.c_str(), stdout);
     return 0;
   }
+  spdlog::info("gemm: {}", blas::describe());
   parallel::set_num_threads(line.threads);
   set_detect_anomaly(line.detect_anomaly);
 

@@ -7,9 +7,19 @@
 #endif
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <optional>
+#include <sstream>
 #include <type_traits>
 
 #include "lib/numerics/parallel.hpp"
+
+// OpenBLAS's run-time dispatch (DYNAMIC_ARCH builds, as Debian's): its load-time constructor calls
+// gotoblas_dynamic_init(), which reads OPENBLAS_CORETYPE or else picks a core from cpuid. Weak, so
+// that an OpenBLAS built for one target (no dispatch) still links; then both are null.
+extern "C" void gotoblas_dynamic_init(void) __attribute__((weak));
+extern "C" void gotoblas_dynamic_quit(void) __attribute__((weak));
 
 namespace qkv::blas {
 
@@ -34,6 +44,22 @@ namespace {
 // reads OPENBLAS_NUM_THREADS) before this runs.
 [[maybe_unused]] const bool openblas_single_threaded = [] {
   openblas_set_num_threads(1);
+  return true;
+}();
+
+// The kernel line of describe(), set by detail::choose_kernel().
+std::string& kernel_line() {
+  static std::string line;
+  return line;
+}
+
+// OpenBLAS 0.3.21 knows CPU models, not features: on a CPU it does not recognise (a new Xeon,
+// cpuid model 207) it falls back to its Prescott kernels, SSE3 only, at a fifth of the sgemm rate
+// of its SkylakeX kernels on the same core. Setting OPENBLAS_CORETYPE from main is too late (the
+// library's constructor has read it), so qkv re-runs OpenBLAS's dispatch once, here, before main
+// and before any BLAS call. Measured in bench/README.md.
+[[maybe_unused]] const bool kernel_chosen = [] {
+  detail::choose_kernel();
   return true;
 }();
 
@@ -95,5 +121,82 @@ void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const fl
 }
 
 void set_openblas_threads(int threads) { openblas_set_num_threads(threads); }
+
+std::string kernel_name() { return openblas_get_corename(); }
+
+std::string describe() { return kernel_line(); }
+
+namespace detail {
+
+Isa cpu_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  // __builtin_cpu_supports also checks that the OS saves the YMM / ZMM registers (XCR0).
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return Isa::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+  if (__builtin_cpu_supports("avx")) return Isa::Avx;
+#endif
+  return Isa::Sse;
+}
+
+std::optional<Isa> core_isa(std::string_view openblas_core) {
+  std::string name(openblas_core);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  // OpenBLAS 0.3.21's x86-64 core names (openblas_get_corename), by the ISA of their kernels.
+  for (const char* core : {"skylakex", "cooperlake", "sapphirerapids"})
+    if (name == core) return Isa::Avx512;
+  for (const char* core : {"haswell", "zen", "excavator"})
+    if (name == core) return Isa::Avx2;
+  for (const char* core : {"sandybridge", "bulldozer", "piledriver", "steamroller"})
+    if (name == core) return Isa::Avx;
+  for (const char* core : {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "nano", "opteron",
+                           "opteron(sse3)", "barcelona", "bobcat", "katmai", "coppermine", "northwood", "banias",
+                           "athlon"})
+    if (name == core) return Isa::Sse;
+  return std::nullopt;
+}
+
+std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu) {
+  const std::optional<Isa> current = core_isa(openblas_core);
+  if (!current) return std::nullopt;  // a core newer than qkv knows: OpenBLAS knows best
+  if (cpu == Isa::Avx512 && *current < Isa::Avx512) return "SkylakeX";
+  if (cpu >= Isa::Avx2 && *current < Isa::Avx2) return "Haswell";
+  return std::nullopt;
+}
+
+bool select_openblas_core(const char* core) {
+  if (gotoblas_dynamic_init == nullptr || gotoblas_dynamic_quit == nullptr) return false;
+  const char* set = std::getenv("OPENBLAS_CORETYPE");
+  const std::optional<std::string> previous = set ? std::optional<std::string>(set) : std::nullopt;
+  // OpenBLAS parses the name itself; the environment is put back as it was at once.
+  setenv("OPENBLAS_CORETYPE", core, 1);
+  gotoblas_dynamic_quit();
+  gotoblas_dynamic_init();
+  if (previous) setenv("OPENBLAS_CORETYPE", previous->c_str(), 1);
+  else unsetenv("OPENBLAS_CORETYPE");
+  return true;
+}
+
+std::string choose_kernel() {
+  std::istringstream config(openblas_get_config());  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
+  std::string library, version;
+  config >> library >> version;
+  const std::string picked = kernel_name();
+  std::string why;
+  if (const char* forced = std::getenv("OPENBLAS_CORETYPE")) {
+    why = std::string("set by OPENBLAS_CORETYPE=") + forced;  // the user's choice is never overridden
+  } else if (const std::optional<std::string> better = better_core(picked, cpu_isa());
+             better && select_openblas_core(better->c_str())) {
+    why = "chosen by qkv: OpenBLAS picked " + picked + " for this CPU, which has " +
+          (cpu_isa() == Isa::Avx512 ? "AVX-512" : "AVX2");
+  } else {
+    why = "chosen by OpenBLAS";
+  }
+  kernel_line() = library + " " + version + ", " + kernel_name() + " kernel (" + why + ")";
+  return kernel_line();
+}
+
+}  // namespace detail
 
 }  // namespace qkv::blas

@@ -7,6 +7,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <optional>
@@ -53,6 +54,31 @@ std::string& kernel_line() {
   return line;
 }
 
+// Below this many multiply-adds a gemm takes ~30 µs or less on one core: waking a second
+// thread and packing the shared operand twice would eat what splitting saves.
+constexpr std::size_t parallel_gemm_work = std::size_t{1} << 20;
+
+// Chunks of C's rows start at multiples of this, so that every row falls at the same place of
+// OpenBLAS's micro-kernel tiles as in the unsplit product: a row in a ragged edge tile is summed
+// by another code path, with other rounding. 16 fits the SkylakeX / Cooperlake kernels (16-row
+// sgemm and dgemm tiles) and the SSE / AVX ones; the Haswell / Zen sgemm tiles are 24 rows, and a
+// 16-row split there changed bits in 46% of a sweep of shapes while 48 changed none (bench/README).
+std::atomic<std::size_t> split_block{48};
+std::size_t split_block_for(std::string_view core) {
+  const std::optional<detail::Isa> isa = detail::core_isa(core);
+  if (!isa) return 48;
+  return *isa == detail::Isa::Avx2 ? 48 : 16;
+}
+
+// OpenBLAS 0.3.21 (SkylakeX, Cooperlake) has other kernels for small products: a "small matrix"
+// kernel up to 100³ multiply-adds, and a "direct" sgemm up to 28·512² when neither operand is
+// transposed, alpha is 1 and beta 0. Each rounds differently, so a chunk must stay above them
+// whenever the whole product does.
+std::size_t openblas_small_path_work(Trans trans_a, Trans trans_b, real alpha, real beta) {
+  const bool direct = trans_a == Trans::No && trans_b == Trans::No && alpha == real(1) && beta == real(0);
+  return direct ? std::size_t{28} * 512 * 512 : std::size_t{100} * 100 * 100;
+}
+
 // OpenBLAS 0.3.21 knows CPU models, not features: on a CPU it does not recognise (a new Xeon,
 // cpuid model 207) it falls back to its Prescott kernels, SSE3 only, at a fifth of the sgemm rate
 // of its SkylakeX kernels on the same core. Setting OPENBLAS_CORETYPE from main is too late (the
@@ -62,13 +88,6 @@ std::string& kernel_line() {
   detail::choose_kernel();
   return true;
 }();
-
-// Below this many multiply-adds a gemm takes ~30 µs or less on one core: waking a second
-// thread and packing the shared operand twice would eat what splitting saves.
-constexpr std::size_t parallel_gemm_work = std::size_t{1} << 20;
-// Chunks of rows (or columns) are multiples of this, so that no chunk but the last ends in a
-// ragged tile of OpenBLAS's micro-kernel (16 rows × 4 columns for Skylake sgemm).
-constexpr std::size_t split_block = 16;
 
 CBLAS_TRANSPOSE to_cblas(Trans trans) { return trans == Trans::Yes ? CblasTrans : CblasNoTrans; }
 blasint to_int(std::size_t value) { return static_cast<blasint>(value); }
@@ -96,22 +115,23 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
     return;
   }
   // Each thread computes its own block of C's rows: every element of C is still one dot product
-  // over K in OpenBLAS's order, so the split changes no bits (tested). A product too short to
-  // share by rows is shared by columns; there OpenBLAS blocks the K loop differently for a
-  // narrower B, and the last bits of C may differ from a single thread's.
-  const bool by_rows = m >= 2 * split_block;
-  const std::size_t extent = by_rows ? m : n;
-  parallel::for_chunks((extent + split_block - 1) / split_block, 1, [&](std::size_t first, std::size_t last) {
-    const std::size_t begin = first * split_block, end = std::min(extent, last * split_block);
-    if (by_rows) {  // rows [begin, end) of op(A) and C
-      const real* a_rows = trans_a == Trans::Yes ? a + begin : a + begin * lda;
-      gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(end - begin), to_int(n), to_int(k),
-                 alpha, a_rows, to_int(lda), b, to_int(ldb), beta, c + begin * ldc, to_int(ldc));
-    } else {  // columns [begin, end) of op(B) and C
-      const real* b_columns = trans_b == Trans::Yes ? b + begin * ldb : b + begin;
-      gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(end - begin), to_int(k),
-                 alpha, a, to_int(lda), b_columns, to_int(ldb), beta, c + begin, to_int(ldc));
-    }
+  // over K in OpenBLAS's order, on the same code path and at the same place in its tiles, so the
+  // split changes no bits (tested). A product with fewer than two blocks of rows runs on one
+  // thread: split by columns, OpenBLAS blocks the K loop differently for a narrower B.
+  const std::size_t block = split_block.load(std::memory_order_relaxed);
+  const std::size_t blocks = (m + block - 1) / block;
+  // Every chunk holds at least min_blocks blocks, all full but the last: above the small paths.
+  const std::size_t min_blocks = openblas_small_path_work(trans_a, trans_b, alpha, beta) / (block * n * k) + 2;
+  if (blocks < 2 * min_blocks) {
+    gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
+               to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
+    return;
+  }
+  parallel::for_chunks(blocks, min_blocks, [&](std::size_t first, std::size_t last) {
+    const std::size_t begin = first * block, end = std::min(m, last * block);  // rows [begin, end)
+    const real* a_rows = trans_a == Trans::Yes ? a + begin : a + begin * lda;
+    gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(end - begin), to_int(n), to_int(k), alpha,
+               a_rows, to_int(lda), b, to_int(ldb), beta, c + begin * ldc, to_int(ldc));
   });
 }
 
@@ -193,6 +213,7 @@ std::string choose_kernel() {
   } else {
     why = "chosen by OpenBLAS";
   }
+  split_block.store(split_block_for(kernel_name()), std::memory_order_relaxed);
   kernel_line() = library + " " + version + ", " + kernel_name() + " kernel (" + why + ")";
   return kernel_line();
 }

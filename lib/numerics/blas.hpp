@@ -15,8 +15,9 @@ enum class Trans : bool { No = false, Yes = true };
 /// C[M, N] = alpha * op(A)[M, K] * op(B)[K, N] + beta * C, row-major, where op transposes
 /// when asked: a transposed operand is read in place, never copied. `lda`, `ldb`, `ldc` are
 /// the row strides of A, B and C as stored. Big products are split over qkv's threads
-/// (parallel::set_num_threads) by blocks of C's rows, which leaves every element's value
-/// unchanged; only products of fewer than 32 rows are split by columns, which may not.
+/// (parallel::set_num_threads) by blocks of C's rows aligned to OpenBLAS's tiles, which leaves
+/// every element's value unchanged: the same bits at any thread count. Products too short to
+/// share that way run on one thread.
 void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, real alpha,
           const real* a, std::size_t lda, const real* b, std::size_t ldb, real beta, real* c,
           std::size_t ldc);

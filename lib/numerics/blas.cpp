@@ -70,13 +70,18 @@ std::size_t split_block_for(std::string_view core) {
   return *isa == detail::Isa::Avx2 ? 48 : 16;
 }
 
-// OpenBLAS 0.3.21 (SkylakeX, Cooperlake) has other kernels for small products: a "small matrix"
-// kernel up to 100³ multiply-adds, and a "direct" sgemm up to 28·512² when neither operand is
-// transposed, alpha is 1 and beta 0. Each rounds differently, so a chunk must stay above them
-// whenever the whole product does.
-std::size_t openblas_small_path_work(Trans trans_a, Trans trans_b, real alpha, real beta) {
-  const bool direct = trans_a == Trans::No && trans_b == Trans::No && alpha == real(1) && beta == real(0);
-  return direct ? std::size_t{28} * 512 * 512 : std::size_t{100} * 100 * 100;
+// OpenBLAS 0.3.21 (SkylakeX, Cooperlake) has other kernels for small products, which round
+// differently: a "small matrix" kernel up to 100³ multiply-adds, and a "direct" sgemm below
+// 28·512² (below 8·512² when N is not a multiple of 4) when neither operand is transposed, alpha
+// is 1 and beta 0. Whatever bound the whole product is above, each chunk must be above too; this
+// returns the largest such bound.
+std::size_t chunk_work_floor(Trans trans_a, Trans trans_b, std::size_t n, real alpha, real beta, std::size_t work) {
+  std::size_t floor = std::size_t{100} * 100 * 100;  // the whole is above it: parallel_gemm_work
+  if (trans_a == Trans::No && trans_b == Trans::No && alpha == real(1) && beta == real(0)) {
+    for (const std::size_t bound : {std::size_t{8} * 512 * 512, std::size_t{28} * 512 * 512})
+      if (work >= bound && (n % 4 != 0 || bound == std::size_t{28} * 512 * 512)) floor = std::max(floor, bound - 1);
+  }
+  return floor;
 }
 
 // OpenBLAS 0.3.21 knows CPU models, not features: on a CPU it does not recognise (a new Xeon,
@@ -120,8 +125,8 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
   // thread: split by columns, OpenBLAS blocks the K loop differently for a narrower B.
   const std::size_t block = split_block.load(std::memory_order_relaxed);
   const std::size_t blocks = (m + block - 1) / block;
-  // Every chunk holds at least min_blocks blocks, all full but the last: above the small paths.
-  const std::size_t min_blocks = openblas_small_path_work(trans_a, trans_b, alpha, beta) / (block * n * k) + 2;
+  // Every chunk holds at least min_blocks blocks, all full but the last: more work than the floor.
+  const std::size_t min_blocks = chunk_work_floor(trans_a, trans_b, n, alpha, beta, m * n * k) / (block * n * k) + 2;
   if (blocks < 2 * min_blocks) {
     gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
                to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));

@@ -16,7 +16,7 @@ TEST_CASE("float32: gemm is bit-identical on 1, 2 and 3 threads across shapes, t
   Rng rng(11);
   int products = 0;
   for (std::size_t m : {40u, 64u, 100u, 160u, 200u, 768u})
-    for (std::size_t n : {4u, 16u, 64u, 100u, 256u})
+    for (std::size_t n : {4u, 16u, 30u, 64u, 256u})
       for (std::size_t k : {64u, 512u, 2000u})
         for (int transposes = 0; transposes < 4; ++transposes)
           for (auto [alpha, beta] : {std::pair{1.0f, 0.0f}, std::pair{0.5f, 1.0f}}) {

@@ -113,21 +113,17 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
       for (std::size_t j = 0; j < n; ++j) c[i * ldc + j] = beta == real(0) ? real(0) : beta * c[i * ldc + j];
     return;
   }
-  const bool split = parallel::num_threads() > 1 && !parallel::in_parallel_region() && m * n * k >= parallel_gemm_work;
-  if (!split) {
-    gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
-               to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
-    return;
-  }
   // Each thread computes its own block of C's rows: every element of C is still one dot product
   // over K in OpenBLAS's order, on the same code path and at the same place in its tiles, so the
-  // split changes no bits (tested). A product with fewer than two blocks of rows runs on one
-  // thread: split by columns, OpenBLAS blocks the K loop differently for a narrower B.
+  // split changes no bits (tested). A product with fewer than two chunks' worth of rows runs on
+  // one thread (split by columns, OpenBLAS blocks the K loop differently for a narrower B).
   const std::size_t block = split_block.load(std::memory_order_relaxed);
   const std::size_t blocks = (m + block - 1) / block;
   // Every chunk holds at least min_blocks blocks, all full but the last: more work than the floor.
   const std::size_t min_blocks = chunk_work_floor(trans_a, trans_b, n, alpha, beta, m * n * k) / (block * n * k) + 2;
-  if (blocks < 2 * min_blocks) {
+  const bool split = parallel::num_threads() > 1 && !parallel::in_parallel_region() &&
+                     m * n * k >= parallel_gemm_work && blocks >= 2 * min_blocks;
+  if (!split) {
     gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
                to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
     return;

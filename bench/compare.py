@@ -96,8 +96,10 @@ def main():
                   f"{med('torch', 'train', config, threads, 'peak_rss_mb'):8.0f} | "
                   f"{100 * qkv_gflops / sgemm:9.0f}% | {100 * torch_gflops / sgemm:11.0f}% |")
     for threads in thread_counts:
+        kernel = {side: runs[(side, "sgemm", "sgemm", threads)][0].get("kernel", "?") for side in ("qkv", "torch")}
         print(f"sgemm 1024^3 at {threads} thread(s): qkv's OpenBLAS {med('qkv', 'sgemm', 'sgemm', threads, 'gflops_per_s'):.1f} "
-              f"GFLOP/s, via torch.mm {med('torch', 'sgemm', 'sgemm', threads, 'gflops_per_s'):.1f} GFLOP/s")
+              f"GFLOP/s ({kernel['qkv']} kernel), via torch.mm {med('torch', 'sgemm', 'sgemm', threads, 'gflops_per_s'):.1f} "
+              f"GFLOP/s ({kernel['torch']} kernel)")
     if len(thread_counts) > 1 and "transformer-small" in configs:
         one, two = thread_counts[0], thread_counts[1]
         ratio = med("qkv", "train", "transformer-small", two, "tgt_tokens_per_s") / med(

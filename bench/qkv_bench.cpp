@@ -123,7 +123,7 @@ int main(int argc, char** argv) {
   app.add_option("--decode-length", decode_length)->check(CLI::PositiveNumber);
   app.add_option("--seed", seed);
   bool sgemm = false;
-  app.add_flag("--sgemm", sgemm, "time OpenBLAS sgemm on 1024x1024 matrices instead (the peak to compare with)");
+  app.add_flag("--sgemm", sgemm, "time OpenBLAS sgemm on 1024x1024 matrices instead (the peak to compare with), naming the kernel");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -138,6 +138,7 @@ int main(int argc, char** argv) {
         if (i >= 2) times.push_back(milliseconds_since(start));
       }
       nlohmann::ordered_json result = {{"config", "sgemm-1024"}, {"threads", threads},
+                                       {"kernel", blas::kernel_name()}, {"describe", blas::describe()},
                                        {"gflops_per_s", 2.0 * double(n * n * n) / (median(times) / 1000.0) / 1e9}};
       std::printf("%s\n", result.dump().c_str());
       return 0;

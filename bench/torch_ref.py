@@ -169,7 +169,7 @@ def main():
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    set_openblas_threads(args.threads)
+    openblas_path = set_openblas_threads(args.threads)
     if args.sgemm:
         a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
         for _ in range(2):
@@ -179,7 +179,9 @@ def main():
             start = time.perf_counter()
             torch.mm(a, b)
             times.append(time.perf_counter() - start)
-        print(json.dumps({"config": "sgemm-1024", "threads": args.threads,
+        corename = ctypes.CDLL(openblas_path).openblas_get_corename
+        corename.restype = ctypes.c_char_p
+        print(json.dumps({"config": "sgemm-1024", "threads": args.threads, "kernel": corename().decode(),
                           "gflops_per_s": 2 * 1024 ** 3 / median(times) / 1e9}))
         return
     torch.manual_seed(args.seed)

@@ -26,6 +26,7 @@
 
 #include "autograd/variable.hpp"
 #include "command_line.hpp"
+#include "lib/numerics/blas.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/parallel.hpp"
 #include "models/registry.hpp"
@@ -121,6 +122,7 @@ int run(int argc, char** argv) {
     std::fputs(line.help_text.c_str(), stdout);
     return 0;
   }
+  spdlog::info("gemm: {}", blas::describe());
   parallel::set_num_threads(line.threads);
   set_detect_anomaly(line.detect_anomaly);
   std::optional<StopAtTarget> target;

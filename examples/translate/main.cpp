@@ -6,14 +6,16 @@
 // Input is preprocessed as the model's training data was (config.json's "data": characters
 // for dates, d2l.ai's normalisation for corpora); words the vocabulary lacks become <unk>.
 // One output line per input line, in order; an empty line gives an empty line. A line that
-// is not valid UTF-8 is reported as `stdin:LINE: ...` on stderr, gives an empty output line,
-// and makes the exit status 1. --attention-svg FILE writes the attention plots of the first
+// cannot be translated — not valid UTF-8, no token the vocabulary knows, longer than the model
+// takes — is reported as `stdin:LINE: why` on stderr, gives an empty output line, and makes the
+// exit status 1; the other lines are translated. --attention-svg FILE writes the attention plots of the first
 // sentence (train/attention_plots.hpp: FILE, FILE-connections.svg, ...).
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -57,6 +59,31 @@ std::vector<std::string> translate(Seq2SeqModel& model, const Checkpoint& checkp
   return texts;
 }
 
+void report(std::size_t number, const std::string& why) {
+  std::fprintf(stderr, "qkv-translate: stdin:%zu: %s\n", number, why.c_str());
+}
+
+/// translate(), but a line the model refuses (too long, ...) costs only that line: when the batch
+/// fails, its lines are translated one by one and each failure is reported; those get "".
+std::vector<std::string> translate_each(Seq2SeqModel& model, const Checkpoint& checkpoint,
+                                        const std::vector<Line>& lines, const DecodeOptions& decode, int& status) {
+  try {
+    return translate(model, checkpoint, lines, decode);
+  } catch (const Error&) {
+    std::vector<std::string> texts;
+    for (const Line& line : lines) {
+      try {
+        texts.push_back(translate(model, checkpoint, {line}, decode).front());
+      } catch (const Error& e) {
+        report(line.number, e.what());
+        texts.emplace_back();
+        status = 1;
+      }
+    }
+    return texts;
+  }
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"qkv-translate: translate stdin, one sentence per line, with a qkv-train checkpoint"};
   std::string checkpoint_dir, attention_svg;
@@ -94,7 +121,7 @@ int run(int argc, char** argv) {
   std::vector<std::size_t> pending_slot;
   const auto flush = [&] {
     if (!pending.empty()) {
-      const std::vector<std::string> texts = translate(model, checkpoint, pending, decode);
+      const std::vector<std::string> texts = translate_each(model, checkpoint, pending, decode, status);
       for (std::size_t i = 0; i < texts.size(); ++i) outputs[pending_slot[i]] = texts[i];
     }
     for (const std::string& text : outputs) std::printf("%s\n", text.c_str());
@@ -108,6 +135,10 @@ int run(int argc, char** argv) {
     outputs.emplace_back();
     try {
       Tokens tokens = tokenize_input(checkpoint.data, text);
+      const std::vector<std::int64_t> ids = checkpoint.vocabs.source.encode(tokens);
+      if (!tokens.empty() && std::all_of(ids.begin(), ids.end(), [](std::int64_t id) { return id == Vocab::unk_id; }))
+        throw Error("no token of the line is in the model's vocabulary (" + std::to_string(tokens.size()) +
+                    " tokens, all <unk>)");
       if (!tokens.empty()) {
         if (!plotted) {
           const AttentionPlots plots = write_attention_plots(model, checkpoint.vocabs, tokens, checkpoint.data, decode,
@@ -121,7 +152,7 @@ int run(int argc, char** argv) {
         pending_slot.push_back(outputs.size() - 1);
       }
     } catch (const Error& e) {
-      std::fprintf(stderr, "qkv-translate: stdin:%zu: %s\n", number, e.what());
+      report(number, e.what());
       status = 1;
     }
     if (pending.size() >= batch_size) flush();

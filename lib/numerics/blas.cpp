@@ -7,9 +7,20 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <optional>
+#include <sstream>
 #include <type_traits>
 
 #include "lib/numerics/parallel.hpp"
+
+// OpenBLAS's run-time dispatch (DYNAMIC_ARCH builds, as Debian's): its load-time constructor calls
+// gotoblas_dynamic_init(), which reads OPENBLAS_CORETYPE or else picks a core from cpuid. Weak, so
+// that an OpenBLAS built for one target (no dispatch) still links; then both are null.
+extern "C" void gotoblas_dynamic_init(void) __attribute__((weak));
+extern "C" void gotoblas_dynamic_quit(void) __attribute__((weak));
 
 namespace qkv::blas {
 
@@ -37,12 +48,51 @@ namespace {
   return true;
 }();
 
+// The kernel line of describe(), set by detail::choose_kernel().
+std::string& kernel_line() {
+  static std::string line;
+  return line;
+}
+
 // Below this many multiply-adds a gemm takes ~30 µs or less on one core: waking a second
 // thread and packing the shared operand twice would eat what splitting saves.
 constexpr std::size_t parallel_gemm_work = std::size_t{1} << 20;
-// Chunks of rows (or columns) are multiples of this, so that no chunk but the last ends in a
-// ragged tile of OpenBLAS's micro-kernel (16 rows × 4 columns for Skylake sgemm).
-constexpr std::size_t split_block = 16;
+
+// Chunks of C's rows start at multiples of this, so that every row falls at the same place of
+// OpenBLAS's micro-kernel tiles as in the unsplit product: a row in a ragged edge tile is summed
+// by another code path, with other rounding. 16 fits the SkylakeX / Cooperlake kernels (16-row
+// sgemm and dgemm tiles) and the SSE / AVX ones; the Haswell / Zen sgemm tiles are 24 rows, and a
+// 16-row split there changed bits in 46% of a sweep of shapes while 48 changed none (bench/README).
+std::atomic<std::size_t> split_block{48};
+std::size_t split_block_for(std::string_view core) {
+  const std::optional<detail::Isa> isa = detail::core_isa(core);
+  if (!isa) return 48;
+  return *isa == detail::Isa::Avx2 ? 48 : 16;
+}
+
+// OpenBLAS 0.3.21 (SkylakeX, Cooperlake) has other kernels for small products, which round
+// differently: a "small matrix" kernel up to 100³ multiply-adds, and a "direct" sgemm below
+// 28·512² (below 8·512² when N is not a multiple of 4) when neither operand is transposed, alpha
+// is 1 and beta 0. Whatever bound the whole product is above, each chunk must be above too; this
+// returns the largest such bound.
+std::size_t chunk_work_floor(Trans trans_a, Trans trans_b, std::size_t n, real alpha, real beta, std::size_t work) {
+  std::size_t floor = std::size_t{100} * 100 * 100;  // the whole is above it: parallel_gemm_work
+  if (trans_a == Trans::No && trans_b == Trans::No && alpha == real(1) && beta == real(0)) {
+    for (const std::size_t bound : {std::size_t{8} * 512 * 512, std::size_t{28} * 512 * 512})
+      if (work >= bound && (n % 4 != 0 || bound == std::size_t{28} * 512 * 512)) floor = std::max(floor, bound - 1);
+  }
+  return floor;
+}
+
+// OpenBLAS 0.3.21 knows CPU models, not features: on a CPU it does not recognise (a new Xeon,
+// cpuid model 207) it falls back to its Prescott kernels, SSE3 only, at a fifth of the sgemm rate
+// of its SkylakeX kernels on the same core. Setting OPENBLAS_CORETYPE from main is too late (the
+// library's constructor has read it), so qkv re-runs OpenBLAS's dispatch once, here, before main
+// and before any BLAS call. Measured in bench/README.md.
+[[maybe_unused]] const bool kernel_chosen = [] {
+  detail::choose_kernel();
+  return true;
+}();
 
 CBLAS_TRANSPOSE to_cblas(Trans trans) { return trans == Trans::Yes ? CblasTrans : CblasNoTrans; }
 blasint to_int(std::size_t value) { return static_cast<blasint>(value); }
@@ -63,29 +113,26 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
       for (std::size_t j = 0; j < n; ++j) c[i * ldc + j] = beta == real(0) ? real(0) : beta * c[i * ldc + j];
     return;
   }
-  const bool split = parallel::num_threads() > 1 && !parallel::in_parallel_region() && m * n * k >= parallel_gemm_work;
+  // Each thread computes its own block of C's rows: every element of C is still one dot product
+  // over K in OpenBLAS's order, on the same code path and at the same place in its tiles, so the
+  // split changes no bits (tested). A product with fewer than two chunks' worth of rows runs on
+  // one thread (split by columns, OpenBLAS blocks the K loop differently for a narrower B).
+  const std::size_t block = split_block.load(std::memory_order_relaxed);
+  const std::size_t blocks = (m + block - 1) / block;
+  // Every chunk holds at least min_blocks blocks, all full but the last: more work than the floor.
+  const std::size_t min_blocks = chunk_work_floor(trans_a, trans_b, n, alpha, beta, m * n * k) / (block * n * k) + 2;
+  const bool split = parallel::num_threads() > 1 && !parallel::in_parallel_region() &&
+                     m * n * k >= parallel_gemm_work && blocks >= 2 * min_blocks;
   if (!split) {
     gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(n), to_int(k), alpha, a,
                to_int(lda), b, to_int(ldb), beta, c, to_int(ldc));
     return;
   }
-  // Each thread computes its own block of C's rows: every element of C is still one dot product
-  // over K in OpenBLAS's order, so the split changes no bits (tested). A product too short to
-  // share by rows is shared by columns; there OpenBLAS blocks the K loop differently for a
-  // narrower B, and the last bits of C may differ from a single thread's.
-  const bool by_rows = m >= 2 * split_block;
-  const std::size_t extent = by_rows ? m : n;
-  parallel::for_chunks((extent + split_block - 1) / split_block, 1, [&](std::size_t first, std::size_t last) {
-    const std::size_t begin = first * split_block, end = std::min(extent, last * split_block);
-    if (by_rows) {  // rows [begin, end) of op(A) and C
-      const real* a_rows = trans_a == Trans::Yes ? a + begin : a + begin * lda;
-      gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(end - begin), to_int(n), to_int(k),
-                 alpha, a_rows, to_int(lda), b, to_int(ldb), beta, c + begin * ldc, to_int(ldc));
-    } else {  // columns [begin, end) of op(B) and C
-      const real* b_columns = trans_b == Trans::Yes ? b + begin * ldb : b + begin;
-      gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(m), to_int(end - begin), to_int(k),
-                 alpha, a, to_int(lda), b_columns, to_int(ldb), beta, c + begin, to_int(ldc));
-    }
+  parallel::for_chunks(blocks, min_blocks, [&](std::size_t first, std::size_t last) {
+    const std::size_t begin = first * block, end = std::min(m, last * block);  // rows [begin, end)
+    const real* a_rows = trans_a == Trans::Yes ? a + begin : a + begin * lda;
+    gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(end - begin), to_int(n), to_int(k), alpha,
+               a_rows, to_int(lda), b, to_int(ldb), beta, c + begin * ldc, to_int(ldc));
   });
 }
 
@@ -95,5 +142,83 @@ void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const fl
 }
 
 void set_openblas_threads(int threads) { openblas_set_num_threads(threads); }
+
+std::string kernel_name() { return openblas_get_corename(); }
+
+std::string describe() { return kernel_line(); }
+
+namespace detail {
+
+Isa cpu_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  // __builtin_cpu_supports also checks that the OS saves the YMM / ZMM registers (XCR0).
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return Isa::Avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+  if (__builtin_cpu_supports("avx")) return Isa::Avx;
+#endif
+  return Isa::Sse;
+}
+
+std::optional<Isa> core_isa(std::string_view openblas_core) {
+  std::string name(openblas_core);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  // OpenBLAS 0.3.21's x86-64 core names (openblas_get_corename), by the ISA of their kernels.
+  for (const char* core : {"skylakex", "cooperlake", "sapphirerapids"})
+    if (name == core) return Isa::Avx512;
+  for (const char* core : {"haswell", "zen", "excavator"})
+    if (name == core) return Isa::Avx2;
+  for (const char* core : {"sandybridge", "bulldozer", "piledriver", "steamroller"})
+    if (name == core) return Isa::Avx;
+  for (const char* core : {"prescott", "core2", "penryn", "dunnington", "nehalem", "atom", "nano", "opteron",
+                           "opteron(sse3)", "barcelona", "bobcat", "katmai", "coppermine", "northwood", "banias",
+                           "athlon"})
+    if (name == core) return Isa::Sse;
+  return std::nullopt;
+}
+
+std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu) {
+  const std::optional<Isa> current = core_isa(openblas_core);
+  if (!current) return std::nullopt;  // a core newer than qkv knows: OpenBLAS knows best
+  if (cpu == Isa::Avx512 && *current < Isa::Avx512) return "SkylakeX";
+  if (cpu >= Isa::Avx2 && *current < Isa::Avx2) return "Haswell";
+  return std::nullopt;
+}
+
+bool select_openblas_core(const char* core) {
+  if (gotoblas_dynamic_init == nullptr || gotoblas_dynamic_quit == nullptr) return false;
+  const char* set = std::getenv("OPENBLAS_CORETYPE");
+  const std::optional<std::string> previous = set ? std::optional<std::string>(set) : std::nullopt;
+  // OpenBLAS parses the name itself; the environment is put back as it was at once.
+  setenv("OPENBLAS_CORETYPE", core, 1);
+  gotoblas_dynamic_quit();
+  gotoblas_dynamic_init();
+  if (previous) setenv("OPENBLAS_CORETYPE", previous->c_str(), 1);
+  else unsetenv("OPENBLAS_CORETYPE");
+  return true;
+}
+
+std::string choose_kernel() {
+  std::istringstream config(openblas_get_config());  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
+  std::string library, version;
+  config >> library >> version;
+  const std::string picked = kernel_name();
+  std::string why;
+  if (const char* forced = std::getenv("OPENBLAS_CORETYPE")) {
+    why = std::string("set by OPENBLAS_CORETYPE=") + forced;  // the user's choice is never overridden
+  } else if (const std::optional<std::string> better = better_core(picked, cpu_isa());
+             better && select_openblas_core(better->c_str())) {
+    why = "chosen by qkv: OpenBLAS picked " + picked + " for this CPU, which has " +
+          (cpu_isa() == Isa::Avx512 ? "AVX-512" : "AVX2");
+  } else {
+    why = "chosen by OpenBLAS";
+  }
+  split_block.store(split_block_for(kernel_name()), std::memory_order_relaxed);
+  kernel_line() = library + " " + version + ", " + kernel_name() + " kernel (" + why + ")";
+  return kernel_line();
+}
+
+}  // namespace detail
 
 }  // namespace qkv::blas

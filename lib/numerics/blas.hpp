@@ -2,6 +2,9 @@
 // qkv's only door to BLAS. `cblas.h` is included in blas.cpp alone: xtensor-blas bundles its
 // own cblas declarations, and the two clash when they meet in one translation unit.
 #include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
 
 #include "lib/numerics/tensor.hpp"
 
@@ -12,8 +15,9 @@ enum class Trans : bool { No = false, Yes = true };
 /// C[M, N] = alpha * op(A)[M, K] * op(B)[K, N] + beta * C, row-major, where op transposes
 /// when asked: a transposed operand is read in place, never copied. `lda`, `ldb`, `ldc` are
 /// the row strides of A, B and C as stored. Big products are split over qkv's threads
-/// (parallel::set_num_threads) by blocks of C's rows, which leaves every element's value
-/// unchanged; only products of fewer than 32 rows are split by columns, which may not.
+/// (parallel::set_num_threads) by blocks of C's rows aligned to OpenBLAS's tiles, which leaves
+/// every element's value unchanged: the same bits at any thread count. Products too short to
+/// share that way run on one thread.
 void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, real alpha,
           const real* a, std::size_t lda, const real* b, std::size_t ldb, real beta, real* c,
           std::size_t ldc);
@@ -24,5 +28,39 @@ void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const fl
 /// Threads OpenBLAS itself may use. qkv keeps it at 1 and splits big gemms over its own pool
 /// (parallel::set_num_threads); only the sgemm benchmark, which measures OpenBLAS alone, sets it.
 void set_openblas_threads(int threads);
+
+/// The OpenBLAS core whose kernels run ("SkylakeX", "Haswell", "Prescott", ...).
+std::string kernel_name();
+
+/// One line for logs: the library, the kernel and who chose it, e.g. "OpenBLAS 0.3.21, SkylakeX
+/// kernel (chosen by qkv: OpenBLAS picked Prescott for this CPU, which has AVX-512)".
+std::string describe();
+
+namespace detail {
+
+/// The widest vector instructions a CPU (and its OS) lets a kernel use.
+enum class Isa { Sse, Avx, Avx2, Avx512 };
+
+/// This CPU's: AVX-512 means F, CD, DQ, BW and VL, which OpenBLAS's SkylakeX kernels use.
+Isa cpu_isa();
+
+/// The ISA an OpenBLAS core's kernels are written for; nullopt for a name qkv does not know.
+std::optional<Isa> core_isa(std::string_view openblas_core);
+
+/// The core qkv switches OpenBLAS to when OpenBLAS's own choice uses less of the CPU than it
+/// has (OpenBLAS 0.3.21 falls back to Prescott, SSE3 only, on CPUs it does not recognise):
+/// SkylakeX on AVX-512, Haswell on AVX2. nullopt when the choice already fits or is unknown.
+std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu);
+
+/// Re-runs OpenBLAS's dispatch (DYNAMIC_ARCH) as if OPENBLAS_CORETYPE=`core` had been set at
+/// load, without leaving the variable set. Only while no BLAS call is running. False when this
+/// OpenBLAS has no run-time dispatch; then nothing changes.
+bool select_openblas_core(const char* core);
+
+/// What qkv does at start-up (before main): unless OPENBLAS_CORETYPE is set, switch to
+/// better_core(...) if there is one. Returns the describe() line. Tests call it again.
+std::string choose_kernel();
+
+}  // namespace detail
 
 }  // namespace qkv::blas

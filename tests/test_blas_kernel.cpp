@@ -1,0 +1,110 @@
+// Which gemm kernel runs (lib/numerics/blas.hpp): qkv reports it, picks one that fits the CPU
+// when OpenBLAS falls back to a generic one, never overrides OPENBLAS_CORETYPE, and gemm's
+// values do not depend on the kernel beyond rounding nor on the thread count at all.
+// Not a timing test: the speed is measured by `qkv-bench --sgemm` (bench/README.md).
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "lib/numerics/blas.hpp"
+#include "lib/numerics/parallel.hpp"
+
+using namespace qkv;
+using blas::detail::Isa;
+
+namespace {
+
+// C = A B for A [m, k] and B [k, n] filled with small exact values, by qkv's gemm at `threads`.
+std::vector<real> product(std::size_t m, std::size_t n, std::size_t k, int threads) {
+  std::vector<real> a(m * k), b(k * n), c(m * n, real(-1));
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = real(int(i * 7 % 13) - 6) / 8;
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = real(int(i * 5 % 11) - 5) / 16;
+  parallel::set_num_threads(threads);
+  blas::gemm(blas::Trans::No, blas::Trans::No, m, n, k, real(1), a.data(), k, b.data(), n, real(0), c.data(), n);
+  parallel::set_num_threads(1);
+  // The values are multiples of 1/128 with short sums: exact in any order, so any kernel gives them.
+  for (std::size_t i = 0; i < m; i += 37)
+    for (std::size_t j = 0; j < n; j += 29) {
+      double expected = 0;
+      for (std::size_t p = 0; p < k; ++p) expected += double(a[i * k + p]) * double(b[p * n + j]);
+      REQUIRE(double(c[i * n + j]) == expected);
+    }
+  return c;
+}
+
+bool coretype_set() { return std::getenv("OPENBLAS_CORETYPE") != nullptr; }
+
+}  // namespace
+
+TEST_CASE("blas::describe names the kernel that runs and who chose it") {
+  const std::string kernel = blas::kernel_name();
+  CHECK(!kernel.empty());
+  const std::string line = blas::describe();
+  CAPTURE(line);
+  CHECK(line.find("OpenBLAS") == 0);
+  CHECK(line.find(kernel + " kernel") != std::string::npos);
+  if (coretype_set()) CHECK(line.find("set by OPENBLAS_CORETYPE=") != std::string::npos);
+  else CHECK(line.find("chosen by") != std::string::npos);
+}
+
+TEST_CASE("the kernel chosen at start-up uses what the CPU has, unless OPENBLAS_CORETYPE says otherwise") {
+  if (coretype_set()) return;  // the environment's choice stands (checked above)
+  CAPTURE(blas::describe());
+  // Nothing left to upgrade: OpenBLAS's own pick fits, or qkv has replaced it.
+  CHECK(!blas::detail::better_core(blas::kernel_name(), blas::detail::cpu_isa()).has_value());
+}
+
+TEST_CASE("better_core upgrades a generic fallback to the CPU's ISA and leaves fitting or unknown cores") {
+  using blas::detail::better_core;
+  CHECK(better_core("Prescott", Isa::Avx512) == "SkylakeX");  // OpenBLAS 0.3.21 on an unknown Xeon
+  CHECK(better_core("Prescott", Isa::Avx2) == "Haswell");
+  CHECK(better_core("Sandybridge", Isa::Avx2) == "Haswell");
+  CHECK(better_core("Haswell", Isa::Avx512) == "SkylakeX");
+  CHECK(!better_core("Prescott", Isa::Sse));
+  CHECK(!better_core("Prescott", Isa::Avx));  // no AVX kernel is a sure gain over SSE3's
+  CHECK(!better_core("Cooperlake", Isa::Avx512));
+  CHECK(!better_core("SKYLAKEX", Isa::Avx512));
+  CHECK(!better_core("Zen", Isa::Avx2));
+  CHECK(!better_core("SomeFutureCore", Isa::Avx512));
+  CHECK(blas::detail::core_isa("Opteron(SSE3)") == Isa::Sse);
+}
+
+TEST_CASE("after a fallback to Prescott, choose_kernel switches OpenBLAS to the CPU's kernel and gemm values hold") {
+  if (coretype_set()) return;  // select_openblas_core would not override it at start-up either
+  const std::string original = blas::kernel_name();
+  const std::vector<real> before = product(96, 80, 72, 1);
+
+  // What OpenBLAS 0.3.21 does on a CPU it does not know.
+  REQUIRE(blas::detail::select_openblas_core("Prescott"));
+  CHECK(blas::kernel_name() == "Prescott");
+  CHECK(std::getenv("OPENBLAS_CORETYPE") == nullptr);  // the environment is left as it came
+  const std::vector<real> prescott = product(96, 80, 72, 1);
+
+  const std::string line = blas::detail::choose_kernel();
+  CAPTURE(line);
+  const auto better = blas::detail::better_core("Prescott", blas::detail::cpu_isa());
+  CHECK(blas::kernel_name() == better.value_or("Prescott"));
+  if (better) CHECK(line.find("chosen by qkv: OpenBLAS picked Prescott") != std::string::npos);
+  CHECK(std::getenv("OPENBLAS_CORETYPE") == nullptr);
+  const std::vector<real> chosen = product(96, 80, 72, 1);
+  CHECK(prescott == before);
+  CHECK(chosen == before);
+
+  REQUIRE(blas::detail::select_openblas_core(original.c_str()));
+  blas::detail::choose_kernel();
+  CHECK(blas::kernel_name() == original);
+}
+
+TEST_CASE("gemm on the chosen kernel gives the same bits on 1 and 2 threads") {
+  // Rounded sums this time (values that are not exact): only the row split's guarantee holds.
+  const std::size_t m = 160, n = 96, k = 300;
+  std::vector<real> a(m * k), b(k * n), one(m * n), two(m * n);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = real(0.1) * real(i % 17) - real(0.7);
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = real(0.3) / real(1 + i % 23);
+  for (auto [threads, c] : {std::pair{1, &one}, std::pair{2, &two}}) {
+    parallel::set_num_threads(threads);
+    blas::gemm(blas::Trans::No, blas::Trans::Yes, m, n, k, real(1), a.data(), k, b.data(), k, real(0), c->data(), n);
+  }
+  parallel::set_num_threads(1);
+  CHECK(one == two);
+}

@@ -166,6 +166,32 @@ TrainOptions tiny_options() {
   return options;
 }
 
+/// The toy model every Trainer test trains (seed 7).
+std::shared_ptr<ToyModel> toy_model(const Vocabs& vocabs, std::size_t width = 16) {
+  return std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), width, 7);
+}
+
+/// A Trainer of the toy model that validates after every epoch and writes nothing.
+Trainer toy_trainer(const Vocabs& vocabs, const Dataset& data, const TrainOptions& options) {
+  Trainer trainer(toy_model(vocabs), vocabs, data.train, options);
+  trainer.set_evaluator(evaluate_on(data.validation));
+  return trainer;
+}
+
+/// A resumed run's losses are the uninterrupted run's, bit for bit, step by step.
+void check_same_losses(const std::vector<double>& straight, const std::vector<double>& resumed) {
+  REQUIRE(resumed.size() == straight.size());
+  for (std::size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i + 1);
+}
+
+/// DIR after one checkpointed epoch of the toy model: where the resume tests start.
+fs::path one_epoch_run(const std::string& name, const Vocabs& vocabs, const Dataset& data, TrainOptions options) {
+  options.epochs = 1;
+  const fs::path dir = fresh_directory(name);
+  checkpointed_trainer(toy_model(vocabs), vocabs, data, options, dir.string()).train();
+  return dir;
+}
+
 }  // namespace
 
 TEST_CASE("decoding: beam 1 without normalisation is greedy decoding") {
@@ -270,8 +296,7 @@ TEST_CASE("trainer: resuming reproduces the losses of an uninterrupted run bit f
   const fs::path straight_dir = fresh_directory("straight"), resumed_dir = fresh_directory("resumed");
   std::vector<double> straight, resumed;
   {
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
-                                           vocabs, data, options, straight_dir.string());
+    Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, straight_dir.string());
     trainer.add_callback(after_each_step([&](const StepInfo& info) { straight.push_back(info.loss); }));
     const TrainResult result = trainer.train();
     CHECK(result.reason == StopReason::completed);
@@ -284,8 +309,7 @@ TEST_CASE("trainer: resuming reproduces the losses of an uninterrupted run bit f
   {  // One epoch, then stop.
     TrainOptions first = options;
     first.epochs = 1;
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
-                                           vocabs, data, first, resumed_dir.string());
+    Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, first, resumed_dir.string());
     trainer.add_callback(after_each_step([&](const StepInfo& info) { resumed.push_back(info.loss); }));
     trainer.train();
   }
@@ -298,8 +322,7 @@ TEST_CASE("trainer: resuming reproduces the losses of an uninterrupted run bit f
     trainer.train();
     CHECK(trainer.history().size() == 2);
   }
-  REQUIRE(resumed.size() == straight.size());
-  for (std::size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i + 1);
+  check_same_losses(straight, resumed);
 
   // The final weights agree too.
   const auto a = load_checkpoint(straight_dir.string()).model->state_dict();
@@ -326,16 +349,14 @@ TEST_CASE("trainer: a stop request mid-epoch saves a checkpoint that resumes exa
   const TrainOptions options = tiny_options();
   std::vector<double> straight, resumed;
   {
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
-                                           vocabs, data, options, fresh_directory("straight2").string());
+    Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, fresh_directory("straight2").string());
     trainer.add_callback(after_each_step([&](const StepInfo& info) { straight.push_back(info.loss); }));
     trainer.train();
   }
   const fs::path dir = fresh_directory("interrupted");
   std::atomic<bool> stop{false};
   {
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
-                                           vocabs, data, options, dir.string());
+    Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, dir.string());
     trainer.add_callback(after_each_step([&](const StepInfo& info) {
       resumed.push_back(info.loss);
       if (info.step == 8) stop = true;  // in the second epoch
@@ -349,8 +370,7 @@ TEST_CASE("trainer: a stop request mid-epoch saves a checkpoint that resumes exa
   Trainer trainer = resumed_trainer(checkpoint, data);
   trainer.add_callback(after_each_step([&](const StepInfo& info) { resumed.push_back(info.loss); }));
   trainer.train();
-  REQUIRE(resumed.size() == straight.size());
-  for (std::size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i + 1);
+  check_same_losses(straight, resumed);
 }
 
 TEST_CASE("trainer: checkpoints round-trip, and a failed save leaves the previous one loadable") {
@@ -361,8 +381,7 @@ TEST_CASE("trainer: checkpoints round-trip, and a failed save leaves the previou
   options.epochs = 1;
   const fs::path dir = fresh_directory("roundtrip");
   {
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
-                                           vocabs, data, options, dir.string(), {{"task", "reverse"}});
+    Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, dir.string(), {{"task", "reverse"}});
     trainer.train();
 
     const Checkpoint loaded = load_checkpoint(dir.string());
@@ -403,12 +422,7 @@ TEST_CASE("trainer: changed options on resume and a non-finite loss are reported
   const Vocabs vocabs = build_vocabs(data.train);
   TrainOptions options = tiny_options();
   options.epochs = 1;
-  const fs::path dir = fresh_directory("diverge");
-  {
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
-                                           vocabs, data, options, dir.string());
-    trainer.train();
-  }
+  const fs::path dir = one_epoch_run("diverge", vocabs, data, options);
   // The batch layout decides what the saved progress means: it cannot change on resume.
   TrainOptions other = options;
   other.batch_size = 8;
@@ -458,8 +472,7 @@ TEST_CASE("trainer: with dropout, a resumed transformer draws the same masks and
     trainer.train();
   }
   REQUIRE(straight.size() == 8);  // 64 pairs / 16, two epochs
-  REQUIRE(resumed.size() == straight.size());
-  for (std::size_t i = 0; i < straight.size(); ++i) CHECK_MESSAGE(resumed[i] == straight[i], "step " << i + 1);
+  check_same_losses(straight, resumed);
 }
 
 TEST_CASE("trainer: weights of another model or vocabulary are refused, naming the file and the tensor") {
@@ -470,7 +483,7 @@ TEST_CASE("trainer: weights of another model or vocabulary are refused, naming t
   options.epochs = 1;
   const fs::path narrow = fresh_directory("narrow"), wide = fresh_directory("wide");
   for (const auto& [dir, width] : {std::pair{narrow, std::size_t{16}}, std::pair{wide, std::size_t{24}}}) {
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), width, 7),
+    Trainer trainer = checkpointed_trainer(toy_model(vocabs, width),
                                            vocabs, data, options, dir.string(), {{"task", "reverse"}});
     trainer.train();
   }
@@ -490,14 +503,8 @@ TEST_CASE("trainer: the learning rate may change on resume; the change is report
   register_toy();
   const Dataset data = tiny_reverse();
   const Vocabs vocabs = build_vocabs(data.train);
-  TrainOptions options = tiny_options();
-  options.epochs = 1;
-  const fs::path dir = fresh_directory("lower_lr");
-  {
-    Trainer trainer = checkpointed_trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7),
-                                           vocabs, data, options, dir.string());
-    trainer.train();
-  }
+  const TrainOptions options = tiny_options();
+  const fs::path dir = one_epoch_run("lower_lr", vocabs, data, options);
   TrainOptions finer = options;
   finer.epochs = 2;
   finer.lr = 1e-3;
@@ -520,7 +527,7 @@ TEST_CASE("trainer: without a checkpointer nothing is written; without an evalua
   const fs::path dir = fresh_directory("nothing_written");
   const fs::path before = fs::current_path();
   fs::current_path(dir);  // anything written relative to the working directory would land here
-  Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
+  Trainer trainer(toy_model(vocabs), vocabs, data.train,
                   tiny_options());
   const TrainResult result = trainer.train();
   fs::current_path(before);
@@ -565,9 +572,7 @@ TEST_CASE("trainer: the seams run in order; after backward the gradients are the
   const Vocabs vocabs = build_vocabs(data.train);
   TrainOptions options = tiny_options();
   options.epochs = 1;
-  Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
-                  options);
-  trainer.set_evaluator(evaluate_on(data.validation));
+  Trainer trainer = toy_trainer(vocabs, data, options);
   std::vector<std::string> log;
   trainer.add_callback(std::make_shared<SeamRecorder>(log));
   trainer.train();
@@ -584,9 +589,7 @@ TEST_CASE("trainer: a callback can stop training; StopAtTarget stops at the firs
   TrainOptions options = tiny_options();
   options.epochs = 5;
   {  // A target every evaluation reaches: one epoch, then stop.
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
-                    options);
-    trainer.set_evaluator(evaluate_on(data.validation));
+    Trainer trainer = toy_trainer(vocabs, data, options);
     trainer.add_callback(std::make_shared<StopAtTarget>(StopAtTarget::parse("val_loss=1000")));
     const TrainResult result = trainer.train();
     CHECK(result.reason == StopReason::requested);
@@ -594,17 +597,13 @@ TEST_CASE("trainer: a callback can stop training; StopAtTarget stops at the firs
     CHECK(result.epochs_completed == 1);
   }
   {  // One no evaluation reaches: every epoch runs.
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
-                    options);
-    trainer.set_evaluator(evaluate_on(data.validation));
+    Trainer trainer = toy_trainer(vocabs, data, options);
     trainer.add_callback(std::make_shared<StopAtTarget>("exact", 1.5));
     CHECK(trainer.train().reason == StopReason::completed);
     CHECK(trainer.progress().epoch == 5);
   }
   {  // A stop requested mid-epoch: the epoch is cut short, evaluated, and training ends.
-    Trainer trainer(std::make_shared<ToyModel>(vocabs.source.size(), vocabs.target.size(), 16, 7), vocabs, data.train,
-                    options);
-    trainer.set_evaluator(evaluate_on(data.validation));
+    Trainer trainer = toy_trainer(vocabs, data, options);
     class StopAtStep3 : public TrainerCallback {
       void on_step_end(Trainer& trainer, const StepInfo& step) override {
         if (step.step == 3) trainer.request_stop("enough");

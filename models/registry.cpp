@@ -114,7 +114,8 @@ nlohmann::json config_from_options(const ModelKind& kind, const std::map<std::st
     const nlohmann::json value = found == given.end() ? option.default_value : parse_option_value(option, found->second);
     for (const std::string& key : option.keys) config[nlohmann::json::json_pointer(key)] = value;
   }
-  for (const auto& [flag, text] : given) {
+  for (const auto& entry : given) {
+    const std::string& flag = entry.first;
     const bool known = std::any_of(kind.options.begin(), kind.options.end(),
                                    [&](const ModelOption& option) { return option.flag == flag; });
     if (known) continue;

@@ -56,7 +56,9 @@ void refuse_changed_model_and_data(const CommandLine& line, const Checkpoint& ch
   const models::ModelKind& kind = models::find_model_kind(checkpoint.model->kind());
   if (line.was_given("--model") && line.model != kind.name) refuse("--model", kind.name, line.model);
   const json saved_config = checkpoint.model->config();
-  for (const auto& [flag, text] : line.model_options) {
+  for (const auto& given : line.model_options) {
+    const std::string& flag = given.first;
+    const std::string& text = given.second;
     const auto option = std::find_if(kind.options.begin(), kind.options.end(),
                                      [&](const models::ModelOption& o) { return o.flag == flag; });
     if (option == kind.options.end()) {

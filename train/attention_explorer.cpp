@@ -150,14 +150,15 @@ function drawHeatmap(view) {
   const g = group(), heads = shownHeads();
   const rows = g.query_tokens.length, columns = g.key_tokens.length;
   const cell = Math.max(14, Math.min(34, Math.floor(560 / Math.max(rows, columns))));
-  const rotate = textWidth(g.key_tokens) > cell - 4;  // key labels slant when they do not fit a column
-  const left = textWidth(g.query_tokens) + 14, top = (rotate ? 0.85 * textWidth(g.key_tokens) : 0) + 26;
+  const fits = token => textWidth([token]) <= cell - 4;  // a key label that does not fit its column slants
+  const slanted = g.key_tokens.filter(token => !fits(token));
+  const left = textWidth(g.query_tokens) + 14, top = 0.85 * textWidth(slanted) + 26;
   const width = left + columns * cell + 24 + Math.max(50, 38 * heads.length), height = top + rows * cell + 24;
   const root = svg("svg", {width, height, class: "heatmap"});
   g.key_tokens.forEach((token, j) => {
     const x = left + (j + 0.5) * cell, y = top - 6;
-    root.append(tokenText(token, "key", j, rotate ? {x, y, transform: `rotate(-55 ${x} ${y})`}
-                                                  : {x, y, "text-anchor": "middle"}));
+    root.append(tokenText(token, "key", j, fits(token) ? {x, y, "text-anchor": "middle"}
+                                                       : {x, y, transform: `rotate(-55 ${x} ${y})`}));
   });
   root.append(svg("text", {x: left + columns * cell + 12, y: top - 6, class: "axis-note"}, "H (nats)"));
   root.append(svg("rect", {x: left, y: top, width: columns * cell, height: rows * cell, fill: "#fff", stroke: "#ccc"}));
@@ -185,20 +186,22 @@ function drawConnections(view) {
   const row = 24, top = 28, gap = 240;
   const entropyWidth = 38 * heads.length;
   const xQuery = entropyWidth + textWidth(g.query_tokens) + 12, xKey = xQuery + gap;
-  const width = xKey + textWidth(g.key_tokens) + 16;
+  const width = xKey + Math.max(textWidth(g.key_tokens), textWidth([`keys (${g.keys})`])) + 16;
   const height = top + row * Math.max(g.query_tokens.length, g.key_tokens.length) + 8;
   const root = svg("svg", {width, height, class: "connections"});
   root.append(svg("text", {x: xQuery, y: 14, "text-anchor": "end", class: "axis-note"}, `queries (${g.queries})`));
   root.append(svg("text", {x: xKey, y: 14, class: "axis-note"}, `keys (${g.keys})`));
   const y = index => top + (index + 0.5) * row;
-  for (const head of heads)
+  heads.forEach((head, k) => {
+    const shift = 3 * (k - (heads.length - 1) / 2);  // overlaid heads side by side, not on top of each other
     g.query_tokens.forEach((_, i) =>
       g.key_tokens.forEach((_, j) => {
         const w = weight(head, i, j);
-        root.append(svg("line", {class: "link", x1: xQuery + 6, y1: y(i), x2: xKey - 6, y2: y(j), stroke: colour(head),
-                                 "stroke-width": 2.5, "stroke-opacity": w, "data-query": i, "data-key": j,
-                                 "data-head": head, "data-weight": w}));
+        root.append(svg("line", {class: "link", x1: xQuery + 6, y1: y(i) + shift, x2: xKey - 6, y2: y(j) + shift,
+                                 stroke: colour(head), "stroke-width": 2.5, "stroke-opacity": w, "data-query": i,
+                                 "data-key": j, "data-head": head, "data-weight": w}));
       }));
+  });
   g.query_tokens.forEach((token, i) => {
     root.append(entropyText(i, {x: 0, y: y(i)}));
     root.append(tokenText(token, "query", i, {x: xQuery, y: y(i), "text-anchor": "end",

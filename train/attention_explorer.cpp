@@ -413,9 +413,11 @@ void check_head_importance(const json& importance, const json& groups) {
   const char* owner = "attention explorer head_importance";
   check_arg(importance.is_object(), owner,
             [&] { return "must be an object keyed by group title, got " + importance.dump(); });
-  for (const auto& [title, layers] : importance.items()) {
+  for (auto item = importance.begin(); item != importance.end(); ++item) {
+    const std::string& title = item.key();
+    const json& layers = item.value();
     const auto group = std::find_if(groups.begin(), groups.end(), [&](const json& g) { return g["title"] == title; });
-    check_arg(group != groups.end(), owner, [&, &title = title] {
+    check_arg(group != groups.end(), owner, [&] {
       std::string known;
       for (const json& g : groups) known += (known.empty() ? "" : ", ") + g["title"].get<std::string>();
       return "no attention group \"" + title + "\" in this sentence (it has: " + known + ")";
@@ -427,7 +429,7 @@ void check_head_importance(const json& importance, const json& groups) {
         if (!heads.is_array() || heads.size() != head_count) return false;
       return true;
     };
-    check_arg(shape_ok(), owner, [&, &title = title, &layers = layers] {
+    check_arg(shape_ok(), owner, [&] {
       return "\"" + title + "\" must be " + std::to_string(layer_count) + " layers of " + std::to_string(head_count) +
              " numbers, got " + layers.dump();
     });

@@ -13,6 +13,8 @@ packages=(
   doctest-dev                        # tests
   clang libclang-rt-14-dev           # libFuzzer (tests/fuzz, scripts/fuzz.sh)
   valgrind                           # memcheck of a short training run
+  chromium                           # headless browser for tests/browser (the attention explorer page);
+                                     # Node.js and npm, which drive it, come with the machine
 )
 
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, builds qkv in Release (GCC) and runs every
-# test; checks crash safety (SIGKILLs during training, a full disk); installs qkv and builds
-# the outside project examples/custom_layer against the installed package; builds again under
+# test; drives the attention explorer page in headless Chromium; checks crash safety (SIGKILLs
+# during training, a full disk); installs qkv and builds the outside project
+# examples/custom_layer against the installed package; builds again under
 # AddressSanitizer + UndefinedBehaviorSanitizer and runs every test there too; and smoke-runs
 # each parser fuzzer (scripts/fuzz.sh, a clang build). Any failure, sanitizer report or fuzzer
 # finding fails the script.
@@ -19,6 +20,10 @@ section "Release build and tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$jobs"
 ctest --test-dir build -j"$jobs" --output-on-failure
+
+section "Browser: the attention explorer in headless Chromium (tests/browser/run.sh)"
+# Tiny models' explorer pages, driven by puppeteer-core (npm ci, no browser download).
+bash tests/browser/run.sh build
 
 section "valgrind memcheck: one short qkv-train run (no error, no definite or indirect leak)"
 valgrind_dir=$(mktemp -d)

@@ -31,15 +31,48 @@ struct MapEntropy {
   double max_entropy = 0;
 };
 
+/// One sentence's attention, labelled: what the plots below and the explorer
+/// (train/attention_explorer.hpp) both draw.
+struct SentenceAttention {
+  Tokens source;                  // the source tokens, without <eos>
+  models::Hypothesis hypothesis;  // its translation, which the maps belong to
+  struct Group {
+    std::string title;  // models::AttentionGroup::title: "cross-attention", ...
+    models::TokenSide query_side = models::TokenSide::target;
+    models::TokenSide key_side = models::TokenSide::source;
+    bool cross() const { return query_side == models::TokenSide::target && key_side == models::TokenSide::source; }
+    std::size_t heads = 1;        // maps per layer
+    Tokens queries;               // Tq labels
+    Tokens keys;                  // Tk labels
+    std::vector<std::string> names;  // one per map: "layer 1 head 2", "attention"
+    std::vector<Array> maps;         // each [Tq, Tk], layer 1's heads first
+  };
+  std::vector<Group> groups;  // those of model.attention_groups() that have maps, in its order
+};
+
+/// Translates `source` (tokens, without <eos>) with `decode`, runs the model teacher-forced on
+/// the translation, and labels every map (the labels as above). No groups when nothing was
+/// generated. Sets eval mode; throws Error if `source` is empty.
+SentenceAttention sentence_attention(models::Seq2SeqModel& model, const Vocabs& vocabs, const Tokens& source,
+                                     const models::DecodeOptions& decode);
+
+/// The entropy of each row of `map` [Tq, Tk], in nats.
+std::vector<double> row_entropies(const Array& map);
+/// The mean of row_entropies' values; 0 for a map without rows.
+double mean_entropy(const std::vector<double>& row_entropies);
+
 struct AttentionPlots {
   models::Hypothesis hypothesis;             // the translation the maps belong to
   std::vector<std::string> files;      // written, in the order above
   std::vector<MapEntropy> entropies;   // one per map, every group
 };
 
-/// Translates `source` (tokens, without <eos>) with `decode` and writes the plots above;
-/// `data_spec` (train/data_spec.hpp) turns tokens into the titles' text. Sets eval mode.
-/// Throws Error naming the file if one cannot be written.
+/// Writes the plots above of `sentence`; `data_spec` (train/data_spec.hpp) turns tokens into
+/// the titles' text. Throws Error naming the file if one cannot be written.
+AttentionPlots write_attention_plots(const SentenceAttention& sentence, const Vocabs& vocabs,
+                                     const nlohmann::json& data_spec, const std::string& stem);
+
+/// sentence_attention() and the plots of it, in one call.
 AttentionPlots write_attention_plots(models::Seq2SeqModel& model, const Vocabs& vocabs, const Tokens& source,
                                      const nlohmann::json& data_spec, const models::DecodeOptions& decode,
                                      const std::string& stem);

@@ -8,7 +8,8 @@
 // (train/callbacks.hpp): a Checkpointer writing DIR/config.json, model.safetensors,
 // optimizer.safetensors, metrics.jsonl and best/, the console reporter, curves.svg, and
 // --until's StopAtTarget; then it tests the best checkpoint and draws the attention plots of
-// the first test sentence (train/attention_plots.hpp). Ctrl-C saves a checkpoint and exits.
+// the first test sentence (train/attention_plots.hpp) and its explorer page, DIR/attention.html
+// (train/attention_explorer.hpp). Ctrl-C saves a checkpoint and exits.
 // The last line is `final: val_loss=… token_acc=… exact=… bleu=…` on the test set (the
 // validation set for corpora without one), of the checkpoint with the best validation metric
 // (best/). Bad arguments: one line on stderr, exit status 2.
@@ -30,6 +31,7 @@
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/parallel.hpp"
 #include "models/registry.hpp"
+#include "train/attention_explorer.hpp"
 #include "train/attention_plots.hpp"
 #include "train/callbacks.hpp"
 #include "train/data_spec.hpp"
@@ -206,8 +208,11 @@ int run(int argc, char** argv) {
   for (std::size_t i = 0; i < std::min<std::size_t>(5, final.groups.size()); ++i)
     spdlog::info("{}  =>  {}", detokenize(data_spec, final.groups[i].source),
                  detokenize(data_spec, trainer->vocabs().target.decode(final.decoded[i].tokens)));
-  const AttentionPlots plots = write_attention_plots(*chosen, trainer->vocabs(), held_out[0].source, data_spec,
-                                                     trainer->options().decode, (out / "attention").string());
+  const SentenceAttention sentence =
+      sentence_attention(*chosen, trainer->vocabs(), held_out[0].source, trainer->options().decode);
+  const AttentionPlots plots =
+      write_attention_plots(sentence, trainer->vocabs(), data_spec, (out / "attention").string());
+  write_attention_explorer(sentence, trainer->vocabs(), data_spec, (out / "attention.html").string());
   std::string entropies;
   double uniform = 0;
   for (const MapEntropy& entropy : plots.entropies)
@@ -220,7 +225,7 @@ int run(int argc, char** argv) {
                  entropies, uniform);
   std::string files;
   for (const std::string& file : plots.files) files += " " + fs::path(file).filename().string();
-  spdlog::info("wrote {}/: curves.svg{} metrics.jsonl and the checkpoint", out.string(), files);
+  spdlog::info("wrote {}/: curves.svg{} attention.html metrics.jsonl and the checkpoint", out.string(), files);
   std::printf("final: val_loss=%.4f token_acc=%.4f exact=%.4f bleu=%.2f\n", final.loss, final.token_accuracy,
               final.exact_match, final.bleu);
   return 0;

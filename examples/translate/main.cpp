@@ -8,8 +8,9 @@
 // One output line per input line, in order; an empty line gives an empty line. A line that
 // cannot be translated — not valid UTF-8, no token the vocabulary knows, longer than the model
 // takes — is reported as `stdin:LINE: why` on stderr, gives an empty output line, and makes the
-// exit status 1; the other lines are translated. --attention-svg FILE writes the attention plots of the first
-// sentence (train/attention_plots.hpp: FILE, FILE-connections.svg, ...).
+// exit status 1; the other lines are translated. --attention-svg FILE writes the attention plots
+// of the first sentence (train/attention_plots.hpp: FILE, FILE-connections.svg, ...); --explore
+// FILE its explorer page (train/attention_explorer.hpp), with --head-importance JSON's numbers.
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -25,6 +26,8 @@
 #include "lib/text/batching.hpp"
 #include "lib/numerics/parallel.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/json_field.hpp"
+#include "train/attention_explorer.hpp"
 #include "train/attention_plots.hpp"
 #include "train/data_spec.hpp"
 #include "models/decoding.hpp"
@@ -86,7 +89,7 @@ std::vector<std::string> translate_each(Seq2SeqModel& model, const Checkpoint& c
 
 int run(int argc, char** argv) {
   CLI::App app{"qkv-translate: translate stdin, one sentence per line, with a qkv-train checkpoint"};
-  std::string checkpoint_dir, attention_svg;
+  std::string checkpoint_dir, attention_svg, explore, head_importance;
   std::size_t beam = 0, max_length = 0;
   int threads = 1;
   app.add_option("--checkpoint", checkpoint_dir, "a qkv-train output directory (or its best/)")->required();
@@ -94,6 +97,9 @@ int run(int argc, char** argv) {
   app.add_option("--max-length", max_length, "tokens generated at most (default: the checkpoint's)")
       ->check(CLI::Range(1, 100000));
   app.add_option("--attention-svg", attention_svg, "write the first sentence's attention plots to this SVG file");
+  app.add_option("--explore", explore, "write the first sentence's attention explorer (HTML) to this file");
+  app.add_option("--head-importance", head_importance, "a JSON file of head importances for --explore's page")
+      ->check(CLI::ExistingFile);
   app.add_option("--threads", threads, "threads for gemm and kernels")->check(CLI::Range(1, 256));
   try {
     app.parse(argc, argv);
@@ -106,6 +112,7 @@ int run(int argc, char** argv) {
   // stdout carries the translations and nothing else, so logs go to stderr.
   spdlog::set_default_logger(spdlog::stderr_color_mt("qkv-translate"));
   const Checkpoint checkpoint = load_checkpoint(checkpoint_dir);
+  const nlohmann::json importance = head_importance.empty() ? nlohmann::json() : read_json_file(head_importance);
   Seq2SeqModel& model = *checkpoint.model;
   model.eval();
   DecodeOptions decode = checkpoint.options.decode;
@@ -115,7 +122,7 @@ int run(int argc, char** argv) {
   // A person typing waits for each answer; a pipe is translated in batches.
   const std::size_t batch_size = ::isatty(STDIN_FILENO) ? 1 : 64;
   int status = 0;
-  bool plotted = attention_svg.empty();
+  bool plotted = attention_svg.empty() && explore.empty();
   std::vector<Line> pending;
   std::vector<std::string> outputs;  // per input line since the last flush; "" for empty/bad
   std::vector<std::size_t> pending_slot;
@@ -141,10 +148,17 @@ int run(int argc, char** argv) {
                     " tokens, all <unk>)");
       if (!tokens.empty()) {
         if (!plotted) {
-          const AttentionPlots plots = write_attention_plots(model, checkpoint.vocabs, tokens, checkpoint.data, decode,
-                                                             fs::path(attention_svg).replace_extension().string());
+          const SentenceAttention sentence = sentence_attention(model, checkpoint.vocabs, tokens, decode);
           std::string files;
-          for (const std::string& file : plots.files) files += " " + file;
+          if (!attention_svg.empty())
+            for (const std::string& file : write_attention_plots(sentence, checkpoint.vocabs, checkpoint.data,
+                                                                 fs::path(attention_svg).replace_extension().string())
+                                               .files)
+              files += " " + file;
+          if (!explore.empty()) {
+            write_attention_explorer(sentence, checkpoint.vocabs, checkpoint.data, explore, importance);
+            files += " " + explore;
+          }
           spdlog::info("attention plots of line {}:{}", number, files);
           plotted = true;
         }

@@ -77,7 +77,10 @@ GradcheckResult gradcheck(const GradcheckFunction& function, std::vector<Variabl
   std::vector<NamedVariable> checked = std::move(parameters);
   for (std::size_t i = inputs.size(); i-- > 0;)
     checked.insert(checked.begin(), {"input[" + std::to_string(i) + "]", inputs[i]});
-  for (auto& [name, variable] : checked) {
+  for (auto& entry : checked) {
+    // Named references, not a structured binding: clang 14 (the fuzz build) cannot capture one.
+    const std::string& name = entry.first;
+    Variable& variable = entry.second;
     check_arg(variable.defined(), "gradcheck", [&] { return name + " is undefined"; });
     check_arg(variable.is_leaf(), "gradcheck",
               [&] { return name + " must be a leaf (it is the result of '" + variable.op_name() + "')"; });

@@ -197,7 +197,9 @@ void write_safetensors(const std::string& path, const std::map<std::string, Arra
   std::uint64_t offset = 0;
   const char* real_dtype = std::is_same_v<real, float> ? "F32" : "F64";
   for (const auto& [name, array] : reals) {
-    check_arg(!integers.contains(name), "write_safetensors", [&] { return "tensor name '" + name + "' used twice"; });
+    // A named copy for the lambda: clang 14 (the fuzz build) cannot capture a structured binding.
+    const std::string& tensor = name;
+    check_arg(!integers.contains(name), "write_safetensors", [&] { return "tensor name '" + tensor + "' used twice"; });
     const std::uint64_t size = array.size() * sizeof(real);
     header[name] = {{"dtype", real_dtype}, {"shape", shape_of(array)}, {"data_offsets", {offset, offset + size}}};
     offset += size;

@@ -73,7 +73,10 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
   config = TransformerConfig{};
   // Sizes go through json_value, which refuses -8 and 1e30 (nlohmann's get<std::size_t> would
   // wrap the one and convert the other with undefined behaviour; both found by fuzzing).
-  for (const auto& [key, value] : json.items()) {
+  for (const auto& item : json.items()) {
+    // Named, not a structured binding: clang 14 (the fuzz build) cannot capture one.
+    const std::string& key = item.key();
+    const nlohmann::json& value = item.value();
     const auto size = [&] { return json_value<std::size_t>(value, kConfig, key); };
     const auto text = [&] { return json_value<std::string>(value, kConfig, key); };
     if (key == "source_vocab_size") config.source_vocab_size = size();

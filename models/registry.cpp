@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/parse_number.hpp"
 
 namespace qkv::models {
 
@@ -88,18 +89,12 @@ nlohmann::json parse_option_value(const ModelOption& option, const std::string& 
       throw Error(option.flag + ": '" + text + "' is not one of " + joined(option.choices));
     return text;
   }
-  double value = 0;
-  std::size_t used = 0;
-  try {
-    value = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (text.empty() || used != text.size() || !std::isfinite(value))
-    throw Error(option.flag + ": '" + text + "' is not a number");
-  const auto range = [&] { return "[" + format_number(option.min) + ", " + format_number(option.max) + "]"; };
+  const std::optional<double> parsed = parse_finite_number(text);
+  if (!parsed) throw Error(option.flag + ": '" + text + "' is not a number");
+  const double value = *parsed;
   if (value < option.min || value > option.max)
-    throw Error(option.flag + ": " + text + " is outside " + range());
+    throw Error(option.flag + ": " + text + " is outside [" + format_number(option.min) + ", " +
+                format_number(option.max) + "]");
   if (model.is_number_unsigned() || model.is_number_integer()) {
     if (value != std::floor(value)) throw Error(option.flag + ": '" + text + "' is not a whole number");
     return static_cast<std::uint64_t>(value);

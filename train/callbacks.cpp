@@ -8,6 +8,7 @@
 
 #include "lib/numerics/atomic_file.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/parse_number.hpp"
 #include "lib/plot/svg.hpp"
 
 namespace qkv::train {
@@ -154,16 +155,10 @@ StopAtTarget StopAtTarget::parse(const std::string& text) {
   const auto equals = text.find('=');
   check_arg(equals != std::string::npos && equals > 0 && equals + 1 < text.size(), "--until",
             [&] { return "expected METRIC=VALUE (e.g. exact=0.995), got '" + text + "'"; });
-  double value = 0;
-  std::size_t used = 0;
   const std::string number = text.substr(equals + 1);
-  try {
-    value = std::stod(number, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  check_arg(used == number.size(), "--until", [&] { return "'" + number + "' is not a number (in '" + text + "')"; });
-  return StopAtTarget(text.substr(0, equals), value);
+  const std::optional<double> value = parse_finite_number(number);
+  check_arg(value.has_value(), "--until", [&] { return "'" + number + "' is not a number (in '" + text + "')"; });
+  return StopAtTarget(text.substr(0, equals), *value);
 }
 
 void StopAtTarget::on_evaluation(Trainer& trainer, const EvaluationRecord& record) {

@@ -56,8 +56,8 @@ void TrainOptions::validate() const {
   const char* owner = "TrainOptions";
   check_arg(batch_size >= 1 && eval_batch_size >= 1, owner, "batch sizes must be at least 1");
   check_arg(epochs >= 1 || time_budget_seconds > 0, owner, "needs epochs >= 1 or a positive time budget");
+  check_arg(std::isfinite(lr) && lr > 0, owner, [&] { return "lr must be positive, got " + format_number(lr); });
   // Open upper bounds: infinity is refused like NaN.
-  check_range(owner, "lr", lr, std::numeric_limits<double>::min(), unbounded);
   check_range(owner, "weight_decay", weight_decay, 0, unbounded);
   check_arg(warmup_steps >= 1, owner, "warmup_steps must be at least 1");
   check_range(owner, "clip_norm (0: off)", clip_norm, 0, unbounded);

@@ -133,7 +133,6 @@ class Trainer {
   /// One entry per evaluation (see EvaluationRecord::entry).
   const nlohmann::json& history() const { return history_; }
   std::size_t batches_per_epoch() const { return batcher_.num_batches(); }
-  bool has_evaluator() const { return static_cast<bool>(evaluator_); }
 
  private:
   void build_optimizer();

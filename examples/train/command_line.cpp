@@ -95,10 +95,4 @@ train::TrainOptions training_options(const CommandLine& line) {
   return options;
 }
 
-const std::set<std::string>& data_flags() {
-  static const std::set<std::string> flags = {"--task", "--data", "--reverse-pairs", "--split",
-                                              "--min-freq", "--train-size", "--eval-size"};
-  return flags;
-}
-
 }  // namespace qkv::train_cli

@@ -57,7 +57,4 @@ CommandLine parse_command_line(int argc, const char* const* argv);
 /// decides what of them applies).
 train::TrainOptions training_options(const CommandLine& line);
 
-/// The data flags: on resume they must agree with the checkpoint's data (they cannot change).
-const std::set<std::string>& data_flags();
-
 }  // namespace qkv::train_cli

@@ -19,7 +19,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = ["transformer-tiny", "transformer-small", "bahdanau"]
-DECODE_CONFIGS = ["transformer-tiny"]
+DECODE_CONFIGS = ["transformer-tiny", "transformer-small", "bahdanau"]
+# (label, extra arguments): batch-64 throughput greedy and with beam 4, and batch-1 latency.
+DECODE_MODES = [("greedy, batch 64", []), ("beam 4, batch 64", ["--beam", "4"]), ("greedy, batch 1", ["--batch", "1"]),
+                ("beam 4, batch 1", ["--beam", "4", "--batch", "1"])]
 
 
 def run_json(command, env):
@@ -50,9 +53,12 @@ def main():
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--no-decode", action="store_true")
+    parser.add_argument("--no-train", action="store_true", help="only the sgemm peak and the decoding table")
+    parser.add_argument("--decode-configs", default=",".join(DECODE_CONFIGS))
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
-    configs = args.configs.split(",")
+    configs = [] if args.no_train else args.configs.split(",")
+    decode_configs = args.decode_configs.split(",")
 
     runs = {}  # (side, kind, config, threads) -> [json]
     steps = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -69,21 +75,24 @@ def main():
                     print(f"round {round_index + 1} {side:5} {config:17} threads={threads} "
                           f"{result['tgt_tokens_per_s']:9.0f} tok/s  {result['peak_rss_mb']:6.0f} MB", file=sys.stderr)
             if not args.no_decode:
-                for config in DECODE_CONFIGS:
-                    for side in ("qkv", "torch"):
-                        result = run_json(command(side, args, config, threads,
-                                                  ["--decode", "--steps", "3", "--warmup", "1"]),
-                                          environment(side, threads))
-                        runs.setdefault((side, "decode", config, threads), []).append(result)
+                for config in decode_configs:
+                    for label, extra in DECODE_MODES:
+                        # batch 1 runs are short: more of them for a steadier median
+                        repeats = ["--steps", "10", "--warmup", "2"] if "--batch" in extra else ["--steps", "3", "--warmup", "1"]
+                        for side in ("qkv", "torch"):
+                            result = run_json(command(side, args, config, threads, ["--decode"] + extra + repeats),
+                                              environment(side, threads))
+                            runs.setdefault((side, label, config, threads), []).append(result)
 
     def med(side, kind, config, threads, field):
         return statistics.median(r[field] for r in runs[(side, kind, config, threads)])
 
-    print("Training, target tokens/s (median over rounds); sgemm = OpenBLAS sgemm 1024^3 at the same threads")
-    header = (f"| {'config':17} | thr | {'qkv tok/s':>9} | {'torch tok/s':>11} | {'qkv/torch':>9} | {'qkv MB':>6} | "
-              f"{'torch MB':>8} | {'qkv %sgemm':>10} | {'torch %sgemm':>12} |")
-    print(header)
-    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    if configs:
+        print("Training, target tokens/s (median over rounds); sgemm = OpenBLAS sgemm 1024^3 at the same threads")
+        header = (f"| {'config':17} | thr | {'qkv tok/s':>9} | {'torch tok/s':>11} | {'qkv/torch':>9} | {'qkv MB':>6} | "
+                  f"{'torch MB':>8} | {'qkv %sgemm':>10} | {'torch %sgemm':>12} |")
+        print(header)
+        print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for config in configs:
         for threads in thread_counts:
             qkv = med("qkv", "train", config, threads, "tgt_tokens_per_s")
@@ -106,14 +115,20 @@ def main():
             "qkv", "train", "transformer-small", one, "tgt_tokens_per_s")
         print(f"qkv transformer-small, {two} threads vs {one}: {ratio:.2f}x")
     if not args.no_decode:
-        print("\nGreedy decoding, 24 tokens, batch 64 (qkv: KV cache; torch: nn.Transformer loop over the prefix)")
-        for config in DECODE_CONFIGS:
-            for threads in thread_counts:
-                qkv = med("qkv", "decode", config, threads, "sentences_per_s")
-                torch = med("torch", "decode", config, threads, "sentences_per_s")
-                print(f"  {config} threads={threads}: qkv {qkv:.0f} sentences/s, torch {torch:.0f} sentences/s, "
-                      f"{qkv / torch:.2f}x")
-
+        print("\nDecoding 24 tokens per sentence, no stop at <eos> (qkv: KV cache; torch: nn.Transformer re-run over "
+              "the prefix, the Bahdanau GRU state carried); sentences/s, and ms per decoding step")
+        header = (f"| {'config':17} | {'mode':16} | thr | {'qkv sent/s':>10} | {'torch sent/s':>12} | {'qkv/torch':>9} | "
+                  f"{'qkv ms/step':>11} | {'torch ms/step':>13} |")
+        print(header)
+        print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+        for config in decode_configs:
+            for label, _ in DECODE_MODES:
+                for threads in thread_counts:
+                    qkv = med("qkv", label, config, threads, "sentences_per_s")
+                    torch = med("torch", label, config, threads, "sentences_per_s")
+                    print(f"| {config:17} | {label:16} | {threads:3} | {qkv:10.1f} | {torch:12.1f} | {qkv / torch:8.2f}x | "
+                          f"{med('qkv', label, config, threads, 'ms_per_token'):11.2f} | "
+                          f"{med('torch', label, config, threads, 'ms_per_token'):13.2f} |")
 
 if __name__ == "__main__":
     main()

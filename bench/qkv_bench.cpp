@@ -1,5 +1,5 @@
-// qkv-bench: training (or greedy decoding) throughput of the example models on random tokens,
-// as one JSON line. bench/torch_ref.py measures the same configurations in PyTorch and
+// qkv-bench: training (or decoding: greedy or beam search) throughput of the example models on
+// random tokens, as one JSON line. bench/torch_ref.py measures the same configurations in PyTorch and
 // bench/compare.py runs the two side by side; see bench/README.md.
 //
 // The models are built through the registry, exactly as qkv-train builds them, and a step is
@@ -9,7 +9,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <limits>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -56,7 +59,7 @@ BenchConfig bench_config(const std::string& name) {
             {{"embed_size", 64}, {"hidden_size", 128}, {"encoder_layers", 1}, {"bidirectional", false},
              {"decoder_layers", 1}, {"attention_size", 128}, {"dropout", 0.0}},
             64, 64, 20, 20};
-  throw Error("qkv-bench: unknown config '" + name + "'; known: transformer-tiny, transformer-small, bahdanau");
+  throw Error("unknown config '" + name + "'; known: transformer-tiny, transformer-small, bahdanau");
 }
 
 /// Forward matmul FLOPs (2·M·N·K per product, attention products included) of one teacher-forced
@@ -105,13 +108,74 @@ double milliseconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
+
+/// Decodes one batch for `length` steps through the model's KV-cached incremental interface, with
+/// no early stop at <eos> (random weights decide when <eos> would come, so every run does the
+/// same work). beam == 1 is greedy; beam K keeps K hypotheses per sentence: each step adds every
+/// row's log-softmax to its hypothesis score, keeps the K best of the K·V extensions per sentence
+/// and reorders the decoder state to their parents (DecoderState::select_rows), as
+/// models::beam_search does, minus its bookkeeping of finished hypotheses.
+void decode_batch(models::Seq2SeqModel& model, const IndexArray& source, const IndexArray& source_lengths,
+                  std::size_t beam, std::size_t length, std::size_t vocab) {
+  const std::size_t sentences = source.shape()[0], rows = sentences * beam;
+  const auto state = model.start_decoding(source, source_lengths);
+  if (beam > 1) {
+    std::vector<std::size_t> repeated(rows);  // row s·K + k starts as sentence s
+    for (std::size_t r = 0; r < rows; ++r) repeated[r] = r / beam;
+    state->select_rows(repeated);
+  }
+  IndexArray previous = IndexArray::from_shape({rows});
+  previous.fill(1);  // <bos>
+  // Only each sentence's first hypothesis is live at the start, so the first step does not
+  // pick K copies of the same token.
+  std::vector<double> scores(rows, -std::numeric_limits<double>::infinity());
+  for (std::size_t s = 0; s < sentences; ++s) scores[s * beam] = 0;
+  std::vector<double> candidates(beam * vocab);
+  std::vector<std::size_t> order(beam * vocab), parents(rows);
+  for (std::size_t t = 0; t < length; ++t) {
+    // Keep the step's output alive: `logits` refers into it.
+    const models::StepOutput step = model.decode_step(*state, previous);
+    const Array& logits = step.logits.value();  // [rows, V]
+    if (beam == 1) {
+      for (std::size_t r = 0; r < rows; ++r) {
+        const real* row = logits.data() + r * vocab;
+        previous(r) = std::max_element(row, row + vocab) - row;
+      }
+      continue;
+    }
+    std::vector<double> next_scores(rows);
+    for (std::size_t s = 0; s < sentences; ++s) {
+      for (std::size_t k = 0; k < beam; ++k) {
+        const std::size_t r = s * beam + k;
+        const real* row = logits.data() + r * vocab;
+        const double top = *std::max_element(row, row + vocab);
+        double sum = 0;
+        for (std::size_t v = 0; v < vocab; ++v) sum += std::exp(double(row[v]) - top);
+        const double log_normaliser = top + std::log(sum);  // log Σ exp(logits)
+        for (std::size_t v = 0; v < vocab; ++v) candidates[k * vocab + v] = scores[r] + double(row[v]) - log_normaliser;
+      }
+      std::iota(order.begin(), order.end(), std::size_t{0});
+      std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(beam), order.end(),
+                        [&](std::size_t a, std::size_t b) { return candidates[a] > candidates[b]; });
+      for (std::size_t k = 0; k < beam; ++k) {
+        const std::size_t r = s * beam + k, chosen = order[k];
+        parents[r] = s * beam + chosen / vocab;
+        previous(r) = static_cast<std::int64_t>(chosen % vocab);
+        next_scores[r] = candidates[chosen];
+      }
+    }
+    scores = std::move(next_scores);
+    state->select_rows(parents);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"qkv-bench: training or greedy-decoding throughput of the example models, one JSON line"};
+  CLI::App app{"qkv-bench: training or decoding throughput of the example models, one JSON line"};
   std::string config_name = "transformer-tiny";
   int threads = 1;
-  std::size_t steps = 20, warmup = 3, decode_length = 24;
+  std::size_t steps = 20, warmup = 3, decode_length = 24, beam = 1, batch = 0;
   bool decode = false;
   std::uint64_t seed = 0;
   app.add_option("--config", config_name, "transformer-tiny | transformer-small | bahdanau");
@@ -119,8 +183,11 @@ int main(int argc, char** argv) {
   app.add_option("--steps", steps, "timed steps (training) or decoded batches (--decode)")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first");
   app.add_flag("--decode", decode,
-               "time greedy decoding (KV cache, no grad, eval mode) of --decode-length tokens per sentence instead");
+               "time decoding (KV cache, no grad, eval mode) of --decode-length tokens per sentence instead");
   app.add_option("--decode-length", decode_length)->check(CLI::PositiveNumber);
+  app.add_option("--beam", beam, "with --decode: hypotheses per sentence (1 = greedy)")->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "sentences per batch instead of the config's (1: latency)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--seed", seed);
   bool sgemm = false;
   app.add_flag("--sgemm", sgemm, "time OpenBLAS sgemm on 1024x1024 matrices instead (the peak to compare with), naming the kernel");
@@ -143,7 +210,9 @@ int main(int argc, char** argv) {
       std::printf("%s\n", result.dump().c_str());
       return 0;
     }
-    const BenchConfig config = bench_config(config_name);
+    if (beam > 1 && !decode) throw Error("--beam " + std::to_string(beam) + " needs --decode");
+    BenchConfig config = bench_config(config_name);
+    if (batch > 0) config.batch = batch;
     parallel::set_num_threads(threads);
     nlohmann::json model_config = config.model;
     model_config["seed"] = seed;
@@ -158,32 +227,22 @@ int main(int argc, char** argv) {
     nlohmann::ordered_json result = {{"config", config_name}, {"threads", threads}};
 
     if (decode) {
-      // Greedy decoding of a whole batch for decode_length steps (no early stop, so every run
-      // does the same work): the KV-cached path qkv-translate takes.
       model->eval();
       NoGradGuard no_grad;
       std::vector<double> times;
       for (std::size_t i = 0; i < warmup + steps; ++i) {
         const auto start = std::chrono::steady_clock::now();
-        const auto state = model->start_decoding(source, source_lengths);
-        IndexArray previous = IndexArray::from_shape({config.batch});
-        previous.fill(1);  // <bos>
-        for (std::size_t t = 0; t < decode_length; ++t) {
-          // Keep the step's output alive: `logits` refers into it.
-          const models::StepOutput step = model->decode_step(*state, previous);
-          const Array& logits = step.logits.value();  // [B, V]
-          for (std::size_t b = 0; b < config.batch; ++b) {
-            const real* row = logits.data() + b * config.vocab;
-            previous(b) = std::max_element(row, row + config.vocab) - row;
-          }
-        }
+        decode_batch(*model, source, source_lengths, beam, decode_length, config.vocab);
         if (i >= warmup) times.push_back(milliseconds_since(start));
       }
       const double batch_ms = median(times);
       result["mode"] = "decode";
+      result["beam"] = beam;
+      result["batch"] = config.batch;
       result["decode_length"] = decode_length;
       result["batch_ms_median"] = batch_ms;
       result["sentences_per_s"] = double(config.batch) / (batch_ms / 1000.0);
+      result["ms_per_token"] = batch_ms / double(decode_length);  // per decoding step of the whole batch
     } else {
       model->train();
       Adam optimizer(model->named_parameters(), {.lr = 1e-3, .betas = {0.9, 0.98}, .eps = 1e-9});

@@ -3,6 +3,7 @@
 
     /usr/bin/python3 bench/torch_ref.py --config transformer-tiny --threads 1 --steps 20 --warmup 3
     /usr/bin/python3 bench/torch_ref.py --config transformer-tiny --decode --steps 5
+    /usr/bin/python3 bench/torch_ref.py --config bahdanau --decode --beam 4 --batch 1
 
 Each model is built to compute what qkv's model computes (see bench/README.md), from stock
 torch modules: nn.TransformerEncoder/Decoder (post-LN, no final norm, as qkv's post-LN stacks),
@@ -144,6 +145,18 @@ class Bahdanau(nn.Module):
             states.append(h)
         return self.output(torch.stack(states, dim=1))  # [B, T, V]
 
+    def encode(self, source):
+        keys, h = self.encoder(self.source_embedding(source))  # [B, S, H], [1, B, H]
+        return keys, self.W_k(keys), h[0]
+
+    def step(self, keys, projected_keys, source_padding, h, previous):
+        """One decoding step from the previous tokens [B]: the new state [B, H] and logits [B, V]."""
+        features = torch.tanh(self.W_q(h)[:, None, :] + projected_keys)  # [B, S, A]
+        scores = self.v(features).squeeze(-1).masked_fill(source_padding, float("-inf"))  # [B, S]
+        context = torch.bmm(torch.softmax(scores, dim=-1)[:, None, :], keys).squeeze(1)  # [B, H]
+        h = self.decoder(torch.cat([self.target_embedding(previous), context], dim=1), h)
+        return h, self.output(h)
+
 
 def median(values):
     values = sorted(values)
@@ -162,8 +175,10 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--decode", action="store_true",
-                        help="time greedy decoding (the usual nn.Transformer loop over the growing prefix)")
+                        help="time decoding (the usual nn.Transformer loop over the growing prefix)")
     parser.add_argument("--decode-length", type=int, default=24)
+    parser.add_argument("--beam", type=int, default=1, help="with --decode: hypotheses per sentence (1 = greedy)")
+    parser.add_argument("--batch", type=int, default=0, help="sentences per batch instead of the config's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sgemm", action="store_true", help="time torch.mm on 1024x1024 float32 matrices instead")
     args = parser.parse_args()
@@ -185,7 +200,11 @@ def main():
                           "gflops_per_s": 2 * 1024 ** 3 / median(times) / 1e9}))
         return
     torch.manual_seed(args.seed)
-    c = CONFIGS[args.config]
+    c = dict(CONFIGS[args.config])
+    if args.batch > 0:
+        c["batch"] = args.batch
+    if args.beam > 1 and not args.decode:
+        raise SystemExit("torch_ref: --beam needs --decode")
     model = Transformer(c) if c["kind"] == "transformer" else Bahdanau(c)
     params = sum(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -196,22 +215,48 @@ def main():
     times = []
 
     if args.decode:
-        if c["kind"] != "transformer":
-            raise SystemExit("torch_ref: --decode is for the transformer configs")
+        # The same work as qkv-bench --decode: decode_length steps, no stop at <eos>; beam K keeps
+        # the K best of the K·V extensions of each sentence's hypotheses. The transformer decodes
+        # the way nn.Transformer users do, re-running the decoder over the whole prefix each step
+        # (nn.TransformerDecoder has no KV cache); the Bahdanau model carries its GRU state.
         model.eval()
+        K, V, L = args.beam, c["vocab"], args.decode_length
         with torch.no_grad():
             for i in range(args.warmup + args.steps):
                 start = time.perf_counter()
-                memory = model.encode(source, source_padding)
-                tokens = torch.ones(B, 1, dtype=torch.long)  # <bos>
-                for _ in range(args.decode_length):
-                    logits = model.decode(memory, source_padding, tokens)[:, -1]  # [B, V]
-                    tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+                scores = torch.full((B, K), float("-inf"))
+                scores[:, 0] = 0  # one live hypothesis per sentence at the start
+                scores = scores.reshape(-1)  # [B·K]
+                previous = torch.ones(B * K, dtype=torch.long)  # <bos>
+                padding = source_padding.repeat_interleave(K, dim=0)
+                if c["kind"] == "transformer":
+                    memory = model.encode(source, source_padding).repeat_interleave(K, dim=0)
+                    tokens = previous[:, None]  # [B·K, 1]
+                else:
+                    keys, projected_keys, h = (x.repeat_interleave(K, dim=0) for x in model.encode(source))
+                for _ in range(L):
+                    if c["kind"] == "transformer":
+                        logits = model.decode(memory, padding, tokens)[:, -1]  # [B·K, V]
+                    else:
+                        h, logits = model.step(keys, projected_keys, padding, h, previous)
+                    if K == 1:
+                        previous = logits.argmax(-1)
+                        rows = None
+                    else:
+                        candidates = (scores[:, None] + torch.log_softmax(logits, dim=-1)).reshape(B, K * V)
+                        scores, chosen = candidates.topk(K, dim=1)  # [B, K]
+                        rows = (torch.arange(B)[:, None] * K + chosen // V).reshape(-1)
+                        previous = (chosen % V).reshape(-1)
+                        scores = scores.reshape(-1)
+                    if c["kind"] == "transformer":
+                        tokens = torch.cat([tokens if rows is None else tokens[rows], previous[:, None]], dim=1)
+                    elif rows is not None:
+                        h = h[rows]
                 if i >= args.warmup:
                     times.append((time.perf_counter() - start) * 1000)
         batch_ms = median(times)
-        result.update(mode="decode", decode_length=args.decode_length, batch_ms_median=batch_ms,
-                      sentences_per_s=B / (batch_ms / 1000))
+        result.update(mode="decode", beam=K, batch=B, decode_length=L, batch_ms_median=batch_ms,
+                      sentences_per_s=B / (batch_ms / 1000), ms_per_token=batch_ms / L)
     else:
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9)

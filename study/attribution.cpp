@@ -45,10 +45,10 @@ void check_layers(const std::vector<Matrix>& layers, const char* op) {
     });
 }
 
-/// Row `row` of a [T, S] matrix as a vector, by magnitude when `magnitude`.
-std::vector<double> row_of(const Matrix& m, std::size_t row, bool magnitude) {
+/// Row `row` of a [T, S] matrix as a vector.
+std::vector<double> row_of(const Matrix& m, std::size_t row) {
   std::vector<double> values(m.shape()[1]);
-  for (std::size_t j = 0; j < values.size(); ++j) values[j] = magnitude ? std::abs(m(row, j)) : m(row, j);
+  for (std::size_t j = 0; j < values.size(); ++j) values[j] = m(row, j);
   return values;
 }
 
@@ -457,17 +457,23 @@ RowAgreement row_agreement(const Matrix& a, const Matrix& b) {
   check_shape(a.shape() == b.shape(), "row_agreement",
               [&] { return "needs two equally shaped score matrices, got " + shape_text(a) + " and " + shape_text(b); });
   RowAgreement result;
-  double sum = 0;
+  double sum = 0, same_first = 0;
   for (std::size_t t = 0; t < a.shape()[0]; ++t) {
-    const std::vector<double> row_a = row_of(a, t, false), row_b = row_of(b, t, false);
+    const std::vector<double> row_a = row_of(a, t), row_b = row_of(b, t);
     if (const std::optional<double> rho = spearman(row_a, row_b)) {
       sum += *rho;
       ++result.rows;
+      // The first of several equal largest values, on both sides alike.
+      if (std::max_element(row_a.begin(), row_a.end()) - row_a.begin() ==
+          std::max_element(row_b.begin(), row_b.end()) - row_b.begin())
+        ++same_first;
     } else {
       ++result.skipped_rows;
     }
   }
-  result.mean = result.rows ? sum / static_cast<double>(result.rows) : std::numeric_limits<double>::quiet_NaN();
+  const double rows = static_cast<double>(result.rows);
+  result.mean = result.rows ? sum / rows : std::numeric_limits<double>::quiet_NaN();
+  result.top1 = result.rows ? same_first / rows : std::numeric_limits<double>::quiet_NaN();
   return result;
 }
 
@@ -500,6 +506,7 @@ void AgreementTable::add(const std::vector<MethodPair>& pairs, const std::vector
   if (sentences_ == 0) {
     pairs_ = pairs;
     per_sentence_.assign(pairs.size(), {});
+    top1_.assign(pairs.size(), {});
     rows_.assign(pairs.size(), 0);
     skipped_.assign(pairs.size(), 0);
   }
@@ -510,7 +517,10 @@ void AgreementTable::add(const std::vector<MethodPair>& pairs, const std::vector
     check_arg(pairs[p].first == pairs_[p].first && pairs[p].second == pairs_[p].second, "AgreementTable",
               "method pair " + std::to_string(p) + " is " + pairs[p].first + " / " + pairs[p].second +
                   ", the first sentence's was " + pairs_[p].first + " / " + pairs_[p].second);
-    if (agreement[p].rows > 0) per_sentence_[p].push_back(agreement[p].mean);
+    if (agreement[p].rows > 0) {
+      per_sentence_[p].push_back(agreement[p].mean);
+      top1_[p].push_back(agreement[p].top1);
+    }
     rows_[p] += agreement[p].rows;
     skipped_[p] += agreement[p].skipped_rows;
   }
@@ -520,11 +530,11 @@ void AgreementTable::add(const std::vector<MethodPair>& pairs, const std::vector
 std::vector<PairAgreement> AgreementTable::summary() const {
   std::vector<PairAgreement> result;
   for (std::size_t p = 0; p < pairs_.size(); ++p)
-    result.push_back({pairs_[p], spread_of(per_sentence_[p]), rows_[p], skipped_[p]});
+    result.push_back({pairs_[p], spread_of(per_sentence_[p]), spread_of(top1_[p]), rows_[p], skipped_[p]});
   return result;
 }
 
-std::string agreement_markdown(const std::vector<PairAgreement>& summary) {
+std::string agreement_markdown(const std::vector<PairAgreement>& summary, AgreementStatistic statistic) {
   std::vector<std::string> rows, columns;
   const auto add_unique = [](std::vector<std::string>& names, const std::string& name) {
     if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
@@ -534,7 +544,8 @@ std::string agreement_markdown(const std::vector<PairAgreement>& summary) {
     add_unique(columns, entry.pair.second);
   }
   std::string table = "| method |";
-  for (const std::string& column : columns) table += " ρ with " + column + " |";
+  const char* label = statistic == AgreementStatistic::spearman ? " ρ with " : " top-1 with ";
+  for (const std::string& column : columns) table += label + column + " |";
   table += "\n|---|";
   for (std::size_t c = 0; c < columns.size(); ++c) table += "---|";
   table += "\n";
@@ -549,8 +560,8 @@ std::string agreement_markdown(const std::vector<PairAgreement>& summary) {
         table += " — |";
         continue;
       }
-      std::snprintf(cell, sizeof cell, " %.3f ± %.3f (%zu) |", found->sentences.mean, found->sentences.std,
-                    found->sentences.count);
+      const Spread& value = statistic == AgreementStatistic::spearman ? found->sentences : found->top1;
+      std::snprintf(cell, sizeof cell, " %.3f ± %.3f (%zu) |", value.mean, value.std, value.count);
       table += cell;
     }
     table += "\n";

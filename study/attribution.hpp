@@ -144,9 +144,13 @@ SentenceAttribution attribute_sentence(models::Seq2SeqModel& model, const Batch&
 
 // ---- agreement ------------------------------------------------------------------------------
 
-/// Mean ρ over the rows (target positions) where both a and b [T, S] have one.
+/// Mean ρ over the rows (target positions) where both a and b [T, S] have one, and on the same
+/// rows the share where both put the same source position first (top-1 agreement: ρ weighs
+/// the whole ranking, also the order among tokens that barely matter, which for a confident
+/// model is most of them).
 struct RowAgreement {
   double mean = 0;
+  double top1 = 0;
   std::size_t rows = 0;          // rows with a ρ
   std::size_t skipped_rows = 0;  // rows where a or b is constant
 };
@@ -167,6 +171,7 @@ std::vector<RowAgreement> sentence_agreement(const SentenceAttribution& sentence
 struct PairAgreement {
   MethodPair pair;
   Spread sentences;              // per-sentence mean ρ, over the sentences that have one
+  Spread top1;                   // per-sentence top-1 agreement, over the same sentences
   std::size_t rows = 0;          // rows with a ρ, over all sentences
   std::size_t skipped_rows = 0;
 };
@@ -180,13 +185,16 @@ class AgreementTable {
 
  private:
   std::vector<MethodPair> pairs_;
-  std::vector<std::vector<double>> per_sentence_;  // per pair
+  std::vector<std::vector<double>> per_sentence_, top1_;  // per pair
   std::vector<std::size_t> rows_, skipped_;
   std::size_t sentences_ = 0;
 };
 
+enum class AgreementStatistic { spearman, top1 };
+
 /// A Markdown table of `summary`: one row per first method, one column per second method (in
-/// the order they first appear), each cell "mean ± sd (n)" over sentences, "—" for no pair.
-std::string agreement_markdown(const std::vector<PairAgreement>& summary);
+/// the order they first appear), each cell the statistic's "mean ± sd (n)" over sentences,
+/// "—" for no pair.
+std::string agreement_markdown(const std::vector<PairAgreement>& summary, AgreementStatistic statistic);
 
 }  // namespace qkv::study

@@ -387,6 +387,7 @@ TEST_CASE("row_agreement and AgreementTable: means over rows, then over sentence
   const Matrix b = matrix_of(3, 3, {1, 2, 3, 1, 2, 3, 5, 5, 5});
   const RowAgreement rows = row_agreement(a, b);
   CHECK(rows.mean == doctest::Approx(0));
+  CHECK(rows.top1 == doctest::Approx(0.5));  // row 0 puts position 2 first on both sides, row 1 does not
   CHECK(rows.rows == 2);
   CHECK(rows.skipped_rows == 1);
   CHECK(std::isnan(row_agreement(matrix_of(1, 2, {1, 1}), matrix_of(1, 2, {1, 2})).mean));
@@ -394,17 +395,25 @@ TEST_CASE("row_agreement and AgreementTable: means over rows, then over sentence
 
   AgreementTable table;
   const std::vector<MethodPair> pairs = {{"x", "y"}, {"x", "z"}};
-  table.add(pairs, {{.mean = 0.5, .rows = 2, .skipped_rows = 0}, {.mean = 1, .rows = 1, .skipped_rows = 1}});
-  table.add(pairs, {{.mean = 0.1, .rows = 3, .skipped_rows = 0},
-                    {.mean = std::numeric_limits<double>::quiet_NaN(), .rows = 0, .skipped_rows = 3}});
+  const double none = std::numeric_limits<double>::quiet_NaN();
+  table.add(pairs, {{.mean = 0.5, .top1 = 1, .rows = 2, .skipped_rows = 0},
+                    {.mean = 1, .top1 = 0.5, .rows = 1, .skipped_rows = 1}});
+  table.add(pairs, {{.mean = 0.1, .top1 = 0, .rows = 3, .skipped_rows = 0},
+                    {.mean = none, .top1 = none, .rows = 0, .skipped_rows = 3}});
   const std::vector<PairAgreement> summary = table.summary();
   REQUIRE(summary.size() == 2);
   CHECK(summary[0].sentences.mean == doctest::Approx(0.3));
   CHECK(summary[0].sentences.count == 2);
+  CHECK(summary[0].top1.mean == doctest::Approx(0.5));
   CHECK(summary[0].rows == 5);
   CHECK(summary[1].sentences.mean == doctest::Approx(1));  // the sentence without a ρ is left out
   CHECK(summary[1].sentences.count == 1);
   CHECK(summary[1].skipped_rows == 4);
   CHECK(table.sentences() == 2);
+  // The table: rows are first methods, columns second methods, cells mean ± sd (n).
+  const std::string markdown = agreement_markdown(summary, AgreementStatistic::spearman);
+  CHECK(markdown == "| method | ρ with y | ρ with z |\n|---|---|---|\n| x | 0.300 ± 0.283 (2) | 1.000 ± 0.000 (1) |\n");
+  CHECK(agreement_markdown(summary, AgreementStatistic::top1).find("| x | 0.500 ± 0.707 (2) | 0.500 ± 0.000 (1) |") !=
+        std::string::npos);
   CHECK_THROWS_WITH_AS(table.add({{"x", "y"}, {"x", "w"}}, {{}, {}}), doctest::Contains("method pair 1 is x / w"), Error);
 }

@@ -11,7 +11,12 @@
 // --split picks one), or --data FILE, tab-separated source and target per line, tokenized as
 // the checkpoint's data was. The first --limit pairs are used.
 //
-// Writes DIR/summary.md (mean ρ for each pair of methods, by magnitude and signed),
+// It runs in float64 (qkv::study_f64; a float32 checkpoint's weights are widened on loading):
+// occlusion of a token that barely matters changes a log-probability near 0 by 1e-5 or less,
+// which float32 logits cannot resolve, and Spearman's ρ ranks those tokens too.
+//
+// Writes DIR/summary.md (mean ρ and top-1 agreement for each pair of methods, by magnitude and
+// signed),
 // DIR/sentences.csv (ρ per sentence and pair of methods) and DIR/example.csv (every method's
 // scores for the first sentence).
 #include <CLI/CLI.hpp>
@@ -160,7 +165,7 @@ int run(int argc, char** argv) {
   fs::create_directories(out);
 
   AgreementTable by_magnitude, by_sign;
-  std::string csv = "sentence,source,target,first,second,ranking,rho,rows,skipped_rows\n";
+  std::string csv = "sentence,source,target,first,second,ranking,rho,top1,rows,skipped_rows\n";
   std::size_t skipped = 0;
   for (std::size_t i = 0; i < pairs.size(); ++i) {
     const std::size_t index[1] = {i};
@@ -185,7 +190,7 @@ int run(int argc, char** argv) {
       for (std::size_t p = 0; p < compared.size(); ++p)
         csv += std::to_string(i + 1) + "," + source + "," + target + "," + csv_field(compared[p].first) + "," +
                csv_field(compared[p].second) + "," + (signed_scores ? "signed" : "magnitude") + "," +
-               (agreement[p].rows ? number(agreement[p].mean) : std::string()) + "," +
+               (agreement[p].rows ? number(agreement[p].mean) + "," + number(agreement[p].top1) : std::string(",")) + "," +
                std::to_string(agreement[p].rows) + "," + std::to_string(agreement[p].skipped_rows) + "\n";
     }
     if ((i + 1) % 25 == 0) spdlog::info("{} of {} sentences", i + 1, pairs.size());
@@ -203,10 +208,14 @@ int run(int argc, char** argv) {
           << "Spearman's ρ between two methods' rankings of the source tokens (with <eos>) for one target token "
              "(with <eos>), averaged over the sentence's target tokens, then over sentences: mean ± standard "
              "deviation over sentences (number of sentences with a ρ). Definitions: study/attribution.hpp.\n\n"
-          << "## Attributions ranked by magnitude\n\n"
-          << agreement_markdown(by_magnitude.summary()) << "\n"
-          << "## Attributions ranked signed (a token that lowers the log-probability ranks last)\n\n"
-          << agreement_markdown(by_sign.summary());
+          << "## Spearman's ρ, attributions ranked by magnitude\n\n"
+          << agreement_markdown(by_magnitude.summary(), AgreementStatistic::spearman) << "\n"
+          << "## Top-1 agreement (share of target tokens where both rank the same source token first), by magnitude\n\n"
+          << agreement_markdown(by_magnitude.summary(), AgreementStatistic::top1) << "\n"
+          << "## Spearman's ρ, attributions ranked signed (a token that lowers the log-probability ranks last)\n\n"
+          << agreement_markdown(by_sign.summary(), AgreementStatistic::spearman) << "\n"
+          << "## Top-1 agreement, attributions signed\n\n"
+          << agreement_markdown(by_sign.summary(), AgreementStatistic::top1);
   write_file_atomically((fs::path(out) / "summary.md").string(), summary.str());
   write_file_atomically((fs::path(out) / "sentences.csv").string(), csv);
   std::printf("%s\nwrote summary.md, sentences.csv and example.csv to %s\n", summary.str().c_str(), out.c_str());

@@ -517,10 +517,9 @@ void AgreementTable::add(const std::vector<MethodPair>& pairs, const std::vector
     check_arg(pairs[p].first == pairs_[p].first && pairs[p].second == pairs_[p].second, "AgreementTable",
               "method pair " + std::to_string(p) + " is " + pairs[p].first + " / " + pairs[p].second +
                   ", the first sentence's was " + pairs_[p].first + " / " + pairs_[p].second);
-    if (agreement[p].rows > 0) {
-      per_sentence_[p].push_back(agreement[p].mean);
-      top1_[p].push_back(agreement[p].top1);
-    }
+    const double none = std::numeric_limits<double>::quiet_NaN();
+    per_sentence_[p].push_back(agreement[p].rows > 0 ? agreement[p].mean : none);
+    top1_[p].push_back(agreement[p].rows > 0 ? agreement[p].top1 : none);
     rows_[p] += agreement[p].rows;
     skipped_[p] += agreement[p].skipped_rows;
   }
@@ -532,6 +531,46 @@ std::vector<PairAgreement> AgreementTable::summary() const {
   for (std::size_t p = 0; p < pairs_.size(); ++p)
     result.push_back({pairs_[p], spread_of(per_sentence_[p]), spread_of(top1_[p]), rows_[p], skipped_[p]});
   return result;
+}
+
+std::size_t AgreementTable::index_of(const MethodPair& pair) const {
+  for (std::size_t p = 0; p < pairs_.size(); ++p)
+    if (pairs_[p].first == pair.first && pairs_[p].second == pair.second) return p;
+  throw Error("AgreementTable: no method pair " + pair.first + " / " + pair.second);
+}
+
+AgreementTable::Difference AgreementTable::difference(const MethodPair& a, const MethodPair& b) const {
+  const std::size_t first = index_of(a), second = index_of(b);
+  std::vector<double> rho, top1;
+  for (std::size_t s = 0; s < sentences_; ++s)
+    if (std::isfinite(per_sentence_[first][s]) && std::isfinite(per_sentence_[second][s])) {
+      rho.push_back(per_sentence_[first][s] - per_sentence_[second][s]);
+      top1.push_back(top1_[first][s] - top1_[second][s]);
+    }
+  return {spread_of(rho), spread_of(top1)};
+}
+
+std::string composed_against_readout_markdown(const AgreementTable& table) {
+  std::string markdown = "| attribution | method − its readout | Δρ ± s.e. | Δtop-1 ± s.e. | sentences |\n|---|---|---|---|---|\n";
+  char cell[160];
+  const auto with_error = [](const Spread& spread) {
+    char text[64];
+    std::snprintf(text, sizeof text, "%+.3f ± %.3f", spread.mean,
+                  spread.count > 0 ? spread.std / std::sqrt(static_cast<double>(spread.count)) : 0.0);
+    return std::string(text);
+  };
+  const std::vector<PairAgreement> summary = table.summary();
+  for (const PairAgreement& entry : summary)
+    for (const char* prefix : {"rollout · ", "flow · "}) {
+      if (!entry.pair.first.starts_with(prefix)) continue;
+      const MethodPair readout{entry.pair.first.substr(std::string(prefix).size()), entry.pair.second};
+      const AgreementTable::Difference difference = table.difference(entry.pair, readout);
+      std::snprintf(cell, sizeof cell, "| %s | %s − %s | %s | %s | %zu |\n", entry.pair.second.c_str(),
+                    entry.pair.first.c_str(), readout.first.c_str(), with_error(difference.rho).c_str(),
+                    with_error(difference.top1).c_str(), difference.rho.count);
+      markdown += cell;
+    }
+  return markdown;
 }
 
 std::string agreement_markdown(const std::vector<PairAgreement>& summary, AgreementStatistic statistic) {

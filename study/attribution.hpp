@@ -183,12 +183,26 @@ class AgreementTable {
   std::vector<PairAgreement> summary() const;
   std::size_t sentences() const { return sentences_; }
 
+  /// Per sentence, a's value minus b's (a, b two of the pairs), over the sentences where both
+  /// have one: is a better than b on the same sentences? Throws Error for an unknown pair.
+  struct Difference {
+    Spread rho, top1;  // of the differences; the standard error is std / √count
+  };
+  Difference difference(const MethodPair& a, const MethodPair& b) const;
+
  private:
+  std::size_t index_of(const MethodPair& pair) const;
+
   std::vector<MethodPair> pairs_;
-  std::vector<std::vector<double>> per_sentence_, top1_;  // per pair
+  /// Per pair, per sentence (NaN where the sentence has no ρ), so that pairs line up.
+  std::vector<std::vector<double>> per_sentence_, top1_;
   std::vector<std::size_t> rows_, skipped_;
   std::size_t sentences_ = 0;
 };
+
+/// For each attribution and each "rollout · R" or "flow · R" method, its difference from R
+/// (AgreementTable::difference) as a Markdown table: Δρ and Δtop-1, each mean ± standard error.
+std::string composed_against_readout_markdown(const AgreementTable& table);
 
 enum class AgreementStatistic { spearman, top1 };
 

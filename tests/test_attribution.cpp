@@ -416,4 +416,20 @@ TEST_CASE("row_agreement and AgreementTable: means over rows, then over sentence
   CHECK(agreement_markdown(summary, AgreementStatistic::top1).find("| x | 0.500 ± 0.707 (2) | 0.500 ± 0.000 (1) |") !=
         std::string::npos);
   CHECK_THROWS_WITH_AS(table.add({{"x", "y"}, {"x", "w"}}, {{}, {}}), doctest::Contains("method pair 1 is x / w"), Error);
+  // Paired over the sentences where both have a value: only the first here.
+  const AgreementTable::Difference difference = table.difference({"x", "z"}, {"x", "y"});
+  CHECK(difference.rho.count == 1);
+  CHECK(difference.rho.mean == doctest::Approx(0.5));
+  CHECK(difference.top1.mean == doctest::Approx(-0.5));
+  CHECK_THROWS_WITH_AS(table.difference({"x", "q"}, {"x", "y"}), doctest::Contains("no method pair x / q"), Error);
+
+  // Rollout and flow against their readout, paired per sentence: +0.2 and −0.1 in ρ.
+  AgreementTable composed;
+  const std::vector<MethodPair> methods = {{"mean", "occlusion"}, {"rollout · mean", "occlusion"}};
+  composed.add(methods, {{.mean = 0.2, .top1 = 0.5, .rows = 1}, {.mean = 0.4, .top1 = 0.5, .rows = 1}});
+  composed.add(methods, {{.mean = 0.3, .top1 = 1, .rows = 1}, {.mean = 0.2, .top1 = 0, .rows = 1}});
+  // Differences +0.2 and −0.1: mean 0.05, sd 0.212, s.e. 0.15; top-1 0 and −1: −0.5 ± 0.5.
+  CHECK(composed_against_readout_markdown(composed) ==
+        "| attribution | method − its readout | Δρ ± s.e. | Δtop-1 ± s.e. | sentences |\n|---|---|---|---|---|\n"
+        "| occlusion | rollout · mean − mean | +0.050 ± 0.150 | -0.500 ± 0.500 | 2 |\n");
 }

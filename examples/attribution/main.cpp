@@ -212,10 +212,14 @@ int run(int argc, char** argv) {
           << agreement_markdown(by_magnitude.summary(), AgreementStatistic::spearman) << "\n"
           << "## Top-1 agreement (share of target tokens where both rank the same source token first), by magnitude\n\n"
           << agreement_markdown(by_magnitude.summary(), AgreementStatistic::top1) << "\n"
+          << "## Rollout and flow against the raw weights they read out, paired per sentence, by magnitude\n\n"
+          << composed_against_readout_markdown(by_magnitude) << "\n"
           << "## Spearman's ρ, attributions ranked signed (a token that lowers the log-probability ranks last)\n\n"
           << agreement_markdown(by_sign.summary(), AgreementStatistic::spearman) << "\n"
           << "## Top-1 agreement, attributions signed\n\n"
-          << agreement_markdown(by_sign.summary(), AgreementStatistic::top1);
+          << agreement_markdown(by_sign.summary(), AgreementStatistic::top1) << "\n"
+          << "## Rollout and flow against the raw weights they read out, paired per sentence, signed\n\n"
+          << composed_against_readout_markdown(by_sign);
   write_file_atomically((fs::path(out) / "summary.md").string(), summary.str());
   write_file_atomically((fs::path(out) / "sentences.csv").string(), csv);
   std::printf("%s\nwrote summary.md, sentences.csv and example.csv to %s\n", summary.str().c_str(), out.c_str());

@@ -560,6 +560,7 @@ std::string composed_against_readout_markdown(const AgreementTable& table) {
     return std::string(text);
   };
   const std::vector<PairAgreement> summary = table.summary();
+  bool any = false;
   for (const PairAgreement& entry : summary)
     for (const char* prefix : {"rollout · ", "flow · "}) {
       if (!entry.pair.first.starts_with(prefix)) continue;
@@ -569,8 +570,9 @@ std::string composed_against_readout_markdown(const AgreementTable& table) {
                     entry.pair.first.c_str(), readout.first.c_str(), with_error(difference.rho).c_str(),
                     with_error(difference.top1).c_str(), difference.rho.count);
       markdown += cell;
+      any = true;
     }
-  return markdown;
+  return any ? markdown : std::string();
 }
 
 std::string agreement_markdown(const std::vector<PairAgreement>& summary, AgreementStatistic statistic) {

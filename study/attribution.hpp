@@ -202,6 +202,7 @@ class AgreementTable {
 
 /// For each attribution and each "rollout · R" or "flow · R" method, its difference from R
 /// (AgreementTable::difference) as a Markdown table: Δρ and Δtop-1, each mean ± standard error.
+/// Empty when there are no such methods (a model without encoder self-attention).
 std::string composed_against_readout_markdown(const AgreementTable& table);
 
 enum class AgreementStatistic { spearman, top1 };

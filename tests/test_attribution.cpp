@@ -432,4 +432,5 @@ TEST_CASE("row_agreement and AgreementTable: means over rows, then over sentence
   CHECK(composed_against_readout_markdown(composed) ==
         "| attribution | method − its readout | Δρ ± s.e. | Δtop-1 ± s.e. | sentences |\n|---|---|---|---|---|\n"
         "| occlusion | rollout · mean − mean | +0.050 ± 0.150 | -0.500 ± 0.500 | 2 |\n");
+  CHECK(composed_against_readout_markdown(table).empty());  // no rollout or flow in it
 }

@@ -198,6 +198,13 @@ int run(int argc, char** argv) {
   check_arg(by_magnitude.sentences() > 0, "qkv-attribution", "every sentence was skipped");
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
+  // Rollout and flow exist only for models with encoder self-attention (not Bahdanau).
+  const auto paired_section = [](const std::string& ranking, const AgreementTable& table) {
+    const std::string rows = composed_against_readout_markdown(table);
+    return rows.empty() ? std::string()
+                        : "\n## Rollout and flow against the raw weights they read out, paired per sentence, " + ranking +
+                              "\n\n" + rows;
+  };
   std::ostringstream summary;
   summary << "# Attention against attribution\n\n"
           << "- checkpoint: `" << checkpoint_dir << "` (" << model.kind() << ", step " << checkpoint.progress.step
@@ -211,15 +218,12 @@ int run(int argc, char** argv) {
           << "## Spearman's ρ, attributions ranked by magnitude\n\n"
           << agreement_markdown(by_magnitude.summary(), AgreementStatistic::spearman) << "\n"
           << "## Top-1 agreement (share of target tokens where both rank the same source token first), by magnitude\n\n"
-          << agreement_markdown(by_magnitude.summary(), AgreementStatistic::top1) << "\n"
-          << "## Rollout and flow against the raw weights they read out, paired per sentence, by magnitude\n\n"
-          << composed_against_readout_markdown(by_magnitude) << "\n"
+          << agreement_markdown(by_magnitude.summary(), AgreementStatistic::top1)
+          << paired_section("by magnitude", by_magnitude) << "\n"
           << "## Spearman's ρ, attributions ranked signed (a token that lowers the log-probability ranks last)\n\n"
           << agreement_markdown(by_sign.summary(), AgreementStatistic::spearman) << "\n"
           << "## Top-1 agreement, attributions signed\n\n"
-          << agreement_markdown(by_sign.summary(), AgreementStatistic::top1) << "\n"
-          << "## Rollout and flow against the raw weights they read out, paired per sentence, signed\n\n"
-          << composed_against_readout_markdown(by_sign);
+          << agreement_markdown(by_sign.summary(), AgreementStatistic::top1) << paired_section("signed", by_sign);
   write_file_atomically((fs::path(out) / "summary.md").string(), summary.str());
   write_file_atomically((fs::path(out) / "sentences.csv").string(), csv);
   std::printf("%s\nwrote summary.md, sentences.csv and example.csv to %s\n", summary.str().c_str(), out.c_str());

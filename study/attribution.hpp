@@ -1,7 +1,7 @@
 #pragma once
 // Attention against attribution (issue 16, item 3): for every target token of a sentence pair,
 // teacher-forced on the reference, what each method says about the source tokens, and how
-// well the methods' rankings agree (Spearman's ρ).
+// well the methods' rankings agree (Spearman's ρ and top-1 agreement).
 //
 // Positions. Source positions are the model's source (the tokens and the <eos> the batcher
 // appends, as in training); target positions are the labels (the reference's tokens and
@@ -27,7 +27,9 @@
 // rows over the source positions (ties take their average rank); a row where either method is
 // constant has no ρ and is left out. Attributions rank by magnitude unless `signed_scores`
 // (attention weights are never negative, so "how much" is what they can be compared with).
-// A sentence's value is the mean over its rows; the test-set value the mean over sentences.
+// Beside ρ, top-1 agreement: on the same rows, the share where both put the same source
+// position first. A sentence's value is the mean over its rows; the test-set value the mean
+// over sentences. docs/attribution.md has the results on trained models.
 #include <cstddef>
 #include <optional>
 #include <span>

@@ -13,7 +13,8 @@
 //
 // It runs in float64 (qkv::study_f64; a float32 checkpoint's weights are widened on loading):
 // occlusion of a token that barely matters changes a log-probability near 0 by 1e-5 or less,
-// which float32 logits cannot resolve, and Spearman's ρ ranks those tokens too.
+// and those changes differ by about float32's resolution of the logits; Spearman's ρ ranks
+// those tokens too.
 //
 // Writes DIR/summary.md (mean ρ and top-1 agreement for each pair of methods, by magnitude and
 // signed),

@@ -91,6 +91,9 @@ DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, Rng dro
               "a learned temperature must start positive, got " + format_number(scale.value));
     temperature_ = register_parameter("temperature", full({}, scale.value));
   }
+  register_hook_point("scores", scores_point_);
+  register_hook_point("weights", weights_point_);
+  register_hook_point("output", output_point_);
 }
 
 real DotProductAttention::scale_factor(std::size_t key_size) const {
@@ -148,7 +151,9 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
              " (" + shapes() + ")";
     });
   }
-  const Variable weights = masked_softmax(scores, allowed);  // [..., Tq, Tk]
+  scores_point_(scores);
+  Variable weights = masked_softmax(scores, allowed);  // [..., Tq, Tk]
+  weights_point_(weights);
   if (const AttentionObserver* observer = AttentionObserver::current())
     observer->callback_(scores.value(), weights.value(), allowed);
   const Variable attended = dropout_->forward(weights);  // [..., Tq, Tk]
@@ -157,6 +162,7 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
     const Variable term = positions->output_term(attended, query_start);
     if (term.defined()) output = output + term;
   }
+  output_point_(output);
   return {output, weights};
 }
 
@@ -177,6 +183,9 @@ AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_siz
   w_q_ = register_parameter("W_q", uniform({hidden_size, query_size}, -bound(query_size), bound(query_size), init));
   w_k_ = register_parameter("W_k", uniform({hidden_size, key_size}, -bound(key_size), bound(key_size), init));
   v_ = register_parameter("v", uniform({hidden_size}, -bound(hidden_size), bound(hidden_size), init));
+  register_hook_point("scores", scores_point_);
+  register_hook_point("weights", weights_point_);
+  register_hook_point("output", output_point_);
 }
 
 Variable AdditiveAttention::project_keys(const Variable& keys) const {
@@ -216,12 +225,16 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
 
   const Variable projected_queries = linear(queries, w_q_, Variable());  // [B, Tq, hidden]
   // Every query against every key, vᵀ tanh(W_q q + W_k k), in one fused op.
-  const Variable scores = additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
-  const Variable weights = masked_softmax(scores, allowed);
+  Variable scores = additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
+  scores_point_(scores);
+  Variable weights = masked_softmax(scores, allowed);  // [B, Tq, Tk]
+  weights_point_(weights);
   const Variable attended = dropout_->forward(weights);  // [B, Tq, Tk]
   // Loops rather than a batched matmul: with one query per row (a decoder step) that would be
   // B tiny gemms, each paying BLAS's call and packing overhead.
-  return {attention_context(attended, values), weights};  // [B, Tq, dv]
+  Variable output = attention_context(attended, values);  // [B, Tq, dv]
+  output_point_(output);
+  return {output, weights};
 }
 
 }  // namespace qkv

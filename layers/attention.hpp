@@ -114,6 +114,10 @@ class AttentionObserver {
 /// Dot-product attention: softmax(scale · q kᵀ + position terms) V over the last two axes,
 /// with any leading (batch, head) axes. Parameters: "temperature" only when the scale is
 /// learned. Submodule "dropout" (on the weights, in training mode).
+/// Hook points (layers/hooks.hpp): "scores" — the scaled scores the softmax gets, position
+/// terms included, before masking [..., Tq, Tk]; "weights" — the softmax's output, before
+/// dropout [..., Tq, Tk]; "output" [..., Tq, dv]. A MultiheadAttention shows them as its own
+/// "scores", "weights" and "heads".
 class DotProductAttention : public Module {
  public:
   /// `dropout_stream` is the attention dropout's random stream (a stream keeper, see
@@ -135,11 +139,14 @@ class DotProductAttention : public Module {
   ScoreScale scale_;
   std::shared_ptr<Dropout> dropout_;
   Variable temperature_;  // [] when the scale is learned
+  HookPoint scores_point_, weights_point_, output_point_;
 };
 
 /// Additive (Bahdanau) attention: score(q, k) = vᵀ tanh(W_q q + W_k k). Parameters "W_q"
 /// [hidden, query_size], "W_k" [hidden, key_size], "v" [hidden]; submodule "dropout" (on the
 /// weights, in training mode).
+/// Hook points: "scores" [B, Tq, Tk] (before masking), "weights" [B, Tq, Tk] (before dropout),
+/// "output" [B, Tq, dv]. In a decoder that attends once per step they fire once per step.
 class AdditiveAttention : public Module {
  public:
   /// Draws one seed from `rng`: the dropout stream is Rng(seed), the weights come from
@@ -162,6 +169,7 @@ class AdditiveAttention : public Module {
   std::size_t query_size_, key_size_, hidden_size_;
   std::shared_ptr<Dropout> dropout_;
   Variable w_q_, w_k_, v_;
+  HookPoint scores_point_, weights_point_, output_point_;
 };
 
 }  // namespace qkv

@@ -27,6 +27,7 @@ Embedding::Embedding(std::size_t num_embeddings, std::size_t embedding_dim, Rng&
     std::fill(row, row + embedding_dim, real(0));
   }
   weight_ = register_parameter("weight", std::move(table));
+  register_hook_point("output", output_point_);
 }
 
 std::string Embedding::describe() const {
@@ -43,7 +44,9 @@ Variable Embedding::forward(const IndexArray& indices) const {
                 ") in indices of shape " + to_string(shape_of(indices)));
   Variable rows = embedding(weight_, indices);  // [..., D]
   // The padding token's row is a constant: stop the gradient at the positions that read it.
-  return padding_idx_ ? embedding_padding(rows, indices, *padding_idx_) : rows;
+  Variable output = padding_idx_ ? embedding_padding(rows, indices, *padding_idx_) : rows;
+  output_point_(output);
+  return output;
 }
 
 }  // namespace qkv

@@ -16,6 +16,8 @@ struct EmbeddingOptions {
   std::optional<std::int64_t> padding_idx;
 };
 
+/// Hook point "output" [..., embedding_dim]: the rows looked up (for attributions, replace it by
+/// a leaf that requires grad and read that leaf's gradient).
 class Embedding : public Module {
  public:
   /// weight [num_embeddings, embedding_dim] drawn from N(0, 1), as PyTorch does.
@@ -36,6 +38,7 @@ class Embedding : public Module {
   std::size_t num_embeddings_, embedding_dim_;
   std::optional<std::int64_t> padding_idx_;
   Variable weight_;  // [V, D]
+  HookPoint output_point_;
 };
 
 }  // namespace qkv

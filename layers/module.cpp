@@ -1,6 +1,7 @@
 #include "layers/module.hpp"
 
 #include <algorithm>
+#include <atomic>
 
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/safetensors.hpp"
@@ -159,6 +160,108 @@ void Module::load_random_state(const std::map<std::string, std::string>& given) 
   }
   mismatch.throw_if_any("load_random_state: the random streams do not fit this module");
   for (auto& [name, stream] : own) stream->load_state(state.at(name));
+}
+
+// ---- hook points ---------------------------------------------------------------------------
+
+namespace {
+HookId next_hook_id() {
+  // Ids are unique across every model of the process, so one can never remove another's hook.
+  static std::atomic<HookId> next{1};
+  return next++;
+}
+}  // namespace
+
+void Module::register_hook_point(const std::string& name, HookPoint& point) {
+  check_new_name(name, "hook point");
+  for (const auto& [existing, pointer] : hook_points_)
+    check_arg(existing != name, "Module", "the hook point name '" + name + "' is already registered in this module");
+  hook_points_.emplace_back(name, &point);
+}
+
+void Module::adopt_hook_point(Module& child, const std::string& child_name, const std::string& name) {
+  const auto found = std::find_if(child.hook_points_.begin(), child.hook_points_.end(),
+                                  [&](const auto& entry) { return entry.first == child_name; });
+  check_arg(found != child.hook_points_.end(), "Module", "the submodule has no hook point '" + child_name + "'");
+  HookPoint& point = *found->second;
+  child.hook_points_.erase(found);
+  register_hook_point(name, point);
+}
+
+void Module::collect_hook_points(const std::string& prefix,
+                                 std::vector<std::pair<std::string, HookPoint*>>& out) const {
+  for (const auto& [name, point] : hook_points_) out.emplace_back(prefix + name, point);
+  for (const auto& [name, child] : children_) child->collect_hook_points(prefix + name + ".", out);
+}
+
+std::vector<std::string> Module::hook_point_names() const {
+  std::vector<std::pair<std::string, HookPoint*>> points;
+  collect_hook_points("", points);
+  std::vector<std::string> names;
+  for (const auto& [name, point] : points) names.push_back(name);
+  return names;
+}
+
+HookId Module::add_hook(const std::string& name, Hook hook) {
+  check_arg(static_cast<bool>(hook), "add_hook", "the hook for '" + name + "' is empty");
+  std::vector<std::pair<std::string, HookPoint*>> points;
+  collect_hook_points("", points);
+  for (auto& [point_name, point] : points)
+    if (point_name == name) {
+      check_arg(!point->firing_, "add_hook", "a hook on '" + name + "' cannot add hooks to the point it runs on");
+      const HookId id = next_hook_id();
+      point->hooks_.push_back({id, name, std::move(hook)});
+      return id;
+    }
+  std::vector<std::string> names;
+  for (const auto& [point_name, point] : points) names.push_back(point_name);
+  if (names.empty()) throw Error("add_hook: no hook point '" + name + "': this module has no hook points");
+  std::string closest;
+  for (const std::string& candidate : closest_names(name, names)) closest += "\n  " + candidate;
+  throw Error("add_hook: no hook point '" + name + "'; the closest of the " + std::to_string(names.size()) +
+              " valid names are:" + closest);
+}
+
+void Module::remove_hook(HookId id) {
+  std::vector<std::pair<std::string, HookPoint*>> points;
+  collect_hook_points("", points);
+  for (auto& [name, point] : points) {
+    auto& hooks = point->hooks_;
+    const auto found = std::find_if(hooks.begin(), hooks.end(), [&](const HookPoint::Entry& e) { return e.id == id; });
+    if (found != hooks.end()) {
+      check_arg(!point->firing_, "remove_hook", "a hook on '" + name + "' cannot remove hooks of the point it runs on");
+      hooks.erase(found);
+      return;
+    }
+  }
+  throw Error("remove_hook: no hook with id " + std::to_string(id) + " is attached to this module");
+}
+
+void Module::clear_hooks() {
+  std::vector<std::pair<std::string, HookPoint*>> points;
+  collect_hook_points("", points);
+  for (auto& [name, point] : points) {
+    check_arg(!point->firing_, "clear_hooks", "a hook on '" + name + "' cannot remove hooks of the point it runs on");
+    point->hooks_.clear();
+  }
+}
+
+HookId ScopedHooks::add(const std::string& name, Hook hook) {
+  const HookId id = model_.add_hook(name, std::move(hook));
+  ids_.push_back(id);
+  return id;
+}
+
+void ScopedHooks::remove_all() {
+  // Newest first; a hook already removed by hand (or by clear_hooks) is skipped, not an error,
+  // since this runs in a destructor.
+  for (auto id = ids_.rbegin(); id != ids_.rend(); ++id) {
+    try {
+      model_.remove_hook(*id);
+    } catch (const Error&) {
+    }
+  }
+  ids_.clear();
 }
 
 void Module::save(const std::string& path, const std::map<std::string, std::string>& metadata) const {

@@ -42,6 +42,7 @@
 
 #include "autograd/gradcheck.hpp"
 #include "autograd/variable.hpp"
+#include "layers/hooks.hpp"
 #include "lib/numerics/rng.hpp"
 
 namespace qkv {
@@ -85,6 +86,17 @@ class Module {
   /// load_state_dict() from a safetensors file.
   void load(const std::string& path);
 
+  /// Every hook point of this module and its submodules by dotted name
+  /// ("decoder.layers.1.multihead_attn.weights"), in registration order (layers/hooks.hpp).
+  std::vector<std::string> hook_point_names() const;
+  /// Attaches `hook` to the point `name` for every forward pass that follows. Throws Error for
+  /// an unknown name, listing the closest valid ones.
+  HookId add_hook(const std::string& name, Hook hook);
+  /// Detaches one hook added by add_hook on this module; throws Error for an unknown id.
+  void remove_hook(HookId id);
+  /// Detaches every hook of this module and its submodules.
+  void clear_hooks();
+
  protected:
   /// Registers a trainable leaf and returns it (a handle sharing the stored variable).
   Variable register_parameter(const std::string& name, Array value);
@@ -93,6 +105,12 @@ class Module {
   /// Registers a random stream the module draws from (it must live as long as the module,
   /// e.g. a member), so that checkpoints can save and restore it.
   void register_random_stream(const std::string& name, Rng& stream);
+  /// Registers a hook point (a member of the module, so it lives as long as the module).
+  void register_hook_point(const std::string& name, HookPoint& point);
+  /// Moves the hook point `child_name` of submodule `child` to this module as `name`: for a
+  /// layer whose part computes what the layer reports (MultiheadAttention shows its
+  /// DotProductAttention's weights as its own), so that one value has one name.
+  void adopt_hook_point(Module& child, const std::string& child_name, const std::string& name);
   /// Registers a layer's Dropout as submodule "dropout", for the layers that kept their own
   /// stream "dropout_rng" before they held a Dropout: load_random_state still accepts that
   /// name for "dropout.dropout_rng", so checkpoints written before keep resuming.
@@ -116,13 +134,34 @@ class Module {
   /// relative to this module).
   void register_legacy_random_stream_name(const std::string& legacy_name, const std::string& name);
   void collect(const std::string& prefix, bool buffers, std::vector<NamedVariable>& out) const;
+  void collect_hook_points(const std::string& prefix, std::vector<std::pair<std::string, HookPoint*>>& out) const;
 
   std::vector<NamedVariable> parameters_;
   std::vector<NamedVariable> buffers_;
   std::vector<std::pair<std::string, Rng*>> random_streams_;
+  std::vector<std::pair<std::string, HookPoint*>> hook_points_;
   std::vector<std::pair<std::string, std::string>> legacy_stream_names_;  // legacy name, current name
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+};
+
+/// Hooks that are removed when this goes out of scope (also by an exception): for an
+/// experiment that patches a model for a few passes and must leave it as it was.
+class ScopedHooks {
+ public:
+  explicit ScopedHooks(Module& model) : model_(model) {}
+  ~ScopedHooks() { remove_all(); }
+  ScopedHooks(const ScopedHooks&) = delete;
+  ScopedHooks& operator=(const ScopedHooks&) = delete;
+
+  /// model.add_hook(name, hook), remembered for removal.
+  HookId add(const std::string& name, Hook hook);
+  /// Removes every hook added through this object now.
+  void remove_all();
+
+ private:
+  Module& model_;
+  std::vector<HookId> ids_;
 };
 
 }  // namespace qkv

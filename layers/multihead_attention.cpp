@@ -79,6 +79,12 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
   attention_ = register_module("attention",
                                std::make_shared<DotProductAttention>(options.scale, options.dropout, Rng(seed + 1)));
   if (options.positions) positions_ = register_module("positions", options.positions);
+  // The scores, weights and per-head outputs are computed by `attention`; they are this layer's
+  // points, so that `...self_attn.weights` names them (and nothing names them twice).
+  adopt_hook_point(*attention_, "scores", "scores");
+  adopt_hook_point(*attention_, "weights", "weights");
+  adopt_hook_point(*attention_, "output", "heads");
+  register_hook_point("output", output_point_);
 }
 
 MultiheadAttentionOutput MultiheadAttention::forward(const Variable& x, const AttentionMask& mask, KVCache* cache) {
@@ -120,7 +126,9 @@ MultiheadAttentionOutput MultiheadAttention::attend(const Variable& q, const Var
   const std::optional<BoolArray> allowed = resolve_mask(mask, q.dim(0), num_heads_, q.dim(2), k.dim(2), query_start);
   const AttentionOutput attended = attention_->forward(q, k, v, allowed, positions_.get(), query_start);
   const Variable merged = merge_heads(attended.output);  // [B, Tq, E]
-  return {out_proj_->forward(merged), attended.weights};  // [B, Tq, E]
+  Variable output = out_proj_->forward(merged);           // [B, Tq, E]
+  output_point_(output);
+  return {output, attended.weights};
 }
 
 MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,

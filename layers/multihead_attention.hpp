@@ -56,6 +56,10 @@ struct MultiheadAttentionOutput {
   Variable average_weights() const;
 };
 
+/// Hook points (layers/hooks.hpp): "scores" [B, H, Tq, Tk] (scaled, before masking), "weights"
+/// [B, H, Tq, Tk] (before dropout), "heads" — each head's output before the heads are merged
+/// [B, H, Tq, d_head], and "output" [B, Tq, E] (after out_proj). On the KV-cache path they fire
+/// once per step, with Tq = the new steps and Tk = all steps so far.
 class MultiheadAttention : public Module {
  public:
   /// Draws one seed from `rng`: the projections come from Rng(seed), the attention dropout's
@@ -95,6 +99,7 @@ class MultiheadAttention : public Module {
   std::shared_ptr<Linear> out_proj_;  // out_proj.weight [E, E], out_proj.bias [E]
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;
+  HookPoint output_point_;
 };
 
 }  // namespace qkv

@@ -422,7 +422,8 @@ nlohmann::json head_importance_json(const HeadAnalysis& analysis) {
     const AttentionModule& attention = analysis.attentions[head.attention];
     nlohmann::json& layers = json[attention.group];
     while (layers.size() <= attention.layer) layers.push_back(nlohmann::json::array());
-    layers[attention.layer].push_back(head.importance);
+    // Four decimals: the explorer prints the numbers as given.
+    layers[attention.layer].push_back(std::round(head.importance * 1e4) / 1e4);
   }
   return json;
 }

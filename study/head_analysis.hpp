@@ -162,7 +162,7 @@ std::string pruning_svg(const HeadAnalysis& analysis, const std::string& title);
 /// Markdown tables (heads, then the pruning curve) for docs.
 std::string heads_markdown(const HeadAnalysis& analysis);
 /// The explorer's optional "head_importance" field (train/attention_explorer.hpp): normalised
-/// importance keyed by group title, per layer, per head.
+/// importance keyed by group title, per layer, per head, rounded to 1e-4.
 nlohmann::json head_importance_json(const HeadAnalysis& analysis);
 
 }  // namespace qkv::study

@@ -1,7 +1,7 @@
 // qkv-heads: what every attention head of a trained transformer does and how much it matters.
 //
 //   qkv-heads --checkpoint runs/dates --out runs/dates/heads
-//   qkv-heads --checkpoint runs/fra/best --split test --limit 500 --beam 1
+//   qkv-heads --checkpoint runs/fra/best --limit 500 --beam 1
 //
 // For every head (study/head_analysis.hpp): Michel et al.'s importance, the loss / exact match /
 // BLEU with that head alone masked, pruning curves (heads masked least important first, and
@@ -30,7 +30,7 @@ using namespace qkv::study;
 
 int run(int argc, char** argv) {
   CLI::App app{"qkv-heads: importance, ablation, pruning curve and attention patterns of every head"};
-  std::string checkpoint_dir, out, split = "test";
+  std::string checkpoint_dir, out, split = "auto";
   std::size_t limit = 1000, beam = 0, max_length = 0;
   double points = 1;
   int threads = 1;
@@ -38,8 +38,9 @@ int run(int argc, char** argv) {
   bool no_ablation = false, no_pruning = false;
   app.add_option("--checkpoint", checkpoint_dir, "a qkv-train output directory (or its best/)")->required();
   app.add_option("--out", out, "output directory (default: CHECKPOINT/heads)");
-  app.add_option("--split", split, "the pairs to analyse: test or validation")
-      ->check(CLI::IsMember({"test", "validation"}));
+  app.add_option("--split", split, "the pairs to analyse: test, validation, or auto (test when the data has one: "
+                                   "the generated tasks; validation for a corpus, whose test split is empty)")
+      ->check(CLI::IsMember({"auto", "test", "validation"}));
   app.add_option("--limit", limit, "analyse the first N pairs of the split (0: all)");
   app.add_option("--beam", beam, "beam size for exact match and BLEU (default: the checkpoint's)")
       ->check(CLI::Range(1, 1024));
@@ -71,8 +72,9 @@ int run(int argc, char** argv) {
   if (beam > 0) options.decode.beam = beam;
   if (max_length > 0) options.decode.max_length = max_length;
   const Dataset data = train::load_data(checkpoint.data);
+  if (split == "auto") split = data.test.empty() ? "validation" : "test";
   std::vector<SentencePair> pairs = split == "test" ? data.test : data.validation;
-  check_arg(!pairs.empty(), "qkv-heads", "the checkpoint's data has no " + split + " pairs");
+  if (pairs.empty()) throw Error("the checkpoint's data has no " + split + " pairs");
   if (limit > 0 && pairs.size() > limit) pairs.resize(limit);
   if (out.empty()) out = (fs::path(checkpoint_dir) / "heads").string();
   fs::create_directories(out);
@@ -81,7 +83,10 @@ int run(int argc, char** argv) {
   const HeadAnalysis analysis = analyse_heads(*checkpoint.model, pairs, checkpoint.vocabs, options,
                                               [](const std::string& line) { spdlog::info("{}", line); });
 
-  const std::string name = fs::path(checkpoint_dir).lexically_normal().filename().string();
+  // The chart names the data: the task, or the corpus file's stem ("fra-eng").
+  const nlohmann::json& spec = checkpoint.data;
+  const std::string name = spec.contains("task") ? spec.at("task").get<std::string>()
+                                                 : fs::path(spec.at("file").get<std::string>()).stem().string();
   const std::string markdown = heads_markdown(analysis);
   write_file_atomically((fs::path(out) / "heads.csv").string(), heads_csv(analysis));
   write_file_atomically((fs::path(out) / "pruning.csv").string(), pruning_csv(analysis));

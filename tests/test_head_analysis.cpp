@@ -112,9 +112,9 @@ TEST_CASE("head analysis: Michel importance is |dL/dxi| (central differences), n
       CHECK(importance[a][h] > 0);
     }
   // Parameters are trainable again and got no gradient from the estimate.
-  for (const auto& [name, parameter] : model.named_parameters()) {
-    CAPTURE(name);
-    CHECK(parameter.requires_grad());
+  for (const NamedVariable& parameter : model.named_parameters()) {  // no binding: CAPTURE is a lambda (clang 14)
+    CAPTURE(parameter.first);
+    CHECK(parameter.second.requires_grad());
   }
   const auto normalised = normalise_per_layer(importance);
   for (const auto& row : normalised) {

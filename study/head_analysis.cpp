@@ -269,32 +269,41 @@ HeadAnalysis analyse_heads(models::Seq2SeqModel& model, std::span<const Sentence
           attentions[head.attention].head_label(head.head) + ": exact " + fixed(100 * head.ablated->exact_match, 1) +
           " bleu " + fixed(head.ablated->bleu, 2));
     }
-  analysis.pruning.push_back({0, std::nullopt, analysis.baseline});
   if (options.prune) {
-    std::vector<std::size_t> order(analysis.heads.size());
-    std::iota(order.begin(), order.end(), std::size_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) {
-      return analysis.heads[x].importance < analysis.heads[y].importance;
-    });
-    HeadMask mask(model, attentions);
-    for (std::size_t step = 0; step < order.size(); ++step) {
-      const HeadReport& head = analysis.heads[order[step]];
-      mask.set(head.attention, head.head, 0);
-      analysis.pruning.push_back({step + 1, order[step], measure_quality(model, pairs, vocabs, options)});
-      const Quality& q = analysis.pruning.back().quality;
-      say("pruned " + std::to_string(step + 1) + "/" + std::to_string(order.size()) + " (" +
-          attentions[head.attention].head_label(head.head) + "): exact " + fixed(100 * q.exact_match, 1) + " bleu " +
-          fixed(q.bleu, 2));
-    }
+    // Masks heads cumulatively in `order` (indices into analysis.heads).
+    const auto prune = [&](std::vector<std::size_t> order, const std::function<double(std::size_t)>& key,
+                           const std::string& name) {
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return key(x) < key(y); });
+      std::vector<PruningStep> curve{{0, std::nullopt, analysis.baseline}};
+      HeadMask mask(model, attentions);
+      for (std::size_t step = 0; step < order.size(); ++step) {
+        const HeadReport& head = analysis.heads[order[step]];
+        mask.set(head.attention, head.head, 0);
+        curve.push_back({step + 1, order[step], measure_quality(model, pairs, vocabs, options)});
+        const Quality& q = curve.back().quality;
+        say("pruned by " + name + " " + std::to_string(step + 1) + "/" + std::to_string(order.size()) + " (" +
+            attentions[head.attention].head_label(head.head) + "): exact " + fixed(100 * q.exact_match, 1) +
+            " bleu " + fixed(q.bleu, 2));
+      }
+      return curve;
+    };
+    std::vector<std::size_t> all(analysis.heads.size());
+    std::iota(all.begin(), all.end(), std::size_t{0});
+    analysis.pruning = prune(all, [&](std::size_t i) { return analysis.heads[i].importance; }, "importance");
+    if (options.ablate)
+      analysis.pruning_by_ablation =
+          prune(all, [&](std::size_t i) { return analysis.heads[i].ablated->loss; }, "ablation");
+  } else {
+    analysis.pruning.push_back({0, std::nullopt, analysis.baseline});
   }
   return analysis;
 }
 
-std::size_t prunable_heads(const HeadAnalysis& analysis, QualityMetric metric, double points) {
+std::size_t prunable_heads(const HeadAnalysis& analysis, QualityMetric metric, double points, PruningOrder order) {
   const auto value = [&](const Quality& q) { return metric == QualityMetric::exact_match ? 100 * q.exact_match : q.bleu; };
   const double baseline = value(analysis.baseline);
   std::size_t prunable = 0;
-  for (const PruningStep& step : analysis.pruning) {
+  for (const PruningStep& step : analysis.curve(order)) {
     if (baseline - value(step.quality) > points) break;
     prunable = step.removed;
   }
@@ -329,32 +338,40 @@ std::string heads_csv(const HeadAnalysis& analysis) {
 
 std::string pruning_csv(const HeadAnalysis& analysis) {
   std::ostringstream csv;
-  csv << "removed,head,loss,exact_match,bleu\n";
-  for (const PruningStep& step : analysis.pruning) {
-    csv << step.removed << ",";
-    if (step.head) {
-      const HeadReport& head = analysis.heads[*step.head];
-      csv << "\"" << analysis.attentions[head.attention].head_label(head.head) << "\"";
+  csv << "order,removed,head,loss,exact_match,bleu\n";
+  for (const PruningOrder order : {PruningOrder::importance, PruningOrder::ablation})
+    for (const PruningStep& step : analysis.curve(order)) {
+      csv << (order == PruningOrder::importance ? "importance" : "ablation") << "," << step.removed << ",";
+      if (step.head) {
+        const HeadReport& head = analysis.heads[*step.head];
+        csv << "\"" << analysis.attentions[head.attention].head_label(head.head) << "\"";
+      }
+      csv << "," << format_number(step.quality.loss) << "," << format_number(step.quality.exact_match) << ","
+          << format_number(step.quality.bleu) << "\n";
     }
-    csv << "," << format_number(step.quality.loss) << "," << format_number(step.quality.exact_match) << ","
-        << format_number(step.quality.bleu) << "\n";
-  }
   return csv.str();
 }
 
 std::string pruning_svg(const HeadAnalysis& analysis, const std::string& title) {
   LineChart chart;
   chart.title = title;
-  chart.x_label = "heads masked (least important first)";
+  chart.x_label = "heads masked";
   chart.y_label = "exact match (%) / BLEU";
-  Series exact{"exact match (%)", {}, {}}, bleu{"BLEU", {}, {}};
-  for (const PruningStep& step : analysis.pruning) {
-    exact.x.push_back(double(step.removed));
-    exact.y.push_back(100 * step.quality.exact_match);
-    bleu.x.push_back(double(step.removed));
-    bleu.y.push_back(step.quality.bleu);
+  for (const PruningOrder order : {PruningOrder::importance, PruningOrder::ablation}) {
+    const std::vector<PruningStep>& curve = analysis.curve(order);
+    if (curve.empty()) continue;
+    const std::string by = order == PruningOrder::importance ? ", by importance" : ", by ablation loss";
+    Series exact{"exact match (%)" + by, {}, {}, order == PruningOrder::ablation};
+    Series bleu{"BLEU" + by, {}, {}, order == PruningOrder::ablation};
+    for (const PruningStep& step : curve) {
+      exact.x.push_back(double(step.removed));
+      exact.y.push_back(100 * step.quality.exact_match);
+      bleu.x.push_back(double(step.removed));
+      bleu.y.push_back(step.quality.bleu);
+    }
+    chart.series.push_back(exact);
+    chart.series.push_back(bleu);
   }
-  chart.series = {exact, bleu};
   return line_chart_svg(chart);
 }
 
@@ -379,9 +396,12 @@ std::string heads_markdown(const HeadAnalysis& analysis) {
        << fixed(p.next, 2) << " | " << fixed(p.first, 2) << " | " << (p.eos ? fixed(*p.eos, 2) : "–") << " | "
        << fixed(p.entropy, 2) << " |\n";
   }
-  if (analysis.pruning.size() > 1) {
-    md << "\n| heads masked | last masked | loss | exact (%) | BLEU |\n|---:|---|---:|---:|---:|\n";
-    for (const PruningStep& step : analysis.pruning) {
+  for (const PruningOrder order : {PruningOrder::importance, PruningOrder::ablation}) {
+    const std::vector<PruningStep>& curve = analysis.curve(order);
+    if (curve.size() <= 1) continue;
+    md << "\nPruning " << (order == PruningOrder::importance ? "by importance" : "by ablation loss")
+       << " (least first):\n\n| heads masked | last masked | loss | exact (%) | BLEU |\n|---:|---|---:|---:|---:|\n";
+    for (const PruningStep& step : curve) {
       md << "| " << step.removed << " | ";
       if (step.head) {
         const HeadReport& head = analysis.heads[*step.head];
@@ -402,7 +422,8 @@ nlohmann::json head_importance_json(const HeadAnalysis& analysis) {
     const AttentionModule& attention = analysis.attentions[head.attention];
     nlohmann::json& layers = json[attention.group];
     while (layers.size() <= attention.layer) layers.push_back(nlohmann::json::array());
-    layers[attention.layer].push_back(head.importance);
+    // Four decimals: the explorer prints the numbers as given.
+    layers[attention.layer].push_back(std::round(head.importance * 1e4) / 1e4);
   }
   return json;
 }

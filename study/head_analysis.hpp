@@ -11,7 +11,9 @@
 //   ablation     the head alone masked (ξ_h = 0): loss, exact match and BLEU against the
 //                unmasked model, on the same pairs and decoding.
 //   pruning      heads masked one after another in increasing order of importance, the
-//                quality after each step.
+//                quality after each step; and, when the ablation ran, a second curve in
+//                increasing order of the loss each head's ablation cost (what the gradient
+//                estimate stands in for, measured).
 //   patterns     from the teacher-forced weights: mean |i - j| (query position i, key position
 //                j), the share of weight on key j = i - 1, i, i + 1, on the first key, on keys
 //                that are <eos> (source keys only: the decoder's inputs hold none), and the
@@ -104,12 +106,18 @@ struct HeadAnalysisOptions {
   bool prune = true;                        // one evaluation per head
 };
 
+enum class PruningOrder { importance, ablation };
+
 struct HeadAnalysis {
   std::vector<AttentionModule> attentions;
   Quality baseline;
   std::vector<HeadReport> heads;     // attention-major, heads in order
-  std::vector<PruningStep> pruning;  // step 0 is the baseline
+  std::vector<PruningStep> pruning;  // by importance; step 0 is the baseline
+  std::vector<PruningStep> pruning_by_ablation;  // by ablation Δ loss; empty without ablation
   std::size_t pairs = 0;             // evaluated on
+  const std::vector<PruningStep>& curve(PruningOrder order) const {
+    return order == PruningOrder::importance ? pruning : pruning_by_ablation;
+  }
 };
 
 /// Called with a line of progress ("ablation 3/24 ...") while the analysis runs.
@@ -139,20 +147,22 @@ Quality measure_quality(models::Seq2SeqModel& model, std::span<const SentencePai
                         const HeadAnalysisOptions& options);
 
 enum class QualityMetric { exact_match, bleu };
-/// The most heads the pruning curve masks before `metric` first falls more than `points`
-/// below the baseline (exact match in percentage points, BLEU in BLEU points).
-std::size_t prunable_heads(const HeadAnalysis& analysis, QualityMetric metric, double points);
+/// The most heads the `order` pruning curve masks before `metric` first falls more than
+/// `points` below the baseline (exact match in percentage points, BLEU in BLEU points).
+std::size_t prunable_heads(const HeadAnalysis& analysis, QualityMetric metric, double points,
+                           PruningOrder order = PruningOrder::importance);
 
 /// One row per head: attention, group, layer, head, importance, ablation deltas, patterns.
 std::string heads_csv(const HeadAnalysis& analysis);
-/// step, removed, head, loss, exact_match, bleu.
+/// order, removed, head, loss, exact_match, bleu: both curves.
 std::string pruning_csv(const HeadAnalysis& analysis);
-/// Exact match (%) and BLEU against heads masked, from lib/plot's line chart.
+/// Exact match (%) and BLEU against heads masked, both orders (ablation order dashed), from
+/// lib/plot's line chart.
 std::string pruning_svg(const HeadAnalysis& analysis, const std::string& title);
 /// Markdown tables (heads, then the pruning curve) for docs.
 std::string heads_markdown(const HeadAnalysis& analysis);
 /// The explorer's optional "head_importance" field (train/attention_explorer.hpp): normalised
-/// importance keyed by group title, per layer, per head.
+/// importance keyed by group title, per layer, per head, rounded to 1e-4.
 nlohmann::json head_importance_json(const HeadAnalysis& analysis);
 
 }  // namespace qkv::study

@@ -112,9 +112,9 @@ TEST_CASE("head analysis: Michel importance is |dL/dxi| (central differences), n
       CHECK(importance[a][h] > 0);
     }
   // Parameters are trainable again and got no gradient from the estimate.
-  for (const auto& [name, parameter] : model.named_parameters()) {
-    CAPTURE(name);
-    CHECK(parameter.requires_grad());
+  for (const NamedVariable& parameter : model.named_parameters()) {  // no binding: CAPTURE is a lambda (clang 14)
+    CAPTURE(parameter.first);
+    CHECK(parameter.second.requires_grad());
   }
   const auto normalised = normalise_per_layer(importance);
   for (const auto& row : normalised) {
@@ -215,19 +215,26 @@ TEST_CASE("head analysis: a whole analysis of a tiny model, its reports and the 
     CHECK(analysis.heads[*analysis.pruning[i - 1].head].importance <= analysis.heads[*analysis.pruning[i].head].importance);
   CHECK(analysis.pruning[0].quality.loss == analysis.baseline.loss);
   for (const HeadReport& head : analysis.heads) CHECK(head.ablated.has_value());
-  CHECK(progress.size() == 3 + 8 + 8);
+  CHECK(progress.size() == 3 + 8 + 8 + 8);
+  // The second curve masks heads in increasing order of their ablation loss.
+  REQUIRE(analysis.pruning_by_ablation.size() == 9);
+  for (std::size_t i = 2; i < analysis.pruning_by_ablation.size(); ++i)
+    CHECK(analysis.heads[*analysis.pruning_by_ablation[i - 1].head].ablated->loss <=
+          analysis.heads[*analysis.pruning_by_ablation[i].head].ablated->loss);
+  // Both end with every head masked: the same model, the same quality.
+  CHECK(analysis.pruning_by_ablation.back().quality.loss == doctest::Approx(analysis.pruning.back().quality.loss));
 
   const std::string csv = heads_csv(analysis);
   CHECK(csv.starts_with("attention,group,layer,head,raw_importance,importance,"));
   CHECK(std::count(csv.begin(), csv.end(), '\n') == 9);
   const std::string pruning = pruning_csv(analysis);
-  CHECK(std::count(pruning.begin(), pruning.end(), '\n') == 10);
+  CHECK(std::count(pruning.begin(), pruning.end(), '\n') == 1 + 9 + 9);
   CHECK(pruning_svg(analysis, "tiny").find("<svg") != std::string::npos);
   CHECK(heads_markdown(analysis).find("| cross-attention L1 H2 |") != std::string::npos);
   const nlohmann::json json = head_importance_json(analysis);
   CHECK(json.at("encoder self-attention").size() == 2);
   CHECK(json.at("cross-attention").at(0).size() == 2);
-  CHECK(json.at("decoder self-attention").at(0).at(1) == analysis.heads[5].importance);
+  CHECK(std::abs(json.at("decoder self-attention").at(0).at(1).get<double>() - analysis.heads[5].importance) <= 5e-5);
 
   // The count stops at the first step that loses more than the allowance, even if later
   // steps recover.
@@ -240,6 +247,8 @@ TEST_CASE("head analysis: a whole analysis of a tiny model, its reports and the 
   CHECK(prunable_heads(curve, QualityMetric::exact_match, 1) == 1);
   CHECK(prunable_heads(curve, QualityMetric::bleu, 1) == 2);
   CHECK(prunable_heads(curve, QualityMetric::bleu, 0) == 0);
+  curve.pruning_by_ablation = {curve.pruning[0], curve.pruning[1], curve.pruning[3]};
+  CHECK(prunable_heads(curve, QualityMetric::exact_match, 1, PruningOrder::ablation) == 3);
 }
 
 TEST_CASE("head analysis: a model without multi-head attention is refused by name") {

@@ -11,7 +11,8 @@
 #   kill_resume  SIGKILL of rank 1 mid-run: mpirun ends the job within 20 s with a message, the
 #                last checkpoint loads, and --resume continues it on 2 ranks and then on 1
 #   sweep        mpirun -np 2 qkv-scaling-study writes the same CSV rows and summary as one
-#                process (cmp; the wall-clock columns and line are removed first)
+#                process (cmp; the CSV seconds column and the summary's Time and Command lines,
+#                which hold wall times and --out, are removed first)
 #
 # Prints "mpi CASE: passed" last on success (ctest looks for it); exits non-zero with what failed.
 set -euo pipefail
@@ -153,7 +154,7 @@ sweep)
     ((++compared))
   done
   for svg in "$work/one"/*.svg; do cmp "$svg" "$work/two/$(basename "$svg")" || fail "$(basename "$svg") differs"; ((++compared)); done
-  echo "cmp: $compared files identical (CSV seconds column and summary Time line removed)"
+  echo "cmp: $compared files identical (the CSV seconds column and the summary's Time and Command lines removed)"
   ;;
 *)
   fail "unknown case"

@@ -106,14 +106,13 @@ class MpiWorld final : public Communicator {
 };
 #endif
 
-#if !QKV_MPI
-/// How many processes a launcher says it started, when it says (Open MPI, MPICH/PMI).
+/// How many processes an MPI launcher (Open MPI's mpirun, or a PMI one) says it started; 0
+/// when the program was not started by one.
 int launcher_world_size() {
   for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"})
-    if (const char* value = std::getenv(name)) return std::atoi(value);
-  return 1;
+    if (const char* value = std::getenv(name)) return std::max(1, std::atoi(value));
+  return 0;
 }
-#endif
 
 /// {"/options/lr": 0.001, ...}: every leaf of a JSON value by its pointer.
 void flatten(const json& value, const std::string& pointer, std::map<std::string, json>& leaves) {
@@ -162,6 +161,12 @@ std::string build_identity() {
 
 MpiSession::MpiSession(int& argc, char**& argv) {
 #if QKV_MPI
+  // Started without a launcher, the program is one process and never touches MPI: no
+  // singleton start-up (Open MPI's forks a helper daemon and leaks what valgrind reports).
+  if (launcher_world_size() == 0) {
+    world_ = single_process();
+    return;
+  }
   int already = 0;
   MPI_Initialized(&already);
   if (!already) {

@@ -61,9 +61,11 @@ bool built_with_mpi();
 /// "qkv 0.1.0 (git 9f8f7e9, float32)": what ranks must share to train together.
 std::string build_identity();
 
-/// MPI for the life of a program: MPI_Init_thread (MPI calls from the main thread only) in the
-/// constructor, MPI_Finalize in the destructor. Without MPI, world() is single_process(), and
-/// the constructor throws Error when the environment says mpirun started several processes.
+/// MPI for the life of a program started by mpirun: MPI_Init_thread (MPI calls from the main
+/// thread only) in the constructor, MPI_Finalize in the destructor. Started without mpirun, the
+/// program is one process and MPI is never initialised: world() is single_process(). Built
+/// without MPI, the constructor throws Error when the environment says mpirun started several
+/// processes (each would train alone).
 class MpiSession {
  public:
   MpiSession(int& argc, char**& argv);

@@ -6,6 +6,10 @@
 //   qkv-data-parallel-check --model transformer --steps 200 --dropout 0.1 [--threads 1]
 //   mpirun -np 2 qkv-data-parallel-check --model bahdanau --steps 200 --dropout 0.1
 //
+// Throughput (bench/mpi_throughput.sh): --data FILE.tsv trains on a corpus instead of the
+// reverse task, --d-model/--heads/--layers/--ff size the transformer, and the last line gives
+// the global batch's target tokens per second of wall time over the steps after --warmup.
+//
 // --perturb-rank R adds 1e-3 to one weight on rank R after the first step: the parameter hash
 // check at the next evaluation must stop every rank naming that tensor (tested).
 #include <CLI/CLI.hpp>
@@ -32,6 +36,8 @@ class StepLosses : public TrainerCallback {
   StepLosses(std::size_t steps, int perturb_rank) : steps_(steps), perturb_rank_(perturb_rank) {}
   void on_step_end(Trainer& trainer, const StepInfo& info) override {
     losses.push_back(info.loss);
+    tokens.push_back(info.tokens);
+    seconds.push_back(info.seconds);
     if (info.step == 1 && trainer.communicator().rank() == perturb_rank_) {
       auto named = trainer.model().named_parameters();
       Variable weight = named.at(named.size() / 2).second;
@@ -40,7 +46,8 @@ class StepLosses : public TrainerCallback {
     }
     if (losses.size() >= steps_) trainer.request_stop("the steps asked for are done");
   }
-  std::vector<double> losses;
+  std::vector<double> losses, seconds;
+  std::vector<std::size_t> tokens;
   std::string perturbed;
 
  private:
@@ -54,11 +61,19 @@ int run(int argc, char** argv, MpiSession& mpi) {
   std::size_t steps = 200, batch = 32;
   double dropout = 0.1;
   int threads = 1, perturb_rank = -1;
+  std::string data_file;
+  std::size_t d_model = 32, heads = 4, layers = 2, ff = 64, warmup = 5;
   app.add_option("--model", model_kind, "transformer or bahdanau");
   app.add_option("--steps", steps, "optimizer steps")->check(CLI::PositiveNumber);
   app.add_option("--batch", batch, "global batch size")->check(CLI::PositiveNumber);
   app.add_option("--dropout", dropout, "dropout of every layer");
   app.add_option("--threads", threads, "qkv threads per process")->check(CLI::PositiveNumber);
+  app.add_option("--data", data_file, "a TSV corpus (default: the reverse task)");
+  app.add_option("--d-model", d_model, "transformer width")->check(CLI::PositiveNumber);
+  app.add_option("--heads", heads, "transformer heads")->check(CLI::PositiveNumber);
+  app.add_option("--layers", layers, "transformer encoder and decoder layers")->check(CLI::PositiveNumber);
+  app.add_option("--ff", ff, "transformer feed-forward width")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "steps left out of the tokens/s")->check(CLI::NonNegativeNumber);
   app.add_option("--perturb-rank", perturb_rank, "rank whose weight is nudged after step 1 (-1: none)");
   try {
     app.parse(argc, argv);
@@ -66,13 +81,14 @@ int run(int argc, char** argv, MpiSession& mpi) {
     return app.exit(e);
   }
   parallel::set_num_threads(threads);
-  const nlohmann::json data_spec = task_data_spec("reverse", 3, 512, 16);
+  const nlohmann::json data_spec =
+      data_file.empty() ? task_data_spec("reverse", 3, 512, 16) : corpus_data_spec(data_file, false, "default");
   const Dataset data = load_data(data_spec);
-  const Vocabs vocabs = build_vocabs(data.train, {.min_freq = 1});
+  const Vocabs vocabs = build_vocabs(data.train, {.min_freq = data_file.empty() ? std::size_t(1) : std::size_t(2)});
   nlohmann::json config;
   if (model_kind == "transformer")
-    config = {{"d_model", 32}, {"num_heads", 4}, {"encoder_layers", 2}, {"decoder_layers", 2},
-              {"dim_feedforward", 64}, {"dropout", dropout}, {"seed", 5}};
+    config = {{"d_model", d_model}, {"num_heads", heads}, {"encoder_layers", layers}, {"decoder_layers", layers},
+              {"dim_feedforward", ff}, {"dropout", dropout}, {"seed", 5}};
   else
     // Two layers each way: the GRU's dropout between layers runs on time-major [T, B, H].
     config = {{"embed_size", 16}, {"hidden_size", 32}, {"encoder_layers", 2}, {"decoder_layers", 2},
@@ -91,6 +107,15 @@ int run(int argc, char** argv, MpiSession& mpi) {
     std::printf("ranks %d, bytes all-reduced per step %zu, stop: %s\n", mpi.world()->size(),
                 trainer.all_reduce_bytes_per_step(), result.message.c_str());
     for (std::size_t i = 0; i < losses->losses.size(); ++i) std::printf("step %zu loss %.17g\n", i + 1, losses->losses[i]);
+    const std::vector<double>& seconds = losses->seconds;
+    if (seconds.size() > warmup + 1) {
+      double tokens = 0;
+      for (std::size_t i = warmup + 1; i < seconds.size(); ++i) tokens += double(losses->tokens[i]);
+      const double elapsed = seconds.back() - seconds[warmup];
+      std::printf("throughput: %.0f target tokens/s over steps %zu-%zu (%.3f s per step, %zu parameters)\n",
+                  tokens / elapsed, warmup + 2, seconds.size(), elapsed / double(seconds.size() - warmup - 1),
+                  trainer.model().parameter_count());
+    }
   }
   return 0;
 }

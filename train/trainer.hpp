@@ -11,8 +11,8 @@
 //
 // The seams (TrainerCallback), in the order a step meets them:
 //   on_train_start     once per train() call
-//   on_after_backward  every gradient complete, before clipping and the optimizer step: where a
-//                      data-parallel gradient all-reduce goes
+//   on_after_backward  every gradient complete (summed over the ranks when data-parallel, see
+//                      below), before clipping and the optimizer step: gradient probes
 //   on_step_end        after the optimizer step
 //   on_evaluation      after every epoch, and when a time budget, a stop request or an
 //                      interruption ends training between epochs: where probes and the

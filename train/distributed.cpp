@@ -1,6 +1,7 @@
 #include "train/distributed.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -252,6 +253,7 @@ GradientAllReduce::GradientAllReduce(std::vector<Variable> parameters) : paramet
 
 void GradientAllReduce::sum(Communicator& communicator, real scale) {
   if (communicator.size() == 1) return;
+  const auto start = std::chrono::steady_clock::now();
   // [every gradient, flattened, in parameter order | one presence flag per parameter]
   real* flat = buffer_.data();
   real* present = buffer_.data() + buffer_.size() - parameters_.size();
@@ -276,6 +278,8 @@ void GradientAllReduce::sum(Communicator& communicator, real scale) {
     if (present[p] > 0) std::copy_n(flat, n, parameter.grad_buffer().data());
     flat += n;
   }
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ++calls_;
 }
 
 }  // namespace qkv::train

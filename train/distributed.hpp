@@ -107,10 +107,15 @@ class GradientAllReduce {
   void sum(Communicator& communicator, real scale);
   /// What one sum() sends into the all-reduce: the gradients and one presence flag each.
   std::size_t bytes_per_step() const { return buffer_.size() * sizeof(real); }
+  /// Wall time spent in sum() so far (packing, MPI_Allreduce, unpacking), and its calls.
+  double seconds() const { return seconds_; }
+  std::size_t calls() const { return calls_; }
 
  private:
   std::vector<Variable> parameters_;
   std::vector<real> buffer_;  // [Σ numel + parameters]
+  double seconds_ = 0;
+  std::size_t calls_ = 0;
 };
 
 }  // namespace qkv::train

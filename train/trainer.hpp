@@ -129,6 +129,8 @@ class Trainer {
   Communicator& communicator() const { return *communicator_; }
   /// Bytes each rank sends into the gradient all-reduce per step (0 alone).
   std::size_t all_reduce_bytes_per_step() const { return all_reduce_ ? all_reduce_->bytes_per_step() : 0; }
+  /// The gradient all-reduce (null alone): its bytes, time and calls so far.
+  const GradientAllReduce* gradient_all_reduce() const { return all_reduce_.get(); }
   /// Callbacks run in the order they were added.
   void add_callback(std::shared_ptr<TrainerCallback> callback);
 

@@ -3,7 +3,7 @@
 #
 #   tests/mpi/run.sh CASE WORK_DIR DATA_PARALLEL_CHECK DATA_PARALLEL_CHECK_F64 QKV_TRAIN QKV_SCALING_STUDY
 #
-#   loss_curves  QKV_MPI_STEPS (default 40) steps of each model (dropout 0.1) alone and on 2 ranks with the same global
+#   loss_curves  QKV_MPI_STEPS (default 30) steps of each model (dropout 0.1) alone and on 2 ranks with the same global
 #                batch, in float64 (the losses must agree to 1e-12 relative: only summation
 #                order differs) and float32 (printed; bound 1e-2, as rounding grows in training)
 #   handshake    a rank started with another --lr is refused at start-up, naming options.lr
@@ -39,8 +39,8 @@ max_relative_difference() {
 
 case $case_name in
 loss_curves)
-  # QKV_MPI_STEPS=200 for the figures in docs/distributed.md; ctest runs 40 to stay quick.
-  steps=${QKV_MPI_STEPS:-40}
+  # QKV_MPI_STEPS=200 for the figures in docs/distributed.md; ctest runs 30 to stay quick.
+  steps=${QKV_MPI_STEPS:-30}
   # float64 first: there the curves must agree to ~1e-15 (dropout masks, sharding and the loss
   # normalisation exact); float32's difference is then rounding, amplified by training.
   for model in transformer bahdanau; do

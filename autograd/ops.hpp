@@ -146,8 +146,11 @@ Variable cross_entropy(const Variable& logits, const IndexArray& targets,
 Variable layer_norm(const Variable& x, const Variable& weight, const Variable& bias,
                     real eps = real(1e-5));
 /// Zeroes each element with probability p and scales the rest by 1/(1-p) when `training`;
-/// the identity otherwise.
-Variable dropout(const Variable& x, real p, bool training, Rng& rng);
+/// the identity otherwise. Under a kernels::ScopedBatchShard (data parallelism) the mask is the
+/// one the whole batch would get, read at this process's rows: `batch_axis` is the axis that
+/// holds the batch (1 for time-major [T, B, ...]); an axis of a multiple of the shard's rows
+/// counts as rows of that many sub-rows each ([B·H, ...] laid out batch-major).
+Variable dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t batch_axis = 0);
 /// condition ? a : b, elementwise with broadcasting of all three.
 Variable where(const BoolArray& condition, const Variable& a, const Variable& b);
 /// x with `value` wherever `mask` is true (mask broadcasts to x).

@@ -223,7 +223,7 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
                  });
 }
 
-Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
+Variable dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t batch_axis) {
   check_range("dropout", "probability p", p, 0, 1, true);  // NaN fails too
   if (!training || p == 0) return x;
   const Shape shape = x.shape();
@@ -235,7 +235,18 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng) {
   const std::size_t count = x.numel();
   auto keep = std::make_shared<std::vector<std::uint8_t>>(count);  // 1 kept, 0 dropped
   Array y = Array::from_shape(shape);
-  kernels::dropout_forward(x.value().data(), p, rng, count, keep->data(), y.data());
+  if (const kernels::BatchShard* shard = kernels::current_batch_shard()) {
+    check_shape(batch_axis < shape.size() && shape[batch_axis] % shard->rows == 0, "dropout", [&] {
+      return "under a batch shard of " + std::to_string(shard->rows) + " rows, axis " + std::to_string(batch_axis) +
+             " of " + to_string(shape) + " must hold the batch (a multiple of the rows)";
+    });
+    std::size_t outer = 1;
+    for (std::size_t axis = 0; axis < batch_axis; ++axis) outer *= shape[axis];
+    const std::size_t row_elements = count / (outer * shard->rows);
+    kernels::dropout_forward_shard(x.value().data(), p, rng, *shard, outer, row_elements, keep->data(), y.data());
+  } else {
+    kernels::dropout_forward(x.value().data(), p, rng, count, keep->data(), y.data());
+  }
   return make_op("dropout", std::move(y), {x}, [keep, p](const Array& g, const Array&, std::span<Variable> in) {
     if (in[0].requires_grad()) kernels::dropout_backward(g.data(), keep->data(), p, g.size(), in[0].gradient_out());
   });

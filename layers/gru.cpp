@@ -190,7 +190,7 @@ GRUOutput GRU::run(const Variable& input, const std::vector<std::size_t>* length
       finals.push_back(h);
     }
     layer_input = directions == 1 ? direction_outputs[0] : concat(direction_outputs, 2);  // [T, B, D·H]
-    if (dropout_ && layer + 1 < layers) layer_input = dropout_->forward(layer_input);
+    if (dropout_ && layer + 1 < layers) layer_input = dropout_->forward(layer_input, /*batch_axis=*/1);  // [T, B, D·H]
   }
   GRUOutput result;
   result.output = options_.batch_first ? transpose(layer_input, 0, 1) : layer_input;  // [B, T, D·H]

@@ -40,6 +40,8 @@ std::string Dropout::describe() const {
   return text.str();
 }
 
-Variable Dropout::forward(const Variable& x) { return dropout(x, p_, is_training(), rng_); }
+Variable Dropout::forward(const Variable& x, std::size_t batch_axis) {
+  return dropout(x, p_, is_training(), rng_, batch_axis);
+}
 
 }  // namespace qkv

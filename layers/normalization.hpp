@@ -51,7 +51,8 @@ class Dropout : public Module {
   Dropout(real p, Rng stream);
 
   /// Draws a new mask on each call in training mode, hence not const.
-  Variable forward(const Variable& x);
+  /// `batch_axis`: the axis holding the batch (autograd dropout; 1 for time-major inputs).
+  Variable forward(const Variable& x, std::size_t batch_axis = 0);
   Variable operator()(const Variable& x) { return forward(x); }
 
   real p() const { return p_; }

@@ -13,6 +13,7 @@ packages=(
   doctest-dev                        # tests
   clang libclang-rt-14-dev           # libFuzzer (tests/fuzz, scripts/fuzz.sh)
   valgrind                           # memcheck of a short training run
+  openmpi-bin libopenmpi-dev         # data-parallel training and distributed sweeps (QKV_MPI, tests/mpi)
   chromium                           # headless browser for tests/browser (the attention explorer page);
                                      # Node.js and npm, which drive it, come with the machine
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, builds qkv in Release (GCC) and runs every
-# test; drives the attention explorer page in headless Chromium; checks crash safety (SIGKILLs
+# test (the multi-rank ones of tests/mpi under mpirun -np 2 among them: QKV_MPI is on, as
+# setup.sh installs Open MPI); drives the attention explorer page in headless Chromium; checks crash safety (SIGKILLs
 # during training, a full disk); installs qkv and builds the outside project
 # examples/custom_layer against the installed package; builds again under
 # AddressSanitizer + UndefinedBehaviorSanitizer and runs every test there too; and smoke-runs

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <exception>
@@ -23,6 +24,7 @@
 namespace qkv::study {
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 
 namespace {
 
@@ -232,18 +234,117 @@ RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t ke
   return result;
 }
 
-std::vector<RunResult> run_sweep(const SweepOptions& options, const std::function<void(std::string_view)>& progress) {
-  options.validate();
-  struct Job {
-    Scaling scaling;
-    std::size_t key_size;
-    std::uint64_t seed;
-  };
+namespace {
+
+struct Job {
+  Scaling scaling;
+  std::size_t key_size;
+  std::uint64_t seed;
+};
+
+/// Every (d_k, scaling, seed) in the nested order of the results.
+std::vector<Job> sweep_jobs(const SweepOptions& options) {
   std::vector<Job> jobs;
   for (const std::size_t d : options.key_sizes)
     for (const Scaling s : options.scalings)
       for (std::uint64_t seed = 0; seed < options.seeds; ++seed) jobs.push_back({s, d, seed});
+  return jobs;
+}
 
+/// Trains `jobs`, `options.jobs` at a time; results in the order of `jobs`.
+std::vector<RunResult> train_jobs(const SweepOptions& options, const std::vector<Job>& jobs,
+                                  const std::function<void(std::string_view)>& progress);
+
+// Results travel between ranks as JSON whose doubles are their bit patterns: exact, NaN included.
+json exact(double value) { return std::bit_cast<std::uint64_t>(value); }
+double exact_double(const json& value) { return std::bit_cast<double>(value.get<std::uint64_t>()); }
+
+json to_exact_json(const RunResult& r) {
+  json curve = json::array();
+  for (const ProbePoint& p : r.curve)
+    curve.push_back({p.step, exact(p.train_loss), exact(p.probe_loss), exact(p.token_accuracy), exact(p.entropy),
+                     exact(p.saturated_share), exact(p.mean_abs_logit), exact(p.attention_grad_norm),
+                     exact(p.qk_grad_norm), exact(p.temperature)});
+  return {{"scaling", name_of(r.scaling)}, {"key_size", r.key_size}, {"heads", r.heads}, {"seed", r.seed},
+          {"curve", curve}, {"steps_to_target", r.steps_to_target ? json(*r.steps_to_target) : json(nullptr)},
+          {"final", {exact(r.final_loss), exact(r.final_token_accuracy), exact(r.final_exact)}},
+          {"seconds", exact(r.seconds)}, {"stop_reason", r.stop_reason}};
+}
+
+RunResult from_exact_json(const json& j) {
+  RunResult r;
+  r.scaling = parse_name<Scaling>(j.at("scaling").get<std::string>(), "scaling");
+  r.key_size = j.at("key_size").get<std::size_t>();
+  r.heads = j.at("heads").get<std::size_t>();
+  r.seed = j.at("seed").get<std::uint64_t>();
+  for (const json& p : j.at("curve"))
+    r.curve.push_back({.step = p.at(0).get<std::int64_t>(), .train_loss = exact_double(p.at(1)),
+                       .probe_loss = exact_double(p.at(2)), .token_accuracy = exact_double(p.at(3)),
+                       .entropy = exact_double(p.at(4)), .saturated_share = exact_double(p.at(5)),
+                       .mean_abs_logit = exact_double(p.at(6)), .attention_grad_norm = exact_double(p.at(7)),
+                       .qk_grad_norm = exact_double(p.at(8)), .temperature = exact_double(p.at(9))});
+  if (!j.at("steps_to_target").is_null()) r.steps_to_target = j.at("steps_to_target").get<std::int64_t>();
+  r.final_loss = exact_double(j.at("final").at(0));
+  r.final_token_accuracy = exact_double(j.at("final").at(1));
+  r.final_exact = exact_double(j.at("final").at(2));
+  r.seconds = exact_double(j.at("seconds"));
+  r.stop_reason = j.at("stop_reason").get<std::string>();
+  return r;
+}
+
+}  // namespace
+
+std::vector<RunResult> run_sweep(const SweepOptions& options, const std::function<void(std::string_view)>& progress) {
+  options.validate();
+  return train_jobs(options, sweep_jobs(options), progress);
+}
+
+std::vector<RunResult> run_sweep(const SweepOptions& options, train::Communicator& communicator,
+                                 const std::function<void(std::string_view)>& progress) {
+  options.validate();
+  const std::vector<Job> all = sweep_jobs(options);
+  const std::size_t rank = std::size_t(communicator.rank()), ranks = std::size_t(communicator.size());
+  // Strided, so that every rank gets a share of each d_k (the runs' cost grows with the heads).
+  std::vector<Job> mine;
+  for (std::size_t i = rank; i < all.size(); i += ranks) mine.push_back(all[i]);
+  // A failure is sent like a result, so that no rank waits for one that gave up.
+  json sent;
+  try {
+    json results = json::array();
+    for (const RunResult& r : train_jobs(options, mine, progress)) results.push_back(to_exact_json(r));
+    sent = {{"results", results}};
+  } catch (const std::exception& e) {
+    sent = {{"error", "rank " + std::to_string(rank) + ": " + e.what()}};
+  }
+  const std::vector<std::string> gathered = communicator.gather_text(sent.dump());
+  std::string merged;
+  if (rank == 0) {
+    json all_results = json::array();
+    for (std::size_t i = 0; i < all.size(); ++i) all_results.push_back(nullptr);
+    std::string errors;
+    for (std::size_t r = 0; r < gathered.size(); ++r) {
+      const json part = json::parse(gathered[r]);
+      if (part.contains("error")) {
+        errors += (errors.empty() ? "" : "; ") + part.at("error").get<std::string>();
+        continue;
+      }
+      const json& results = part.at("results");
+      for (std::size_t k = 0; k < results.size(); ++k) all_results[r + k * ranks] = results[k];
+    }
+    merged = errors.empty() ? json{{"results", all_results}}.dump() : json{{"error", errors}}.dump();
+  }
+  communicator.broadcast_text(merged);
+  const json result = json::parse(merged);
+  if (result.contains("error")) throw Error("the distributed sweep failed on " + result.at("error").get<std::string>());
+  std::vector<RunResult> results;
+  for (const json& r : result.at("results")) results.push_back(from_exact_json(r));
+  return results;
+}
+
+namespace {
+
+std::vector<RunResult> train_jobs(const SweepOptions& options, const std::vector<Job>& jobs,
+                                  const std::function<void(std::string_view)>& progress) {
   std::vector<RunResult> results(jobs.size());
   std::atomic<std::size_t> next{0};
   std::size_t finished = 0;
@@ -280,5 +381,7 @@ std::vector<RunResult> run_sweep(const SweepOptions& options, const std::functio
   if (failure) std::rethrow_exception(failure);
   return results;
 }
+
+}  // namespace
 
 }  // namespace qkv::study

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "study/statistics.hpp"
+#include "train/distributed.hpp"
 
 namespace qkv::study {
 
@@ -80,6 +81,13 @@ RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t ke
 /// the order they finish in. `progress` gets one line per finished run (from any thread, one
 /// at a time).
 std::vector<RunResult> run_sweep(const SweepOptions& options,
+                                 const std::function<void(std::string_view)>& progress = {});
+/// The same spread over the ranks of `communicator` (train/distributed.hpp; collective: every
+/// rank calls it with the same options): rank r trains runs r, r + N, r + 2N, ... of the nested
+/// order, `options.jobs` at a time, and every rank returns every run's result, bit for bit what
+/// one process computes (each run is trained alone, in one thread, from its own seed). A run
+/// that fails on any rank makes every rank throw its error.
+std::vector<RunResult> run_sweep(const SweepOptions& options, train::Communicator& communicator,
                                  const std::function<void(std::string_view)>& progress = {});
 
 /// Attention statistics accumulated over observed softmax calls.

@@ -1,13 +1,17 @@
 #include "train/trainer.hpp"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <optional>
 
+#include <xtensor/xview.hpp>
+
 #include "autograd/ops.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/kernels.hpp"
 #include "optim/adam.hpp"
 #include "optim/clip.hpp"
 
@@ -36,6 +40,37 @@ TrainOptions with_decode_length(TrainOptions options, std::span<const SentencePa
     options.decode.max_length = longest + 10;
   }
   return options;
+}
+
+/// Rows [first, last) of a batch: a data-parallel rank's share. The padded lengths stay the
+/// global batch's, so every rank runs the same steps (and dropout draws) as one process.
+Batch rows_of(const Batch& batch, std::size_t first, std::size_t last) {
+  const auto rows = [&](const IndexArray& array) -> IndexArray { return xt::view(array, xt::range(first, last)); };
+  Batch shard;
+  shard.source = rows(batch.source);                  // [b, S]
+  shard.source_lengths = rows(batch.source_lengths);  // [b]
+  shard.target_input = rows(batch.target_input);      // [b, T]
+  shard.target_output = rows(batch.target_output);    // [b, T]
+  shard.target_lengths = rows(batch.target_lengths);  // [b]
+  shard.indices.assign(batch.indices.begin() + std::ptrdiff_t(first), batch.indices.begin() + std::ptrdiff_t(last));
+  return shard;
+}
+
+/// FNV-1a over the token ids of every batch: what the ranks compare to know they train on the
+/// same data in the same order.
+std::string hash_of_batches(const std::vector<Batch>& batches) {
+  std::uint64_t hash = 0xcbf29ce484222325ULL;
+  const auto add = [&](const IndexArray& array) {
+    for (const std::int64_t id : array) {
+      hash ^= std::uint64_t(id);
+      hash *= 0x100000001b3ULL;
+    }
+  };
+  for (const Batch& batch : batches) {
+    add(batch.source);
+    add(batch.target_output);
+  }
+  return std::to_string(hash);
 }
 
 }  // namespace
@@ -86,6 +121,24 @@ void Trainer::add_callback(std::shared_ptr<TrainerCallback> callback) {
   callbacks_.push_back(std::move(callback));
 }
 
+void Trainer::set_communicator(std::shared_ptr<Communicator> communicator) {
+  check_arg(communicator != nullptr, "Trainer::set_communicator", "null communicator");
+  communicator_ = std::move(communicator);
+  all_reduce_.reset();
+  if (communicator_->size() > 1) {
+    std::vector<Variable> parameters;
+    for (const NamedVariable& named : optimizer_->parameters()) parameters.push_back(named.second);
+    all_reduce_ = std::make_unique<GradientAllReduce>(std::move(parameters));
+  }
+}
+
+bool Trainer::on_any_rank(bool local) {
+  if (communicator_->size() == 1) return local;
+  double votes = local ? 1 : 0;
+  communicator_->sum(std::span<double>(&votes, 1));
+  return votes > 0;
+}
+
 void Trainer::request_stop(std::string why) { stop_request_ = why.empty() ? "stop requested" : std::move(why); }
 
 void Trainer::build_optimizer() {
@@ -118,6 +171,21 @@ TrainResult Trainer::train(const std::atomic<bool>* stop) {
     for (const auto& callback : callbacks_) callback->on_train_end(*this, result);
     return result;
   };
+  const bool parallel = communicator_->size() > 1;
+  const std::size_t rank = std::size_t(communicator_->rank()), ranks = std::size_t(communicator_->size());
+  if (parallel) {
+    // Refused at once, on every rank, if the ranks would not train the same model alike.
+    check_same_on_every_rank(*communicator_, {{"qkv", build_identity()},
+                                              {"options", options_.to_json()},
+                                              {"model", {{"kind", model_->kind()}, {"config", model_->config()}}},
+                                              {"data", {{"batches_per_epoch", batcher_.num_batches()},
+                                                        {"epoch_hash", hash_of_batches(batcher_.epoch(progress_.epoch))}}},
+                                              {"progress", {{"epoch", progress_.epoch},
+                                                            {"batch", progress_.batch_in_epoch},
+                                                            {"step", progress_.step}}}});
+    check_parameters_agree(*communicator_, model_->named_parameters(),
+                           "start of training at step " + std::to_string(progress_.step));
+  }
   for (const auto& callback : callbacks_) callback->on_train_start(*this);
 
   const bool budgeted = options_.time_budget_seconds > 0;
@@ -130,23 +198,59 @@ TrainResult Trainer::train(const std::atomic<bool>* stop) {
     const auto mean_loss = [&] { return loss_count > 0 ? loss_sum / double(loss_count) : std::nan(""); };
     model_->train();
     for (; progress_.batch_in_epoch < batches.size(); ++progress_.batch_in_epoch) {
-      if (stop != nullptr && stop->load()) return finish(StopReason::interrupted);
-      if (budgeted && seconds_since(start) >= options_.time_budget_seconds) {
+      bool interrupted = stop != nullptr && stop->load();
+      bool out_of_time = budgeted && seconds_since(start) >= options_.time_budget_seconds;
+      bool requested = !stop_request_.empty();
+      if (parallel) {
+        // A stop on any rank stops them all before this step: ranks must not part ways.
+        std::array<double, 3> votes{double(interrupted), double(out_of_time), double(requested)};
+        communicator_->sum(std::span<double>(votes));
+        interrupted = votes[0] > 0;
+        out_of_time = votes[1] > 0;
+        requested = votes[2] > 0;
+        if (requested && stop_request_.empty()) stop_request_ = "stop requested on another rank";
+      }
+      if (interrupted) return finish(StopReason::interrupted);
+      if (out_of_time) {
         evaluate_now(mean_loss(), false);
         return finish(StopReason::time_budget);
       }
-      if (!stop_request_.empty()) {
+      if (requested) {
         evaluate_now(mean_loss(), false);
         return finish(StopReason::requested, stop_request_);
       }
       const Batch& batch = batches[progress_.batch_in_epoch];
       const double learning_rate = apply_schedule(*schedule_, *optimizer_);
-      const Seq2SeqOutput out = model_->forward(batch.source, batch.source_lengths, batch.target_input);
-      Variable loss = cross_entropy(out.logits, batch.target_output, loss_options);  // []
-      const double loss_value = loss.item();
+      const std::size_t global_tokens = count_label_tokens(batch.target_output);
+      // Alone: the whole batch. Data parallel: rows [first, last) of it, with dropout drawn as
+      // for the whole batch (kernels::ScopedBatchShard).
+      std::optional<Batch> shard;
+      std::optional<kernels::ScopedBatchShard> shard_scope;
+      if (parallel) {
+        check_arg(batch.size() >= ranks, "data-parallel training", [&] {
+          return "batch " + std::to_string(progress_.batch_in_epoch + 1) + " of epoch " +
+                 std::to_string(progress_.epoch + 1) + " has " + std::to_string(batch.size()) + " rows, fewer than the " +
+                 std::to_string(ranks) + " processes: use fewer processes or a larger batch";
+        });
+        const std::size_t first = batch.size() * rank / ranks, last = batch.size() * (rank + 1) / ranks;
+        shard = rows_of(batch, first, last);
+        shard_scope.emplace(kernels::BatchShard{.first_row = first, .rows = last - first, .global_rows = batch.size()});
+      }
+      const Batch& mine = shard ? *shard : batch;
+      const Seq2SeqOutput out = model_->forward(mine.source, mine.source_lengths, mine.target_input);
+      shard_scope.reset();
+      Variable loss = cross_entropy(out.logits, mine.target_output, loss_options);  // []
+      double loss_value = loss.item();
+      const std::size_t my_tokens = shard ? count_label_tokens(mine.target_output) : global_tokens;
+      if (parallel) {
+        // The global batch's mean: Σ_ranks (mean · tokens) / global tokens.
+        double loss_sum = loss_value * double(my_tokens);
+        communicator_->sum(std::span<double>(&loss_sum, 1));
+        loss_value = global_tokens > 0 ? loss_sum / double(global_tokens) : 0.0;
+      }
       const StepInfo info{.epoch = progress_.epoch, .batch = progress_.batch_in_epoch,
                           .batches_in_epoch = batches.size(), .step = progress_.step + 1, .loss = loss_value,
-                          .learning_rate = learning_rate, .tokens = count_label_tokens(batch.target_output),
+                          .learning_rate = learning_rate, .tokens = global_tokens,
                           .seconds = seconds_since(start)};
       if (!std::isfinite(loss_value))
         return finish(StopReason::diverged,
@@ -155,6 +259,11 @@ TrainResult Trainer::train(const std::atomic<bool>* stop) {
                           "); stopped without saving, the last good checkpoint is kept. Try a lower --lr or --clip.");
       optimizer_->zero_grad();
       loss.backward();
+      // Each rank's gradient is of its mean; weighted by its share of the tokens, the sum over
+      // the ranks is the gradient of the global batch's mean.
+      if (all_reduce_)
+        all_reduce_->sum(*communicator_,
+                         global_tokens > 0 ? real(double(my_tokens) / double(global_tokens)) : real(0));
       for (const auto& callback : callbacks_) callback->on_after_backward(*this, info);
       if (options_.clip_norm > 0) {
         const double norm = clip_grad_norm(optimizer_->parameters(), options_.clip_norm);
@@ -173,12 +282,14 @@ TrainResult Trainer::train(const std::atomic<bool>* stop) {
     progress_.batch_in_epoch = 0;
     ++result.epochs_completed;
     evaluate_now(mean_loss(), true);
-    if (!stop_request_.empty() && epochs_remain()) return finish(StopReason::requested, stop_request_);
+    if (on_any_rank(!stop_request_.empty()) && epochs_remain())
+      return finish(StopReason::requested, stop_request_.empty() ? "stop requested on another rank" : stop_request_);
   }
   return finish(StopReason::completed);
 }
 
 void Trainer::evaluate_now(double train_loss, bool epoch_complete) {
+  check_parameters_agree(*communicator_, model_->named_parameters(), "step " + std::to_string(progress_.step));
   std::optional<Evaluation> evaluation;
   if (evaluator_) {
     evaluation = evaluator_(*model_, vocabs_, options_);

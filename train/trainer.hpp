@@ -11,8 +11,8 @@
 //
 // The seams (TrainerCallback), in the order a step meets them:
 //   on_train_start     once per train() call
-//   on_after_backward  every gradient complete, before clipping and the optimizer step: where a
-//                      data-parallel gradient all-reduce goes
+//   on_after_backward  every gradient complete (summed over the ranks when data-parallel, see
+//                      below), before clipping and the optimizer step: gradient probes
 //   on_step_end        after the optimizer step
 //   on_evaluation      after every epoch, and when a time budget, a stop request or an
 //                      interruption ends training between epochs: where probes and the
@@ -20,6 +20,16 @@
 //   on_train_end       once, whatever the reason (diverged included)
 // A callback may call request_stop(): training then stops after the current step or
 // evaluation, with an evaluation first if the epoch was cut short.
+//
+// Data parallelism (train/distributed.hpp). With set_communicator(world) on every rank of an
+// MPI job, each rank forwards its block of rows of every global batch, the loss is normalised by
+// the global batch's label tokens, and the gradients are summed over the ranks before the
+// on_after_backward callbacks, so they, clipping and the optimizer see the global gradient.
+// Stop decisions (the stop flag, the time budget, request_stop()) are taken together: a stop
+// on any rank stops every rank at the same step. At start-up the ranks' options, model config
+// and progress are compared (check_same_on_every_rank), and at every evaluation a hash of every
+// parameter (check_parameters_agree). Every rank evaluates on its own (the same numbers);
+// StepInfo::loss and ::tokens are the global batch's.
 //
 // Reproducibility. Batches are a pure function of (seed, epoch) (lib/text/batching.hpp), and a
 // checkpoint records the epoch and the next batch, so resuming — from the end of an epoch, an
@@ -45,6 +55,7 @@
 #include "optim/optimizer.hpp"
 #include "optim/schedule.hpp"
 #include "train/checkpoint.hpp"
+#include "train/distributed.hpp"
 #include "train/evaluation.hpp"
 #include "train/options.hpp"
 
@@ -113,6 +124,13 @@ class Trainer {
   Trainer(const Checkpoint& checkpoint, std::span<const SentencePair> training_pairs);
 
   void set_evaluator(Evaluator evaluator) { evaluator_ = std::move(evaluator); }
+  /// The processes this Trainer trains with (see the top of this file); alone by default.
+  void set_communicator(std::shared_ptr<Communicator> communicator);
+  Communicator& communicator() const { return *communicator_; }
+  /// Bytes each rank sends into the gradient all-reduce per step (0 alone).
+  std::size_t all_reduce_bytes_per_step() const { return all_reduce_ ? all_reduce_->bytes_per_step() : 0; }
+  /// The gradient all-reduce (null alone): its bytes, time and calls so far.
+  const GradientAllReduce* gradient_all_reduce() const { return all_reduce_.get(); }
   /// Callbacks run in the order they were added.
   void add_callback(std::shared_ptr<TrainerCallback> callback);
 
@@ -137,6 +155,8 @@ class Trainer {
  private:
   void build_optimizer();
   void evaluate_now(double train_loss, bool epoch_complete);
+  /// `local` on any rank (collective; `local` itself alone).
+  bool on_any_rank(bool local);
 
   std::shared_ptr<models::Seq2SeqModel> model_;
   Vocabs vocabs_;
@@ -145,6 +165,8 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Schedule> schedule_;
   Evaluator evaluator_;
+  std::shared_ptr<Communicator> communicator_ = single_process();
+  std::unique_ptr<GradientAllReduce> all_reduce_;  // null alone
   std::vector<std::shared_ptr<TrainerCallback>> callbacks_;
   Progress progress_;
   nlohmann::json history_ = nlohmann::json::array();

@@ -7,6 +7,11 @@
 // to the gradients (no training); part 2 trains the tiny transformer with each scale and
 // several head sizes. DIR/summary.md says what was measured; docs/scaling_study.md explains
 // every output.
+//
+// Under mpirun (`mpirun -np 4 qkv-scaling-study ...`, qkv built with QKV_MPI) the training runs
+// are spread over the ranks (study::run_sweep with a communicator) and rank 0 measures part 1
+// and writes every file: the same rows as one process, bit for bit, but for the wall times.
+// --jobs is then per rank (default 1).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
@@ -20,6 +25,7 @@
 #include "study/report.hpp"
 #include "study/statistics.hpp"
 #include "study/training_sweep.hpp"
+#include "train/distributed.hpp"
 
 namespace {
 
@@ -29,8 +35,10 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   using namespace qkv::study;
+  const bool root = mpi.is_root();
+  const int ranks = mpi.world()->size();
   CLI::App app{"qkv-scaling-study: what 1/sqrt(d_k) does to attention saturation, entropy, gradients and training"};
   std::string out;
   bool quick = false;
@@ -55,6 +63,8 @@ int main(int argc, char** argv) {
   app.add_option("--d-model", sweep.d_model, "training: model width, fixed")->check(CLI::PositiveNumber);
   app.add_option("--train-key-sizes", sweep.key_sizes, "training: head sizes d_k (heads = d_model / d_k)");
   app.add_option("--scalings", scaling_ids, "training: none, inv_sqrt_dk, inv_dk, learned_tau");
+  auto* jobs = app.add_option("--jobs", sweep.jobs, "training: runs at once (one thread each; per rank under mpirun)")
+                   ->check(CLI::PositiveNumber);
   auto* seeds = app.add_option("--seeds", sweep.seeds, "training: seeds per setting")->check(CLI::PositiveNumber);
   auto* steps = app.add_option("--steps", sweep.steps, "training: optimizer steps per run")->check(CLI::PositiveNumber);
   auto* probe_every =
@@ -63,8 +73,13 @@ int main(int argc, char** argv) {
   app.add_option("--lr", sweep.lr, "training: Adam learning rate")->check(CLI::PositiveNumber);
   app.add_option("--clip", sweep.clip_norm, "training: gradient clipping norm (0: off)")->check(CLI::NonNegativeNumber);
   app.add_option("--layers", sweep.layers, "training: encoder and decoder layers each")->check(CLI::PositiveNumber);
-  app.add_option("--jobs", sweep.jobs, "training: runs at once (one thread each)")->check(CLI::PositiveNumber);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return root ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+  }
+  if (ranks > 1 && jobs->count() == 0) sweep.jobs = 1;  // the ranks are the parallelism
+  if (!root) spdlog::set_level(spdlog::level::warn);     // rank 0 tells the story
 
   if (quick) {
     if (trials->count() == 0) stats.trials = 8000;  // keeps the variance within ~1% at d_k = 4
@@ -84,7 +99,7 @@ int main(int argc, char** argv) {
   try {
     stats.validate();
     sweep.validate();
-    std::filesystem::create_directories(out);
+    if (root) std::filesystem::create_directories(out);
     // One qkv thread per run: the runs themselves are spread over --jobs threads.
     qkv::parallel::set_num_threads(1);
 
@@ -92,14 +107,18 @@ int main(int argc, char** argv) {
     spdlog::info("part 1: statistics over d_k = {} ... {}, {} trials each", stats.key_sizes.front(),
                  stats.key_sizes.back(), stats.trials);
     auto start = std::chrono::steady_clock::now();
-    const StatisticsResult statistics = measure_statistics(stats, progress);
+    // Part 1 is rank 0's alone; the others start on their training runs meanwhile.
+    const StatisticsResult statistics = root ? measure_statistics(stats, progress) : StatisticsResult{};
     const double statistics_seconds = seconds_since(start);
 
     const std::size_t runs = sweep.key_sizes.size() * sweep.scalings.size() * sweep.seeds;
-    spdlog::info("part 2: training {} runs of {} steps, {} at a time", runs, sweep.steps, sweep.jobs);
+    spdlog::info("part 2: training {} runs of {} steps, {} at a time{}", runs, sweep.steps, sweep.jobs,
+                 ranks > 1 ? " on each rank, runs over " + std::to_string(ranks) + " processes" : std::string());
     start = std::chrono::steady_clock::now();
-    const std::vector<RunResult> results = run_sweep(sweep, progress);
+    const std::vector<RunResult> results =
+        ranks > 1 ? run_sweep(sweep, *mpi.world(), progress) : run_sweep(sweep, progress);
     const double training_seconds = seconds_since(start);
+    if (!root) return 0;
 
     const std::vector<std::string> files =
         write_report(out, {.command_line = command.str(), .statistics = stats, .sweep = sweep,
@@ -109,7 +128,19 @@ int main(int argc, char** argv) {
                  statistics_seconds, training_seconds, out);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
+    // An error of rank 0's alone (writing the report) must not leave the others waiting.
+    mpi.abort(1);
     return 1;
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    qkv::train::MpiSession mpi(argc, argv);
+    return run(argc, argv, mpi);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
 }

@@ -13,6 +13,11 @@
 // The last line is `final: val_loss=… token_acc=… exact=… bleu=…` on the test set (the
 // validation set for corpora without one), of the checkpoint with the best validation metric
 // (best/). Bad arguments: one line on stderr, exit status 2.
+//
+// Under mpirun (`mpirun -np 2 qkv-train ...`, qkv built with QKV_MPI) the ranks train one model
+// data-parallel (train/distributed.hpp, docs/distributed.md): every rank loads the data and the
+// model, rank 0 alone locks and writes the run directory and prints; an error on any rank ends
+// the whole job (MPI_Abort).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -35,6 +40,7 @@
 #include "train/attention_plots.hpp"
 #include "train/callbacks.hpp"
 #include "train/data_spec.hpp"
+#include "train/distributed.hpp"
 #include "train/trainer.hpp"
 
 namespace {
@@ -114,7 +120,8 @@ TrainOptions resumed_options(const CommandLine& line, const TrainOptions& saved)
   return options;
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, const MpiSession& mpi) {
+  const bool root = mpi.is_root();
   CommandLine line;
   try {
     line = train_cli::parse_command_line(argc, argv);
@@ -123,9 +130,10 @@ int run(int argc, char** argv) {
     return 2;
   }
   if (line.help) {
-    std::fputs(line.help_text.c_str(), stdout);
+    if (root) std::fputs(line.help_text.c_str(), stdout);
     return 0;
   }
+  if (!root) spdlog::set_level(spdlog::level::warn);  // rank 0 tells the story
   spdlog::info("gemm: {}", blas::describe());
   parallel::set_num_threads(line.threads);
   set_detect_anomaly(line.detect_anomaly);
@@ -137,8 +145,10 @@ int run(int argc, char** argv) {
   Dataset data;
   json data_spec;
   if (!line.resume.empty()) {
-    // Locked before reading, so that a running process cannot be writing what is read.
-    RunDirectoryLock lock(line.resume);
+    // Locked before reading, so that a running process cannot be writing what is read (by rank
+    // 0; the others read while it holds the lock, and it writes nothing before they all have).
+    std::optional<RunDirectoryLock> lock;
+    if (root) lock.emplace(line.resume);
     Checkpoint checkpoint = load_checkpoint(line.resume);
     refuse_changed_model_and_data(line, checkpoint);
     data_spec = checkpoint.data;
@@ -146,7 +156,7 @@ int run(int argc, char** argv) {
     std::vector<std::string> changes;
     trainer.emplace(checkpoint, data.train, resumed_options(line, checkpoint.options), &changes);
     for (const std::string& change : changes) spdlog::info("resume: changed {}", change);
-    checkpointer = std::make_shared<Checkpointer>(std::move(lock), data_spec);
+    if (root) checkpointer = std::make_shared<Checkpointer>(std::move(*lock), data_spec);
   } else {
     if (line.model.empty() || line.out.empty()) throw Error("--model and --out are required (or --resume DIR)");
     if (line.task.empty() == line.data_file.empty()) throw Error("give exactly one of --task NAME and --data FILE.tsv");
@@ -155,7 +165,8 @@ int run(int argc, char** argv) {
     config["seed"] = line.seed;
     // Locked before anything is loaded or written: a second run into a busy directory is
     // refused at once, and the first run's files stay as they are.
-    RunDirectoryLock lock(line.out);
+    std::optional<RunDirectoryLock> lock;
+    if (root) lock.emplace(line.out);
     data_spec = line.task.empty() ? corpus_data_spec(line.data_file, line.reverse_pairs, line.split)
                                   : task_data_spec(line.task, line.seed, line.train_size, line.eval_size);
     data_spec["min_freq"] = line.min_freq;
@@ -171,17 +182,26 @@ int run(int argc, char** argv) {
                  model->parameter_count(), data.train.size(), trainer->batches_per_epoch());
     spdlog::info("model config {}", model->config().dump());
     spdlog::info("training options {}", trainer->options().to_json().dump());
-    checkpointer = std::make_shared<Checkpointer>(std::move(lock), data_spec);
+    if (root) checkpointer = std::make_shared<Checkpointer>(std::move(*lock), data_spec);
   }
-  const fs::path out = checkpointer->directory();
   trainer->set_evaluator(evaluate_on(data.validation));
-  trainer->add_callback(checkpointer);
-  trainer->add_callback(std::make_shared<ConsoleReporter>(::isatty(STDERR_FILENO) != 0));
-  trainer->add_callback(std::make_shared<CurvesPlot>((out / "curves.svg").string()));
-  if (target) trainer->add_callback(std::make_shared<StopAtTarget>(*target));
+  trainer->set_communicator(mpi.world());
+  if (mpi.world()->size() > 1)
+    spdlog::info("data parallel: {} processes, {} rows of each batch of {} per process, {} bytes all-reduced per step",
+                 mpi.world()->size(), trainer->options().batch_size / std::size_t(mpi.world()->size()),
+                 trainer->options().batch_size, trainer->all_reduce_bytes_per_step());
+  // Rank 0 alone writes; a stop it decides (--until) stops every rank (the Trainer agrees on it).
+  if (root) {
+    trainer->add_callback(checkpointer);
+    trainer->add_callback(std::make_shared<ConsoleReporter>(::isatty(STDERR_FILENO) != 0));
+    trainer->add_callback(std::make_shared<CurvesPlot>((fs::path(checkpointer->directory()) / "curves.svg").string()));
+    if (target) trainer->add_callback(std::make_shared<StopAtTarget>(*target));
+  }
 
   std::signal(SIGINT, on_sigint);
   const TrainResult result = trainer->train(&interrupted);
+  if (!root) return result.reason == StopReason::diverged ? 1 : result.reason == StopReason::interrupted ? 130 : 0;
+  const fs::path out = checkpointer->directory();
   if (result.reason == StopReason::diverged) {
     spdlog::error("{}", result.message);
     return 1;
@@ -234,10 +254,20 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::optional<MpiSession> mpi;
   try {
-    return run(argc, argv);
+    mpi.emplace(argc, argv);
+    return run(argc, argv, *mpi);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "qkv-train: %s\n", e.what());
+    const int ranks = mpi ? mpi->world()->size() : 1;
+    if (ranks == 1) {
+      std::fprintf(stderr, "qkv-train: %s\n", e.what());
+      return 2;
+    }
+    std::fprintf(stderr, "qkv-train (rank %d of %d): %s\n", mpi->world()->rank(), ranks, e.what());
+    std::fflush(stderr);
+    // The other ranks may be waiting in a collective this rank will never join.
+    mpi->abort(2);
     return 2;
   }
 }

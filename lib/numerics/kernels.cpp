@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "lib/numerics/broadcast.hpp"
+#include "lib/numerics/error.hpp"
 #include "lib/numerics/parallel.hpp"
 #include "lib/numerics/simd.hpp"
 #include "lib/numerics/vector_math.hpp"
@@ -497,6 +499,49 @@ void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::ui
   const std::size_t pairs = (count + 1) / 2;
   parallel::for_chunks(pairs, parallel::min_elements_per_chunk / 2, [&](std::size_t first, std::size_t last) {
     dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y);
+  });
+}
+
+namespace {
+thread_local const BatchShard* active_batch_shard = nullptr;
+thread_local BatchShard batch_shard_storage;
+}  // namespace
+
+ScopedBatchShard::ScopedBatchShard(const BatchShard& shard) {
+  check_arg(active_batch_shard == nullptr, "ScopedBatchShard", "batch shards do not nest");
+  check_arg(shard.rows > 0 && shard.first_row + shard.rows <= shard.global_rows, "ScopedBatchShard", [&] {
+    return "rows [" + std::to_string(shard.first_row) + ", " + std::to_string(shard.first_row + shard.rows) +
+           ") do not lie in a batch of " + std::to_string(shard.global_rows);
+  });
+  batch_shard_storage = shard;
+  active_batch_shard = &batch_shard_storage;
+}
+ScopedBatchShard::~ScopedBatchShard() { active_batch_shard = nullptr; }
+const BatchShard* current_batch_shard() { return active_batch_shard; }
+
+void dropout_forward_shard(const real* x, real p, Rng& rng, const BatchShard& shard, std::size_t outer,
+                           std::size_t row_elements, std::uint8_t* keep, real* y) {
+  const real keep_scale = real(1) / (real(1) - p);
+  const auto threshold = static_cast<std::uint64_t>(std::ceil(double(p) * 0x1.0p32));
+  const std::uint64_t key = rng.next_u64();  // the one draw dropout_forward makes
+  const std::size_t segments = outer * shard.rows;
+  // One hash per element (dropout_forward shares one between two): a global index may be odd
+  // where a local one is even, so the pairs do not line up.
+  parallel::for_chunks(segments, std::max<std::size_t>(1, parallel::min_elements_per_chunk / std::max<std::size_t>(1, row_elements)),
+                       [&](std::size_t first, std::size_t last) {
+    for (std::size_t segment = first; segment < last; ++segment) {
+      const std::size_t o = segment / shard.rows, b = segment % shard.rows;
+      const std::size_t global_start = (o * shard.global_rows + shard.first_row + b) * row_elements;
+      const std::size_t local_start = segment * row_elements;
+      for (std::size_t i = 0; i < row_elements; ++i) {
+        const std::size_t g = global_start + i;
+        const std::uint64_t bits = splitmix64_mix(key + (g / 2) * splitmix64_increment);
+        const std::uint64_t u = (g % 2 == 0) ? (bits & 0xffffffffULL) : (bits >> 32);
+        const std::size_t l = local_start + i;
+        keep[l] = static_cast<std::uint8_t>(u >= threshold);
+        y[l] = x[l] * (keep_scale * static_cast<real>(keep[l]));
+      }
+    }
   });
 }
 

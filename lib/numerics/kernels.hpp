@@ -109,6 +109,30 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 /// number of threads) into `keep` (1 or 0, a byte each: a quarter of a float mask's memory
 /// traffic) and writes y = x · keep / (1 - p). Requires 0 <= p < 1.
 void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y);
+/// Data parallelism (train/distributed.hpp): this process holds rows [first_row, first_row +
+/// rows) of a global batch of `global_rows`. While a ScopedBatchShard lives on the thread that
+/// runs the forward pass, the dropout op draws each element's decision from the element's index
+/// in the global batch (dropout_forward_shard), so that a process's rows get exactly the masks
+/// one process would give them, whatever the number of processes.
+struct BatchShard {
+  std::size_t first_row = 0, rows = 0, global_rows = 0;
+};
+/// Sets the calling thread's shard for its lifetime (they do not nest).
+class ScopedBatchShard {
+ public:
+  explicit ScopedBatchShard(const BatchShard& shard);
+  ~ScopedBatchShard();
+  ScopedBatchShard(const ScopedBatchShard&) = delete;
+  ScopedBatchShard& operator=(const ScopedBatchShard&) = delete;
+};
+/// The calling thread's shard, or null outside a ScopedBatchShard.
+const BatchShard* current_batch_shard();
+/// dropout_forward for x viewed as [outer, shard.rows, row_elements] (the batch on the middle
+/// axis): element (o, b, i) is decided as element (o·global_rows + first_row + b)·row_elements + i
+/// of the global batch [outer, global_rows, row_elements] would be by dropout_forward. With
+/// shard {0, B, B} the mask is dropout_forward's.
+void dropout_forward_shard(const real* x, real p, Rng& rng, const BatchShard& shard, std::size_t outer,
+                           std::size_t row_elements, std::uint8_t* keep, real* y);
 /// grad_x (+)= grad_y · keep / (1 - p).
 void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, GradientOut grad_x);
 

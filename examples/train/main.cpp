@@ -27,6 +27,7 @@
 
 #include "autograd/variable.hpp"
 #include "command_line.hpp"
+#include "step_trace.hpp"
 #include "lib/numerics/blas.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/parallel.hpp"
@@ -98,6 +99,8 @@ void refuse_changed_model_and_data(const CommandLine& line, const Checkpoint& ch
 /// The checkpoint's options with the flags the user gave on top (merge_on_resume then refuses
 /// those that cannot change).
 TrainOptions resumed_options(const CommandLine& line, const TrainOptions& saved) {
+  if (line.was_given("--warmup-epochs"))
+    throw Error("--warmup-epochs sets a fresh run's warm-up; on --resume give --warmup STEPS");
   const TrainOptions asked = train_cli::training_options(line);
   TrainOptions options = saved;
   if (line.was_given("--epochs")) options.epochs = asked.epochs;
@@ -151,6 +154,11 @@ int run(int argc, char** argv) {
     if (line.model.empty() || line.out.empty()) throw Error("--model and --out are required (or --resume DIR)");
     if (line.task.empty() == line.data_file.empty()) throw Error("give exactly one of --task NAME and --data FILE.tsv");
     const models::ModelKind& kind = models::find_model_kind(line.model);
+    if (!line.corpus_defaults_applied.empty()) {
+      std::string applied;
+      for (const std::string& flag : line.corpus_defaults_applied) applied += " " + flag;
+      spdlog::info("{} defaults for a corpus (flags given on the command line win):{}", kind.name, applied);
+    }
     json config = models::config_from_options(kind, line.model_options);
     config["seed"] = line.seed;
     // Locked before anything is loaded or written: a second run into a busy directory is
@@ -166,7 +174,11 @@ int run(int argc, char** argv) {
             ? d2l_vocabs(data)
             : build_vocabs(data.train, {.min_freq = line.min_freq});
     auto model = models::make_model(kind.name, config, vocabs.source.size(), vocabs.target.size());
-    trainer.emplace(model, vocabs, data.train, train_cli::training_options(line));
+    const std::size_t batches_per_epoch = (data.train.size() + line.batch - 1) / line.batch;  // Batcher's count
+    trainer.emplace(model, vocabs, data.train, train_cli::training_options(line, batches_per_epoch));
+    if (trainer->batches_per_epoch() != batches_per_epoch)
+      throw Error("qkv-train: " + std::to_string(trainer->batches_per_epoch()) + " batches per epoch, --warmup-epochs assumed " +
+                  std::to_string(batches_per_epoch));
     spdlog::info("{} model, {} parameters; {} training pairs, {} batches per epoch", kind.name,
                  model->parameter_count(), data.train.size(), trainer->batches_per_epoch());
     spdlog::info("model config {}", model->config().dump());
@@ -179,6 +191,8 @@ int run(int argc, char** argv) {
   trainer->add_callback(std::make_shared<ConsoleReporter>(::isatty(STDERR_FILENO) != 0));
   trainer->add_callback(std::make_shared<CurvesPlot>((out / "curves.svg").string()));
   if (target) trainer->add_callback(std::make_shared<StopAtTarget>(*target));
+  if (line.trace_steps > 0)
+    trainer->add_callback(std::make_shared<train_cli::StepTrace>(data.train, line.trace_steps, out / "trace"));
 
   std::signal(SIGINT, on_sigint);
   const TrainResult result = trainer->train(&interrupted);

@@ -17,6 +17,12 @@ ModelKind bahdanau_model_kind() {
                .max = widest},
               {.flag = "--hidden", .keys = {"/hidden_size", "/attention_size"}, .help = "GRU and attention width",
                .default_value = 64u, .min = 1, .max = widest},
+              {.flag = "--decoder-hidden", .keys = {"/decoder_hidden_size"},
+               .help = "decoder GRU width; 0: as --hidden", .default_value = 0u, .min = 0, .max = widest},
+              {.flag = "--readout", .keys = {"/readout"},
+               .help = "what the output layer reads: state (the decoder state, d2l) or deep ([state; context; "
+                       "previous word's embedding], Bahdanau 2015)",
+               .default_value = "state", .choices = names_of<BahdanauReadout>()},
               {.flag = "--layers", .keys = {"/encoder_layers", "/decoder_layers"}, .help = "encoder and decoder layers",
                .default_value = 2u, .min = 1, .max = 64},
               {.flag = "--dropout", .keys = {"/dropout"}, .help = "dropout probability", .default_value = 0.0,

@@ -53,6 +53,9 @@ CommandLine parse_arguments(int argc, const char* const* argv) {
       ->check(CLI::IsMember(names_of<CorpusSplit>()));
   app.add_option("--out", line.out, "output directory");
   app.add_option("--resume", line.resume, "continue the checkpoint in this directory");
+  app.add_option("--evaluate", line.evaluate,
+                 "train nothing: test the checkpoint in DIR (a run or its best/) on its data's test set, decoding "
+                 "with --beam if given (else the beam it trained with), and print the final: line");
   app.add_option("--seed", line.seed, "batch order and initialisation");
   app.add_option("--threads", line.threads, "threads for gemm and kernels (same seed and threads: same result)")
       ->check(CLI::Range(1, 256));
@@ -95,7 +98,8 @@ CommandLine parse_arguments(int argc, const char* const* argv) {
 
 CommandLine parse_command_line(int argc, const char* const* argv) {
   CommandLine line = parse_arguments(argc, argv);
-  if (line.help || line.data_file.empty() || !line.resume.empty() || line.model.empty()) return line;
+  if (line.help || line.data_file.empty() || !line.resume.empty() || !line.evaluate.empty() || line.model.empty())
+    return line;
   const auto kinds = models::model_kinds();
   if (std::find(kinds.begin(), kinds.end(), line.model) == kinds.end()) return line;  // make_model names it
   // The kind's corpus defaults, as if typed before the user's flags, for every flag not given.

@@ -25,6 +25,7 @@ struct CommandLine {
   std::size_t eval_size = 0;      // 0: the task's default
   std::string out;
   std::string resume;
+  std::string evaluate;  // --evaluate DIR: test that checkpoint (with --beam if given) and exit
   std::uint64_t seed = 0;
   int threads = 1;
   std::size_t epochs = 10;

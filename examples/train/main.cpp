@@ -3,6 +3,7 @@
 //   qkv-train --model transformer --task reverse --out runs/rev --epochs 5
 //   qkv-train --model bahdanau --data fra.txt --reverse-pairs --split d2l --out runs/fra --time-budget 600
 //   qkv-train --resume runs/rev --epochs 10          (continues to 10 epochs in total)
+//   qkv-train --evaluate runs/fra/best --beam 4       (tests a checkpoint, trains nothing)
 //
 // The program is the Trainer (train/trainer.hpp) with its four standard plug-ins
 // (train/callbacks.hpp): a Checkpointer writing DIR/config.json, model.safetensors,
@@ -117,6 +118,23 @@ TrainOptions resumed_options(const CommandLine& line, const TrainOptions& saved)
   return options;
 }
 
+/// --evaluate DIR: the checkpoint's test set (its validation set when it has none), decoded as
+/// the run was evaluated or with the --beam given; prints the `final:` line as a run does.
+int evaluate_checkpoint(const CommandLine& line) {
+  const Checkpoint checkpoint = load_checkpoint(line.evaluate);
+  const Dataset data = load_data(checkpoint.data);
+  models::DecodeOptions decode = checkpoint.options.decode;
+  if (line.was_given("--beam")) decode.beam = line.beam;
+  const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
+  const Evaluation result =
+      evaluate(*checkpoint.model, held_out, checkpoint.vocabs, decode, checkpoint.options.eval_batch_size);
+  spdlog::info("{}: {} sentence pairs ({} sources) of the {} set, beam {}", line.evaluate, held_out.size(),
+               result.groups.size(), data.test.empty() ? "validation" : "test", decode.beam);
+  std::printf("final: val_loss=%.4f token_acc=%.4f exact=%.4f bleu=%.2f\n", result.loss, result.token_accuracy,
+              result.exact_match, result.bleu);
+  return 0;
+}
+
 int run(int argc, char** argv) {
   CommandLine line;
   try {
@@ -132,6 +150,7 @@ int run(int argc, char** argv) {
   spdlog::info("gemm: {}", blas::describe());
   parallel::set_num_threads(line.threads);
   set_detect_anomaly(line.detect_anomaly);
+  if (!line.evaluate.empty()) return evaluate_checkpoint(line);
   std::optional<StopAtTarget> target;
   if (!line.until.empty()) target = StopAtTarget::parse(line.until);
 

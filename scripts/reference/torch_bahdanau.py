@@ -7,15 +7,15 @@ learns as PyTorch does and to try architectural variants on the same batches.
     # 2. PyTorch replays them from the same weights and prints both losses step by step:
     /usr/bin/python3 scripts/reference/torch_bahdanau.py /tmp/run
     # 3. or trains a variant on the same batches from its own initialisation:
-    /usr/bin/python3 scripts/reference/torch_bahdanau.py /tmp/run --fresh --decoder-hidden 256 --output deep
+    /usr/bin/python3 scripts/reference/torch_bahdanau.py /tmp/run --fresh --decoder-hidden 256 --readout deep
 
 The model (the same names as qkv's parameters, so qkv's weights load by name):
   source_embedding (row 0 = <pad>, zero) -> GRU (bidirectional) over each source's length
   -> decoder state s_0 = tanh(bridge [h_fwd; h_bwd]) (one slice per decoder layer)
   per step: a_t = masked softmax of v' tanh(W_q s_{t-1} + W_k k_j); c_t = sum_j a_t[j] k_j
             s_t = GRUCell([E y_{t-1}; c_t], s_{t-1})            (input feeding)
-            logits = output(s_t)                  (--output state, d2l)
-                   = output([s_t; c_t; E y_{t-1}]) (--output deep, Bahdanau 2015 / textbook)
+            logits = output(s_t)                  (readout state, d2l)
+                   = output([s_t; c_t; E y_{t-1}]) (readout deep, Bahdanau 2015 / textbook)
 Loss: cross-entropy averaged over non-pad labels; Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8),
 global gradient-norm clipping at 1 — qkv-train's defaults. Dropout is not modelled (trace
 with --dropout 0). Never run by CI: it needs torch (/usr/bin/python3 has it).
@@ -62,9 +62,9 @@ class AdditiveAttention(nn.Module):
 
 
 class Bahdanau(nn.Module):
-    def __init__(self, source_vocab, target_vocab, embed, hidden, attention, layers, decoder_hidden, output):
+    def __init__(self, source_vocab, target_vocab, embed, hidden, attention, layers, decoder_hidden, readout):
         super().__init__()
-        self.layers, self.decoder_hidden, self.output_kind = layers, decoder_hidden, output
+        self.layers, self.decoder_hidden, self.readout = layers, decoder_hidden, readout
         keys = 2 * hidden
         self.source_embedding = nn.Embedding(source_vocab, embed, padding_idx=0)
         self.encoder = nn.GRU(embed, hidden, num_layers=layers, batch_first=True, bidirectional=True)
@@ -73,8 +73,8 @@ class Bahdanau(nn.Module):
         self.target_embedding = nn.Embedding(target_vocab, embed, padding_idx=0)
         self.decoder = nn.ModuleList(
             [nn.GRUCell(embed + keys if l == 0 else decoder_hidden, decoder_hidden) for l in range(layers)])
-        readout = decoder_hidden + (keys + embed if output == "deep" else 0)
-        self.output = nn.Linear(readout, target_vocab)
+        readout_size = decoder_hidden + (keys + embed if readout == "deep" else 0)
+        self.output = nn.Linear(readout_size, target_vocab)
 
     def forward(self, source, source_lengths, target_input):
         batch, steps = target_input.shape
@@ -97,7 +97,7 @@ class Bahdanau(nn.Module):
             for l, cell in enumerate(self.decoder):
                 state[l] = cell(x, state[l])
                 x = state[l]
-            readouts.append(torch.cat([state[-1], context, targets[:, t]], 1) if self.output_kind == "deep" else state[-1])
+            readouts.append(torch.cat([state[-1], context, targets[:, t]], 1) if self.readout == "deep" else state[-1])
         return self.output(torch.stack(readouts, 1))  # [B, T, V]
 
 
@@ -105,8 +105,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="a qkv-train --out directory written with --trace-steps")
     parser.add_argument("--fresh", action="store_true", help="PyTorch's own initialisation, not qkv's weights")
-    parser.add_argument("--decoder-hidden", type=int, default=0, help="decoder width (default: the encoder's)")
-    parser.add_argument("--output", choices=["state", "deep"], default="state")
+    parser.add_argument("--decoder-hidden", type=int, default=None, help="decoder width (default: the run's)")
+    parser.add_argument("--readout", choices=["state", "deep"], default=None, help="default: the run's")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -125,9 +125,15 @@ def main():
     trace = read_safetensors(os.path.join(args.run, "trace", "steps.safetensors"))
     qkv_losses = trace["loss"].double().tolist()
     hidden = model_config["hidden_size"]
+    # Configs from before these fields: a decoder as wide as the encoder, read by its state.
+    decoder_hidden = args.decoder_hidden or model_config.get("decoder_hidden_size", 0) or hidden
+    readout = args.readout or model_config.get("readout", "state")
+    if args.fresh is False and (decoder_hidden != (model_config.get("decoder_hidden_size", 0) or hidden)
+                                or readout != model_config.get("readout", "state")):
+        sys.exit("qkv's weights are of the run's architecture: a different one needs --fresh")
     model = Bahdanau(model_config["source_vocab_size"], model_config["target_vocab_size"], model_config["embed_size"],
                      hidden, model_config["attention_size"], model_config["encoder_layers"],
-                     args.decoder_hidden or hidden, args.output)
+                     decoder_hidden, readout)
     if not args.fresh:
         state = {name: tensor.float() for name, tensor in weights.items()}
         missing = set(model.state_dict()) ^ set(state)

@@ -34,10 +34,21 @@ struct ModelOption {
   double min = 0, max = 0;           // a number's accepted range, both ends included
 };
 
+/// A default for training on real sentence pairs (qkv-train --data), in place of the one the
+/// generated tasks use: `flag` is one of the kind's options or a qkv-train flag ("--d-model",
+/// "--schedule"), `value` as it would be typed. A flag given on the command line wins.
+struct CorpusDefault {
+  std::string flag = {};
+  std::string value = {};
+};
+
 struct ModelKind {
   std::string name = {};     // --model and config.json "kind": "transformer"
   std::string summary = {};  // one line, for --help
   std::vector<ModelOption> options = {};
+  /// What --data changes about the defaults, with the reasons beside them in the kind's kind.cpp.
+  /// Options' default_value stay the generated tasks' (dates) defaults.
+  std::vector<CorpusDefault> corpus_defaults = {};
   /// Builds the model from its config (which holds "source_vocab_size" and "target_vocab_size").
   /// Throws Error naming the key for anything it does not understand.
   std::function<std::shared_ptr<Seq2SeqModel>(const nlohmann::json& config)> make;

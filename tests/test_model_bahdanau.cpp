@@ -38,10 +38,21 @@ BahdanauConfig small_config(bool bidirectional, std::size_t encoder_layers, std:
   return config;
 }
 
-/// The three ways the decoder's initial state is made: bridge from a bidirectional encoder,
-/// the unidirectional encoder's states as they are, bridge for unequal layer counts.
+/// The same, with a decoder wider than the encoder and the deep readout over
+/// [s_t; context_t; embedding(y_{t-1})] (what qkv-train --data uses).
+BahdanauConfig deep_config(bool bidirectional, std::size_t encoder_layers, std::size_t decoder_layers) {
+  BahdanauConfig config = small_config(bidirectional, encoder_layers, decoder_layers);
+  config.decoder_hidden_size = 7;
+  config.readout = models::BahdanauReadout::deep;
+  return config;
+}
+
+/// The four ways the decoder's initial state is made: bridge from a bidirectional encoder,
+/// the unidirectional encoder's states as they are, bridge for unequal layer counts, bridge
+/// for a decoder wider than the encoder (with the deep readout).
 std::vector<BahdanauConfig> all_variants() {
-  return {small_config(true, 2, 2), small_config(false, 2, 2), small_config(false, 1, 2)};
+  return {small_config(true, 2, 2), small_config(false, 2, 2), small_config(false, 1, 2), deep_config(true, 1, 1),
+          deep_config(false, 2, 2)};
 }
 
 /// An id array filled row-major. No REQUIRE: it also builds the file's constants, before any
@@ -105,6 +116,16 @@ TEST_CASE("Bahdanau: parameter names and which initial-state path each config ta
   for (const auto& [name, value] : direct.named_parameters()) CHECK_MESSAGE(name.rfind("bridge", 0) != 0, name);
   BahdanauModel bridged(small_config(false, 1, 2));
   CHECK(bridged.state_dict().count("bridge.weight") == 1);
+
+  // A decoder 7 wide over a unidirectional encoder 5 wide needs the bridge; the deep readout
+  // reads [s 7; context 5; embedding 4] = 16; the attention's query is the decoder state.
+  BahdanauModel deep(deep_config(false, 2, 2));
+  const auto deep_state = deep.state_dict();
+  CHECK(shape_of(deep_state.at("bridge.weight")) == Shape{14, 5});
+  CHECK(shape_of(deep_state.at("output.weight")) == Shape{8, 16});
+  CHECK(shape_of(deep_state.at("attention.W_q")) == Shape{6, 7});
+  CHECK(shape_of(deep_state.at("decoder.0.weight_ih")) == Shape{21, 9});
+  CHECK(shape_of(deep_state.at("decoder.1.weight_ih")) == Shape{21, 7});
 }
 
 TEST_CASE("Bahdanau: decode_step over a prefix equals forward's rows (unequal source lengths)") {
@@ -183,8 +204,12 @@ TEST_CASE("Bahdanau gradcheck: every parameter, unequal source lengths, stacked 
   tiny.dropout = 0;
   BahdanauConfig stacked = small_config(true, 2, 2);
   stacked.dropout = 0;
+  // The deep readout and a decoder wider than the encoder (bridge 2·3 -> 4, readout 4 + 6 + 3).
+  BahdanauConfig deep = tiny;
+  deep.decoder_hidden_size = 4;
+  deep.readout = models::BahdanauReadout::deep;
   double worst = 0;
-  for (const BahdanauConfig& config : {tiny, stacked}) {
+  for (const BahdanauConfig& config : {tiny, stacked, deep}) {
     CAPTURE(config.encoder_layers);
     BahdanauModel model(config);
     const GradcheckFunction logits = [&](const std::vector<Variable>&) {
@@ -273,6 +298,17 @@ TEST_CASE("Bahdanau: config JSON round trip rebuilds an identical model") {
   CHECK(defaults.embedding_dim == 64);
   CHECK(defaults.hidden_size == 128);
   CHECK(defaults.bidirectional);
+  // Configs written before these fields meant a decoder as wide as the encoder, read by its state.
+  CHECK(defaults.decoder_hidden_size == 0);
+  CHECK(defaults.decoder_width() == 128);
+  CHECK(defaults.readout == models::BahdanauReadout::state);
+  const BahdanauConfig deep = deep_config(true, 1, 1);
+  CHECK(nlohmann::json(deep).at("readout") == "deep");
+  CHECK(nlohmann::json(deep).at("decoder_hidden_size") == 7);
+  CHECK(nlohmann::json::parse(nlohmann::json(deep).dump()).get<BahdanauConfig>() == deep);
+  nlohmann::json bad_readout = json;
+  bad_readout["readout"] = "maxout";
+  CHECK_THROWS_WITH_AS(bad_readout.get<BahdanauConfig>(), doctest::Contains("maxout"), Error);
   CHECK_THROWS_WITH_AS(nlohmann::json({{"source_vocab_size", 10}}).get<BahdanauConfig>(),
                        "BahdanauConfig: field \"target_vocab_size\" is missing", Error);
   nlohmann::json typo = json;

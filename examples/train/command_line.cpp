@@ -2,6 +2,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "lib/numerics/error.hpp"
+
 #include "lib/text/corpus.hpp"
 #include "models/registry.hpp"
 
@@ -28,9 +34,8 @@ void add_model_options(CLI::App& app, CommandLine& line) {
         flag, [&line, flag](const std::string& text) { line.model_options[flag] = text; }, help[flag]);
 }
 
-}  // namespace
-
-CommandLine parse_command_line(int argc, const char* const* argv) {
+/// One parse of the arguments, without corpus defaults.
+CommandLine parse_arguments(int argc, const char* const* argv) {
   CommandLine line;
   CLI::App app{"qkv-train: train a translation model"};
   std::string kinds;
@@ -48,6 +53,9 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
       ->check(CLI::IsMember(names_of<CorpusSplit>()));
   app.add_option("--out", line.out, "output directory");
   app.add_option("--resume", line.resume, "continue the checkpoint in this directory");
+  app.add_option("--evaluate", line.evaluate,
+                 "train nothing: test the checkpoint in DIR (a run or its best/) on its data's test set, decoding "
+                 "with --beam if given (else the beam it trained with), and print the final: line");
   app.add_option("--seed", line.seed, "batch order and initialisation");
   app.add_option("--threads", line.threads, "threads for gemm and kernels (same seed and threads: same result)")
       ->check(CLI::Range(1, 256));
@@ -61,10 +69,17 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   app.add_option("--schedule", line.schedule, joined_names_of<train::ScheduleKind>())
       ->check(CLI::IsMember(names_of<train::ScheduleKind>()));
   app.add_option("--warmup", line.warmup, "noam warm-up steps")->check(CLI::Range(1, 100000000));
+  app.add_option("--warmup-epochs", line.warmup_epochs,
+                 "noam warm-up as epochs of training: steps = this x batches per epoch (instead of --warmup)")
+      ->check(CLI::Range(1e-6, 1e6));
   app.add_option("--clip", line.clip, "global gradient norm; 0: off")->check(CLI::Range(0.0, 1e9));
   app.add_option("--label-smoothing", line.label_smoothing)->check(CLI::Range(0.0, 0.99));
   add_model_options(app, line);
   app.add_option("--beam", line.beam, "beam size for the BLEU and exact-match decoding")->check(CLI::Range(1, 1024));
+  app.add_option("--trace-steps", line.trace_steps,
+                 "write DIR/trace/: the initial weights, and the batches and losses of the first N steps, "
+                 "for a reference implementation to replay (scripts/reference/)")
+      ->check(CLI::Range(1, 100000000));
   app.add_flag("--detect-anomaly", line.detect_anomaly,
                "stop with an error naming the first op whose output or gradient is NaN or Inf (slower)");
   try {
@@ -79,7 +94,36 @@ CommandLine parse_command_line(int argc, const char* const* argv) {
   return line;
 }
 
-train::TrainOptions training_options(const CommandLine& line) {
+}  // namespace
+
+CommandLine parse_command_line(int argc, const char* const* argv) {
+  CommandLine line = parse_arguments(argc, argv);
+  if (line.help || line.data_file.empty() || !line.resume.empty() || !line.evaluate.empty() || line.model.empty())
+    return line;
+  const auto kinds = models::model_kinds();
+  if (std::find(kinds.begin(), kinds.end(), line.model) == kinds.end()) return line;  // make_model names it
+  // The kind's corpus defaults, as if typed before the user's flags, for every flag not given.
+  // Parsed by the same parser, so they are checked as the user's flags are.
+  std::vector<std::string> extra;
+  for (const models::CorpusDefault& corpus_default : models::find_model_kind(line.model).corpus_defaults) {
+    // --warmup and --warmup-epochs say one thing two ways: either given overrides both defaults.
+    const bool warmup = corpus_default.flag == "--warmup" || corpus_default.flag == "--warmup-epochs";
+    if (line.was_given(corpus_default.flag) || (warmup && (line.was_given("--warmup") || line.was_given("--warmup-epochs"))))
+      continue;
+    extra.push_back(corpus_default.flag);
+    extra.push_back(corpus_default.value);
+    line.corpus_defaults_applied.push_back(corpus_default.flag + " " + corpus_default.value);
+  }
+  if (extra.empty()) return line;
+  std::vector<const char*> arguments(argv, argv + argc);
+  for (const std::string& text : extra) arguments.push_back(text.c_str());
+  CommandLine with_defaults = parse_arguments(static_cast<int>(arguments.size()), arguments.data());
+  with_defaults.given = line.given;  // what the user chose, not what a default filled in
+  with_defaults.corpus_defaults_applied = line.corpus_defaults_applied;
+  return with_defaults;
+}
+
+train::TrainOptions training_options(const CommandLine& line, std::size_t batches_per_epoch) {
   train::TrainOptions options;
   options.seed = line.seed;
   // A time budget alone trains until it is spent; --epochs with it is a second cap.
@@ -89,6 +133,11 @@ train::TrainOptions training_options(const CommandLine& line) {
   options.lr = line.lr;
   options.schedule = parse_name<train::ScheduleKind>(line.schedule, "--schedule");
   options.warmup_steps = std::int64_t(line.warmup);
+  if (line.warmup_epochs > 0) {
+    check_arg(!line.was_given("--warmup"), "qkv-train", "give one of --warmup and --warmup-epochs");
+    check_arg(batches_per_epoch > 0, "--warmup-epochs", "needs the number of batches per epoch");
+    options.warmup_steps = std::max<std::int64_t>(1, std::llround(line.warmup_epochs * double(batches_per_epoch)));
+  }
   options.clip_norm = line.clip;
   options.label_smoothing = line.label_smoothing;
   options.decode.beam = line.beam;

@@ -3,6 +3,7 @@
 //   qkv-train --model transformer --task reverse --out runs/rev --epochs 5
 //   qkv-train --model bahdanau --data fra.txt --reverse-pairs --split d2l --out runs/fra --time-budget 600
 //   qkv-train --resume runs/rev --epochs 10          (continues to 10 epochs in total)
+//   qkv-train --evaluate runs/fra/best --beam 4       (tests a checkpoint, trains nothing)
 //
 // The program is the Trainer (train/trainer.hpp) with its four standard plug-ins
 // (train/callbacks.hpp): a Checkpointer writing DIR/config.json, model.safetensors,
@@ -32,6 +33,7 @@
 
 #include "autograd/variable.hpp"
 #include "command_line.hpp"
+#include "step_trace.hpp"
 #include "lib/numerics/blas.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/parallel.hpp"
@@ -104,6 +106,8 @@ void refuse_changed_model_and_data(const CommandLine& line, const Checkpoint& ch
 /// The checkpoint's options with the flags the user gave on top (merge_on_resume then refuses
 /// those that cannot change).
 TrainOptions resumed_options(const CommandLine& line, const TrainOptions& saved) {
+  if (line.was_given("--warmup-epochs"))
+    throw Error("--warmup-epochs sets a fresh run's warm-up; on --resume give --warmup STEPS");
   const TrainOptions asked = train_cli::training_options(line);
   TrainOptions options = saved;
   if (line.was_given("--epochs")) options.epochs = asked.epochs;
@@ -118,6 +122,23 @@ TrainOptions resumed_options(const CommandLine& line, const TrainOptions& saved)
   if (line.was_given("--label-smoothing")) options.label_smoothing = asked.label_smoothing;
   if (line.was_given("--beam")) options.decode.beam = asked.decode.beam;
   return options;
+}
+
+/// --evaluate DIR: the checkpoint's test set (its validation set when it has none), decoded as
+/// the run was evaluated or with the --beam given; prints the `final:` line as a run does.
+int evaluate_checkpoint(const CommandLine& line) {
+  const Checkpoint checkpoint = load_checkpoint(line.evaluate);
+  const Dataset data = load_data(checkpoint.data);
+  models::DecodeOptions decode = checkpoint.options.decode;
+  if (line.was_given("--beam")) decode.beam = line.beam;
+  const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
+  const Evaluation result =
+      evaluate(*checkpoint.model, held_out, checkpoint.vocabs, decode, checkpoint.options.eval_batch_size);
+  spdlog::info("{}: {} sentence pairs ({} sources) of the {} set, beam {}", line.evaluate, held_out.size(),
+               result.groups.size(), data.test.empty() ? "validation" : "test", decode.beam);
+  std::printf("final: val_loss=%.4f token_acc=%.4f exact=%.4f bleu=%.2f\n", result.loss, result.token_accuracy,
+              result.exact_match, result.bleu);
+  return 0;
 }
 
 int run(int argc, char** argv, const MpiSession& mpi) {
@@ -137,6 +158,13 @@ int run(int argc, char** argv, const MpiSession& mpi) {
   spdlog::info("gemm: {}", blas::describe());
   parallel::set_num_threads(line.threads);
   set_detect_anomaly(line.detect_anomaly);
+  if (!line.evaluate.empty()) {
+    // Evaluation is not sharded: N processes would each print the same line.
+    if (mpi.world()->size() > 1)
+      throw Error("--evaluate runs in one process; it was started as one of " +
+                  std::to_string(mpi.world()->size()) + " (run it without mpirun)");
+    return evaluate_checkpoint(line);
+  }
   std::optional<StopAtTarget> target;
   if (!line.until.empty()) target = StopAtTarget::parse(line.until);
 
@@ -161,6 +189,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     if (line.model.empty() || line.out.empty()) throw Error("--model and --out are required (or --resume DIR)");
     if (line.task.empty() == line.data_file.empty()) throw Error("give exactly one of --task NAME and --data FILE.tsv");
     const models::ModelKind& kind = models::find_model_kind(line.model);
+    if (!line.corpus_defaults_applied.empty()) {
+      std::string applied;
+      for (const std::string& flag : line.corpus_defaults_applied) applied += " " + flag;
+      spdlog::info("{} defaults for a corpus (flags given on the command line win):{}", kind.name, applied);
+    }
     json config = models::config_from_options(kind, line.model_options);
     config["seed"] = line.seed;
     // Locked before anything is loaded or written: a second run into a busy directory is
@@ -177,7 +210,11 @@ int run(int argc, char** argv, const MpiSession& mpi) {
             ? d2l_vocabs(data)
             : build_vocabs(data.train, {.min_freq = line.min_freq});
     auto model = models::make_model(kind.name, config, vocabs.source.size(), vocabs.target.size());
-    trainer.emplace(model, vocabs, data.train, train_cli::training_options(line));
+    const std::size_t batches_per_epoch = (data.train.size() + line.batch - 1) / line.batch;  // Batcher's count
+    trainer.emplace(model, vocabs, data.train, train_cli::training_options(line, batches_per_epoch));
+    if (trainer->batches_per_epoch() != batches_per_epoch)
+      throw Error("qkv-train: " + std::to_string(trainer->batches_per_epoch()) + " batches per epoch, --warmup-epochs assumed " +
+                  std::to_string(batches_per_epoch));
     spdlog::info("{} model, {} parameters; {} training pairs, {} batches per epoch", kind.name,
                  model->parameter_count(), data.train.size(), trainer->batches_per_epoch());
     spdlog::info("model config {}", model->config().dump());
@@ -196,6 +233,9 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     trainer->add_callback(std::make_shared<ConsoleReporter>(::isatty(STDERR_FILENO) != 0));
     trainer->add_callback(std::make_shared<CurvesPlot>((fs::path(checkpointer->directory()) / "curves.svg").string()));
     if (target) trainer->add_callback(std::make_shared<StopAtTarget>(*target));
+    if (line.trace_steps > 0)
+      trainer->add_callback(std::make_shared<train_cli::StepTrace>(data.train, line.trace_steps,
+                                                                   fs::path(checkpointer->directory()) / "trace"));
   }
 
   std::signal(SIGINT, on_sigint);

@@ -18,8 +18,9 @@ constexpr const char* model_name = "BahdanauModel";
 
 const std::vector<std::string>& config_keys() {
   static const std::vector<std::string> keys{
-      "source_vocab_size", "target_vocab_size", "embed_size", "hidden_size", "encoder_layers",
-      "bidirectional",     "decoder_layers",    "attention_size", "dropout", "seed"};
+      "source_vocab_size", "target_vocab_size", "embed_size",     "hidden_size", "decoder_hidden_size",
+      "encoder_layers",    "bidirectional",     "decoder_layers", "attention_size", "readout",
+      "dropout",           "seed"};
   return keys;
 }
 
@@ -65,10 +66,12 @@ void to_json(nlohmann::json& json, const BahdanauConfig& config) {
                         {"target_vocab_size", config.target_vocab_size},
                         {"embed_size", config.embedding_dim},
                         {"hidden_size", config.hidden_size},
+                        {"decoder_hidden_size", config.decoder_hidden_size},
                         {"encoder_layers", config.encoder_layers},
                         {"bidirectional", config.bidirectional},
                         {"decoder_layers", config.decoder_layers},
                         {"attention_size", config.attention_size},
+                        {"readout", name_of(config.readout)},
                         {"dropout", static_cast<double>(config.dropout)},
                         {"seed", config.seed}};
 }
@@ -87,6 +90,11 @@ void from_json(const nlohmann::json& json, BahdanauConfig& config) {
   result.target_vocab_size = json_field<std::size_t>(json, owner, "target_vocab_size");
   result.embedding_dim = json_field_or(json, owner, "embed_size", result.embedding_dim);
   result.hidden_size = json_field_or(json, owner, "hidden_size", result.hidden_size);
+  // Absent from configs written before the field: 0, the decoder as wide as hidden_size, as it was.
+  result.decoder_hidden_size = json_field_or(json, owner, "decoder_hidden_size", result.decoder_hidden_size);
+  // Absent from configs written before the field: the output read the state only.
+  result.readout = parse_name<BahdanauReadout>(json_field_or(json, owner, "readout", std::string("state")),
+                                             "BahdanauConfig readout");
   result.encoder_layers = json_field_or(json, owner, "encoder_layers", result.encoder_layers);
   result.decoder_layers = json_field_or(json, owner, "decoder_layers", result.decoder_layers);
   result.attention_size = json_field_or(json, owner, "attention_size", result.attention_size);
@@ -135,18 +143,22 @@ BahdanauModel::BahdanauModel(const BahdanauConfig& config) : config_(config) {
                                                               GRUOptions{.num_layers = config.encoder_layers,
                                                                          .dropout = config.dropout,
                                                                          .bidirectional = config.bidirectional}));
-  if (config.bidirectional || config.encoder_layers != config.decoder_layers)
-    bridge_ = register_module("bridge", std::make_shared<Linear>(key_size, config.decoder_layers * hidden, rng));
+  const std::size_t decoder_hidden = config.decoder_width();
+  if (config.bidirectional || config.encoder_layers != config.decoder_layers || decoder_hidden != hidden)
+    bridge_ = register_module("bridge", std::make_shared<Linear>(key_size, config.decoder_layers * decoder_hidden, rng));
   attention_ = register_module(
-      "attention", std::make_shared<AdditiveAttention>(hidden, key_size, config.attention_size, rng));
+      "attention", std::make_shared<AdditiveAttention>(decoder_hidden, key_size, config.attention_size, rng));
   target_embedding_ = register_module(
       "target_embedding", std::make_shared<Embedding>(config.target_vocab_size, config.embedding_dim, rng,
                                                       EmbeddingOptions{.padding_idx = 0}));
   for (std::size_t layer = 0; layer < config.decoder_layers; ++layer) {
-    const std::size_t input = layer == 0 ? config.embedding_dim + key_size : hidden;  // [y_{t-1}; context] at the bottom
-    decoder_.push_back(register_module("decoder." + std::to_string(layer), std::make_shared<GRUCell>(input, hidden, rng)));
+    const std::size_t input = layer == 0 ? config.embedding_dim + key_size : decoder_hidden;  // [y_{t-1}; context] at the bottom
+    decoder_.push_back(
+        register_module("decoder." + std::to_string(layer), std::make_shared<GRUCell>(input, decoder_hidden, rng)));
   }
-  output_ = register_module("output", std::make_shared<Linear>(hidden, config.target_vocab_size, rng));
+  const std::size_t readout_size =
+      decoder_hidden + (config.readout == BahdanauReadout::deep ? key_size + config.embedding_dim : 0);
+  output_ = register_module("output", std::make_shared<Linear>(readout_size, config.target_vocab_size, rng));
   if (config.dropout > 0)
     dropout_ = register_module("dropout", std::make_shared<Dropout>(config.dropout, Rng(rng.next_u64())));
 }
@@ -192,8 +204,8 @@ BahdanauState BahdanauModel::encode(const IndexArray& source, const IndexArray& 
     const std::size_t top = (config_.encoder_layers - 1) * directions;
     const Variable finals = slice(encoded.hidden, 0, top, top + directions);                // [D, B, H]
     const Variable summary = reshape(transpose(finals, 0, 1), {batch, -1});                  // [B, D·H]
-    const Variable initial = tanh(bridge_->forward(summary));                                // [B, L_dec·H]
-    state.hidden = split(initial, std::vector<std::size_t>(decoder_layers, config_.hidden_size), 1);  // L x [B, H]
+    const Variable initial = tanh(bridge_->forward(summary));                                // [B, L_dec·H_dec]
+    state.hidden = split(initial, std::vector<std::size_t>(decoder_layers, config_.decoder_width()), 1);  // L x [B, H_dec]
   } else {
     // Unidirectional, as many layers as the decoder: layer l starts from encoder layer l.
     for (std::size_t layer = 0; layer < decoder_layers; ++layer)
@@ -209,7 +221,8 @@ BahdanauModel::InputWeights BahdanauModel::split_input_weights() const {
   return {slice(weight_ih, 1, 0, embed), slice(weight_ih, 1, embed, input)};  // [3H, E], [3H, D·H]
 }
 
-Variable BahdanauModel::step(BahdanauState& state, const Variable& embedding_gates, const Variable& context_weight) {
+BahdanauModel::StepResult BahdanauModel::step(BahdanauState& state, const Variable& embedding_gates,
+                                               const Variable& context_weight) {
   const Variable query = unsqueeze(state.hidden.back(), 1);  // [B, 1, H]
   const AttentionOutput attended =
       attention_->forward_projected(query, state.projected_keys, state.encoder_outputs, state.allowed);
@@ -219,7 +232,12 @@ Variable BahdanauModel::step(BahdanauState& state, const Variable& embedding_gat
   state.hidden[0] = decoder_[0]->forward_gates(gates, state.hidden[0]);             // [B, H]
   for (std::size_t layer = 1; layer < decoder_.size(); ++layer)
     state.hidden[layer] = decoder_[layer]->forward(drop(state.hidden[layer - 1]), state.hidden[layer]);  // [B, H]
-  return attended.weights;  // [B, 1, S]
+  return {attended.weights, context};  // [B, 1, S], [B, D·H]
+}
+
+Variable BahdanauModel::readout(const Variable& top_state, const Variable& context, const Variable& embedded) const {
+  if (config_.readout == BahdanauReadout::state) return top_state;                 // [..., H_dec]
+  return concat({top_state, context, embedded}, static_cast<long>(top_state.rank()) - 1);  // [..., H_dec + D·H + E]
 }
 
 Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray& source_lengths,
@@ -238,23 +256,26 @@ Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray&
   // their half of the bottom cell's input gates in one gemm for every step. Flat [T·B, 3H], so a
   // step's [B, 3H] block is one slice, with no squeeze (and its copy) after it.
   const long flat_rows = static_cast<long>(steps * batch);
-  const Variable embedded =
-      reshape(transpose(drop(target_embedding_->forward(target_input)), 0, 1), {flat_rows, -1});  // [T·B, E]
+  const Variable target_embedded = drop(target_embedding_->forward(target_input));               // [B, T, E]
+  const Variable embedded = reshape(transpose(target_embedded, 0, 1), {flat_rows, -1});           // [T·B, E]
   const InputWeights input_weights = split_input_weights();
   const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [T·B, 3H]
-  std::vector<Variable> top_states(steps);  // T x [B, H]
+  std::vector<Variable> top_states(steps);  // T x [B, H_dec]
+  std::vector<Variable> contexts(steps);    // T x [B, D·H]
   Array weights = Array::from_shape({batch, steps, source_steps});  // [B, T, S]
   for (std::size_t t = 0; t < steps; ++t) {
-    const Variable step_weights =
-        step(state, slice(embedding_gates, 0, t * batch, (t + 1) * batch), input_weights.context);  // [B, 1, S]
+    const StepResult stepped = step(state, slice(embedding_gates, 0, t * batch, (t + 1) * batch), input_weights.context);
+    const Variable& step_weights = stepped.weights;  // [B, 1, S]
     top_states[t] = state.hidden.back();
+    contexts[t] = stepped.context;
     const real* from = step_weights.value().data();
     for (std::size_t b = 0; b < batch; ++b)
       std::copy_n(from + b * source_steps, source_steps, weights.data() + (b * steps + t) * source_steps);
   }
-  // One output gemm for every step: [B, T, H] -> [B, T, V].
+  // One output gemm for every step: [B, T, H_dec (+ D·H + E)] -> [B, T, V].
   Seq2SeqOutput result;
-  result.logits = output_->forward(stack(top_states, 1));
+  const bool deep = config_.readout == BahdanauReadout::deep;
+  result.logits = output_->forward(readout(stack(top_states, 1), deep ? stack(contexts, 1) : Variable(), target_embedded));
   result.attention.emplace_back("attention", std::move(weights));
   return result;
 }
@@ -271,11 +292,12 @@ StepOutput BahdanauModel::decode_step(DecoderState& state, const IndexArray& pre
               "previous_tokens " + to_string(tokens_shape) + " must be [" + std::to_string(bahdanau->batch_size()) +
                   "], one per row of the decoder state");
   const InputWeights input_weights = split_input_weights();
-  const Variable embedding_gates = linear(drop(target_embedding_->forward(previous_tokens)), input_weights.embedding,
-                                          decoder_[0]->bias_ih());                                    // [B, 3H]
-  const Variable step_weights = step(*bahdanau, embedding_gates, input_weights.context);  // [B, 1, S]
+  const Variable embedded = drop(target_embedding_->forward(previous_tokens));                 // [B, E]
+  const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [B, 3H_dec]
+  const StepResult stepped = step(*bahdanau, embedding_gates, input_weights.context);
+  const Variable& step_weights = stepped.weights;  // [B, 1, S]
   StepOutput result;
-  result.logits = output_->forward(bahdanau->hidden.back());  // [B, V]
+  result.logits = output_->forward(readout(bahdanau->hidden.back(), stepped.context, embedded));  // [B, V]
   const std::size_t batch = bahdanau->batch_size(), source_steps = step_weights.shape()[2];
   Array weights = Array::from_shape({batch, source_steps});  // [B, S]
   std::copy_n(step_weights.value().data(), weights.size(), weights.data());

@@ -5,19 +5,23 @@
 //   encoder   source ids [B, S] -> Embedding (row 0 = <pad>, zero, never trained) [B, S, E]
 //             -> GRU (bidirectional by default) over each source's valid length
 //             -> outputs [B, S, D·H] (zeros past the length), one per source position.
-//   bridge    the decoder's initial state. Bidirectional (or unequal layer counts): the top
-//             encoder layer's final forward and backward states [B, D·H] -> Linear -> tanh
-//             -> [B, L_dec·H], one H-slice per decoder layer (Bahdanau 2015, s_0 = tanh(W_s h←_1),
-//             with the forward state added). Unidirectional with equal layer counts: the encoder's
-//             final states are used as they are (d2l).
-//   decoder   per target step t, with s = the previous decoder state (top layer):
+//   bridge    the decoder's initial state. Bidirectional, unequal layer counts or a decoder
+//             wider than the encoder: the top encoder layer's final forward and backward states
+//             [B, D·H] -> Linear -> tanh -> [B, L_dec·H_dec], one H_dec-slice per decoder layer
+//             (Bahdanau 2015, s_0 = tanh(W_s h←_1), with the forward state added). Otherwise
+//             (unidirectional, equal layer counts and widths) the encoder's final states are used
+//             as they are (d2l).
+//   decoder   per target step t, with s = the previous decoder state (top layer), H_dec wide:
 //               weights_t = masked softmax over the valid source positions of vᵀ tanh(W_q s + W_k k_j)
 //               context_t = Σ_j weights_t[j] · k_j                            [B, D·H]
 //               s_t       = stacked GRUCells on [embedding(y_{t-1}); context_t] (input feeding)
-//               logits_t  = Linear(s_t)                                       [B, V_target]
-//             The output layer reads the decoder state only, as d2l does (not Bahdanau's deep
-//             output over [s_t; context_t; embedding]): it keeps the output gemm one
-//             [B·T, H] x [H, V] product over all steps.
+//               logits_t  = Linear(s_t)                                  readout "state" (d2l)
+//                         = Linear([s_t; context_t; embedding(y_{t-1})])  readout "deep"
+//             "deep" is Bahdanau's deep output (2015, appendix A.2.2, without its maxout) as the
+//             textbook PyTorch model has it: the readout sees the context and the previous word
+//             directly instead of only through the GRU. On fra-eng it is most of the difference
+//             between this model and that one (scripts/reference/torch_bahdanau.py; README,
+//             "Training on a corpus"). Either way the output is one gemm over all steps.
 //
 // Hoisted out of the time loop, so a step does only what depends on the previous step:
 // the source keys' projection W_k k (once per batch, `AdditiveAttention::project_keys`), the
@@ -37,6 +41,7 @@
 #include <optional>
 #include <vector>
 
+#include "lib/numerics/enum_names.hpp"
 #include "layers/attention.hpp"
 #include "layers/embedding.hpp"
 #include "layers/gru.hpp"
@@ -46,20 +51,30 @@
 
 namespace qkv::models {
 
+/// What the output layer reads: the decoder state only (d2l) or [s_t; context_t; embedding].
+enum class BahdanauReadout { state, deep };
+constexpr EnumNames<BahdanauReadout, 2> enum_names(BahdanauReadout) {
+  return {"Bahdanau readout", {{{BahdanauReadout::state, "state"}, {BahdanauReadout::deep, "deep"}}}};
+}
+
 struct BahdanauConfig {
   std::size_t source_vocab_size = 0;  // required: no default fits every corpus
   std::size_t target_vocab_size = 0;  // required
   std::size_t embedding_dim = 64;    // config.json: "embed_size"
-  std::size_t hidden_size = 128;      // per direction in the encoder; the decoder's state size
+  std::size_t hidden_size = 128;      // per direction in the encoder
+  /// The decoder's state size; 0: hidden_size (what every config before this field meant).
+  std::size_t decoder_hidden_size = 0;
   std::size_t encoder_layers = 1;
   bool bidirectional = true;          // the encoder
   std::size_t decoder_layers = 1;
   std::size_t attention_size = 128;   // width of W_q q + W_k k
+  BahdanauReadout readout = BahdanauReadout::state;  // config.json "readout"; absent from old configs: state
   real dropout = 0.1;
   std::uint64_t seed = 0;             // initial weights and dropout masks
 
   /// Throws Error naming the field for a zero size or a dropout outside [0, 1).
   void validate() const;
+  std::size_t decoder_width() const { return decoder_hidden_size > 0 ? decoder_hidden_size : hidden_size; }
   friend bool operator==(const BahdanauConfig&, const BahdanauConfig&) = default;
 };
 
@@ -76,7 +91,7 @@ class BahdanauState : public DecoderState {
   Variable encoder_outputs;          // [B, S, D·H] — the attention's keys and values
   Variable projected_keys;           // [B, S, A]   — W_k k, computed once
   BoolArray allowed;                 // [B, 1, S]   — true at valid source positions
-  std::vector<Variable> hidden;      // L_dec x [B, H], bottom layer first
+  std::vector<Variable> hidden;      // L_dec x [B, H_dec], bottom layer first
 
   /// Gathers rows through the `embedding` op (a row gather with a backward), so a state
   /// built with gradients on keeps them.
@@ -109,10 +124,16 @@ class BahdanauModel : public Seq2SeqModel {
     Variable context;    // [3H, D·H]
   };
   InputWeights split_input_weights() const;
+  struct StepResult {
+    Variable weights;  // [B, 1, S]
+    Variable context;  // [B, D·H]
+  };
   /// One decoder step, given the previous tokens' half of the bottom cell's input gates,
-  /// W_e embedding(y) + b_ih [B, 3H] (computed for all steps at once by `forward`): updates
-  /// state.hidden and returns the attention weights [B, 1, S].
-  Variable step(BahdanauState& state, const Variable& embedding_gates, const Variable& context_weight);
+  /// W_e embedding(y) + b_ih [B, 3H_dec] (computed for all steps at once by `forward`): updates
+  /// state.hidden and returns the attention weights and the context the step read.
+  StepResult step(BahdanauState& state, const Variable& embedding_gates, const Variable& context_weight);
+  /// What the output layer reads, [..., H_dec] or [..., H_dec + D·H + E] ("deep").
+  Variable readout(const Variable& top_state, const Variable& context, const Variable& embedded) const;
   /// Throws ShapeError naming the model unless source is [B, S] (B, S > 0) and lengths [B] lie in
   /// [0, S] (a zero-length source gets all-zero attention weights and a zero context).
   void check_source(const IndexArray& source, const IndexArray& source_lengths) const;

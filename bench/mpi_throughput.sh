@@ -5,7 +5,8 @@
 #
 #   bench/mpi_throughput.sh [BUILD_DIR] [REPEATS]      (defaults: build, 3)
 #
-#   fra-eng      qkv-train's default transformer (d_model 64, 4 heads, 2+2 layers, ff 128), batch 64
+#   fra-eng      qkv-train's transformer with its corpus defaults (d_model 128, 4 heads, 2+2 layers,
+#                ff 512, dropout 0.1), batch 64
 #   small        bench/qkv_bench's transformer-small (d_model 256, 8 heads, 3+3 layers, ff 1024,
 #                dropout 0.1), batch 32
 set -euo pipefail
@@ -18,7 +19,7 @@ data=$(dirname "$0")/../../shared/data/fra-eng.tsv
 if [[ $EUID -eq 0 ]]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 
 declare -A model=(
-  [fra-eng]="--d-model 64 --heads 4 --layers 2 --ff 128 --dropout 0 --batch 64 --steps 80 --warmup 10"
+  [fra-eng]="--d-model 128 --heads 4 --layers 2 --ff 512 --dropout 0.1 --batch 64 --steps 40 --warmup 5"
   [small]="--d-model 256 --heads 8 --layers 3 --ff 1024 --dropout 0.1 --batch 32 --steps 25 --warmup 5"
 )
 for name in fra-eng small; do

@@ -12,6 +12,7 @@
 #include "models/transformer/transformer.hpp"
 #include "study/attribution.hpp"
 #include "support/helpers.hpp"
+#include "support/tiny_models.hpp"
 
 using namespace qkv;
 using namespace qkv::study;
@@ -93,32 +94,7 @@ class PositionLookup : public Seq2SeqModel {
   }
 };
 
-TransformerConfig tiny_transformer() {
-  TransformerConfig config;
-  config.source_vocab_size = 9;
-  config.target_vocab_size = 7;
-  config.d_model = 8;
-  config.nhead = 2;
-  config.encoder_layers = 2;
-  config.decoder_layers = 2;
-  config.dim_feedforward = 12;
-  config.dropout = 0.1;  // eval mode must switch it off
-  config.max_len = 16;
-  config.seed = 5;
-  return config;
-}
-
-BahdanauConfig tiny_bahdanau() {
-  BahdanauConfig config;
-  config.source_vocab_size = 9;
-  config.target_vocab_size = 7;
-  config.embedding_dim = 4;
-  config.hidden_size = 5;
-  config.attention_size = 6;
-  config.dropout = 0.1;
-  config.seed = 7;
-  return config;
-}
+// The tiny models below have dropout 0.1: every analysis must run them in eval mode.
 
 /// Central differences of every label's log-probability with respect to the source
 /// embedding's output, dotted with that output: the input x gradient [T, S] without autograd.
@@ -285,7 +261,7 @@ TEST_CASE("occlusion on a model whose answer is known") {
 }
 
 TEST_CASE("occlusion on a transformer equals one forward pass per occluded sentence") {
-  TransformerModel model(tiny_transformer());
+  TransformerModel model(test::tiny_transformer_config(PositionalKind::sinusoidal, 0.1, 5));
   const Batch sentence = sentence_of({4, 5, 6, 7, Vocab::eos_id}, {3, 4, 5, 6});
   const Matrix scores = occlusion_scores(model, sentence);  // [5, 5]
   const Matrix base = label_log_probs(model, sentence.source, sentence.source_lengths, sentence.target_input,
@@ -301,8 +277,8 @@ TEST_CASE("occlusion on a transformer equals one forward pass per occluded sente
 
 TEST_CASE("input x gradient equals central differences of the log-probability, both model kinds") {
   const Batch sentence = sentence_of({4, 5, 6, 8, Vocab::eos_id}, {3, 4, 6});
-  TransformerModel transformer(tiny_transformer());
-  BahdanauModel bahdanau(tiny_bahdanau());
+  TransformerModel transformer(test::tiny_transformer_config(PositionalKind::sinusoidal, 0.1, 5));
+  BahdanauModel bahdanau(test::tiny_bahdanau_config(0.1));
   for (Seq2SeqModel* model : std::initializer_list<Seq2SeqModel*>{&transformer, &bahdanau}) {
     INFO(model->kind());
     const Matrix analytic = input_x_gradient(*model, sentence);  // [4, 5]
@@ -324,7 +300,7 @@ TEST_CASE("input x gradient equals central differences of the log-probability, b
 
 TEST_CASE("attribute_sentence: the methods of each model kind, and their agreement") {
   const Batch sentence = sentence_of({4, 5, 6, 7, 8, Vocab::eos_id}, {3, 4, 5});
-  TransformerModel transformer(tiny_transformer());
+  TransformerModel transformer(test::tiny_transformer_config(PositionalKind::sinusoidal, 0.1, 5));
   const SentenceAttribution result = attribute_sentence(transformer, sentence);
   std::vector<std::string> names;
   for (const NamedScores& method : result.attention) {
@@ -366,7 +342,7 @@ TEST_CASE("attribute_sentence: the methods of each model kind, and their agreeme
   }
 
   // Bahdanau: one map, no encoder self-attention, so no rollout or flow.
-  BahdanauModel bahdanau(tiny_bahdanau());
+  BahdanauModel bahdanau(test::tiny_bahdanau_config(0.1));
   const SentenceAttribution additive = attribute_sentence(bahdanau, sentence, {.occlusion = false});
   REQUIRE(additive.attention.size() == 1);
   CHECK(additive.attention[0].name == "attention");

@@ -11,41 +11,13 @@
 #include "models/bahdanau/bahdanau.hpp"
 #include "models/transformer/transformer.hpp"
 #include "support/helpers.hpp"
+#include "support/tiny_models.hpp"
 
 using namespace qkv;
 using namespace qkv::models;
 using namespace qkv::test;
 
 namespace {
-
-TransformerConfig tiny_config(PositionalKind positional = PositionalKind::sinusoidal) {
-  TransformerConfig config;
-  config.source_vocab_size = 9;
-  config.target_vocab_size = 7;
-  config.d_model = 8;
-  config.nhead = 2;
-  config.encoder_layers = 2;
-  config.decoder_layers = 2;
-  config.dim_feedforward = 12;
-  config.dropout = 0;
-  config.positional = positional;
-  config.relative_max_distance = 2;
-  config.max_len = 16;
-  config.seed = 3;
-  return config;
-}
-
-BahdanauConfig tiny_bahdanau() {
-  BahdanauConfig config;
-  config.source_vocab_size = 9;
-  config.target_vocab_size = 7;
-  config.embedding_dim = 4;
-  config.hidden_size = 5;
-  config.attention_size = 6;
-  config.dropout = 0;
-  config.seed = 7;
-  return config;
-}
 
 // Batch 2: row 0 has source length 5, row 1 length 3 (padded with 0).
 const IndexArray kSource = {{4, 5, 6, 7, 2}, {8, 4, 2, 0, 0}};
@@ -79,7 +51,7 @@ std::string error_of(const std::function<void()>& run) {
 }  // namespace
 
 TEST_CASE("hooks: the hook points of both models, by dotted path") {
-  TransformerModel transformer(tiny_config());
+  TransformerModel transformer(tiny_transformer_config());
   const std::vector<std::string> names = transformer.hook_point_names();
   const auto has = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) != names.end(); };
   for (const char* name : {"source_embedding.output", "target_embedding.output", "encoder.layers.0.self_attn.scores",
@@ -95,7 +67,7 @@ TEST_CASE("hooks: the hook points of both models, by dotted path") {
   // 2 embeddings + (2 encoder + 2 x 2 decoder attentions) x 4 points.
   CHECK(names.size() == 2 + 6 * 4);
 
-  BahdanauModel bahdanau(tiny_bahdanau());
+  BahdanauModel bahdanau(tiny_bahdanau_config());
   CHECK(bahdanau.hook_point_names() == std::vector<std::string>{"source_embedding.output", "attention.scores",
                                                                 "attention.weights", "attention.output",
                                                                 "target_embedding.output"});
@@ -108,7 +80,7 @@ TEST_CASE("hooks: the hook points of both models, by dotted path") {
 }
 
 TEST_CASE("hooks: run_with_cache reads the values the transformer returns") {
-  TransformerModel model(tiny_config());
+  TransformerModel model(tiny_transformer_config());
   model.eval();
   Seq2SeqOutput full;
   const ActivationCache cache = run_with_cache(model, [&] { full = model.forward(kSource, kSourceLengths, kTargetInput); });
@@ -144,7 +116,7 @@ TEST_CASE("hooks: run_with_cache reads the values the transformer returns") {
 }
 
 TEST_CASE("hooks: the Bahdanau model's attention fires once per target step, on both paths") {
-  BahdanauModel model(tiny_bahdanau());
+  BahdanauModel model(tiny_bahdanau_config());
   model.eval();
   Seq2SeqOutput full;
   const ActivationCache cache = run_with_cache(model, [&] { full = model.forward(kSource, kSourceLengths, kTargetInput); });
@@ -185,7 +157,7 @@ TEST_CASE("hooks: the Bahdanau model's attention fires once per target step, on 
 TEST_CASE("hooks: zero weights for one head change exactly that head's output") {
   for (const PositionalKind positional : {PositionalKind::sinusoidal, PositionalKind::relative}) {
     CAPTURE(name_of(positional));
-    TransformerModel model(tiny_config(positional));
+    TransformerModel model(tiny_transformer_config(positional));
     model.eval();
     const auto run = [&] { model.forward(kSource, kSourceLengths, kTargetInput); };
     const ActivationCache before = run_with_cache(model, run);
@@ -211,7 +183,7 @@ TEST_CASE("hooks: zero weights for one head change exactly that head's output") 
 }
 
 TEST_CASE("hooks: patching one run's activation into another") {
-  TransformerModel model(tiny_config());
+  TransformerModel model(tiny_transformer_config());
   model.eval();
   Seq2SeqOutput clean, other;
   const ActivationCache cache = run_with_cache(model, [&] { clean = model.forward(kSource, kSourceLengths, kTargetInput); });
@@ -233,7 +205,7 @@ TEST_CASE("hooks: patching one run's activation into another") {
 TEST_CASE("hooks: the KV-cache decoding path fires the same points, step by step") {
   for (const PositionalKind positional : {PositionalKind::sinusoidal, PositionalKind::rope}) {
     CAPTURE(name_of(positional));
-    TransformerModel model(tiny_config(positional));
+    TransformerModel model(tiny_transformer_config(positional));
     model.eval();
     // Zero head 1 of the second decoder layer's cross-attention and head 0 of the first
     // layer's self-attention, on both paths: decode_step must still equal forward's rows.
@@ -272,7 +244,7 @@ TEST_CASE("hooks: the KV-cache decoding path fires the same points, step by step
 TEST_CASE("hooks: gradients flow through a replaced value") {
   // A head mask xi [1, H, 1, 1] multiplying every attention's heads (Michel et al. 2019), and
   // the source embeddings replaced by a leaf (input x gradient): gradcheck both in float64.
-  TransformerConfig config = tiny_config(PositionalKind::relative);
+  TransformerConfig config = tiny_transformer_config(PositionalKind::relative);
   config.encoder_layers = config.decoder_layers = 1;
   TransformerModel model(config);
   model.eval();
@@ -301,7 +273,7 @@ TEST_CASE("hooks: gradients flow through a replaced value") {
 }
 
 TEST_CASE("hooks: an unknown name lists the closest valid ones") {
-  TransformerModel model(tiny_config());
+  TransformerModel model(tiny_transformer_config());
   const std::string message =
       error_of([&] { model.add_hook("decoder.layers.1.multihead_attn.weight", [](Variable&, const HookCall&) {}); });
   CHECK(message.starts_with("add_hook: no hook point 'decoder.layers.1.multihead_attn.weight'; the closest of the 26 "
@@ -327,7 +299,7 @@ TEST_CASE("hooks: an unknown name lists the closest valid ones") {
 }
 
 TEST_CASE("hooks: a replacement of another shape is an error naming the point") {
-  TransformerModel model(tiny_config());
+  TransformerModel model(tiny_transformer_config());
   model.add_hook("encoder.layers.0.self_attn.weights",
                  [](Variable& value, const HookCall&) { value = Variable(zeros({2, 2})); });
   CHECK(error_of([&] { model.forward(kSource, kSourceLengths, kTargetInput); }) ==

@@ -10,6 +10,7 @@
 #include "models/transformer/transformer.hpp"
 #include "optim/adam.hpp"
 #include "support/helpers.hpp"
+#include "support/tiny_models.hpp"
 #include "support/overfit.hpp"
 
 using namespace qkv;
@@ -17,23 +18,6 @@ using namespace qkv::models;
 using namespace qkv::test;
 
 namespace {
-
-TransformerConfig tiny_config(PositionalKind positional) {
-  TransformerConfig config;
-  config.source_vocab_size = 9;
-  config.target_vocab_size = 7;
-  config.d_model = 8;
-  config.nhead = 2;
-  config.encoder_layers = 2;
-  config.decoder_layers = 2;
-  config.dim_feedforward = 12;
-  config.dropout = 0;
-  config.positional = positional;
-  config.relative_max_distance = 2;
-  config.max_len = 16;
-  config.seed = 3;
-  return config;
-}
 
 constexpr PositionalKind kAllPositional[] = {PositionalKind::sinusoidal, PositionalKind::learned,
                                              PositionalKind::relative, PositionalKind::rope};
@@ -60,7 +44,7 @@ TEST_CASE("TransformerModel: decode_step over a prefix equals forward's rows, fo
     for (const bool norm_first : {false, true}) {
       CAPTURE(name_of(positional));
       CAPTURE(norm_first);
-      TransformerConfig config = tiny_config(positional);
+      TransformerConfig config = tiny_transformer_config(positional);
       config.norm_first = norm_first;
       config.dropout = real(0.1);  // eval() must switch it off on both paths
       TransformerModel model(config);
@@ -93,7 +77,7 @@ TEST_CASE("TransformerModel: decode_step over a prefix equals forward's rows, fo
 }
 
 TEST_CASE("TransformerModel: select_rows reorders every cache and the source lengths") {
-  TransformerModel model(tiny_config(PositionalKind::relative));
+  TransformerModel model(tiny_transformer_config(PositionalKind::relative));
   randomise(model);
   model.eval();
   NoGradGuard no_grad;
@@ -128,7 +112,7 @@ TEST_CASE("TransformerModel: gradcheck of every parameter of a tiny model") {
     for (const bool norm_first : {false, true}) {
       CAPTURE(name_of(positional));
       CAPTURE(norm_first);
-      TransformerConfig config = tiny_config(positional);
+      TransformerConfig config = tiny_transformer_config(positional);
       config.norm_first = norm_first;
       config.activation = norm_first ? Activation::gelu : Activation::relu;
       config.encoder_layers = config.decoder_layers = 1;
@@ -145,7 +129,7 @@ TEST_CASE("TransformerModel: gradcheck of every parameter of a tiny model") {
     }
   }
   // Element-wise on the smallest model for one scheme, every element of every parameter.
-  TransformerConfig config = tiny_config(PositionalKind::relative);
+  TransformerConfig config = tiny_transformer_config(PositionalKind::relative);
   config.encoder_layers = config.decoder_layers = 1;
   config.d_model = 4;
   config.dim_feedforward = 6;
@@ -161,7 +145,7 @@ TEST_CASE("TransformerModel: gradcheck of every parameter of a tiny model") {
 }
 
 TEST_CASE("TransformerConfig: JSON round trip, defaults and errors") {
-  TransformerConfig config = tiny_config(PositionalKind::rope);
+  TransformerConfig config = tiny_transformer_config(PositionalKind::rope);
   config.activation = Activation::gelu;
   config.norm_first = true;
   config.scale = ScoreScale::learned_temperature(real(2.5));
@@ -213,7 +197,7 @@ TEST_CASE("TransformerConfig: JSON round trip, defaults and errors") {
 }
 
 TEST_CASE("TransformerModel: bad inputs name the model and the shapes") {
-  TransformerModel model(tiny_config(PositionalKind::sinusoidal));
+  TransformerModel model(tiny_transformer_config(PositionalKind::sinusoidal));
   CHECK_THROWS_WITH_AS(model.forward(kSource, IndexArray{5, 3, 1}, kTargetInput),
                        "TransformerModel: source must be [B, S] and source_lengths [B], got source [2, 5] and "
                        "source_lengths [3]",

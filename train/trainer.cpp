@@ -251,7 +251,7 @@ TrainResult Trainer::train(const std::atomic<bool>* stop) {
       const StepInfo info{.epoch = progress_.epoch, .batch = progress_.batch_in_epoch,
                           .batches_in_epoch = batches.size(), .step = progress_.step + 1, .loss = loss_value,
                           .learning_rate = learning_rate, .tokens = global_tokens,
-                          .seconds = seconds_since(start)};
+                          .seconds = seconds_since(start), .current_batch = &batch};
       if (!std::isfinite(loss_value))
         return finish(StopReason::diverged,
                       "the loss is " + format_number(loss_value) + " at step " + std::to_string(info.step) +

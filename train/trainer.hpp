@@ -71,6 +71,8 @@ struct StepInfo {
   double learning_rate = 0;
   std::size_t tokens = 0;  // target tokens in this batch
   double seconds = 0;      // training time of this process so far
+  /// The whole (global) batch of this step, as the Batcher made it; valid during the callback.
+  const Batch* current_batch = nullptr;
 };
 
 /// An evaluation as the callbacks see it.

@@ -234,8 +234,8 @@ int run(int argc, char** argv, const MpiSession& mpi) {
     trainer->add_callback(std::make_shared<CurvesPlot>((fs::path(checkpointer->directory()) / "curves.svg").string()));
     if (target) trainer->add_callback(std::make_shared<StopAtTarget>(*target));
     if (line.trace_steps > 0)
-      trainer->add_callback(std::make_shared<train_cli::StepTrace>(data.train, line.trace_steps,
-                                                                   fs::path(checkpointer->directory()) / "trace"));
+      trainer->add_callback(
+          std::make_shared<train_cli::StepTrace>(line.trace_steps, fs::path(checkpointer->directory()) / "trace"));
   }
 
   std::signal(SIGINT, on_sigint);

@@ -7,35 +7,20 @@
 
 namespace qkv::train_cli {
 
-StepTrace::StepTrace(std::span<const SentencePair> training_pairs, std::size_t steps, std::filesystem::path directory)
-    : pairs_(training_pairs.begin(), training_pairs.end()), steps_(steps), directory_(std::move(directory)) {
+StepTrace::StepTrace(std::size_t steps, std::filesystem::path directory)
+    : steps_(steps), directory_(std::move(directory)) {
   check_arg(steps_ > 0, "--trace-steps", "needs at least one step");
 }
 
 void StepTrace::on_train_start(train::Trainer& trainer) {
   check_arg(trainer.progress().step == 0, "--trace-steps", "traces a fresh run only, not a resumed one");
-  const train::TrainOptions& options = trainer.options();
-  // The Trainer's own batch options (train/trainer.cpp, training_batches).
-  batcher_ = std::make_unique<Batcher>(pairs_, trainer.vocabs().source, trainer.vocabs().target,
-                                       BatchOptions{.batch_size = options.batch_size, .shuffle = true,
-                                                    .seed = options.seed, .bucket_batches = options.bucket_batches});
-  cached_batches_ = batcher_->epoch(0);
-  cached_epoch_ = 0;
   std::filesystem::create_directories(directory_);
   trainer.model().save((directory_ / "initial.safetensors").string());
 }
 
 void StepTrace::on_step_end(train::Trainer& /*trainer*/, const train::StepInfo& step) {
   if (written_ || static_cast<std::size_t>(step.step) > steps_) return;
-  if (step.epoch != cached_epoch_) {
-    cached_batches_ = batcher_->epoch(step.epoch);
-    cached_epoch_ = step.epoch;
-  }
-  const Batch& batch = cached_batches_.at(step.batch);
-  check_arg(count_label_tokens(batch.target_output) == step.tokens, "--trace-steps",
-            "the rebuilt batch of step " + std::to_string(step.step) + " has " +
-                std::to_string(count_label_tokens(batch.target_output)) + " label tokens, the Trainer's " +
-                std::to_string(step.tokens) + ": the trace would not describe this run");
+  const Batch& batch = *step.current_batch;  // the Trainer's own batch of this step
   const std::string prefix = std::to_string(step.step) + ".";
   batches_[prefix + "source"] = batch.source;
   batches_[prefix + "source_lengths"] = batch.source_lengths;

@@ -5,15 +5,11 @@
 //   DIR/trace/steps.safetensors    per step k (1-based): "k.source", "k.source_lengths",
 //                                  "k.target_input", "k.target_output" (the batch's id arrays),
 //                                  and "loss" [N], the loss qkv computed at each step
-// The batches are rebuilt from the same (pairs, vocabularies, batch options) the Trainer uses —
-// batches are a pure function of (seed, epoch) — and each is checked against the step's token
-// count, so a trace that does not describe the run it came from is refused, not written.
+// The batches are the Trainer's own (StepInfo::current_batch), so the trace describes the run it came from.
 #include <cstddef>
 #include <filesystem>
 #include <map>
 #include <string>
-#include <memory>
-#include <span>
 #include <vector>
 
 #include "lib/text/batching.hpp"
@@ -23,7 +19,7 @@ namespace qkv::train_cli {
 
 class StepTrace : public train::TrainerCallback {
  public:
-  StepTrace(std::span<const SentencePair> training_pairs, std::size_t steps, std::filesystem::path directory);
+  StepTrace(std::size_t steps, std::filesystem::path directory);
   void on_train_start(train::Trainer& trainer) override;
   void on_step_end(train::Trainer& trainer, const train::StepInfo& step) override;
   /// A run shorter than N steps writes the steps it took.
@@ -32,12 +28,8 @@ class StepTrace : public train::TrainerCallback {
  private:
   void write();
 
-  std::vector<SentencePair> pairs_;
   std::size_t steps_;
   std::filesystem::path directory_;
-  std::unique_ptr<Batcher> batcher_;
-  std::size_t cached_epoch_ = 0;
-  std::vector<Batch> cached_batches_;
   std::map<std::string, IndexArray> batches_;
   std::vector<double> losses_;
   bool written_ = false;

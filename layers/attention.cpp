@@ -61,6 +61,32 @@ std::optional<BoolArray> allowed_and(const std::optional<BoolArray>& a, const st
   return both;
 }
 
+Array allowed_key_counts(const std::optional<BoolArray>& allowed, std::size_t keys) {
+  if (!allowed) return full({1}, static_cast<real>(keys));
+  const Shape shape = shape_of(*allowed);
+  check_shape(!shape.empty() && (shape.back() == keys || shape.back() == 1), "allowed_key_counts", [&] {
+    return "the mask " + to_string(shape) + " must end in the key count " + std::to_string(keys) + " or 1";
+  });
+  Shape counted = shape;
+  counted.back() = 1;
+  Array counts = zeros(counted);  // [..., Tq, 1]
+  const std::size_t width = shape.back(), rows = counts.size();
+  // A mask of width 1 allows all Tk keys of a row or none.
+  const real per_allowed = width == 1 ? static_cast<real>(keys) : real(1);
+  const bool* keep = allowed->data();
+  real* out = counts.data();
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t j = 0; j < width; ++j) out[r] += keep[r * width + j] ? per_allowed : real(0);
+  return counts;
+}
+
+Array log_allowed_keys(const std::optional<BoolArray>& allowed, std::size_t keys) {
+  Array counts = allowed_key_counts(allowed, keys);
+  real* n = counts.data();
+  for (std::size_t i = 0; i < counts.size(); ++i) n[i] = std::log(std::max(n[i], real(1)));
+  return counts;
+}
+
 // ---- position hooks: defaults change nothing --------------------------------------------
 
 Variable AttentionPositionEncoding::encode_queries(const Variable& queries, std::size_t) const { return queries; }
@@ -83,14 +109,22 @@ AttentionObserver*& AttentionObserver::current() {
 }
 
 
-DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, Rng dropout_stream) : scale_(scale) {
+DotProductAttention::DotProductAttention(ScoreScale scale, real dropout, Rng dropout_stream, std::size_t heads)
+    : scale_(scale), heads_(heads) {
   check_range("DotProductAttention", "dropout", dropout, 0, 1);
+  check_arg(heads > 0, "DotProductAttention", "heads must be positive, got 0");
   dropout_ = register_dropout(std::make_shared<Dropout>(dropout, dropout_stream));
   if (scale.kind == ScoreScale::Kind::learned_temperature) {
     check_arg(scale.value > 0, "DotProductAttention",
               "a learned temperature must start positive, got " + format_number(scale.value));
     temperature_ = register_parameter("temperature", full({}, scale.value));
   }
+  if (scale.kind == ScoreScale::Kind::log_length || scale.kind == ScoreScale::Kind::scalable_softmax)
+    check_arg(std::isfinite(scale.value), "DotProductAttention",
+              "the length scale s must be finite, got " + format_number(scale.value));
+  if (scale.kind == ScoreScale::Kind::scalable_softmax)
+    length_scale_ =
+        register_parameter("length_scale", heads == 1 ? full({}, scale.value) : full({heads}, scale.value));
   register_hook_point("scores", scores_point_);
   register_hook_point("weights", weights_point_);
   register_hook_point("output", output_point_);
@@ -102,6 +136,8 @@ real DotProductAttention::scale_factor(std::size_t key_size) const {
     case ScoreScale::Kind::none: return 1;
     case ScoreScale::Kind::inverse_dim: return real(1) / static_cast<real>(key_size);
     case ScoreScale::Kind::fixed: return scale_.value;
+    case ScoreScale::Kind::log_length:
+    case ScoreScale::Kind::scalable_softmax: return real(1) / std::sqrt(static_cast<real>(key_size));
     case ScoreScale::Kind::learned_temperature: break;
   }
   throw Error("DotProductAttention: a learned temperature has no constant scale factor");
@@ -142,6 +178,25 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
     const std::size_t heads = sq[1];
     const Variable bias = positions->score_bias(heads, sq[2], query_start, key_count);
     if (bias.defined()) scores = scores + bias;
+  }
+  if (scale_.depends_on_length()) {
+    // s · ln n per query, n its allowed keys: after the position bias, so that the whole input of
+    // the softmax is multiplied, as SSMax replaces the softmax (n^{s z_i} / Σ_j n^{s z_j}).
+    check_shape(!allowed || broadcasts_to(shape_of(*allowed), scores.shape()), "DotProductAttention", [&] {
+      return "allowed mask " + to_string(shape_of(*allowed)) + " does not broadcast to the scores " +
+             to_string(scores.shape()) + " (" + shapes() + ")";
+    });
+    const Variable log_n(log_allowed_keys(allowed, key_count));  // [..., Tq, 1] or [1]
+    if (scale_.kind == ScoreScale::Kind::log_length) {
+      scores = scores * (log_n * scale_.value);
+    } else {
+      check_shape(heads_ == 1 || (sq.size() == 4 && sq[1] == heads_), "DotProductAttention", [&] {
+        return "scalable_softmax with " + std::to_string(heads_) + " heads needs [B, " + std::to_string(heads_) +
+               ", T, d] inputs, got " + shapes();
+      });
+      const Variable s = heads_ == 1 ? length_scale_ : reshape(length_scale_, {long(heads_), 1, 1});  // [H, 1, 1]
+      scores = scores * (s * log_n);
+    }
   }
 
   if (allowed) {

@@ -51,6 +51,12 @@ struct ScoreScale {
     inverse_dim,          // q·k / d_k
     fixed,                // q·k * value
     learned_temperature,  // q·k / τ with τ a trained parameter "temperature", starting at value
+    // The length-aware scales multiply the 1/√d_k-scaled scores (position terms included) by
+    // s · ln n, n the number of keys the query may attend to (its allowed keys under the mask:
+    // the valid source length with padding, i + 1 for causal query i; all Tk without a mask).
+    log_length,        // s · ln n · q·k / √d_k with s = value fixed (Chiang & Cholak 2022: s = 1)
+    scalable_softmax,  // the same with s a trained parameter per head, starting at value (SSMax,
+                       // Nakanishi 2025): parameter "length_scale" [heads] ([] for one head)
   };
   Kind kind = Kind::inverse_sqrt_dim;
   real value = 1;
@@ -61,13 +67,27 @@ struct ScoreScale {
   static ScoreScale fixed(real factor) { return {Kind::fixed, factor}; }
   /// τ starts at `initial` (√d_k reproduces the default scaling at the start of training).
   static ScoreScale learned_temperature(real initial) { return {Kind::learned_temperature, initial}; }
+  /// s · ln n on top of 1/√d_k; s = 1 is Chiang & Cholak's log-length scaling.
+  static ScoreScale log_length(real s = 1) { return {Kind::log_length, s}; }
+  /// SSMax: s · ln n on top of 1/√d_k with s learned per head, starting at `initial`.
+  static ScoreScale scalable_softmax(real initial) { return {Kind::scalable_softmax, initial}; }
+  /// log_length and scalable_softmax: the factor depends on how many keys each query sees.
+  bool depends_on_length() const { return kind == Kind::log_length || kind == Kind::scalable_softmax; }
 };
-constexpr EnumNames<ScoreScale::Kind, 5> enum_names(ScoreScale::Kind) {
+constexpr EnumNames<ScoreScale::Kind, 7> enum_names(ScoreScale::Kind) {
   return {"score scale",
           {{{ScoreScale::Kind::inverse_sqrt_dim, "inverse_sqrt_dim"}, {ScoreScale::Kind::none, "none"},
             {ScoreScale::Kind::inverse_dim, "inverse_dim"}, {ScoreScale::Kind::fixed, "fixed"},
-            {ScoreScale::Kind::learned_temperature, "learned_temperature"}}}};
+            {ScoreScale::Kind::learned_temperature, "learned_temperature"},
+            {ScoreScale::Kind::log_length, "log_length"}, {ScoreScale::Kind::scalable_softmax, "scalable_softmax"}}}};
 }
+
+/// The number of keys each query may attend to: `allowed` [..., Tq, Tk'] (Tk' = Tk, or 1
+/// broadcasting over the keys) -> counts [..., Tq, 1]; without a mask, [1] holding Tk.
+Array allowed_key_counts(const std::optional<BoolArray>& allowed, std::size_t keys);
+/// ln(max(n, 1)) of allowed_key_counts, the length factor of ScoreScale::log_length (a fully
+/// masked row gets 0: masked_softmax handles it whatever its scores).
+Array log_allowed_keys(const std::optional<BoolArray>& allowed, std::size_t keys);
 
 /// A position encoding that acts inside attention rather than on the input embeddings:
 /// relative (Shaw et al.), rotary (RoPE), ALiBi. Dot-product attention calls these hooks on
@@ -113,7 +133,8 @@ class AttentionObserver {
 
 /// Dot-product attention: softmax(scale · q kᵀ + position terms) V over the last two axes,
 /// with any leading (batch, head) axes. Parameters: "temperature" only when the scale is
-/// learned. Submodule "dropout" (on the weights, in training mode).
+/// learned; "length_scale" only for scalable_softmax. Submodule "dropout" (on the weights, in
+/// training mode).
 /// Hook points (layers/hooks.hpp): "scores" — the scaled scores the softmax gets, position
 /// terms included, before masking [..., Tq, Tk]; "weights" — the softmax's output, before
 /// dropout [..., Tq, Tk]; "output" [..., Tq, dv]. A MultiheadAttention shows them as its own
@@ -122,7 +143,10 @@ class DotProductAttention : public Module {
  public:
   /// `dropout_stream` is the attention dropout's random stream (a stream keeper, see
   /// module.hpp); the default is the one a seed of 0 gave.
-  explicit DotProductAttention(ScoreScale scale = {}, real dropout = 0, Rng dropout_stream = Rng(0));
+  /// `heads` sizes scalable_softmax's per-head s (axis 1 of [B, H, Tq, Tk] scores must then
+  /// have that size); with 1 head, s is one scalar for any layout.
+  explicit DotProductAttention(ScoreScale scale = {}, real dropout = 0, Rng dropout_stream = Rng(0),
+                               std::size_t heads = 1);
 
   /// queries [..., Tq, d], keys [..., Tk, d], values [..., Tk, dv] -> output [..., Tq, dv] and
   /// weights [..., Tq, Tk]. `allowed` broadcasts to [..., Tq, Tk]. `positions` (optional)
@@ -131,7 +155,8 @@ class DotProductAttention : public Module {
                           const std::optional<BoolArray>& allowed = std::nullopt,
                           const AttentionPositionEncoding* positions = nullptr, std::size_t query_start = 0);
 
-  /// The constant factor for key size d_k (not for a learned temperature, which is a parameter).
+  /// The constant factor for key size d_k (not for a learned temperature, which is a parameter;
+  /// 1/√d_k for the length-aware scales, whose s · ln n multiplies it per query).
   real scale_factor(std::size_t key_size) const;
   const ScoreScale& scale() const { return scale_; }
 
@@ -139,6 +164,8 @@ class DotProductAttention : public Module {
   ScoreScale scale_;
   std::shared_ptr<Dropout> dropout_;
   Variable temperature_;  // [] when the scale is learned
+  Variable length_scale_;  // [heads] (or [] for one head) for scalable_softmax
+  std::size_t heads_ = 1;
   HookPoint scores_point_, weights_point_, output_point_;
 };
 

@@ -77,7 +77,7 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
     out_bias.mutable_value().fill(0);
   }
   attention_ = register_module("attention",
-                               std::make_shared<DotProductAttention>(options.scale, options.dropout, Rng(seed + 1)));
+                               std::make_shared<DotProductAttention>(options.scale, options.dropout, Rng(seed + 1), num_heads));
   if (options.positions) positions_ = register_module("positions", options.positions);
   // The scores, weights and per-head outputs are computed by `attention`; they are this layer's
   // points, so that `...self_attn.weights` names them (and nothing names them twice).

@@ -27,8 +27,14 @@ ModelKind transformer_model_kind() {
               {.flag = "--positional", .keys = {"/positional"}, .help = "position encoding",
                .default_value = "sinusoidal", .choices = names_of<PositionalKind>()},
               {.flag = "--attention-scale", .keys = {"/scale/kind"},
-               .help = "score scale: inverse_sqrt_dim (1/sqrt(d_k)), inverse_dim (1/d_k) or none",
-               .default_value = "inverse_sqrt_dim", .choices = {"inverse_sqrt_dim", "inverse_dim", "none"}},
+               .help = "score scale: inverse_sqrt_dim (1/sqrt(d_k)), inverse_dim (1/d_k), none, log_length "
+                       "(s ln n / sqrt(d_k), n the keys a query sees) or scalable_softmax (the same, s learned per head)",
+               .default_value = "inverse_sqrt_dim",
+               .choices = {"inverse_sqrt_dim", "inverse_dim", "none", "log_length", "scalable_softmax"}},
+              {.flag = "--length-scale", .keys = {"/scale/value"},
+               .help = "s of --attention-scale log_length, the initial s of scalable_softmax (the other scales have "
+                       "no value)",
+               .default_value = 1.0, .min = -1000, .max = 1000},
           },
       // Real sentence pairs (--data). Chosen for a Tatoeba pair file cut to ~20,000 pairs (fra-eng:
       // 18,005 for training, 282 batches of 64) and a budget of minutes on two cores; the

@@ -46,6 +46,11 @@ void TransformerConfig::validate() const {
   check_arg(positional != PositionalKind::relative || relative_max_distance > 0, kConfig,
             "relative_max_distance must be positive, got 0");
   check_range(kConfig, "dropout", dropout, 0, 1);
+  // A value the scale does not use would be ignored silently (e.g. --length-scale with 1/√d_k).
+  const bool has_value = scale.kind == ScoreScale::Kind::fixed || scale.kind == ScoreScale::Kind::learned_temperature ||
+                         scale.depends_on_length();
+  check_arg(has_value || scale.value == 1, kConfig,
+            "scale " + name_of(scale.kind) + " takes no value, got " + format_number(scale.value));
 }
 
 void to_json(nlohmann::json& json, const TransformerConfig& config) {
@@ -148,6 +153,9 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
     };
   } else if (config.positional == PositionalKind::rope) {
     layer.self_attention_positions = [head_dim] { return std::make_shared<RotaryPositionEncoding>(head_dim); };
+  } else if (config.positional == PositionalKind::alibi) {
+    const std::size_t heads = config.nhead;
+    layer.self_attention_positions = [heads] { return std::make_shared<ALiBi>(heads); };
   }
   encoder_ = register_module(
       "encoder", std::make_shared<TransformerEncoder>(layer, config.encoder_layers, config.norm_first, rng));

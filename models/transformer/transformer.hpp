@@ -4,8 +4,9 @@
 // encoder and a decoder stack (layers/transformer.hpp), and a Linear to the target vocabulary.
 //
 // Positions: "sinusoidal" and "learned" add a table to the embeddings; "relative" (Shaw et
-// al., distances clipped to relative_max_distance, per-layer tables) and "rope" act inside
-// every self-attention layer. Cross-attention has no position term in any scheme.
+// al., distances clipped to relative_max_distance, per-layer tables), "rope" and "alibi" (Press
+// et al., the bias mirrored in the encoder, causal in the decoder) act inside every
+// self-attention layer. Cross-attention has no position term in any scheme.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -18,11 +19,12 @@
 
 namespace qkv::models {
 
-enum class PositionalKind { sinusoidal, learned, relative, rope };
-constexpr EnumNames<PositionalKind, 4> enum_names(PositionalKind) {
+enum class PositionalKind { sinusoidal, learned, relative, rope, alibi };
+constexpr EnumNames<PositionalKind, 5> enum_names(PositionalKind) {
   return {"positional encoding",
           {{{PositionalKind::sinusoidal, "sinusoidal"}, {PositionalKind::learned, "learned"},
-            {PositionalKind::relative, "relative"}, {PositionalKind::rope, "rope"}}}};
+            {PositionalKind::relative, "relative"}, {PositionalKind::rope, "rope"},
+            {PositionalKind::alibi, "alibi"}}}};
 }
 
 struct TransformerConfig {

@@ -10,6 +10,7 @@
 
 #include "lib/numerics/atomic_file.hpp"
 #include "lib/plot/svg.hpp"
+#include "study/report_io.hpp"
 
 namespace qkv::study {
 
@@ -18,14 +19,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-/// A CSV cell: up to 6 significant digits, empty for NaN (a missing value, e.g. a target never reached).
-std::string cell(double value) {
-  if (!std::isfinite(value)) return "";
-  std::ostringstream out;
-  out << std::setprecision(6) << value;
-  return out.str();
-}
 
 /// "0.123 ± 0.004" with `digits` decimals; "—" when there is no finite value.
 std::string pm(const Spread& s, int digits) {
@@ -36,52 +29,8 @@ std::string pm(const Spread& s, int digits) {
   return out.str();
 }
 
-std::string fixed(double value, int digits) {
-  if (!std::isfinite(value)) return "—";
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(digits) << value;
-  return out.str();
-}
-
-std::string general(double value) {
-  std::ostringstream out;
-  out << std::setprecision(3) << value;
-  return out.str();
-}
-
-/// Builds a CSV table and writes it.
-class Csv {
- public:
-  explicit Csv(const std::vector<std::string>& header) { row(header); }
-  void row(const std::vector<std::string>& cells) {
-    for (std::size_t i = 0; i < cells.size(); ++i) text_ += (i ? "," : "") + cells[i];
-    text_ += "\n";
-  }
-  void write(const std::string& directory, const std::string& name, std::vector<std::string>& written) const {
-    write_file_atomically((fs::path(directory) / name).string(), text_);
-    written.push_back(name);
-  }
-
- private:
-  std::string text_;
-};
-
 std::vector<double> as_doubles(const std::vector<std::size_t>& values) {
   return std::vector<double>(values.begin(), values.end());
-}
-
-/// A log axis cannot show values <= 0; fall back to linear when a series has one.
-bool all_positive(const LineChart& chart) {
-  for (const Series& s : chart.series)
-    for (const double y : s.y)
-      if (std::isfinite(y) && y <= 0) return false;
-  return true;
-}
-
-void plot(const std::string& directory, const std::string& name, LineChart chart, std::vector<std::string>& written) {
-  if (chart.log_y && !all_positive(chart)) chart.log_y = false;
-  write_svg((fs::path(directory) / name).string(), line_chart_svg(chart));
-  written.push_back(name);
 }
 
 Series named_series(std::string name, bool dashed = false) {
@@ -170,12 +119,9 @@ std::vector<TrainingCell> aggregate(const std::vector<RunResult>& runs) {
   return cells;
 }
 
-std::vector<std::string> write_report(const std::string& directory, const ReportContext& context,
-                                      const StatisticsResult& statistics, const std::vector<RunResult>& runs) {
+SectionOutput write_statistics_section(const std::string& directory, const StatisticsOptions& so,
+                                       const StatisticsResult& statistics) {
   std::vector<std::string> written;
-  const StatisticsOptions& so = context.statistics;
-  const SweepOptions& sw = context.sweep;
-
   // ---- part 1: tables ------------------------------------------------------------------
   Csv variance({"d_k", "variance", "theory", "relative_error", "standard_error"});
   for (const DotVariance& v : statistics.variances)
@@ -239,6 +185,47 @@ std::vector<std::string> write_report(const std::string& directory, const Report
   per_scaling("key_gradient.svg", "‖∂L/∂K‖ through DotProductAttention (autograd)", "mean gradient norm",
               &SoftmaxStatistics::key_grad_norm, nullptr, {}, true);
 
+  std::ostringstream md;
+  md << "## 1. Statistics (no training)\n\n"
+     << "q and k drawn i.i.d. N(0, 1) in d_k dimensions; one query against n = " << so.keys << " keys per trial, "
+     << so.trials << " trials per d_k (" << so.gradient_trials << " for the autograd gradients). Seed " << so.seed
+     << ".\n\n"
+     << "### Var(q·k) against the theory d_k\n\n"
+     << "| d_k | measured | theory | relative error | standard error of the estimate |\n|---:|---:|---:|---:|---:|\n";
+  for (const DotVariance& v : statistics.variances)
+    md << "| " << v.key_size << " | " << fixed(v.variance, 2) << " | " << v.key_size << " | "
+       << fixed(100 * v.relative_error, 2) << "% | " << fixed(100 * v.standard_error, 2) << "% |\n";
+  md << "\n### Softmax over the scaled scores\n\n"
+     << "Entropy in nats (maximum ln " << so.keys << " = " << fixed(max_entropy, 3)
+     << "); *pred.* is the same quantity for n i.i.d. N(0, σ²) logits with σ = factor·√d_k. "
+     << "Saturated: share of rows whose largest weight exceeds 0.99. ‖J‖: Frobenius norm of the softmax "
+     << "Jacobian (uniform weights: " << fixed(uniform_jacobian, 3) << "). ‖∂q‖, ‖∂K‖: mean gradient norms by "
+     << "autograd through DotProductAttention, for L = Σ output ⊙ g, g ~ N(0, 1/d_k) (mean, and median for q).\n\n"
+     << "| d_k | scaling | score std | entropy | pred. | max weight | saturated | ‖J‖ | pred. | ‖∂q‖ | median ‖∂q‖ | ‖∂K‖ |\n"
+     << "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const SoftmaxStatistics& c : statistics.cells)
+    md << "| " << c.key_size << " | " << scaling_label(c.scaling) << " | " << general(c.score_std) << " | "
+       << fixed(c.entropy, 3) << " | " << fixed(c.predicted_entropy, 3) << " | " << fixed(c.max_weight, 3) << " | "
+       << fixed(100 * c.saturated_share, 1) << "% | " << fixed(c.jacobian_norm, 3) << " | "
+       << fixed(c.predicted_jacobian_norm, 3) << " | " << general(c.query_grad_norm) << " | "
+       << general(c.query_grad_median) << " | " << general(c.key_grad_norm) << " |\n";
+
+  // The headline comparison, computed from the table above.
+  for (const Scaling s : so.scalings) {
+    double low = std::numeric_limits<double>::infinity(), high = -low;
+    for (const SoftmaxStatistics& c : statistics.cells)
+      if (c.scaling == s) low = std::min(low, c.entropy), high = std::max(high, c.entropy);
+    md << (s == so.scalings.front() ? "\n" : "") << "- " << scaling_label(s) << ": entropy between "
+       << fixed(low, 3) << " and " << fixed(high, 3) << " nats over d_k = " << so.key_sizes.front() << "–"
+       << so.key_sizes.back() << " (range " << fixed(100 * (high - low) / max_entropy, 1) << "% of ln n).\n";
+  }
+
+  return {written, md.str()};
+}
+
+SectionOutput write_training_section(const std::string& directory, const SweepOptions& sw,
+                                     const std::vector<RunResult>& runs) {
+  std::vector<std::string> written;
   // ---- part 2: tables -------------------------------------------------------------------
   Csv run_table({"scaling", "d_k", "heads", "seed", "steps_to_target", "final_loss", "final_token_accuracy",
                  "final_exact", "final_entropy", "final_mean_abs_logit", "mean_attention_grad_norm",
@@ -306,48 +293,8 @@ std::vector<std::string> write_report(const std::string& directory, const Report
       plot(directory, "training_" + std::string(c.file) + "_dk" + std::to_string(d) + ".svg", chart, written);
     }
 
-  // ---- summary.md --------------------------------------------------------------------------
   std::ostringstream md;
-  md << "# Scaling-factor study\n\n"
-     << "Command: `" << context.command_line << "`  \n"
-     << "Time: statistics " << fixed(context.statistics_seconds, 1) << " s, training "
-     << fixed(context.training_seconds, 1) << " s.\n\n";
-
-  md << "## 1. Statistics (no training)\n\n"
-     << "q and k drawn i.i.d. N(0, 1) in d_k dimensions; one query against n = " << so.keys << " keys per trial, "
-     << so.trials << " trials per d_k (" << so.gradient_trials << " for the autograd gradients). Seed " << so.seed
-     << ".\n\n"
-     << "### Var(q·k) against the theory d_k\n\n"
-     << "| d_k | measured | theory | relative error | standard error of the estimate |\n|---:|---:|---:|---:|---:|\n";
-  for (const DotVariance& v : statistics.variances)
-    md << "| " << v.key_size << " | " << fixed(v.variance, 2) << " | " << v.key_size << " | "
-       << fixed(100 * v.relative_error, 2) << "% | " << fixed(100 * v.standard_error, 2) << "% |\n";
-  md << "\n### Softmax over the scaled scores\n\n"
-     << "Entropy in nats (maximum ln " << so.keys << " = " << fixed(max_entropy, 3)
-     << "); *pred.* is the same quantity for n i.i.d. N(0, σ²) logits with σ = factor·√d_k. "
-     << "Saturated: share of rows whose largest weight exceeds 0.99. ‖J‖: Frobenius norm of the softmax "
-     << "Jacobian (uniform weights: " << fixed(uniform_jacobian, 3) << "). ‖∂q‖, ‖∂K‖: mean gradient norms by "
-     << "autograd through DotProductAttention, for L = Σ output ⊙ g, g ~ N(0, 1/d_k) (mean, and median for q).\n\n"
-     << "| d_k | scaling | score std | entropy | pred. | max weight | saturated | ‖J‖ | pred. | ‖∂q‖ | median ‖∂q‖ | ‖∂K‖ |\n"
-     << "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-  for (const SoftmaxStatistics& c : statistics.cells)
-    md << "| " << c.key_size << " | " << scaling_label(c.scaling) << " | " << general(c.score_std) << " | "
-       << fixed(c.entropy, 3) << " | " << fixed(c.predicted_entropy, 3) << " | " << fixed(c.max_weight, 3) << " | "
-       << fixed(100 * c.saturated_share, 1) << "% | " << fixed(c.jacobian_norm, 3) << " | "
-       << fixed(c.predicted_jacobian_norm, 3) << " | " << general(c.query_grad_norm) << " | "
-       << general(c.query_grad_median) << " | " << general(c.key_grad_norm) << " |\n";
-
-  // The headline comparison, computed from the table above.
-  for (const Scaling s : so.scalings) {
-    double low = std::numeric_limits<double>::infinity(), high = -low;
-    for (const SoftmaxStatistics& c : statistics.cells)
-      if (c.scaling == s) low = std::min(low, c.entropy), high = std::max(high, c.entropy);
-    md << (s == so.scalings.front() ? "\n" : "") << "- " << scaling_label(s) << ": entropy between "
-       << fixed(low, 3) << " and " << fixed(high, 3) << " nats over d_k = " << so.key_sizes.front() << "–"
-       << so.key_sizes.back() << " (range " << fixed(100 * (high - low) / max_entropy, 1) << "% of ln n).\n";
-  }
-
-  md << "\n## 2. Training\n\n"
+  md << "## 2. Training\n\n"
      << "Task `" << sw.task << "` (lengths " << sw.min_length << "–" << sw.max_length << "), transformer with d_model = "
      << sw.d_model << ", " << sw.layers << " encoder + " << sw.layers << " decoder layer" << (sw.layers > 1 ? "s" : "")
      << ", feed-forward " << sw.dim_feedforward << ", dropout 0; Adam lr " << general(sw.lr) << ", batch "
@@ -376,7 +323,24 @@ std::vector<std::string> write_report(const std::string& directory, const Report
       md << " " << pm(c.final_temperature, 2) << " |";
     md << "\n";
   }
-  md << "\n## Files\n\n";
+  return {written, md.str()};
+}
+
+std::vector<std::string> write_summary(const std::string& directory, const std::string& command_line,
+                                      const std::vector<SectionSummary>& sections) {
+  std::ostringstream md;
+  md << "# Scaling-factor study\n\n"
+     << "Command: `" << command_line << "`  \n"
+     << "Time:";
+  for (std::size_t i = 0; i < sections.size(); ++i)
+    md << (i ? ", " : " ") << sections[i].name << " " << fixed(sections[i].seconds, 1) << " s";
+  md << ".\n\n";
+  std::vector<std::string> written;
+  for (const SectionSummary& s : sections) {
+    md << s.output.markdown << "\n";
+    written.insert(written.end(), s.output.files.begin(), s.output.files.end());
+  }
+  md << "## Files\n\n";
   for (const std::string& name : written) md << "- `" << name << "`\n";
   write_file_atomically((fs::path(directory) / "summary.md").string(), md.str());
   written.push_back("summary.md");

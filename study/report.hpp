@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "study/report_io.hpp"
 #include "study/statistics.hpp"
 #include "study/training_sweep.hpp"
 
@@ -26,16 +27,22 @@ struct TrainingCell {
 /// Cells in the order runs first appear (d_k-major, as run_sweep orders them).
 std::vector<TrainingCell> aggregate(const std::vector<RunResult>& runs);
 
-struct ReportContext {
-  std::string command_line;
-  StatisticsOptions statistics;
-  SweepOptions sweep;
-  double statistics_seconds = 0, training_seconds = 0;
-};
+/// Part 1's CSVs and plots, and its part of summary.md ("## 1. Statistics").
+SectionOutput write_statistics_section(const std::string& directory, const StatisticsOptions& options,
+                                       const StatisticsResult& statistics);
+/// Part 2's CSVs and plots, and its part of summary.md ("## 2. Training").
+SectionOutput write_training_section(const std::string& directory, const SweepOptions& options,
+                                     const std::vector<RunResult>& runs);
 
-/// Writes every CSV, SVG and summary.md into `directory` (which must exist). Returns the
-/// files written, relative to it.
-std::vector<std::string> write_report(const std::string& directory, const ReportContext& context,
-                                      const StatisticsResult& statistics, const std::vector<RunResult>& runs);
+/// One section that ran, for summary.md.
+struct SectionSummary {
+  std::string name;  // as --sections names it
+  double seconds = 0;
+  SectionOutput output;
+};
+/// Writes DIRECTORY/summary.md: the command, each section's time, their markdown in order and
+/// every file. Returns every file the sections wrote, summary.md last.
+std::vector<std::string> write_summary(const std::string& directory, const std::string& command_line,
+                                       const std::vector<SectionSummary>& sections);
 
 }  // namespace qkv::study

@@ -1,27 +1,35 @@
 // qkv-scaling-study: why attention divides q·k by √d_k, measured.
 //
-//   qkv-scaling-study --out study            # the full run (about 10 minutes on 2 cores)
-//   qkv-scaling-study --quick --out study    # the same outputs in under a minute
+//   qkv-scaling-study --out study                                # every section
+//   qkv-scaling-study --quick --out study                        # the same outputs, smaller
+//   qkv-scaling-study --sections length,additive --out study     # some sections only
 //
-// Part 1 draws random queries and keys and measures what each scale does to the softmax and
-// to the gradients (no training); part 2 trains the tiny transformer with each scale and
-// several head sizes. DIR/summary.md says what was measured; docs/scaling_study.md explains
-// every output.
+// Sections (kSections below, in the order they run): statistics draws random queries and keys
+// and measures what each scale does to the softmax and to the gradients (no training);
+// training trains the tiny transformer with each scale and several head sizes; length measures
+// attention fading and length generalisation with 1/√d_k and s·ln n (study/length.hpp);
+// additive compares additive and dot-product attention as d_k grows (study/additive.hpp).
+// DIR/summary.md holds the sections that ran; docs/scaling_study.md explains every output.
 //
 // Under mpirun (`mpirun -np 4 qkv-scaling-study ...`, qkv built with QKV_MPI) the training runs
 // are spread over the ranks (study::run_sweep with a communicator) and rank 0 measures part 1
 // and writes every file: the same rows as one process, bit for bit, but for the wall times.
-// --jobs is then per rank (default 1).
+// --jobs is then per rank (default 1). The length and additive sections run on rank 0 alone.
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <filesystem>
 #include <sstream>
 #include <thread>
 
 #include "lib/numerics/parallel.hpp"
 #include "lib/numerics/error.hpp"
+#include "study/additive.hpp"
+#include "study/length.hpp"
 #include "study/report.hpp"
 #include "study/statistics.hpp"
 #include "study/training_sweep.hpp"
@@ -33,21 +41,37 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+/// Splits "a,b,c".
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> parts;
+  std::string part;
+  std::istringstream in(text);
+  while (std::getline(in, part, ',')) parts.push_back(part);
+  return parts;
+}
+
 }  // namespace
 
 int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   using namespace qkv::study;
   const bool root = mpi.is_root();
   const int ranks = mpi.world()->size();
-  CLI::App app{"qkv-scaling-study: what 1/sqrt(d_k) does to attention saturation, entropy, gradients and training"};
+  CLI::App app{"qkv-scaling-study: what the attention scale does to saturation, entropy, gradients, training and length"};
   std::string out;
-  bool quick = false;
+  std::string section_list = "all";
+  bool quick = false, smoke = false;
   StatisticsOptions stats;
   SweepOptions sweep;
+  FadingOptions fading;
+  LengthOptions length;
+  AdditiveOptions additive;
   std::vector<std::string> scaling_ids;
   sweep.jobs = std::max(1u, std::min(2u, std::thread::hardware_concurrency()));
   app.add_option("--out", out, "output directory (created)")->required();
-  app.add_flag("--quick", quick, "fewer trials, one seed, fewer steps: the same outputs in under a minute");
+  app.add_option("--sections", section_list,
+                 "comma-separated: statistics, training, length, additive, or all (the default)");
+  app.add_flag("--quick", quick, "fewer trials, seeds and steps in every section: the same outputs in minutes");
+  app.add_flag("--smoke", smoke, "length and additive at toy sizes (seconds; for tests, the numbers mean nothing)");
   // Explicit options override what --quick sets.
   auto* trials = app.add_option("--trials", stats.trials, "statistics: trials per d_k")->check(CLI::Range(2, 100000000));
   auto* gradient_trials =
@@ -63,7 +87,8 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   app.add_option("--d-model", sweep.d_model, "training: model width, fixed")->check(CLI::PositiveNumber);
   app.add_option("--train-key-sizes", sweep.key_sizes, "training: head sizes d_k (heads = d_model / d_k)");
   app.add_option("--scalings", scaling_ids, "training: none, inv_sqrt_dk, inv_dk, learned_tau");
-  auto* jobs = app.add_option("--jobs", sweep.jobs, "training: runs at once (one thread each; per rank under mpirun)")
+  auto* jobs = app.add_option("--jobs", sweep.jobs,
+                              "training, length, additive: runs at once (one thread each; per rank under mpirun)")
                    ->check(CLI::PositiveNumber);
   auto* seeds = app.add_option("--seeds", sweep.seeds, "training: seeds per setting")->check(CLI::PositiveNumber);
   auto* steps = app.add_option("--steps", sweep.steps, "training: optimizer steps per run")->check(CLI::PositiveNumber);
@@ -73,6 +98,14 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   app.add_option("--lr", sweep.lr, "training: Adam learning rate")->check(CLI::PositiveNumber);
   app.add_option("--clip", sweep.clip_norm, "training: gradient clipping norm (0: off)")->check(CLI::NonNegativeNumber);
   app.add_option("--layers", sweep.layers, "training: encoder and decoder layers each")->check(CLI::PositiveNumber);
+  auto* length_steps =
+      app.add_option("--length-steps", length.steps, "length: optimizer steps per run")->check(CLI::PositiveNumber);
+  auto* length_seeds =
+      app.add_option("--length-seeds", length.seeds, "length: seeds per setting")->check(CLI::PositiveNumber);
+  auto* additive_steps =
+      app.add_option("--additive-steps", additive.steps, "additive: optimizer steps per run")->check(CLI::PositiveNumber);
+  auto* additive_seeds =
+      app.add_option("--additive-seeds", additive.seeds, "additive: seeds per setting")->check(CLI::PositiveNumber);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -80,6 +113,7 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   }
   if (ranks > 1 && jobs->count() == 0) sweep.jobs = 1;  // the ranks are the parallelism
   if (!root) spdlog::set_level(spdlog::level::warn);     // rank 0 tells the story
+  length.jobs = additive.jobs = sweep.jobs;
 
   if (quick) {
     if (trials->count() == 0) stats.trials = 8000;  // keeps the variance within ~1% at d_k = 4
@@ -88,7 +122,22 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
     if (seeds->count() == 0) sweep.seeds = 1;
     if (steps->count() == 0) sweep.steps = 100;
     if (probe_every->count() == 0) sweep.probe_every = 20;
+    if (length_steps->count() == 0) length.steps = 150;
+    length.test_size = 32;
+    if (additive_steps->count() == 0) additive.steps = 150;
+    if (additive_seeds->count() == 0) additive.seeds = 1;
   }
+  if (smoke) {
+    fading.key_counts = {2, 16, 128};
+    fading.trials = 4;
+    length.d_model = 16, length.dim_feedforward = 16, length.test_size = 4, length.batch_size = 4;
+    length.test_lengths = {16};
+    if (length_steps->count() == 0) length.steps = 2;
+    additive.key_sizes = {16, 64}, additive.probe_size = 16, additive.batch_size = 8, additive.probe_every = 1;
+    if (additive_steps->count() == 0) additive.steps = 2;
+    if (additive_seeds->count() == 0) additive.seeds = 1;
+  }
+  if (length_seeds->count() == 0 && quick) length.seeds = 1;
   if (!scaling_ids.empty()) {
     sweep.scalings.clear();
     for (const std::string& id : scaling_ids) sweep.scalings.push_back(qkv::parse_name<Scaling>(id, "--scalings"));
@@ -96,36 +145,86 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   std::ostringstream command;
   for (int i = 0; i < argc; ++i) command << (i ? " " : "") << (i ? argv[i] : "qkv-scaling-study");
 
+  const auto progress = [](std::string_view line) { spdlog::info("{}", line); };
+  // Every section: its name in --sections and what it runs. run() measures (collectively under
+  // mpirun, where a section spreads its runs over the ranks) and returns, on rank 0, what it
+  // wrote into `out`; the others return nothing. summary.md follows this order.
+  struct Section {
+    std::string name;
+    std::function<SectionOutput()> run;
+  };
+  const std::vector<Section> sections = {
+      {"statistics",
+       [&] {
+         stats.validate();
+         spdlog::info("statistics over d_k = {} ... {}, {} trials each", stats.key_sizes.front(),
+                      stats.key_sizes.back(), stats.trials);
+         // Rank 0's alone; the others start on their training runs meanwhile.
+         if (!root) return SectionOutput{};
+         return write_statistics_section(out, stats, measure_statistics(stats, progress));
+       }},
+      {"training",
+       [&] {
+         sweep.validate();
+         const std::size_t runs = sweep.key_sizes.size() * sweep.scalings.size() * sweep.seeds;
+         spdlog::info("training {} runs of {} steps, {} at a time{}", runs, sweep.steps, sweep.jobs,
+                      ranks > 1 ? " on each rank, runs over " + std::to_string(ranks) + " processes" : std::string());
+         const std::vector<RunResult> results =
+             ranks > 1 ? run_sweep(sweep, *mpi.world(), progress) : run_sweep(sweep, progress);
+         return root ? write_training_section(out, sweep, results) : SectionOutput{};
+       }},
+      {"length",
+       [&] {
+         fading.validate();
+         length.validate();
+         if (!root) return SectionOutput{};
+         const std::size_t runs =
+             length.tasks.size() * length.scales.size() * length.positionals.size() * length.seeds;
+         spdlog::info("length: attention fading, then {} runs of {} steps, {} at a time", runs, length.steps,
+                      length.jobs);
+         const std::vector<FadingPoint> faded = measure_fading(fading);
+         return write_length_section(out, fading, faded, length, run_length_generalisation(length, progress));
+       }},
+      {"additive",
+       [&] {
+         additive.validate();
+         if (!root) return SectionOutput{};
+         spdlog::info("additive: {} runs of {} steps, {} at a time",
+                      additive.key_sizes.size() * additive.mechanisms.size() * additive.seeds, additive.steps,
+                      additive.jobs);
+         return write_additive_section(out, additive, run_additive(additive, progress));
+       }},
+  };
+
   try {
-    stats.validate();
-    sweep.validate();
+    std::vector<std::string> chosen = split_list(section_list);
+    if (chosen == std::vector<std::string>{"all"}) {
+      chosen.clear();
+      for (const Section& s : sections) chosen.push_back(s.name);
+    }
+    for (const std::string& name : chosen) {
+      const bool known = std::any_of(sections.begin(), sections.end(), [&](const Section& s) { return s.name == name; });
+      std::string names;
+      for (const Section& s : sections) names += (names.empty() ? "" : ", ") + s.name;
+      if (!known) throw qkv::Error("--sections: unknown section \"" + name + "\" (known: " + names + ", all)");
+    }
     if (root) std::filesystem::create_directories(out);
     // One qkv thread per run: the runs themselves are spread over --jobs threads.
     qkv::parallel::set_num_threads(1);
-
-    const auto progress = [](std::string_view line) { spdlog::info("{}", line); };
-    spdlog::info("part 1: statistics over d_k = {} ... {}, {} trials each", stats.key_sizes.front(),
-                 stats.key_sizes.back(), stats.trials);
-    auto start = std::chrono::steady_clock::now();
-    // Part 1 is rank 0's alone; the others start on their training runs meanwhile.
-    const StatisticsResult statistics = root ? measure_statistics(stats, progress) : StatisticsResult{};
-    const double statistics_seconds = seconds_since(start);
-
-    const std::size_t runs = sweep.key_sizes.size() * sweep.scalings.size() * sweep.seeds;
-    spdlog::info("part 2: training {} runs of {} steps, {} at a time{}", runs, sweep.steps, sweep.jobs,
-                 ranks > 1 ? " on each rank, runs over " + std::to_string(ranks) + " processes" : std::string());
-    start = std::chrono::steady_clock::now();
-    const std::vector<RunResult> results =
-        ranks > 1 ? run_sweep(sweep, *mpi.world(), progress) : run_sweep(sweep, progress);
-    const double training_seconds = seconds_since(start);
+    std::vector<SectionSummary> ran;
+    for (const Section& section : sections) {
+      if (std::find(chosen.begin(), chosen.end(), section.name) == chosen.end()) continue;
+      const auto start = std::chrono::steady_clock::now();
+      SectionOutput output = section.run();
+      const double seconds = seconds_since(start);
+      spdlog::info("section {}: {:.1f} s", section.name, seconds);
+      ran.push_back({section.name, seconds, std::move(output)});
+    }
     if (!root) return 0;
-
-    const std::vector<std::string> files =
-        write_report(out, {.command_line = command.str(), .statistics = stats, .sweep = sweep,
-                           .statistics_seconds = statistics_seconds, .training_seconds = training_seconds},
-                     statistics, results);
-    spdlog::info("wrote {} files to {} (statistics {:.1f} s, training {:.1f} s); see {}/summary.md", files.size(), out,
-                 statistics_seconds, training_seconds, out);
+    const std::vector<std::string> files = write_summary(out, command.str(), ran);
+    std::string times;
+    for (const SectionSummary& s : ran) times += (times.empty() ? "" : ", ") + s.name + " " + qkv::format_number(std::round(s.seconds * 10) / 10) + " s";
+    spdlog::info("wrote {} files to {} ({}); see {}/summary.md", files.size(), out, times, out);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     // An error of rank 0's alone (writing the report) must not leave the others waiting.

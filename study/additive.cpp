@@ -26,19 +26,26 @@ struct TaskBatch {
   std::vector<std::size_t> targets;
 };
 
-TaskBatch draw_batch(const Array& mixing, std::size_t batch, std::size_t keys, Rng& rng) {
-  const std::size_t d = mixing.shape(0);
-  TaskBatch b{zeros({batch, keys, d}), zeros({batch, 1, d}), std::vector<std::size_t>(batch)};
+/// The task's two code tables, [types, d_in] each, N(0, 1): what a query of type c looks like
+/// and what a key of type c looks like (different, so that matching them must be learned).
+struct Codes {
+  Array query, key;
+};
+
+/// Keys: the n = types types in a random order, each its key code plus N(0, 0.1²) noise; the
+/// query: the query code of one of them, the target.
+TaskBatch draw_batch(const Codes& codes, std::size_t batch, Rng& rng) {
+  const std::size_t types = codes.key.shape(0), d = codes.key.shape(1);
+  TaskBatch b{zeros({batch, types, d}), zeros({batch, 1, d}), std::vector<std::size_t>(batch)};
+  std::vector<std::size_t> order(types);
   for (std::size_t i = 0; i < batch; ++i) {
-    for (std::size_t j = 0; j < keys; ++j)
-      for (std::size_t c = 0; c < d; ++c) b.keys(i, j, c) = real(rng.normal());
-    const std::size_t t = std::size_t(rng.next_u64() % keys);
+    for (std::size_t j = 0; j < types; ++j) order[j] = j;
+    for (std::size_t j = types - 1; j > 0; --j) std::swap(order[j], order[std::size_t(rng.next_u64() % (j + 1))]);
+    for (std::size_t j = 0; j < types; ++j)
+      for (std::size_t c = 0; c < d; ++c) b.keys(i, j, c) = codes.key(order[j], c) + real(0.1 * rng.normal());
+    const std::size_t t = std::size_t(rng.next_u64() % types);
     b.targets[i] = t;
-    for (std::size_t r = 0; r < d; ++r) {
-      double sum = 0;
-      for (std::size_t c = 0; c < d; ++c) sum += double(mixing(r, c)) * double(b.keys(i, t, c));
-      b.queries(i, 0, r) = real(sum);
-    }
+    for (std::size_t c = 0; c < d; ++c) b.queries(i, 0, c) = codes.query(order[t], c);
   }
   return b;
 }
@@ -56,10 +63,10 @@ class RetrievalModel : public Module {
                                               mechanism == Mechanism::dot ? ScoreScale::none() : ScoreScale::inverse_sqrt_dim()));
     }
   }
-  /// keys [B, n, d_in], queries [B, 1, d_in] -> weights [B, 1, n].
-  Variable weights(const Variable& keys, const Variable& queries) {
-    if (additive_) return additive_->forward(queries, keys, keys).weights;
-    return dot_->forward(query_->forward(queries), key_->forward(keys), keys).weights;
+  /// keys [B, n, d_in] (also the values), queries [B, 1, d_in] -> output [B, 1, d_in], weights [B, 1, n].
+  AttentionOutput forward(const Variable& keys, const Variable& queries) {
+    if (additive_) return additive_->forward(queries, keys, keys);
+    return dot_->forward(query_->forward(queries), key_->forward(keys), keys);
   }
 
  private:
@@ -69,21 +76,24 @@ class RetrievalModel : public Module {
   std::shared_ptr<DotProductAttention> dot_;
 };
 
-/// −ln(w_t + ε), mean over the batch; weights [B, 1, n].
-Variable retrieval_loss(const Variable& weights, const std::vector<std::size_t>& targets) {
-  const std::size_t batch = targets.size(), keys = weights.shape()[2];
-  Array pick = zeros({batch, 1, keys});
-  for (std::size_t i = 0; i < batch; ++i) pick(i, 0, targets[i]) = real(1) / real(batch);
-  return -sum(log(weights + real(1e-7)) * Variable(pick));
+/// ‖output − x_t‖² / d_in, mean over the batch: the gradient reaches the scores only through
+/// the softmax's Jacobian, as inside a model. output [B, 1, d_in], keys [B, n, d_in].
+Variable retrieval_loss(const Variable& output, const Array& keys, const std::vector<std::size_t>& targets) {
+  const std::size_t batch = targets.size(), d = keys.shape(2);
+  Array wanted = zeros({batch, 1, d});
+  for (std::size_t i = 0; i < batch; ++i)
+    for (std::size_t c = 0; c < d; ++c) wanted(i, 0, c) = keys(i, targets[i], c);
+  const Variable error = output - Variable(wanted);  // [B, 1, d_in]
+  return sum(error * error) / real(batch * d);
 }
 
 AdditiveProbe probe(RetrievalModel& model, const TaskBatch& batch, std::size_t step) {
   const NoGradGuard no_grad;
-  const Variable w = model.weights(Variable(batch.keys), Variable(batch.queries));  // [B, 1, n]
+  const AttentionOutput attended = model.forward(Variable(batch.keys), Variable(batch.queries));
   AdditiveProbe p;
   p.step = step;
-  p.loss = double(retrieval_loss(w, batch.targets).item());
-  const Array& weights = w.value();
+  p.loss = double(retrieval_loss(attended.output, batch.keys, batch.targets).item());
+  const Array& weights = attended.weights.value();  // [B, 1, n]
   const std::size_t rows = batch.targets.size(), keys = weights.shape(2);
   for (std::size_t i = 0; i < rows; ++i) {
     std::size_t best = 0;
@@ -123,9 +133,10 @@ AdditiveRun train_additive_run(const AdditiveOptions& options, Mechanism mechani
   const auto start = std::chrono::steady_clock::now();
   // The task depends on the seed alone: every mechanism and d_k sees the same matrix and batches.
   Rng task(seed * 7919 + 1);
-  const Array mixing = normal({options.input_size, options.input_size}, 0,
-                              real(1) / std::sqrt(static_cast<real>(options.input_size)), task);
-  const TaskBatch held_out = draw_batch(mixing, options.probe_size, options.keys, task);
+  Codes codes;
+  codes.query = normal({options.keys, options.input_size}, 0, 1, task);
+  codes.key = normal({options.keys, options.input_size}, 0, 1, task);
+  const TaskBatch held_out = draw_batch(codes, options.probe_size, task);
   Rng weights_rng(seed * 104729 + key_size);
   RetrievalModel model(mechanism, options.input_size, key_size, weights_rng);
   Adam adam(model.named_parameters(), {.lr = options.lr});
@@ -134,9 +145,10 @@ AdditiveRun train_additive_run(const AdditiveOptions& options, Mechanism mechani
   run.mechanism = mechanism, run.key_size = key_size, run.seed = seed, run.steps_to_target = kNaN;
   run.curve.push_back(probe(model, held_out, 0));
   for (std::size_t step = 1; step <= options.steps; ++step) {
-    const TaskBatch batch = draw_batch(mixing, options.batch_size, options.keys, task);
+    const TaskBatch batch = draw_batch(codes, options.batch_size, task);
     adam.zero_grad();
-    Variable loss = retrieval_loss(model.weights(Variable(batch.keys), Variable(batch.queries)), batch.targets);
+    Variable loss =
+        retrieval_loss(model.forward(Variable(batch.keys), Variable(batch.queries)).output, batch.keys, batch.targets);
     loss.backward();
     adam.step();
     if (step % options.probe_every == 0 || step == options.steps) {
@@ -250,10 +262,11 @@ SectionOutput write_additive_section(const std::string& directory, const Additiv
 
   std::ostringstream md;
   md << "## 4. Additive against dot product as d_k grows\n\n"
-     << "One attention layer retrieving the key a query points at: n = " << o.keys << " keys x_j ~ N(0, I_" << o.input_size
-     << "), query A x_t (A fixed random, N(0, 1/" << o.input_size << ") entries), loss −ln(w_t + 1e-7); Adam lr "
-     << general(o.lr) << ", batch " << o.batch_size << ", " << o.steps << " steps; accuracy = argmax weight on the "
-     << "target, on " << o.probe_size << " held-out queries; " << o.seeds << " seed" << (o.seeds > 1 ? "s" : "")
+     << "One attention layer finding the key of the query's type: n = " << o.keys << " types, each with a query "
+     << "code and a different key code (N(0, I_" << o.input_size << ") tables); the keys are the n key codes shuffled, "
+     << "plus N(0, 0.1²) noise, and are the values; loss ‖output − x_t‖² / d_in; Adam lr " << general(o.lr)
+     << ", batch " << o.batch_size << ", " << o.steps << " steps; accuracy = argmax weight on the target, on "
+     << o.probe_size << " held-out queries; " << o.seeds << " seed" << (o.seeds > 1 ? "s" : "")
      << " (the same task and batches for every layer within a seed). Entropy and largest weight at initialisation; "
      << "steps to " << fixed(100 * o.target_accuracy, 0) << "% over the runs that reached it.\n\n"
      << "| d_k | mechanism | initial entropy | initial max weight | final loss | final accuracy | reached | steps to "

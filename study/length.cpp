@@ -244,7 +244,7 @@ SectionOutput write_length_section(const std::string& directory, const FadingOpt
     csv.write(directory, "length_fading.csv", written);
     for (const bool gaussian : {false, true}) {
       LineChart chart;
-      chart.title = std::string("Weight on the key whose logit is `gap` above ") +
+      chart.title = std::string("Weight on the key whose logit is gap above ") +
                     (gaussian ? "N(0, 1) distractors" : "n − 1 equal distractors") + " (s = " + general(fo.s) + ")";
       chart.x_label = "keys n";
       chart.y_label = "softmax weight on the key";

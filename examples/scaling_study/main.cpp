@@ -122,8 +122,8 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
     if (seeds->count() == 0) sweep.seeds = 1;
     if (steps->count() == 0) sweep.steps = 100;
     if (probe_every->count() == 0) sweep.probe_every = 20;
-    if (length_steps->count() == 0) length.steps = 150;
-    length.test_size = 32;
+    if (length_steps->count() == 0) length.steps = 100;
+    length.test_size = 24;
     if (additive_steps->count() == 0) additive.steps = 150;
     if (additive_seeds->count() == 0) additive.seeds = 1;
   }

@@ -178,9 +178,10 @@ TEST_CASE("TransformerConfig: JSON round trip, defaults and errors") {
   bad["dmodel"] = 3;
   CHECK_THROWS_WITH_AS(bad.get<TransformerConfig>(), "TransformerConfig: unknown field \"dmodel\"", Error);
   bad = json;
-  bad["positional"] = "alibi";
+  bad["positional"] = "xpos";
   CHECK_THROWS_WITH_AS(bad.get<TransformerConfig>(),
-                       "TransformerConfig: unknown positional encoding 'alibi'; known: sinusoidal, learned, relative, rope",
+                       "TransformerConfig: unknown positional encoding 'xpos'; known: sinusoidal, learned, relative, rope, "
+                       "alibi",
                        Error);
   bad = json;
   bad["num_heads"] = 3;

@@ -123,7 +123,7 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
     if (steps->count() == 0) sweep.steps = 100;
     if (probe_every->count() == 0) sweep.probe_every = 20;
     if (length_steps->count() == 0) length.steps = 100;
-    length.test_size = 24;
+    length.test_size = 16;
     if (additive_steps->count() == 0) additive.steps = 150;
     if (additive_seeds->count() == 0) additive.seeds = 1;
   }

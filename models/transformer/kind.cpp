@@ -29,6 +29,12 @@ ModelKind transformer_model_kind() {
               {.flag = "--attention-scale", .keys = {"/scale/kind"},
                .help = "score scale: inverse_sqrt_dim (1/sqrt(d_k)), inverse_dim (1/d_k) or none",
                .default_value = "inverse_sqrt_dim", .choices = {"inverse_sqrt_dim", "inverse_dim", "none"}},
+              {.flag = "--kv-heads", .keys = {"/num_kv_heads"},
+               .help = "key/value heads, grouped-query attention (must divide --heads; 1: multi-query; 0: --heads)",
+               .default_value = 0u, .min = 0, .max = 1024},
+              {.flag = "--memory-slots", .keys = {"/memory_slots"},
+               .help = "persistent memory slots per head in self-attention (Sukhbaatar et al. 2019; 0: none)",
+               .default_value = 0u, .min = 0, .max = 65536},
           },
       // Real sentence pairs (--data). Chosen for a Tatoeba pair file cut to ~20,000 pairs (fra-eng:
       // 18,005 for training, 282 batches of 64) and a budget of minutes on two cores; the

@@ -57,14 +57,15 @@ TEST_CASE("Persistent memory: parameters memory_keys and memory_values [H, N, d]
   MultiheadAttention mha(8, 2, rng, {.memory_slots = 3});
   MultiheadAttention plain(8, 2, plain_rng);
   const auto parameters = mha.named_parameters();
-  REQUIRE(parameters.size() == 6);
-  CHECK(parameters[4].first == "memory_keys");
-  CHECK(parameters[4].second.shape() == Shape{2, 3, 4});
-  CHECK(parameters[5].first == "memory_values");
+  REQUIRE(parameters.size() == 6);  // the layer's own first, then out_proj's
+  CHECK(parameters[2].first == "memory_keys");
+  CHECK(parameters[2].second.shape() == Shape{2, 3, 4});
+  CHECK(parameters[3].first == "memory_values");
+  CHECK(parameters[3].second.shape() == Shape{2, 3, 4});
   CHECK(mha.memory_slots() == 3);
   // The other parameters are the ones a layer without memory draws.
-  for (std::size_t i = 0; i < 4; ++i)
-    CHECK(max_abs_diff(parameters[i].second.value(), plain.named_parameters()[i].second.value()) == 0);
+  for (const char* name : {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"})
+    CHECK(max_abs_diff(parameter(mha, name).value(), parameter(plain, name).value()) == 0);
   CHECK_THROWS_WITH_AS(MultiheadAttention(8, 2, rng, {.positions = std::make_shared<RotaryPositionEncoding>(4),
                                                       .memory_slots = 2}),
                        doctest::Contains("MultiheadAttention: persistent memory slots take no position"), Error);

@@ -247,8 +247,8 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
     if (cache->length() > 0) {
       check_shape(cache->keys.dim(0) == q.dim(0) && cache->keys.dim(1) == num_kv_heads_, kLayer, [&] {
         return "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " +
-               input_shapes(query, key, value, embed_dim_) + " and " + std::to_string(num_kv_heads_) +
-               " key/value heads";
+               input_shapes(query, key, value, embed_dim_) +
+               (num_kv_heads_ == num_heads_ ? "" : " and " + std::to_string(num_kv_heads_) + " key/value heads");
       });
       k = concat({cache->keys, k}, 2);    // [B, H_kv, past + Tk_new, d]
       v = concat({cache->values, v}, 2);  // [B, H_kv, past + Tk_new, d]

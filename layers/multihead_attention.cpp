@@ -54,20 +54,45 @@ std::optional<BoolArray> resolve_mask(const AttentionMask& mask, std::size_t bat
 
 Variable MultiheadAttentionOutput::average_weights() const { return mean(weights, {1}); }
 
+std::size_t KVCache::bytes() const {
+  const std::size_t elements = (keys.defined() ? keys.value().size() : 0) + (values.defined() ? values.value().size() : 0);
+  return elements * sizeof(real);
+}
+
 MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, Rng& rng,
                                        MultiheadAttentionOptions options)
-    : embed_dim_(embed_dim), num_heads_(num_heads) {
+    : embed_dim_(embed_dim),
+      num_heads_(num_heads),
+      num_kv_heads_(options.num_kv_heads == 0 ? num_heads : options.num_kv_heads),
+      memory_slots_(options.memory_slots) {
   check_arg(embed_dim > 0 && num_heads > 0, kLayer,
             "embed_dim and num_heads must be positive, got embed_dim " + std::to_string(embed_dim) +
                 ", num_heads " + std::to_string(num_heads));
   check_arg(embed_dim % num_heads == 0, kLayer,
             "embed_dim " + std::to_string(embed_dim) + " is not divisible by num_heads " + std::to_string(num_heads));
+  check_arg(num_heads % num_kv_heads_ == 0, kLayer,
+            "num_kv_heads " + std::to_string(num_kv_heads_) + " does not divide num_heads " + std::to_string(num_heads));
+  check_arg(memory_slots_ == 0 || !options.positions, kLayer,
+            "persistent memory slots take no position, but a position encoding inside attention would encode "
+            "them; use positions added to the embeddings (sinusoidal, learned) with memory_slots " +
+                std::to_string(memory_slots_));
   const std::uint64_t seed = rng.next_u64();
   Rng init(seed);
-  // nn.MultiheadAttention: xavier_uniform over the stacked [3E, E] weight, zero biases.
+  // nn.MultiheadAttention: xavier_uniform over the stacked [3E, E] weight, zero biases. The
+  // grouped projections keep that bound, so that both start at the same scale.
   const real bound = std::sqrt(real(6) / static_cast<real>(4 * embed_dim));
-  in_proj_weight_ = register_parameter("in_proj_weight", uniform({3 * embed_dim, embed_dim}, -bound, bound, init));
-  if (options.bias) in_proj_bias_ = register_parameter("in_proj_bias", zeros({3 * embed_dim}));
+  const std::size_t kv_rows = 2 * num_kv_heads_ * head_dim();  // keys' and values' rows
+  if (num_kv_heads_ == num_heads) {
+    in_proj_weight_ = register_parameter("in_proj_weight", uniform({3 * embed_dim, embed_dim}, -bound, bound, init));
+    if (options.bias) in_proj_bias_ = register_parameter("in_proj_bias", zeros({3 * embed_dim}));
+  } else {
+    q_proj_weight_ = register_parameter("q_proj_weight", uniform({embed_dim, embed_dim}, -bound, bound, init));
+    kv_proj_weight_ = register_parameter("kv_proj_weight", uniform({kv_rows, embed_dim}, -bound, bound, init));
+    if (options.bias) {
+      q_proj_bias_ = register_parameter("q_proj_bias", zeros({embed_dim}));
+      kv_proj_bias_ = register_parameter("kv_proj_bias", zeros({kv_rows}));
+    }
+  }
   // out_proj is an nn.Linear (its default U(-1/√E, 1/√E) weight) whose bias PyTorch then zeroes.
   // The bias Linear draws comes after the weight and is the last draw from `init`.
   out_proj_ = register_module("out_proj", std::make_shared<Linear>(embed_dim, embed_dim, init,
@@ -75,6 +100,16 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
   if (options.bias) {
     Variable out_bias = out_proj_->bias();
     out_bias.mutable_value().fill(0);
+  }
+  if (memory_slots_ > 0) {
+    // Sukhbaatar et al.'s initialisation: keys N(0, 1/d), values N(0, 1/N). Drawn after
+    // everything else, so a layer without memory draws what it always drew.
+    const std::size_t d = head_dim();
+    memory_keys_ = register_parameter(
+        "memory_keys", normal({num_heads, memory_slots_, d}, 0, real(1) / std::sqrt(static_cast<real>(d)), init));
+    memory_values_ = register_parameter(
+        "memory_values",
+        normal({num_heads, memory_slots_, d}, 0, real(1) / std::sqrt(static_cast<real>(memory_slots_)), init));
   }
   attention_ = register_module("attention",
                                std::make_shared<DotProductAttention>(options.scale, options.dropout, Rng(seed + 1), num_heads));
@@ -113,52 +148,124 @@ void check_inputs(const Variable& query, const Variable& key, const Variable& va
 
 }  // namespace
 
-Variable MultiheadAttention::project(const Variable& x, std::size_t block) const {
-  const std::size_t embed = embed_dim_;
-  const Variable weight = slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
-  const Variable bias =
-      in_proj_bias_.defined() ? slice(in_proj_bias_, 0, block * embed, (block + 1) * embed) : Variable();  // [E]
-  return split_heads(linear(x, weight, bias), num_heads_);  // [B, H, T, d]
+std::pair<Variable, Variable> MultiheadAttention::projection(std::size_t block) const {
+  const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
+  const auto rows = [](const Variable& x, std::size_t start, std::size_t size) {
+    return x.defined() ? slice(x, 0, start, start + size) : Variable();
+  };
+  if (in_proj_weight_.defined())
+    return {rows(in_proj_weight_, block * embed, embed), rows(in_proj_bias_, block * embed, embed)};  // [E, E], [E]
+  if (block == 0) return {q_proj_weight_, q_proj_bias_};                                          // [E, E], [E]
+  return {rows(kv_proj_weight_, (block - 1) * kv, kv), rows(kv_proj_bias_, (block - 1) * kv, kv)};  // [H_kv·d, E]
 }
+
+Variable MultiheadAttention::project(const Variable& x, std::size_t block) const {
+  const auto [weight, bias] = projection(block);
+  return split_heads(linear(x, weight, bias), block == 0 ? num_heads_ : num_kv_heads_);  // [B, H or H_kv, T, d]
+}
+
+namespace {
+
+/// k [B, H_kv, T, d] -> [B, H, T, d], each key/value head repeated for its `group` query heads
+/// (head h reads h / group).
+Variable repeat_heads(const Variable& k, std::size_t group) {
+  if (group == 1) return k;
+  const Shape s = k.shape();
+  const Variable grouped = expand(unsqueeze(k, 2), {s[0], s[1], group, s[2], s[3]});  // [B, H_kv, G, T, d]
+  return reshape(grouped, {long(s[0]), long(s[1] * group), long(s[2]), long(s[3])});  // [B, H, T, d]
+}
+
+/// `allowed` (broadcasting to [B, H, Tq, Tk]) with `slots` always-allowed keys appended.
+BoolArray with_memory_columns(const BoolArray& allowed, std::size_t slots) {
+  Shape shape = shape_of(allowed);
+  const std::size_t keys = shape.back(), rows = allowed.size() / std::max<std::size_t>(keys, 1);
+  shape.back() = keys + slots;
+  BoolArray result = BoolArray::from_shape(shape);
+  for (std::size_t r = 0; r < rows; ++r) {
+    std::copy_n(allowed.data() + r * keys, keys, result.data() + r * (keys + slots));
+    std::fill_n(result.data() + r * (keys + slots) + keys, slots, true);
+  }
+  return result;
+}
+
+}  // namespace
 
 MultiheadAttentionOutput MultiheadAttention::attend(const Variable& q, const Variable& k, const Variable& v,
                                                     const AttentionMask& mask, std::size_t query_start) {
-  const std::optional<BoolArray> allowed = resolve_mask(mask, q.dim(0), num_heads_, q.dim(2), k.dim(2), query_start);
-  const AttentionOutput attended = attention_->forward(q, k, v, allowed, positions_.get(), query_start);
+  std::optional<BoolArray> allowed = resolve_mask(mask, q.dim(0), num_heads_, q.dim(2), k.dim(2), query_start);
+  Variable keys = repeat_heads(k, num_heads_ / num_kv_heads_);    // [B, H, Tk, d]
+  Variable values = repeat_heads(v, num_heads_ / num_kv_heads_);  // [B, H, Tk, d]
+  if (memory_slots_ > 0) {
+    const Shape memory_shape{q.dim(0), num_heads_, memory_slots_, head_dim()};
+    keys = concat({keys, expand(unsqueeze(memory_keys_, 0), memory_shape)}, 2);        // [B, H, Tk + N, d]
+    values = concat({values, expand(unsqueeze(memory_values_, 0), memory_shape)}, 2);  // [B, H, Tk + N, d]
+    if (allowed) allowed = with_memory_columns(*allowed, memory_slots_);
+  }
+  const AttentionOutput attended = attention_->forward(q, keys, values, allowed, positions_.get(), query_start);
   const Variable merged = merge_heads(attended.output);  // [B, Tq, E]
   Variable output = out_proj_->forward(merged);           // [B, Tq, E]
   output_point_(output);
   return {output, attended.weights};
 }
 
+namespace {
+
+/// Keeps the first limit.sink_tokens and the last limit.window steps of x [B, H_kv, T, d].
+Variable evict_middle(const Variable& x, const KVCacheLimit& limit) {
+  const std::size_t length = x.dim(2);
+  if (length <= limit.sink_tokens + limit.window) return x;
+  const Variable recent = slice(x, 2, length - limit.window, length);  // [B, H_kv, W, d]
+  if (limit.sink_tokens == 0) return recent;
+  return concat({slice(x, 2, 0, limit.sink_tokens), recent}, 2);  // [B, H_kv, S + W, d]
+}
+
+}  // namespace
+
 MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,
                                                      const AttentionMask& mask, KVCache* cache) {
   check_inputs(query, key, value, embed_dim_);
-  const std::size_t embed = embed_dim_;
-  Variable q, k, v;  // [B, H, T, d]
+  Variable q, k, v;  // q [B, H, T, d]; k, v [B, H_kv, T, d]
   if (query.id() == key.id() && key.id() == value.id()) {
-    // Self-attention: one gemm against the stacked weight, then cut into q, k, v.
-    const std::vector<Variable> parts = split(linear(query, in_proj_weight_, in_proj_bias_), {embed, embed, embed}, -1);
-    q = split_heads(parts[0], num_heads_), k = split_heads(parts[1], num_heads_), v = split_heads(parts[2], num_heads_);
+    // Self-attention: one gemm against the stacked weight (two when grouped), then cut.
+    const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
+    std::vector<Variable> parts;
+    if (in_proj_weight_.defined()) {
+      parts = split(linear(query, in_proj_weight_, in_proj_bias_), {embed, embed, embed}, -1);
+    } else {
+      parts = split(linear(query, kv_proj_weight_, kv_proj_bias_), {kv, kv}, -1);  // [B, T, H_kv·d] each
+      parts.insert(parts.begin(), linear(query, q_proj_weight_, q_proj_bias_));     // [B, T, E]
+    }
+    q = split_heads(parts[0], num_heads_), k = split_heads(parts[1], num_kv_heads_),
+    v = split_heads(parts[2], num_kv_heads_);
   } else {
     q = project(query, 0), k = project(key, 1), v = project(value, 2);
   }
 
-  std::size_t past = 0;
+  std::size_t query_start = 0;
   if (cache) {
-    past = cache->length();
-    if (past > 0) {
-      check_shape(cache->keys.dim(0) == q.dim(0) && cache->keys.dim(1) == num_heads_, kLayer, [&] {
+    const std::size_t fresh = k.dim(2);
+    if (cache->length() > 0) {
+      check_shape(cache->keys.dim(0) == q.dim(0) && cache->keys.dim(1) == num_kv_heads_, kLayer, [&] {
         return "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " +
-               input_shapes(query, key, value, embed_dim_);
+               input_shapes(query, key, value, embed_dim_) +
+               (num_kv_heads_ == num_heads_ ? "" : " and " + std::to_string(num_kv_heads_) + " key/value heads");
       });
-      k = concat({cache->keys, k}, 2);    // [B, H, past + Tk_new, d]
-      v = concat({cache->values, v}, 2);  // [B, H, past + Tk_new, d]
+      k = concat({cache->keys, k}, 2);    // [B, H_kv, past + Tk_new, d]
+      v = concat({cache->values, v}, 2);  // [B, H_kv, past + Tk_new, d]
+    }
+    if (cache->limit.limited()) {
+      check_arg(fresh <= cache->limit.window, kLayer, [&] {
+        return "a KV cache window of " + std::to_string(cache->limit.window) + " steps cannot take " +
+               std::to_string(fresh) + " new steps at once";
+      });
+      k = evict_middle(k, cache->limit), v = evict_middle(v, cache->limit);  // [B, H_kv, <= S + W, d]
     }
     cache->keys = k;
     cache->values = v;
+    // The new steps are the cache's last: positions and the causal mask count within the cache.
+    query_start = k.dim(2) - fresh;
   }
-  return attend(q, k, v, mask, past);
+  return attend(q, k, v, mask, query_start);
 }
 
 KVCache MultiheadAttention::project_memory(const Variable& memory) const {
@@ -170,7 +277,7 @@ MultiheadAttentionOutput MultiheadAttention::attend_to_memory(const Variable& qu
                                                               const AttentionMask& mask) {
   check_arg(memory.length() > 0, kLayer, "attend_to_memory needs a cache filled by project_memory, got an empty one");
   check_inputs(query, query, query, embed_dim_);
-  check_shape(memory.keys.dim(0) == query.dim(0) && memory.keys.dim(1) == num_heads_, kLayer,
+  check_shape(memory.keys.dim(0) == query.dim(0) && memory.keys.dim(1) == num_kv_heads_, kLayer,
               "the memory holds keys " + to_string(memory.keys.shape()) + " but the query is " +
                   to_string(query.shape()) + " (embed_dim " + std::to_string(embed_dim_) + ")");
   return attend(project(query, 0), memory.keys, memory.values, mask, 0);

@@ -3,11 +3,23 @@
 // (nn.MultiheadAttention): in_proj_weight [3E, E], in_proj_bias [3E], out_proj.weight [E, E],
 // out_proj.bias [E] — a state dict moves between the two by name.
 //
+// Two variants PyTorch's layer does not have (docs/variants.md has their measurements):
+// - Grouped-query attention (Ainslie et al. 2023; multi-query, Shazeer 2019, when
+//   num_kv_heads = 1): H_kv = num_kv_heads key/value heads, each shared by H / H_kv query
+//   heads (query head h reads key/value head h / (H / H_kv), Llama's repeat_kv order). The
+//   projections are then q_proj_weight [E, E], q_proj_bias [E], kv_proj_weight [2·H_kv·d, E]
+//   and kv_proj_bias [2·H_kv·d] (keys' rows first, then values'); a KV cache holds
+//   [B, H_kv, T, d], H / H_kv times less than multi-head attention's.
+// - Persistent memory (Sukhbaatar et al. 2019): N learned key/value slots per head,
+//   memory_keys [H, N, d] and memory_values [H, N, d], appended after the keys and values of
+//   every call — never masked, never position-encoded, never cached.
+//
 // Composed from primitive ops (linear, reshape, permute, matmul, masked softmax): no
 // hand-written backward.
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <utility>
 
 #include "layers/attention.hpp"
 #include "layers/linear.hpp"
@@ -34,10 +46,24 @@ struct AttentionMask {
 /// decoded so far: feeding a sequence one step at a time through a cache gives the same
 /// outputs as one causal pass over the whole sequence. For cross-attention, project_memory
 /// fills one with the encoder's keys and values once per batch.
+///
+/// A limit turns a self-attention cache into StreamingLLM's (Xiao et al. 2023): the first
+/// `sink_tokens` steps ("attention sinks") and the last `window` steps are kept, the middle is
+/// evicted before each call attends. Positions inside attention (rope, relative, ALiBi) count
+/// within the cache, as StreamingLLM assigns them: key j of the cache sits at position j.
+struct KVCacheLimit {
+  std::size_t sink_tokens = 0;  // the first steps, kept for good
+  std::size_t window = 0;       // the most recent steps, the new ones included; 0: no limit
+  bool limited() const { return window > 0; }
+};
+
 struct KVCache {
-  Variable keys;    // [B, H, T_past, d_head], before any position encoding (applied per call)
-  Variable values;  // [B, H, T_past, d_head]
+  Variable keys;    // [B, H_kv, T_cached, d_head], before any position encoding (applied per call)
+  Variable values;  // [B, H_kv, T_cached, d_head]
+  KVCacheLimit limit = {};  // self-attention only; at most sink_tokens + window steps are kept
   std::size_t length() const { return keys.defined() ? keys.dim(2) : 0; }
+  /// The bytes the cached keys and values occupy.
+  std::size_t bytes() const;
   void clear() { keys = Variable(); values = Variable(); }
 };
 
@@ -47,24 +73,30 @@ struct MultiheadAttentionOptions {
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();  // over the head size d_head = E / H
   /// Relative / rotary / ALiBi positions inside attention; registered as submodule "positions".
   std::shared_ptr<AttentionPositionEncoding> positions = nullptr;
+  /// Key/value heads H_kv (grouped-query attention): 0 or num_heads is multi-head attention, 1
+  /// multi-query; must divide num_heads.
+  std::size_t num_kv_heads = 0;
+  /// Persistent memory slots N per head (0: none). Not combinable with `positions`.
+  std::size_t memory_slots = 0;
 };
 
 struct MultiheadAttentionOutput {
   Variable output;   // [B, Tq, E]
-  Variable weights;  // [B, H, Tq, Tk], per head
+  Variable weights;  // [B, H, Tq, Tk (+ N memory slots, last)], per head
   /// Weights averaged over heads: [B, Tq, Tk] (PyTorch's average_attn_weights=True).
   Variable average_weights() const;
 };
 
 /// Hook points (layers/hooks.hpp): "scores" [B, H, Tq, Tk] (scaled, before masking), "weights"
-/// [B, H, Tq, Tk] (before dropout), "heads" — each head's output before the heads are merged
+/// [B, H, Tq, Tk] (before dropout; with persistent memory both have Tk + N columns, the memory's last), "heads" — each head's output before the heads are merged
 /// [B, H, Tq, d_head], and "output" [B, Tq, E] (after out_proj). On the KV-cache path they fire
 /// once per step, with Tq = the new steps and Tk = all steps so far.
 class MultiheadAttention : public Module {
  public:
   /// Draws one seed from `rng`: the projections come from Rng(seed), the attention dropout's
   /// stream is Rng(seed + 1) — what this layer did when it took the seed itself. Throws Error
-  /// naming the layer when embed_dim is not divisible by num_heads.
+  /// naming the layer when embed_dim is not divisible by num_heads, num_kv_heads does not
+  /// divide num_heads, or memory slots come with a position encoding.
   MultiheadAttention(std::size_t embed_dim, std::size_t num_heads, Rng& rng, MultiheadAttentionOptions options = {});
 
   /// query [B, Tq, E], key [B, Tk, E], value [B, Tk, E] (pass the same variable three times
@@ -86,16 +118,24 @@ class MultiheadAttention : public Module {
   std::size_t embed_dim() const { return embed_dim_; }
   std::size_t num_heads() const { return num_heads_; }
   std::size_t head_dim() const { return embed_dim_ / num_heads_; }
+  /// H_kv: num_heads for multi-head attention.
+  std::size_t num_kv_heads() const { return num_kv_heads_; }
+  std::size_t memory_slots() const { return memory_slots_; }
 
  private:
-  /// x [B, T, E] through block 0 (q), 1 (k) or 2 (v) of the stacked projection -> [B, H, T, d].
+  /// x [B, T, E] through block 0 (q -> [B, H, T, d]), 1 (k) or 2 (v -> [B, H_kv, T, d]).
   Variable project(const Variable& x, std::size_t block) const;
-  /// Attention over per-head q [B, H, Tq, d], k and v [B, H, Tk, d], then the output projection.
+  /// Block `block`'s rows of the projection weight and bias (the bias undefined without one).
+  std::pair<Variable, Variable> projection(std::size_t block) const;
+  /// Attention over per-head q [B, H, Tq, d], k and v [B, H_kv, Tk, d] (repeated to H heads, the
+  /// memory slots appended), then the output projection.
   MultiheadAttentionOutput attend(const Variable& q, const Variable& k, const Variable& v, const AttentionMask& mask,
                                   std::size_t query_start);
 
-  std::size_t embed_dim_, num_heads_;
-  Variable in_proj_weight_, in_proj_bias_;
+  std::size_t embed_dim_, num_heads_, num_kv_heads_, memory_slots_;
+  Variable in_proj_weight_, in_proj_bias_;  // multi-head attention: [3E, E], [3E]
+  Variable q_proj_weight_, q_proj_bias_, kv_proj_weight_, kv_proj_bias_;  // grouped: [E, E], [E], [2·H_kv·d, E], [2·H_kv·d]
+  Variable memory_keys_, memory_values_;  // [H, N, d] each, with persistent memory
   std::shared_ptr<Linear> out_proj_;  // out_proj.weight [E, E], out_proj.bias [E]
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;

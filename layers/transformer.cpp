@@ -25,6 +25,9 @@ void check_options(const TransformerLayerOptions& options, const std::string& la
   check_arg(options.d_model % options.nhead == 0, layer.c_str(),
             "d_model " + std::to_string(options.d_model) + " is not divisible by nhead " +
                 std::to_string(options.nhead));
+  check_arg(options.num_kv_heads == 0 || options.nhead % options.num_kv_heads == 0, layer.c_str(),
+            "num_kv_heads " + std::to_string(options.num_kv_heads) + " does not divide nhead " +
+                std::to_string(options.nhead));
   check_range(layer, "dropout", options.dropout, 0, 1);
   check_arg(options.layer_norm_eps > 0, layer.c_str(),
             "layer_norm_eps must be positive, got " + format_number(options.layer_norm_eps));
@@ -37,12 +40,17 @@ void check_sequence(const Variable& x, std::size_t d_model, const std::string& l
                   to_string(x.shape()));
 }
 
-MultiheadAttentionOptions attention_options(const TransformerLayerOptions& options, bool with_positions) {
+/// Self-attention gets the position encoding and the persistent memory; cross-attention
+/// neither (target and source positions are not on one axis; the memory is Sukhbaatar's
+/// self-attention's).
+MultiheadAttentionOptions attention_options(const TransformerLayerOptions& options, bool self_attention) {
   MultiheadAttentionOptions result;
   result.dropout = options.dropout;
   result.bias = options.bias;
   result.scale = options.scale;
-  if (with_positions && options.self_attention_positions) result.positions = options.self_attention_positions();
+  result.num_kv_heads = options.num_kv_heads;
+  if (self_attention && options.self_attention_positions) result.positions = options.self_attention_positions();
+  if (self_attention) result.memory_slots = options.memory_slots;
   return result;
 }
 
@@ -204,6 +212,26 @@ TransformerLayerOutput TransformerDecoderLayer::step(const Variable& target, Tra
       [&](const Variable& x) { return multihead_attn_->attend_to_memory(x, cache.memory, memory_mask); });
 }
 
+void TransformerDecoderCache::limit_self_attention(const KVCacheLimit& limit) {
+  check_arg(!limit.limited() || steps == 0, "TransformerDecoderCache",
+            "limit the cache before the first step, not after " + std::to_string(steps));
+  check_arg(limit.limited() || limit.sink_tokens == 0, "TransformerDecoderCache",
+            "sink tokens " + std::to_string(limit.sink_tokens) + " need a cache window (window 0 keeps everything)");
+  for (TransformerDecoderLayerCache& layer : layers) layer.self_attention.limit = limit;
+}
+
+std::size_t TransformerDecoderCache::self_attention_bytes() const {
+  std::size_t bytes = 0;
+  for (const TransformerDecoderLayerCache& layer : layers) bytes += layer.self_attention.bytes();
+  return bytes;
+}
+
+std::size_t TransformerDecoderCache::memory_bytes() const {
+  std::size_t bytes = 0;
+  for (const TransformerDecoderLayerCache& layer : layers) bytes += layer.memory.bytes();
+  return bytes;
+}
+
 void TransformerDecoderCache::select_rows(const std::vector<std::size_t>& rows) {
   constexpr const char* op = "TransformerDecoderCache::select_rows";
   for (TransformerDecoderLayerCache& layer : layers) {
@@ -301,6 +329,7 @@ TransformerDecoder::Output TransformerDecoder::step(const Variable& target, Tran
     result.self_attention.push_back(out.self_attention);
     result.cross_attention.push_back(out.cross_attention);
   }
+  cache.steps += target.dim(1);
   result.output = finish(y);
   return result;
 }

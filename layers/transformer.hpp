@@ -55,6 +55,11 @@ struct TransformerLayerOptions {
   /// Position encoding inside self-attention (relative, rotary, ALiBi), or none. It is not
   /// applied to cross-attention: target and source positions are not on one axis.
   PositionEncodingFactory self_attention_positions = nullptr;
+  /// Key/value heads of every attention (grouped-query; 0 = nhead, multi-head); divides nhead.
+  std::size_t num_kv_heads = 0;
+  /// Persistent memory slots per head in every self-attention (Sukhbaatar et al. 2019); 0: none.
+  /// The feed-forward block stays (the paper drops it; here the two are measured apart).
+  std::size_t memory_slots = 0;
 };
 
 /// What a layer gives back: its output and the attention weights per head, for plots.
@@ -90,15 +95,23 @@ class TransformerEncoderLayer : public Module {
 
 /// Per decoder layer: the target steps decoded so far and the projected encoder memory.
 struct TransformerDecoderLayerCache {
-  KVCache self_attention;  // [B, H, T_past, d_head]
-  KVCache memory;          // [B, H, S, d_head]
+  KVCache self_attention;  // [B, H_kv, T_cached, d_head]
+  KVCache memory;          // [B, H_kv, S, d_head]
 };
 
 /// Every layer's cache.
 struct TransformerDecoderCache {
   std::vector<TransformerDecoderLayerCache> layers;
-  /// Steps decoded so far (the position of the next one).
-  std::size_t length() const { return layers.empty() ? 0 : layers.front().self_attention.length(); }
+  /// Steps decoded so far (the position of the next one) — more than the self-attention caches
+  /// hold once a limit evicts.
+  std::size_t steps = 0;
+  std::size_t length() const { return steps; }
+  /// Bounds every layer's self-attention cache (attention sinks + window, KVCacheLimit).
+  void limit_self_attention(const KVCacheLimit& limit);
+  /// Bytes held by the self-attention caches (the part that grows with each step) and by the
+  /// projected encoder memory, summed over layers.
+  std::size_t self_attention_bytes() const;
+  std::size_t memory_bytes() const;
   /// Keeps only the given batch rows, in order (rows may repeat), of every cached tensor —
   /// for beam search. The result holds plain values (no gradient history).
   void select_rows(const std::vector<std::size_t>& rows);

@@ -104,11 +104,13 @@ double length_penalty(std::size_t length, LengthPenalty penalty, double alpha) {
 }
 
 std::vector<Hypothesis> greedy_decode(Seq2SeqModel& model, const IndexArray& source, const IndexArray& source_lengths,
-                                      std::size_t max_length, LengthPenalty penalty, double alpha) {
+                                      std::size_t max_length, LengthPenalty penalty, double alpha,
+                                      const KVCacheLimit& cache_limit) {
   check_inputs(source, source_lengths, max_length);
   const NoGradGuard no_grad;
   const std::size_t batch = source.shape()[0];
   std::unique_ptr<DecoderState> state = model.start_decoding(source, source_lengths);
+  if (cache_limit.limited() || cache_limit.sink_tokens > 0) state->limit_cache(cache_limit);
   std::vector<Partial> partials(batch);
   for (Partial& partial : partials) partial.log_probability = 0;
   std::vector<bool> finished(batch, false);
@@ -152,6 +154,7 @@ std::vector<Hypothesis> beam_search(Seq2SeqModel& model, const IndexArray& sourc
   // Row b * K + k of the decoder state is hypothesis k of sentence b. At the start only k = 0
   // is alive (the others would duplicate it).
   std::unique_ptr<DecoderState> state = model.start_decoding(source, source_lengths);
+  if (options.cache_limit.limited() || options.cache_limit.sink_tokens > 0) state->limit_cache(options.cache_limit);
   std::vector<std::size_t> rows(batch * beam);
   for (std::size_t r = 0; r < rows.size(); ++r) rows[r] = r / beam;
   state->select_rows(rows);
@@ -264,7 +267,8 @@ std::vector<Hypothesis> decode(Seq2SeqModel& model, const IndexArray& source, co
                                const DecodeOptions& options) {
   check_arg(options.beam >= 1, "decode", "beam must be at least 1");
   if (options.beam == 1)
-    return greedy_decode(model, source, source_lengths, options.max_length, options.length_penalty, options.alpha);
+    return greedy_decode(model, source, source_lengths, options.max_length, options.length_penalty, options.alpha,
+                         options.cache_limit);
   return beam_search(model, source, source_lengths, options);
 }
 

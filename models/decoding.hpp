@@ -43,6 +43,9 @@ struct DecodeOptions {
   std::size_t max_length = 50;
   LengthPenalty length_penalty = LengthPenalty::gnmt;
   double alpha = 0.6;
+  /// Bounds the decoder's self-attention cache: attention sinks + window (KVCacheLimit; the
+  /// default keeps every step). A decode-time choice: not saved with a run's options.
+  KVCacheLimit cache_limit = {};
 };
 
 struct Hypothesis {
@@ -65,7 +68,7 @@ double length_penalty(std::size_t length, LengthPenalty penalty, double alpha);
 /// The most likely next token at every step. source [B, S], source_lengths [B] -> B hypotheses.
 std::vector<Hypothesis> greedy_decode(Seq2SeqModel& model, const IndexArray& source, const IndexArray& source_lengths,
                                       std::size_t max_length, LengthPenalty penalty = LengthPenalty::none,
-                                      double alpha = 0);
+                                      double alpha = 0, const KVCacheLimit& cache_limit = {});
 
 /// Beam search as described above: the best hypothesis of each sentence.
 std::vector<Hypothesis> beam_search(Seq2SeqModel& model, const IndexArray& source, const IndexArray& source_lengths,

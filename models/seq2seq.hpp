@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "layers/module.hpp"
+#include "layers/multihead_attention.hpp"
+#include "lib/numerics/error.hpp"
 #include "lib/numerics/tensor.hpp"
 
 namespace qkv::models {
@@ -49,6 +51,13 @@ class DecoderState {
   /// Keeps only the given batch rows, in the given order (rows may repeat): beam search
   /// expands each sentence into K hypotheses and reorders them after every step.
   virtual void select_rows(const std::vector<std::size_t>& rows) = 0;
+  /// Bounds the decoder's self-attention KV cache to attention sinks + a window (StreamingLLM,
+  /// layers/multihead_attention.hpp's KVCacheLimit), before the first step. A model with no
+  /// such cache has nothing to bound: the default refuses rather than ignore the option.
+  virtual void limit_cache(const KVCacheLimit& limit) {
+    throw Error("this model's decoder keeps no KV cache to bound (sink tokens " + std::to_string(limit.sink_tokens) +
+                ", cache window " + std::to_string(limit.window) + ")");
+  }
 };
 
 class Seq2SeqModel : public Module {

@@ -76,6 +76,14 @@ CommandLine parse_arguments(int argc, const char* const* argv) {
   app.add_option("--label-smoothing", line.label_smoothing)->check(CLI::Range(0.0, 0.99));
   add_model_options(app, line);
   app.add_option("--beam", line.beam, "beam size for the BLEU and exact-match decoding")->check(CLI::Range(1, 1024));
+  app.add_option("--sink-tokens", line.sink_tokens,
+                 "decoding: keep the first N target steps in the self-attention KV cache (attention sinks; needs "
+                 "--cache-window)")
+      ->check(CLI::Range(0, 1000000));
+  app.add_option("--cache-window", line.cache_window,
+                 "decoding: keep the last N target steps in the self-attention KV cache, evicting older ones but the "
+                 "sinks (0: keep all)")
+      ->check(CLI::Range(0, 1000000));
   app.add_option("--trace-steps", line.trace_steps,
                  "write DIR/trace/: the initial weights, and the batches and losses of the first N steps, "
                  "for a reference implementation to replay (scripts/reference/)")
@@ -141,6 +149,7 @@ train::TrainOptions training_options(const CommandLine& line, std::size_t batche
   options.clip_norm = line.clip;
   options.label_smoothing = line.label_smoothing;
   options.decode.beam = line.beam;
+  options.decode.cache_limit = {.sink_tokens = line.sink_tokens, .window = line.cache_window};
   return options;
 }
 

@@ -39,6 +39,7 @@ struct CommandLine {
   double clip = 1.0;
   double label_smoothing = 0;
   std::size_t beam = 1;
+  std::size_t sink_tokens = 0, cache_window = 0;  // --sink-tokens, --cache-window: KVCacheLimit when decoding
   std::size_t trace_steps = 0;  // --trace-steps N: DIR/trace/ for replaying N steps elsewhere (step_trace.hpp)
   bool detect_anomaly = false;  // --detect-anomaly: stop at the first op making a NaN/Inf (slow)
   /// The model kinds' options the user gave, flag -> text as typed ("--d-model" -> "128"),

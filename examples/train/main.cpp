@@ -131,11 +131,13 @@ int evaluate_checkpoint(const CommandLine& line) {
   const Dataset data = load_data(checkpoint.data);
   models::DecodeOptions decode = checkpoint.options.decode;
   if (line.was_given("--beam")) decode.beam = line.beam;
+  decode.cache_limit = {.sink_tokens = line.sink_tokens, .window = line.cache_window};
   const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
   const Evaluation result =
       evaluate(*checkpoint.model, held_out, checkpoint.vocabs, decode, checkpoint.options.eval_batch_size);
-  spdlog::info("{}: {} sentence pairs ({} sources) of the {} set, beam {}", line.evaluate, held_out.size(),
-               result.groups.size(), data.test.empty() ? "validation" : "test", decode.beam);
+  spdlog::info("{}: {} sentence pairs ({} sources) of the {} set, beam {}, sink tokens {}, cache window {}",
+               line.evaluate, held_out.size(), result.groups.size(), data.test.empty() ? "validation" : "test",
+               decode.beam, decode.cache_limit.sink_tokens, decode.cache_limit.window);
   std::printf("final: val_loss=%.4f token_acc=%.4f exact=%.4f bleu=%.2f\n", result.loss, result.token_accuracy,
               result.exact_match, result.bleu);
   return 0;

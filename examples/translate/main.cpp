@@ -90,12 +90,16 @@ std::vector<std::string> translate_each(Seq2SeqModel& model, const Checkpoint& c
 int run(int argc, char** argv) {
   CLI::App app{"qkv-translate: translate stdin, one sentence per line, with a qkv-train checkpoint"};
   std::string checkpoint_dir, attention_svg, explore, head_importance;
-  std::size_t beam = 0, max_length = 0;
+  std::size_t beam = 0, max_length = 0, sink_tokens = 0, cache_window = 0;
   int threads = 1;
   app.add_option("--checkpoint", checkpoint_dir, "a qkv-train output directory (or its best/)")->required();
   app.add_option("--beam", beam, "beam size (default: the one training evaluated with)")->check(CLI::Range(1, 1024));
   app.add_option("--max-length", max_length, "tokens generated at most (default: the checkpoint's)")
       ->check(CLI::Range(1, 100000));
+  app.add_option("--sink-tokens", sink_tokens,
+                 "keep the first N target steps in the self-attention KV cache (attention sinks; needs --cache-window)");
+  app.add_option("--cache-window", cache_window,
+                 "keep the last N target steps in the self-attention KV cache, evicting older ones but the sinks");
   app.add_option("--attention-svg", attention_svg, "write the first sentence's attention plots to this SVG file");
   app.add_option("--explore", explore, "write the first sentence's attention explorer (HTML) to this file");
   app.add_option("--head-importance", head_importance, "a JSON file of head importances for --explore's page")
@@ -118,6 +122,7 @@ int run(int argc, char** argv) {
   DecodeOptions decode = checkpoint.options.decode;
   if (beam > 0) decode.beam = beam;
   if (max_length > 0) decode.max_length = max_length;
+  decode.cache_limit = {.sink_tokens = sink_tokens, .window = cache_window};
 
   // A person typing waits for each answer; a pipe is translated in batches.
   const std::size_t batch_size = ::isatty(STDIN_FILENO) ? 1 : 64;

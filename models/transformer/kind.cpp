@@ -35,6 +35,12 @@ ModelKind transformer_model_kind() {
                .help = "s of --attention-scale log_length, the initial s of scalable_softmax (the other scales have "
                        "no value)",
                .default_value = 1.0, .min = -1000, .max = 1000},
+              {.flag = "--kv-heads", .keys = {"/num_kv_heads"},
+               .help = "key/value heads, grouped-query attention (must divide --heads; 1: multi-query; 0: --heads)",
+               .default_value = 0u, .min = 0, .max = 1024},
+              {.flag = "--memory-slots", .keys = {"/memory_slots"},
+               .help = "persistent memory slots per head in self-attention (Sukhbaatar et al. 2019; 0: none)",
+               .default_value = 0u, .min = 0, .max = 65536},
           },
       // Real sentence pairs (--data). Chosen for a Tatoeba pair file cut to ~20,000 pairs (fra-eng:
       // 18,005 for training, 282 batches of 64) and a budget of minutes on two cores; the

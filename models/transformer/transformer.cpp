@@ -45,6 +45,13 @@ void TransformerConfig::validate() const {
             "rope needs an even head size, got d_model / num_heads = " + std::to_string(d_model / nhead));
   check_arg(positional != PositionalKind::relative || relative_max_distance > 0, kConfig,
             "relative_max_distance must be positive, got 0");
+  check_arg(num_kv_heads == 0 || nhead % num_kv_heads == 0, kConfig,
+            "num_kv_heads " + std::to_string(num_kv_heads) + " does not divide num_heads " + std::to_string(nhead));
+  check_arg(memory_slots == 0 || positional == PositionalKind::sinusoidal || positional == PositionalKind::learned,
+            kConfig,
+            "memory_slots " + std::to_string(memory_slots) + " need positions added to the embeddings (sinusoidal or "
+            "learned): the slots take no position, and " + std::string(name_of(positional)) +
+                " acts inside attention");
   check_range(kConfig, "dropout", dropout, 0, 1);
   // A value the scale does not use would be ignored silently (e.g. --length-scale with 1/√d_k).
   const bool has_value = scale.kind == ScoreScale::Kind::fixed || scale.kind == ScoreScale::Kind::learned_temperature ||
@@ -69,6 +76,8 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"relative_max_distance", config.relative_max_distance},
       {"scale", {{"kind", name_of(config.scale.kind)}, {"value", config.scale.value}}},
       {"max_length", config.max_len},
+      {"num_kv_heads", config.num_kv_heads},
+      {"memory_slots", config.memory_slots},
       {"seed", config.seed},
   };
 }
@@ -101,6 +110,8 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       config.scale.kind = parse_name<ScoreScale::Kind>(json_field<std::string>(value, owner, "kind"), owner);
       config.scale.value = json_field_or<real>(value, owner, "value", config.scale.value);
     } else if (key == "max_length") config.max_len = size();
+    else if (key == "num_kv_heads") config.num_kv_heads = size();
+    else if (key == "memory_slots") config.memory_slots = size();
     else if (key == "seed") config.seed = json_value<std::uint64_t>(value, kConfig, key);
     else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
   }
@@ -143,6 +154,8 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
   layer.activation = config.activation;
   layer.norm_first = config.norm_first;
   layer.scale = config.scale;
+  layer.num_kv_heads = config.num_kv_heads;
+  layer.memory_slots = config.memory_slots;
   if (config.positional == PositionalKind::relative) {
     // Each self-attention layer gets its own tables, seeded in construction order.
     auto seed = std::make_shared<std::uint64_t>(rng.next_u64());
@@ -220,11 +233,18 @@ std::vector<AttentionGroup> TransformerModel::attention_groups(const IndexArray&
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
   const TransformerDecoder::Output decoded = decoder_->forward(target, encoded.output, {.causal = true}, source_mask);
   const std::size_t heads = config_.nhead;
+  // Plots label keys with tokens: the persistent memory's columns (the last) are left out, so
+  // a self-attention map's rows sum to the share the sequence got.
+  const auto tokens_only = [&](std::vector<Variable> attention) {
+    for (Variable& weights : attention)  // [B, H, Tq, Tk + N] -> [B, H, Tq, Tk]
+      if (config_.memory_slots > 0) weights = slice(weights, 3, 0, weights.dim(3) - config_.memory_slots);
+    return attention;
+  };
   return {{"cross-attention", TokenSide::target, TokenSide::source, heads, name_attention(decoded.cross_attention)},
           {"encoder self-attention", TokenSide::source, TokenSide::source, heads,
-           name_attention(encoded.self_attention)},
+           name_attention(tokens_only(encoded.self_attention))},
           {"decoder self-attention", TokenSide::target, TokenSide::target, heads,
-           name_attention(decoded.self_attention)}};
+           name_attention(tokens_only(decoded.self_attention))}};
 }
 
 Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArray& source_lengths,
@@ -256,6 +276,8 @@ class TransformerDecoderState : public DecoderState {
     for (std::size_t i = 0; i < rows.size(); ++i) lengths(i) = source_lengths(rows[i]);
     source_lengths = std::move(lengths);
   }
+
+  void limit_cache(const KVCacheLimit& limit) override { cache.limit_self_attention(limit); }
 };
 
 }  // namespace

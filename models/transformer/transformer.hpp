@@ -47,10 +47,17 @@ struct TransformerConfig {
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();
   /// Longest source or target sequence (the size of the position tables).
   std::size_t max_len = 256;  // config.json: "max_length"
+  /// Key/value heads of every attention: grouped-query attention when fewer than nhead, 1 is
+  /// multi-query; 0 (the default, and what a config.json without the key means) is nhead.
+  std::size_t num_kv_heads = 0;
+  /// Persistent memory slots per head in every self-attention (Sukhbaatar et al. 2019); needs
+  /// sinusoidal or learned positions (the slots take none).
+  std::size_t memory_slots = 0;
   std::uint64_t seed = 0;
 
   /// Throws Error naming the field for a zero size, d_model not divisible by nhead, odd
-  /// head size with rope, or dropout outside [0, 1).
+  /// head size with rope, num_kv_heads not dividing nhead, memory slots with positions inside
+  /// attention, or dropout outside [0, 1).
   void validate() const;
 };
 

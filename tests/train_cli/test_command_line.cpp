@@ -89,3 +89,15 @@ TEST_CASE("qkv-train: every built-in kind's corpus defaults parse as typed flags
     CHECK_NOTHROW(model_config(line));
   }
 }
+
+TEST_CASE("qkv-train: --kv-heads and --memory-slots reach the transformer config, --sink-tokens and --cache-window the decoding") {
+  const CommandLine line = parse({"--model", "transformer", "--task", "dates", "--out", "x", "--kv-heads", "2",
+                                  "--memory-slots", "8", "--sink-tokens", "4", "--cache-window", "16"});
+  const nlohmann::json config = model_config(line);
+  CHECK(config.at("num_kv_heads") == 2);
+  CHECK(config.at("memory_slots") == 8);
+  const train::TrainOptions options = train_cli::training_options(line, 100);
+  CHECK(options.decode.cache_limit.sink_tokens == 4);
+  CHECK(options.decode.cache_limit.window == 16);
+  CHECK(model_config(parse({"--model", "transformer", "--task", "dates", "--out", "x"})).at("num_kv_heads") == 0);
+}

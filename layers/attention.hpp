@@ -134,6 +134,12 @@ class DotProductAttention : public Module {
   /// The constant factor for key size d_k (not for a learned temperature, which is a parameter).
   real scale_factor(std::size_t key_size) const;
   const ScoreScale& scale() const { return scale_; }
+  /// True when a hook is attached to any of this layer's points or an AttentionObserver is
+  /// installed: a fused kernel that never forms the scores and weights must then step aside.
+  bool observed() const {
+    return !scores_point_.empty() || !weights_point_.empty() || !output_point_.empty() ||
+           AttentionObserver::current() != nullptr;
+  }
 
  private:
   ScoreScale scale_;

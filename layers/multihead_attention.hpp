@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "layers/attention.hpp"
+#include "layers/block_sparse.hpp"
 #include "layers/linear.hpp"
 
 namespace qkv {
@@ -47,6 +48,14 @@ struct MultiheadAttentionOptions {
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();  // over the head size d_head = E / H
   /// Relative / rotary / ALiBi positions inside attention; registered as submodule "positions".
   std::shared_ptr<AttentionPositionEncoding> positions = nullptr;
+  /// Block-sparse attention (layers/block_sparse.hpp): the pattern is ANDed with the mask, and
+  /// while a graph is recorded the fused kernel block_sparse_attention runs — the output's
+  /// `weights` is then undefined, [B, H, Tq, Tk] is never formed. Without a graph (NoGradGuard:
+  /// evaluation, decoding, attention plots) or when a hook or AttentionObserver reads "scores" or
+  /// "weights", the dense path runs with the same mask (the same values, weights defined).
+  /// Needs dropout 0, a constant scale, and no position encoding or rotary only (the kernel
+  /// has no place for score terms); the constructor throws Error otherwise.
+  std::optional<BlockSparsePattern> block_sparse = std::nullopt;
 };
 
 struct MultiheadAttentionOutput {
@@ -99,6 +108,7 @@ class MultiheadAttention : public Module {
   std::shared_ptr<Linear> out_proj_;  // out_proj.weight [E, E], out_proj.bias [E]
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;
+  std::optional<BlockSparsePattern> block_sparse_;
   HookPoint output_point_;
 };
 

@@ -43,6 +43,7 @@ MultiheadAttentionOptions attention_options(const TransformerLayerOptions& optio
   result.bias = options.bias;
   result.scale = options.scale;
   if (with_positions && options.self_attention_positions) result.positions = options.self_attention_positions();
+  if (with_positions) result.block_sparse = options.self_attention_block_sparse;
   return result;
 }
 

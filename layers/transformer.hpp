@@ -55,6 +55,8 @@ struct TransformerLayerOptions {
   /// Position encoding inside self-attention (relative, rotary, ALiBi), or none. It is not
   /// applied to cross-attention: target and source positions are not on one axis.
   PositionEncodingFactory self_attention_positions = nullptr;
+  /// Block-sparse self-attention (layers/block_sparse.hpp), or dense; never cross-attention.
+  std::optional<BlockSparsePattern> self_attention_block_sparse = std::nullopt;
 };
 
 /// What a layer gives back: its output and the attention weights per head, for plots.

@@ -46,6 +46,15 @@ void TransformerConfig::validate() const {
   check_arg(positional != PositionalKind::relative || relative_max_distance > 0, kConfig,
             "relative_max_distance must be positive, got 0");
   check_range(kConfig, "dropout", dropout, 0, 1);
+  if (attention_pattern == AttentionPattern::block_sparse) {
+    block_sparse.validate();
+    check_arg(dropout == 0, kConfig,
+              "block_sparse attention has no dropout on the attention weights: dropout must be 0, got " +
+                  format_number(dropout));
+    check_arg(positional != PositionalKind::relative && scale.kind != ScoreScale::Kind::learned_temperature, kConfig,
+              "block_sparse attention takes no relative positions and no learned temperature (the kernel forms no "
+              "score terms)");
+  }
 }
 
 void to_json(nlohmann::json& json, const TransformerConfig& config) {
@@ -63,6 +72,11 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"positional", name_of(config.positional)},
       {"relative_max_distance", config.relative_max_distance},
       {"scale", {{"kind", name_of(config.scale.kind)}, {"value", config.scale.value}}},
+      {"attention_pattern", name_of(config.attention_pattern)},
+      {"block_sparse",
+       {{"block_size", config.block_sparse.block_size}, {"global_tokens", config.block_sparse.global_tokens},
+        {"window_blocks", config.block_sparse.window_blocks}, {"random_blocks", config.block_sparse.random_blocks},
+        {"seed", config.block_sparse.seed}}},
       {"max_length", config.max_len},
       {"seed", config.seed},
   };
@@ -95,6 +109,21 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       const std::string owner = std::string(kConfig) + " scale";
       config.scale.kind = parse_name<ScoreScale::Kind>(json_field<std::string>(value, owner, "kind"), owner);
       config.scale.value = json_field_or<real>(value, owner, "value", config.scale.value);
+    } else if (key == "attention_pattern") config.attention_pattern = parse_name<AttentionPattern>(text(), kConfig);
+    else if (key == "block_sparse") {
+      const std::string owner = std::string(kConfig) + " block_sparse";
+      check_arg(value.is_object(), owner.c_str(), "expected a JSON object, got " + value.dump());
+      BlockSparsePattern& p = config.block_sparse;
+      for (const auto& field : value.items()) {
+        const std::string& name = field.key();
+        const std::size_t number = json_value<std::size_t>(field.value(), owner, name);
+        if (name == "block_size") p.block_size = number;
+        else if (name == "global_tokens") p.global_tokens = number;
+        else if (name == "window_blocks") p.window_blocks = number;
+        else if (name == "random_blocks") p.random_blocks = number;
+        else if (name == "seed") p.seed = json_value<std::uint64_t>(field.value(), owner, name);
+        else throw Error(owner + ": unknown field \"" + name + "\"");
+      }
     } else if (key == "max_length") config.max_len = size();
     else if (key == "seed") config.seed = json_value<std::uint64_t>(value, kConfig, key);
     else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
@@ -138,6 +167,7 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
   layer.activation = config.activation;
   layer.norm_first = config.norm_first;
   layer.scale = config.scale;
+  if (config.attention_pattern == AttentionPattern::block_sparse) layer.self_attention_block_sparse = config.block_sparse;
   if (config.positional == PositionalKind::relative) {
     // Each self-attention layer gets its own tables, seeded in construction order.
     auto seed = std::make_shared<std::uint64_t>(rng.next_u64());

@@ -80,7 +80,7 @@ Measurement measure(const Settings& s, std::size_t length, bool sparse, bool bac
   const double baseline = current_rss_mb();
   Rng rng(1);
   const Shape shape{s.batch, s.heads, length, s.head_dim};
-  const Variable q(normal(shape, 0, 1, rng), true), k(normal(shape, 0, 1, rng), true),
+  Variable q(normal(shape, 0, 1, rng), true), k(normal(shape, 0, 1, rng), true),
       v(normal(shape, 0, 1, rng), true);                       // [B, H, T, d]
   const Array grad_out = normal(shape, 0, 1, rng);             // [B, H, T, d]
   const real scale = real(1) / std::sqrt(real(s.head_dim));

@@ -11,7 +11,9 @@
 #include "layers/block_sparse.hpp"
 #include "layers/multihead_attention.hpp"
 #include "layers/positional.hpp"
+#include "models/transformer/transformer.hpp"
 #include "support/helpers.hpp"
+#include "support/tiny_models.hpp"
 
 using namespace qkv;
 using namespace qkv::test;
@@ -301,4 +303,41 @@ TEST_CASE("MultiheadAttention with block_sparse: what the kernel cannot do is an
                                      {.positions = std::make_shared<RelativePositionEncoding>(2, 2, positions_rng),
                                       .block_sparse = pattern}),
                   Error);
+}
+
+TEST_CASE("TransformerModel with attention_pattern block_sparse: config, the kernel in training, the dense path in eval") {
+  models::TransformerConfig config = tiny_transformer_config(models::PositionalKind::rope);
+  config.attention_pattern = AttentionPattern::block_sparse;
+  config.block_sparse = {.block_size = 2, .global_tokens = 1, .window_blocks = 0, .random_blocks = 1, .seed = 4};
+  const nlohmann::json json = config;
+  CHECK(json.at("attention_pattern") == "block_sparse");
+  CHECK(json.at("block_sparse") == nlohmann::json{{"block_size", 2}, {"global_tokens", 1}, {"window_blocks", 0},
+                                                  {"random_blocks", 1}, {"seed", 4}});
+  const models::TransformerConfig back = json.get<models::TransformerConfig>();
+  CHECK(back.attention_pattern == AttentionPattern::block_sparse);
+  CHECK(back.block_sparse == config.block_sparse);
+
+  // The same model dense, with the pattern's mask: built from the same seed, so the same weights.
+  models::TransformerModel sparse(config);
+  const IndexArray source = {{4, 5, 6, 7, 2, 3, 8}, {8, 4, 2, 0, 0, 0, 0}}, lengths = {7, 3};
+  const IndexArray target = {{1, 3, 4, 5, 6, 2}, {1, 6, 5, 2, 0, 0}};
+  const models::Seq2SeqOutput trained = sparse.forward(source, lengths, target);  // the kernel (a graph is recorded)
+  sum(trained.logits).backward();
+  const NoGradGuard no_grad;
+  const models::Seq2SeqOutput evaluated = sparse.forward(source, lengths, target);  // the dense path, same mask
+  CHECK(max_abs_diff(trained.logits.value(), evaluated.logits.value()) < 1e-12);
+  std::size_t with_gradient = 0;
+  for (const auto& [name, p] : sparse.named_parameters()) with_gradient += p.has_grad();
+  CHECK(with_gradient == sparse.named_parameters().size());
+
+  models::TransformerConfig bad = config;
+  bad.dropout = real(0.1);
+  CHECK_THROWS_WITH_AS(bad.validate(),
+                       "TransformerConfig: block_sparse attention has no dropout on the attention weights: dropout must "
+                       "be 0, got 0.1",
+                       Error);
+  nlohmann::json unknown = json;
+  unknown["block_sparse"]["window"] = 1;
+  CHECK_THROWS_WITH_AS(unknown.get<models::TransformerConfig>(),
+                       "TransformerConfig block_sparse: unknown field \"window\"", Error);
 }

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -104,6 +105,35 @@ Measurement measure(const Settings& s, std::size_t length, bool sparse, bool bac
   return {median(forward_ms), median(backward_ms), max_rss_mb() - baseline};
 }
 
+/// The largest |a - b| over every element, relative to the largest |b|.
+double relative_max_diff(const Array& a, const Array& b) {
+  double diff = 0, scale = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, double(std::abs(a.data()[i] - b.data()[i])));
+    scale = std::max(scale, double(std::abs(b.data()[i])));
+  }
+  return scale == 0 ? diff : diff / scale;
+}
+
+/// --check: the kernel against the dense path on the same inputs, in this build's precision.
+/// Returns max |sparse - dense| / max |dense| of the output and of the q, k, v gradients.
+std::vector<double> check_point(const Settings& s, std::size_t length) {
+  parallel::set_num_threads(s.threads);
+  Rng rng(1);
+  const Shape shape{s.batch, s.heads, length, s.head_dim};
+  const Array qa = normal(shape, 0, 1, rng), ka = normal(shape, 0, 1, rng), va = normal(shape, 0, 1, rng);
+  const Array grad_out = normal(shape, 0, 1, rng);  // [B, H, T, d]
+  const real scale = real(1) / std::sqrt(real(s.head_dim));
+  const BlockSparseLayout layout = block_sparse_layout(s.pattern, length, length, 0, s.causal);
+  Variable q1(qa, true), k1(ka, true), v1(va, true), q2(qa, true), k2(ka, true), v2(va, true);
+  Variable sparse = block_sparse_attention(q1, k1, v1, layout, std::nullopt, scale);
+  sparse.backward(grad_out);
+  Variable dense = matmul(masked_softmax(matmul(q2, k2, Trans::No, Trans::Yes, scale), layout_allowed(layout)), v2);
+  dense.backward(grad_out);
+  return {relative_max_diff(sparse.value(), dense.value()), relative_max_diff(q1.grad(), q2.grad()),
+          relative_max_diff(k1.grad(), k2.grad()), relative_max_diff(v1.grad(), v2.grad())};
+}
+
 /// measure() in a child process, so that the peak resident set is this point's alone.
 Measurement in_child(const Settings& s, std::size_t length, bool sparse, bool backward) {
   int fds[2];
@@ -152,9 +182,22 @@ int main(int argc, char** argv) {
   app.add_flag("--causal", s.causal, "causal pattern");
   app.add_option("--repeats", s.repeats, "timed repeats per point (medians), after one warm-up")->check(CLI::PositiveNumber);
   app.add_option("--threads", s.threads, "qkv threads")->check(CLI::PositiveNumber);
+  bool check = false;
+  app.add_flag("--check", check, "instead of timing: the kernel's output and gradients against the dense path's");
   CLI11_PARSE(app, argc, argv);
   try {
     s.pattern.validate();
+    if (check) {
+      std::printf("B %zu, H %zu, d %zu, %s%s, %zu-byte reals: max |sparse - dense| / max |dense|\n\n", s.batch,
+                  s.heads, s.head_dim, s.pattern.describe().c_str(), s.causal ? ", causal" : "", sizeof(real));
+      std::printf("| T | output | dq | dk | dv |\n|---:|---:|---:|---:|---:|\n");
+      for (const std::size_t t : lengths) {
+        const std::vector<double> d = check_point(s, t);
+        std::printf("| %zu | %.2g | %.2g | %.2g | %.2g |\n", t, d[0], d[1], d[2], d[3]);
+        std::fflush(stdout);
+      }
+      return 0;
+    }
     std::printf("B %zu, H %zu, d %zu, %s%s, %d thread(s), median of %d\n\n", s.batch, s.heads, s.head_dim,
                 s.pattern.describe().c_str(), s.causal ? ", causal" : "", s.threads, s.repeats);
     std::printf("| T | allowed | dense fwd ms | sparse fwd ms | dense fwd+bwd ms | sparse fwd+bwd ms | speed-up fwd+bwd | "

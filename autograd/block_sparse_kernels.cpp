@@ -6,6 +6,7 @@
 
 #include "lib/numerics/blas.hpp"
 #include "lib/numerics/parallel.hpp"
+#include "lib/numerics/vector_math.hpp"
 
 namespace qkv {
 
@@ -83,11 +84,12 @@ void block_sparse_attention_forward(const BlockSparseProblem& p, const real* q, 
           }
           const real new_max = std::max(row_max[i], block_max);
           const real correction = row_max[i] == kMinusInf ? real(0) : std::exp(row_max[i] - new_max);
+          // Two loops: the exp loop vectorises (vector_math's branch-free exp in float32); a sum
+          // beside it would not (its order is fixed without fast-math).
+          for (std::size_t j = 0; j < cols; ++j)
+            s[j] = s[j] == kMinusInf ? real(0) : vector_math::exp_of(s[j] - new_max);
           real sum = 0;
-          for (std::size_t j = 0; j < cols; ++j) {
-            s[j] = s[j] == kMinusInf ? real(0) : std::exp(s[j] - new_max);
-            sum += s[j];
-          }
+          for (std::size_t j = 0; j < cols; ++j) sum += s[j];
           row_sum[i] = row_sum[i] * correction + sum;
           row_max[i] = new_max;
           if (correction != 1)
@@ -149,8 +151,12 @@ void block_sparse_attention_backward(const BlockSparseProblem& p, const real* q,
           for (std::size_t i = 0; i < rows; ++i) {
             real* s = weights.data() + i * cols;
             const real row_lse = lse[r0 + i];
+            if (row_lse == kMinusInf) {  // a row with no allowed key: weights 0
+              std::fill(s, s + cols, real(0));
+              continue;
+            }
             for (std::size_t j = 0; j < cols; ++j)
-              s[j] = (s[j] == kMinusInf || row_lse == kMinusInf) ? real(0) : std::exp(s[j] - row_lse);
+              s[j] = s[j] == kMinusInf ? real(0) : vector_math::exp_of(s[j] - row_lse);
           }
           if (dvh)  // dV[c0:c1] += Pᵀ dO[r0:r1]    [cols, dv]
             blas::gemm(blas::Trans::Yes, blas::Trans::No, cols, dvs, rows, 1, weights.data(), cols, gh + r0 * dvs,

@@ -20,6 +20,7 @@
 #include <optional>
 #include <vector>
 
+#include "autograd/block_sparse_kernels.hpp"
 #include "autograd/variable.hpp"
 #include "lib/numerics/blas.hpp"
 #include "lib/numerics/rng.hpp"
@@ -158,6 +159,17 @@ Variable masked_fill(const Variable& x, const BoolArray& mask, real value);
 /// Rotates x [..., T, d] (positions start, start+1, ...) pair by pair as RoPE does
 /// (RotaryPositionEncoding). A fused op: the backward is the inverse rotation.
 Variable rotary_embedding(const Variable& x, std::size_t start, real base = 10000);
+
+// ---- block-sparse attention (ops_block_sparse.cpp) -------------------------------------
+/// softmax(scale · q kᵀ) v over the pairs `layout` allows (autograd/block_sparse_kernels.hpp;
+/// layers/block_sparse.hpp makes layouts from patterns), ANDed with `allowed` when given
+/// (broadcasting to [B, H, Tq, Tk]: padding, say): q [B, H, Tq, d], k [B, H, Tk, d],
+/// v [B, H, Tk, dv] -> [B, H, Tq, dv]. The same values and gradients as
+/// matmul(masked_softmax(matmul(q, k, No, Yes, scale), mask), v) with the layout's mask, but
+/// a fused kernel that visits allowed blocks only and never forms [B, H, Tq, Tk]; a row with no
+/// allowed key gives 0, as masked_softmax does.
+Variable block_sparse_attention(const Variable& q, const Variable& k, const Variable& v,
+                                const BlockSparseLayout& layout, const std::optional<BoolArray>& allowed, real scale);
 
 // ---- recurrent (Bahdanau) model family: fused per-time-step ops (ops_recurrent.cpp) -------
 /// Additive (Bahdanau) attention scores, fused: queries [B, Tq, A], keys [B, Tk, A], v [A] ->

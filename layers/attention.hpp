@@ -159,6 +159,12 @@ class DotProductAttention : public Module {
   /// 1/√d_k for the length-aware scales, whose s · ln n multiplies it per query).
   real scale_factor(std::size_t key_size) const;
   const ScoreScale& scale() const { return scale_; }
+  /// True when a hook is attached to any of this layer's points or an AttentionObserver is
+  /// installed: a fused kernel that never forms the scores and weights must then step aside.
+  bool observed() const {
+    return !scores_point_.empty() || !weights_point_.empty() || !output_point_.empty() ||
+           AttentionObserver::current() != nullptr;
+  }
 
  private:
   ScoreScale scale_;

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "layers/positional.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/shape.hpp"
 
@@ -114,6 +115,22 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
   attention_ = register_module("attention",
                                std::make_shared<DotProductAttention>(options.scale, options.dropout, Rng(seed + 1), num_heads));
   if (options.positions) positions_ = register_module("positions", options.positions);
+  if (options.block_sparse) {
+    // The fused kernel has a constant scale, no weights to drop out and no score terms.
+    options.block_sparse->validate();
+    const std::string pattern = " (block-sparse attention, " + options.block_sparse->describe() + ")";
+    check_arg(options.dropout == 0, kLayer,
+              "block-sparse attention has no dropout on the attention weights: dropout must be 0, got " +
+                  format_number(options.dropout) + pattern);
+    check_arg(options.scale.kind != ScoreScale::Kind::learned_temperature && !options.scale.depends_on_length(), kLayer,
+              "block-sparse attention needs a constant score scale, got " + name_of(options.scale.kind) + pattern);
+    check_arg(memory_slots_ == 0, kLayer,
+              "block-sparse attention takes no persistent memory slots, got " + std::to_string(memory_slots_) + pattern);
+    check_arg(!options.positions || dynamic_cast<const RotaryPositionEncoding*>(options.positions.get()), kLayer,
+              "block-sparse attention takes rotary positions only (relative and ALiBi add [B, H, Tq, Tk] score "
+              "terms the kernel never forms)" + pattern);
+    block_sparse_ = options.block_sparse;
+  }
   // The scores, weights and per-head outputs are computed by `attention`; they are this layer's
   // points, so that `...self_attn.weights` names them (and nothing names them twice).
   adopt_hook_point(*attention_, "scores", "scores");
@@ -192,16 +209,42 @@ BoolArray with_memory_columns(const BoolArray& allowed, std::size_t slots) {
 
 MultiheadAttentionOutput MultiheadAttention::attend(const Variable& q, const Variable& k, const Variable& v,
                                                     const AttentionMask& mask, std::size_t query_start) {
-  std::optional<BoolArray> allowed = resolve_mask(mask, q.dim(0), num_heads_, q.dim(2), k.dim(2), query_start);
-  Variable keys = repeat_heads(k, num_heads_ / num_kv_heads_);    // [B, H, Tk, d]
-  Variable values = repeat_heads(v, num_heads_ / num_kv_heads_);  // [B, H, Tk, d]
+  const std::size_t batch = q.dim(0), queries = q.dim(2), keys = k.dim(2);
+  const Variable keys_per_head = repeat_heads(k, num_heads_ / num_kv_heads_);    // [B, H, Tk, d]
+  const Variable values_per_head = repeat_heads(v, num_heads_ / num_kv_heads_);  // [B, H, Tk, d]
+  if (block_sparse_ && is_grad_enabled() && !attention_->observed()) {
+    // The fused kernel: the pattern and causality go into the layout; the rest of the mask is
+    // an extra element mask, with [B] valid lengths as a [B, 1, 1, Tk] key mask rather than
+    // allowed_from_valid_lens's [B, Tq, Tk].
+    AttentionMask rest = mask;
+    rest.causal = false;
+    if (rest.valid_lens && rest.valid_lens->dimension() == 1) {
+      BoolArray key_allowed = reshaped(allowed_from_valid_lens(*rest.valid_lens, 1, keys), {rest.valid_lens->size(), keys});
+      rest.key_allowed = rest.key_allowed ? BoolArray(*rest.key_allowed && key_allowed) : key_allowed;
+      rest.valid_lens.reset();
+    }
+    const std::optional<BoolArray> extra = resolve_mask(rest, batch, num_heads_, queries, keys, query_start);
+    const BlockSparseLayout layout = block_sparse_layout(*block_sparse_, queries, keys, query_start, mask.causal);
+    const Variable q_placed = positions_ ? positions_->encode_queries(q, query_start) : q;              // [B, H, Tq, d]
+    const Variable k_placed = positions_ ? positions_->encode_keys(keys_per_head, 0) : keys_per_head;  // [B, H, Tk, d]
+    const Variable heads = block_sparse_attention(q_placed, k_placed, values_per_head, layout, extra,
+                                                  attention_->scale_factor(head_dim()));  // [B, H, Tq, d]
+    Variable output = out_proj_->forward(merge_heads(heads));  // [B, Tq, E]
+    output_point_(output);
+    return {output, Variable()};
+  }
+  std::optional<BoolArray> allowed = resolve_mask(mask, batch, num_heads_, queries, keys, query_start);
+  if (block_sparse_)  // the dense path with the pattern's mask: the kernel's values, weights formed
+    allowed = allowed_and(allowed, block_sparse_allowed(*block_sparse_, queries, keys, query_start, mask.causal));
+  Variable attended_keys = keys_per_head, attended_values = values_per_head;
   if (memory_slots_ > 0) {
-    const Shape memory_shape{q.dim(0), num_heads_, memory_slots_, head_dim()};
-    keys = concat({keys, expand(unsqueeze(memory_keys_, 0), memory_shape)}, 2);        // [B, H, Tk + N, d]
-    values = concat({values, expand(unsqueeze(memory_values_, 0), memory_shape)}, 2);  // [B, H, Tk + N, d]
+    const Shape memory_shape{batch, num_heads_, memory_slots_, head_dim()};
+    attended_keys = concat({attended_keys, expand(unsqueeze(memory_keys_, 0), memory_shape)}, 2);        // [B, H, Tk + N, d]
+    attended_values = concat({attended_values, expand(unsqueeze(memory_values_, 0), memory_shape)}, 2);  // [B, H, Tk + N, d]
     if (allowed) allowed = with_memory_columns(*allowed, memory_slots_);
   }
-  const AttentionOutput attended = attention_->forward(q, keys, values, allowed, positions_.get(), query_start);
+  const AttentionOutput attended =
+      attention_->forward(q, attended_keys, attended_values, allowed, positions_.get(), query_start);
   const Variable merged = merge_heads(attended.output);  // [B, Tq, E]
   Variable output = out_proj_->forward(merged);           // [B, Tq, E]
   output_point_(output);

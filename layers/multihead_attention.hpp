@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "layers/attention.hpp"
+#include "layers/block_sparse.hpp"
 #include "layers/linear.hpp"
 
 namespace qkv {
@@ -78,6 +79,14 @@ struct MultiheadAttentionOptions {
   std::size_t num_kv_heads = 0;
   /// Persistent memory slots N per head (0: none). Not combinable with `positions`.
   std::size_t memory_slots = 0;
+  /// Block-sparse attention (layers/block_sparse.hpp): the pattern is ANDed with the mask, and
+  /// while a graph is recorded the fused kernel block_sparse_attention runs — the output's
+  /// `weights` is then undefined, [B, H, Tq, Tk] is never formed. Without a graph (NoGradGuard:
+  /// evaluation, decoding, attention plots) or when a hook or AttentionObserver reads "scores" or
+  /// "weights", the dense path runs with the same mask (the same values, weights defined).
+  /// Needs dropout 0, a constant scale, and no position encoding or rotary only (the kernel
+  /// has no place for score terms); the constructor throws Error otherwise.
+  std::optional<BlockSparsePattern> block_sparse = std::nullopt;
 };
 
 struct MultiheadAttentionOutput {
@@ -139,6 +148,7 @@ class MultiheadAttention : public Module {
   std::shared_ptr<Linear> out_proj_;  // out_proj.weight [E, E], out_proj.bias [E]
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;
+  std::optional<BlockSparsePattern> block_sparse_;
   HookPoint output_point_;
 };
 

@@ -51,6 +51,7 @@ MultiheadAttentionOptions attention_options(const TransformerLayerOptions& optio
   result.num_kv_heads = options.num_kv_heads;
   if (self_attention && options.self_attention_positions) result.positions = options.self_attention_positions();
   if (self_attention) result.memory_slots = options.memory_slots;
+  if (self_attention) result.block_sparse = options.self_attention_block_sparse;
   return result;
 }
 

@@ -60,6 +60,8 @@ struct TransformerLayerOptions {
   /// Persistent memory slots per head in every self-attention (Sukhbaatar et al. 2019); 0: none.
   /// The feed-forward block stays (the paper drops it; here the two are measured apart).
   std::size_t memory_slots = 0;
+  /// Block-sparse self-attention (layers/block_sparse.hpp), or dense; never cross-attention.
+  std::optional<BlockSparsePattern> self_attention_block_sparse = std::nullopt;
 };
 
 /// What a layer gives back: its output and the attention weights per head, for plots.

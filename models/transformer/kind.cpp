@@ -41,6 +41,18 @@ ModelKind transformer_model_kind() {
               {.flag = "--memory-slots", .keys = {"/memory_slots"},
                .help = "persistent memory slots per head in self-attention (Sukhbaatar et al. 2019; 0: none)",
                .default_value = 0u, .min = 0, .max = 65536},
+              {.flag = "--attention-pattern", .keys = {"/attention_pattern"},
+               .help = "self-attention: dense, or block_sparse (global tokens + window + random blocks; dropout 0)",
+               .default_value = "dense", .choices = names_of<AttentionPattern>()},
+              {.flag = "--block-size", .keys = {"/block_sparse/block_size"}, .help = "block_sparse: block size",
+               .default_value = 64u, .min = 1, .max = widest},
+              {.flag = "--global-tokens", .keys = {"/block_sparse/global_tokens"},
+               .help = "block_sparse: the first N positions see and are seen by all", .default_value = 0u, .min = 0,
+               .max = widest},
+              {.flag = "--window-blocks", .keys = {"/block_sparse/window_blocks"},
+               .help = "block_sparse: blocks each side a query block sees", .default_value = 1u, .min = 0, .max = widest},
+              {.flag = "--random-blocks", .keys = {"/block_sparse/random_blocks"},
+               .help = "block_sparse: random key blocks per query block", .default_value = 0u, .min = 0, .max = widest},
           },
       // Real sentence pairs (--data). Chosen for a Tatoeba pair file cut to ~20,000 pairs (fra-eng:
       // 18,005 for training, 282 batches of 64) and a budget of minutes on two cores; the

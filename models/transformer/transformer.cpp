@@ -58,6 +58,19 @@ void TransformerConfig::validate() const {
                          scale.depends_on_length();
   check_arg(has_value || scale.value == 1, kConfig,
             "scale " + name_of(scale.kind) + " takes no value, got " + format_number(scale.value));
+  if (attention_pattern == AttentionPattern::block_sparse) {
+    block_sparse.validate();
+    check_arg(dropout == 0, kConfig,
+              "block_sparse attention has no dropout on the attention weights: dropout must be 0, got " +
+                  format_number(dropout));
+    check_arg(positional != PositionalKind::relative && positional != PositionalKind::alibi &&
+                  scale.kind != ScoreScale::Kind::learned_temperature && !scale.depends_on_length(),
+              kConfig,
+              "block_sparse attention takes no relative or ALiBi positions and a constant score scale (the kernel "
+              "forms no score terms), got positional " + std::string(name_of(positional)) + " and scale " +
+                  name_of(scale.kind));
+    check_arg(memory_slots == 0, kConfig, "block_sparse attention takes no memory_slots");
+  }
 }
 
 void to_json(nlohmann::json& json, const TransformerConfig& config) {
@@ -75,6 +88,11 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"positional", name_of(config.positional)},
       {"relative_max_distance", config.relative_max_distance},
       {"scale", {{"kind", name_of(config.scale.kind)}, {"value", config.scale.value}}},
+      {"attention_pattern", name_of(config.attention_pattern)},
+      {"block_sparse",
+       {{"block_size", config.block_sparse.block_size}, {"global_tokens", config.block_sparse.global_tokens},
+        {"window_blocks", config.block_sparse.window_blocks}, {"random_blocks", config.block_sparse.random_blocks},
+        {"seed", config.block_sparse.seed}}},
       {"max_length", config.max_len},
       {"num_kv_heads", config.num_kv_heads},
       {"memory_slots", config.memory_slots},
@@ -109,6 +127,21 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       const std::string owner = std::string(kConfig) + " scale";
       config.scale.kind = parse_name<ScoreScale::Kind>(json_field<std::string>(value, owner, "kind"), owner);
       config.scale.value = json_field_or<real>(value, owner, "value", config.scale.value);
+    } else if (key == "attention_pattern") config.attention_pattern = parse_name<AttentionPattern>(text(), kConfig);
+    else if (key == "block_sparse") {
+      const std::string owner = std::string(kConfig) + " block_sparse";
+      check_arg(value.is_object(), owner.c_str(), "expected a JSON object, got " + value.dump());
+      BlockSparsePattern& p = config.block_sparse;
+      for (const auto& field : value.items()) {
+        const std::string& name = field.key();
+        const std::size_t number = json_value<std::size_t>(field.value(), owner, name);
+        if (name == "block_size") p.block_size = number;
+        else if (name == "global_tokens") p.global_tokens = number;
+        else if (name == "window_blocks") p.window_blocks = number;
+        else if (name == "random_blocks") p.random_blocks = number;
+        else if (name == "seed") p.seed = json_value<std::uint64_t>(field.value(), owner, name);
+        else throw Error(owner + ": unknown field \"" + name + "\"");
+      }
     } else if (key == "max_length") config.max_len = size();
     else if (key == "num_kv_heads") config.num_kv_heads = size();
     else if (key == "memory_slots") config.memory_slots = size();
@@ -156,6 +189,7 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
   layer.scale = config.scale;
   layer.num_kv_heads = config.num_kv_heads;
   layer.memory_slots = config.memory_slots;
+  if (config.attention_pattern == AttentionPattern::block_sparse) layer.self_attention_block_sparse = config.block_sparse;
   if (config.positional == PositionalKind::relative) {
     // Each self-attention layer gets its own tables, seeded in construction order.
     auto seed = std::make_shared<std::uint64_t>(rng.next_u64());

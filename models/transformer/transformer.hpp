@@ -45,6 +45,10 @@ struct TransformerConfig {
   /// How attention scores are scaled; `value` is the factor of "fixed" and the initial
   /// temperature of "learned_temperature".
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();
+  /// Self-attention's pattern (encoder and decoder; cross-attention stays dense): "dense", or
+  /// "block_sparse" with `block_sparse`'s blocks (layers/block_sparse.hpp; needs dropout 0).
+  AttentionPattern attention_pattern = AttentionPattern::dense;
+  BlockSparsePattern block_sparse{};
   /// Longest source or target sequence (the size of the position tables).
   std::size_t max_len = 256;  // config.json: "max_length"
   /// Key/value heads of every attention: grouped-query attention when fewer than nhead, 1 is

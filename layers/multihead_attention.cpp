@@ -1,5 +1,6 @@
 #include "layers/multihead_attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "lib/numerics/error.hpp"
@@ -67,11 +68,12 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
   // nn.MultiheadAttention: xavier_uniform over the stacked [3E, E] weight, zero biases.
   const real bound = std::sqrt(real(6) / static_cast<real>(4 * embed_dim));
   in_proj_weight_ = register_parameter("in_proj_weight", uniform({3 * embed_dim, embed_dim}, -bound, bound, init));
+  if (options.zero_query_init) std::fill_n(in_proj_weight_.mutable_value().data(), embed_dim * embed_dim, real(0));
   if (options.bias) in_proj_bias_ = register_parameter("in_proj_bias", zeros({3 * embed_dim}));
   // out_proj is an nn.Linear (its default U(-1/√E, 1/√E) weight) whose bias PyTorch then zeroes.
   // The bias Linear draws comes after the weight and is the last draw from `init`.
   out_proj_ = register_module("out_proj", std::make_shared<Linear>(embed_dim, embed_dim, init,
-                                                                   LinearOptions{.bias = options.bias}));
+                                                                   LinearOptions{.bias = options.bias, .sigma_reparam = options.sigma_reparam}));
   if (options.bias) {
     Variable out_bias = out_proj_->bias();
     out_bias.mutable_value().fill(0);
@@ -79,6 +81,19 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
   attention_ = register_module("attention",
                                std::make_shared<DotProductAttention>(options.scale, options.dropout, Rng(seed + 1)));
   if (options.positions) positions_ = register_module("positions", options.positions);
+  if (options.qk_norm) {
+    q_norm_ = register_module("q_norm", std::make_shared<LayerNorm>(embed_dim / num_heads));
+    k_norm_ = register_module("k_norm", std::make_shared<LayerNorm>(embed_dim / num_heads));
+  }
+  if (options.sigma_reparam) {
+    check_arg(!options.zero_query_init, kLayer, "sigma_reparam cannot reparametrise a zero query block");
+    const char* names[3] = {"q", "k", "v"};
+    for (std::size_t block = 0; block < 3; ++block) {
+      Array weight = slice(in_proj_weight_, 0, block * embed_dim, (block + 1) * embed_dim).value();  // [E, E]
+      sigma_[block] = register_module(std::string("in_proj_sigma_") + names[block],
+                                      std::make_shared<SigmaReparam>(weight));
+    }
+  }
   // The scores, weights and per-head outputs are computed by `attention`; they are this layer's
   // points, so that `...self_attn.weights` names them (and nothing names them twice).
   adopt_hook_point(*attention_, "scores", "scores");
@@ -113,12 +128,27 @@ void check_inputs(const Variable& query, const Variable& key, const Variable& va
 
 }  // namespace
 
+Variable MultiheadAttention::effective_in_proj_weight() const {
+  if (!sigma_[0]) return in_proj_weight_;
+  const std::size_t embed = embed_dim_;
+  std::vector<Variable> blocks;
+  for (std::size_t block = 0; block < 3; ++block)
+    blocks.push_back(sigma_[block]->forward(slice(in_proj_weight_, 0, block * embed, (block + 1) * embed)));
+  return concat(blocks, 0);  // [3E, E]
+}
+
+Variable MultiheadAttention::normalize_head(const Variable& heads, std::size_t block) const {
+  if (!q_norm_) return heads;
+  return (block == 0 ? q_norm_ : k_norm_)->forward(heads);  // [B, H, T, d], normalised over d
+}
+
 Variable MultiheadAttention::project(const Variable& x, std::size_t block) const {
   const std::size_t embed = embed_dim_;
-  const Variable weight = slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
+  const Variable block_weight = slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
+  const Variable weight = sigma_[block] ? sigma_[block]->forward(block_weight) : block_weight;   // [E, E]
   const Variable bias =
       in_proj_bias_.defined() ? slice(in_proj_bias_, 0, block * embed, (block + 1) * embed) : Variable();  // [E]
-  return split_heads(linear(x, weight, bias), num_heads_);  // [B, H, T, d]
+  return normalize_head(split_heads(linear(x, weight, bias), num_heads_), block);  // [B, H, T, d]
 }
 
 MultiheadAttentionOutput MultiheadAttention::attend(const Variable& q, const Variable& k, const Variable& v,
@@ -138,8 +168,11 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
   Variable q, k, v;  // [B, H, T, d]
   if (query.id() == key.id() && key.id() == value.id()) {
     // Self-attention: one gemm against the stacked weight, then cut into q, k, v.
-    const std::vector<Variable> parts = split(linear(query, in_proj_weight_, in_proj_bias_), {embed, embed, embed}, -1);
-    q = split_heads(parts[0], num_heads_), k = split_heads(parts[1], num_heads_), v = split_heads(parts[2], num_heads_);
+    const std::vector<Variable> parts =
+        split(linear(query, effective_in_proj_weight(), in_proj_bias_), {embed, embed, embed}, -1);
+    q = normalize_head(split_heads(parts[0], num_heads_), 0);
+    k = normalize_head(split_heads(parts[1], num_heads_), 1);
+    v = split_heads(parts[2], num_heads_);
   } else {
     q = project(query, 0), k = project(key, 1), v = project(value, 2);
   }

@@ -11,6 +11,7 @@
 
 #include "layers/attention.hpp"
 #include "layers/linear.hpp"
+#include "layers/sigma_reparam.hpp"
 
 namespace qkv {
 
@@ -47,6 +48,17 @@ struct MultiheadAttentionOptions {
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();  // over the head size d_head = E / H
   /// Relative / rotary / ALiBi positions inside attention; registered as submodule "positions".
   std::shared_ptr<AttentionPositionEncoding> positions = nullptr;
+  /// QK-norm (Dehghani et al. 2023, Wortsman et al. 2023): a LayerNorm over d_head of every
+  /// head's query and of every head's key, after the projection and before scoring (and before
+  /// any rotary encoding). Submodules "q_norm" and "k_norm", each LayerNorm(d_head) with one
+  /// weight and bias shared by the heads, as timm's and OLMo's q_norm / k_norm are.
+  bool qk_norm = false;
+  /// σReparam (Zhai et al. 2023) on each of the three [E, E] blocks of in_proj_weight:
+  /// submodules "in_proj_sigma_q", "in_proj_sigma_k", "in_proj_sigma_v" (layers/sigma_reparam.hpp).
+  bool sigma_reparam = false;
+  /// Zero the query block of in_proj_weight at construction (μP, microsoft/mup's recipe with
+  /// the 1/d scale): every head starts with uniform attention.
+  bool zero_query_init = false;
 };
 
 struct MultiheadAttentionOutput {
@@ -95,7 +107,14 @@ class MultiheadAttention : public Module {
                                   std::size_t query_start);
 
   std::size_t embed_dim_, num_heads_;
+  /// in_proj_weight as the projections use it: through σReparam when it is on ([3E, E]).
+  Variable effective_in_proj_weight() const;
+  /// The query (block 0) or key (block 1) per head [B, H, T, d] through QK-norm when it is on.
+  Variable normalize_head(const Variable& heads, std::size_t block) const;
+
   Variable in_proj_weight_, in_proj_bias_;
+  std::shared_ptr<LayerNorm> q_norm_, k_norm_;                   // QK-norm, or null
+  std::shared_ptr<SigmaReparam> sigma_[3];                       // σReparam per block, or null
   std::shared_ptr<Linear> out_proj_;  // out_proj.weight [E, E], out_proj.bias [E]
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;

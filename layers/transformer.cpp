@@ -42,6 +42,8 @@ MultiheadAttentionOptions attention_options(const TransformerLayerOptions& optio
   result.dropout = options.dropout;
   result.bias = options.bias;
   result.scale = options.scale;
+  result.qk_norm = options.qk_norm, result.sigma_reparam = options.sigma_reparam;
+  result.zero_query_init = options.zero_query_init;
   if (with_positions && options.self_attention_positions) result.positions = options.self_attention_positions();
   return result;
 }
@@ -76,7 +78,7 @@ Variable take_rows(const Variable& x, const std::vector<std::size_t>& rows, cons
 TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerOptions& options, Rng& rng)
     : options_(options) {
   check_options(options, describe());
-  const LinearOptions linear{.bias = options.bias};
+  const LinearOptions linear{.bias = options.bias, .sigma_reparam = options.sigma_reparam};
   const LayerNormOptions norm{.eps = options.layer_norm_eps};
   // Registration order is PyTorch's, so named_parameters() lists the same names in the same order.
   self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(options.d_model, options.nhead, rng,
@@ -120,7 +122,7 @@ TransformerLayerOutput TransformerEncoderLayer::forward(const Variable& x, const
 TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerOptions& options, Rng& rng)
     : options_(options) {
   check_options(options, describe());
-  const LinearOptions linear{.bias = options.bias};
+  const LinearOptions linear{.bias = options.bias, .sigma_reparam = options.sigma_reparam};
   const LayerNormOptions norm{.eps = options.layer_norm_eps};
   self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(options.d_model, options.nhead, rng,
                                                                                  attention_options(options, true)));

@@ -29,6 +29,16 @@ ModelKind transformer_model_kind() {
               {.flag = "--attention-scale", .keys = {"/scale/kind"},
                .help = "score scale: inverse_sqrt_dim (1/sqrt(d_k)), inverse_dim (1/d_k) or none",
                .default_value = "inverse_sqrt_dim", .choices = {"inverse_sqrt_dim", "inverse_dim", "none"}},
+              {.flag = "--attention-scale-value", .keys = {"/scale/value"},
+               .help = "the scale's value: inverse_dim's numerator (8 for muP's 8/d_k), fixed's factor",
+               .default_value = 1.0, .min = 1e-6, .max = 1e6},
+              {.flag = "--qk-norm", .keys = {"/qk_norm"}, .help = "1: LayerNorm of each head's queries and keys",
+               .default_value = 0u, .min = 0, .max = 1},
+              {.flag = "--sigma-reparam", .keys = {"/sigma_reparam"},
+               .help = "1: sigmaReparam (W <- gamma/sigma(W) W) on the attention and feed-forward weights",
+               .default_value = 0u, .min = 0, .max = 1},
+              {.flag = "--zero-query-init", .keys = {"/zero_query_init"},
+               .help = "1: zero-initialised query projections (muP)", .default_value = 0u, .min = 0, .max = 1},
           },
       // Real sentence pairs (--data). Chosen for a Tatoeba pair file cut to ~20,000 pairs (fra-eng:
       // 18,005 for training, 282 batches of 64) and a budget of minutes on two cores; the

@@ -63,6 +63,9 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"positional", name_of(config.positional)},
       {"relative_max_distance", config.relative_max_distance},
       {"scale", {{"kind", name_of(config.scale.kind)}, {"value", config.scale.value}}},
+      {"qk_norm", config.qk_norm},
+      {"sigma_reparam", config.sigma_reparam},
+      {"zero_query_init", config.zero_query_init},
       {"max_length", config.max_len},
       {"seed", config.seed},
   };
@@ -95,6 +98,16 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
       const std::string owner = std::string(kConfig) + " scale";
       config.scale.kind = parse_name<ScoreScale::Kind>(json_field<std::string>(value, owner, "kind"), owner);
       config.scale.value = json_field_or<real>(value, owner, "value", config.scale.value);
+    } else if (key == "qk_norm" || key == "sigma_reparam" || key == "zero_query_init") {
+      // A flag from the command line arrives as 0 or 1; config.json writes true or false.
+      bool on = false;
+      if (value.is_boolean()) on = value.get<bool>();
+      else {
+        const std::size_t number = size();
+        check_arg(number <= 1, kConfig, key + " must be true, false, 0 or 1, got " + value.dump());
+        on = number == 1;
+      }
+      (key == "qk_norm" ? config.qk_norm : key == "sigma_reparam" ? config.sigma_reparam : config.zero_query_init) = on;
     } else if (key == "max_length") config.max_len = size();
     else if (key == "seed") config.seed = json_value<std::uint64_t>(value, kConfig, key);
     else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
@@ -138,6 +151,8 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
   layer.activation = config.activation;
   layer.norm_first = config.norm_first;
   layer.scale = config.scale;
+  layer.qk_norm = config.qk_norm, layer.sigma_reparam = config.sigma_reparam;
+  layer.zero_query_init = config.zero_query_init;
   if (config.positional == PositionalKind::relative) {
     // Each self-attention layer gets its own tables, seeded in construction order.
     auto seed = std::make_shared<std::uint64_t>(rng.next_u64());

@@ -43,6 +43,10 @@ struct TransformerConfig {
   /// How attention scores are scaled; `value` is the factor of "fixed" and the initial
   /// temperature of "learned_temperature".
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();
+  /// QK-norm, σReparam (attention projections and feed-forward Linears) and zero-initialised
+  /// queries in every attention layer (layers/transformer.hpp). config.json: "qk_norm",
+  /// "sigma_reparam", "zero_query_init" (true/false, or 0/1 as the command line gives them).
+  bool qk_norm = false, sigma_reparam = false, zero_query_init = false;
   /// Longest source or target sequence (the size of the position tables).
   std::size_t max_len = 256;  // config.json: "max_length"
   std::uint64_t seed = 0;

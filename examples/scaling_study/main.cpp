@@ -17,12 +17,17 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
 #include "lib/numerics/parallel.hpp"
 #include "lib/numerics/error.hpp"
+#include "lib/numerics/atomic_file.hpp"
+#include "study/mup.hpp"
 #include "study/report.hpp"
+#include "study/stability.hpp"
 #include "study/statistics.hpp"
 #include "study/training_sweep.hpp"
 #include "train/distributed.hpp"
@@ -47,6 +52,15 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   std::vector<std::string> scaling_ids;
   sweep.jobs = std::max(1u, std::min(2u, std::thread::hardware_concurrency()));
   app.add_option("--out", out, "output directory (created)")->required();
+  std::vector<std::string> sections = {"statistics", "training", "mup", "stability"};
+  app.add_option("--sections", sections, "sections to run: statistics, training, mup, stability")
+      ->check(CLI::IsMember({"statistics", "training", "mup", "stability"}));
+  std::vector<std::size_t> mup_widths;
+  std::vector<double> stability_lrs;
+  std::size_t section_steps = 0;
+  app.add_option("--mup-widths", mup_widths, "mup: d_model values of both the coordinate check and the transfer sweep");
+  app.add_option("--stability-lrs", stability_lrs, "stability: the learning rates swept");
+  app.add_option("--section-steps", section_steps, "mup, stability: training steps of every run (0: the defaults)");
   app.add_flag("--quick", quick, "fewer trials, one seed, fewer steps: the same outputs in under a minute");
   // Explicit options override what --quick sets.
   auto* trials = app.add_option("--trials", stats.trials, "statistics: trials per d_k")->check(CLI::Range(2, 100000000));
@@ -104,6 +118,8 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
     qkv::parallel::set_num_threads(1);
 
     const auto progress = [](std::string_view line) { spdlog::info("{}", line); };
+    const auto wanted = [&](const char* name) { return std::count(sections.begin(), sections.end(), name) > 0; };
+    if (wanted("statistics") || wanted("training")) {
     spdlog::info("part 1: statistics over d_k = {} ... {}, {} trials each", stats.key_sizes.front(),
                  stats.key_sizes.back(), stats.trials);
     auto start = std::chrono::steady_clock::now();
@@ -126,6 +142,39 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
                      statistics, results);
     spdlog::info("wrote {} files to {} (statistics {:.1f} s, training {:.1f} s); see {}/summary.md", files.size(), out,
                  statistics_seconds, training_seconds, out);
+    }
+    // Part 2 (docs/scaling_study.md): each section writes its own files and a summary fragment,
+    // appended to summary.md. Single-process: under mpirun only rank 0 runs them.
+    std::string fragments;
+    if (wanted("mup") && root) {
+      spdlog::info("section mup: coordinate check and learning-rate transfer");
+      const auto section_start = std::chrono::steady_clock::now();
+      MupOptions mup = quick ? MupOptions::quick() : MupOptions{};
+      if (!mup_widths.empty()) mup.coordinate_widths = mup.transfer_widths = mup_widths;
+      if (section_steps > 0) mup.coordinate_steps = mup.transfer_steps = section_steps;
+      fragments += "\n" + run_mup_section(mup, out, sweep.jobs, progress);
+      spdlog::info("section mup: {:.1f} s", seconds_since(section_start));
+    }
+    if (wanted("stability") && root) {
+      spdlog::info("section stability: learning-rate sweep, entropy, logits, QK-norm and sigmaReparam");
+      const auto section_start = std::chrono::steady_clock::now();
+      StabilityOptions stability = quick ? StabilityOptions::quick() : StabilityOptions{};
+      if (!stability_lrs.empty()) stability.learning_rates = stability_lrs;
+      if (section_steps > 0) stability.steps = section_steps;
+      fragments += "\n" + run_stability_section(stability, out, sweep.jobs, progress);
+      spdlog::info("section stability: {:.1f} s", seconds_since(section_start));
+    }
+    if (!fragments.empty()) {
+      const std::filesystem::path summary = std::filesystem::path(out) / "summary.md";
+      std::string text;
+      if (wanted("statistics") || wanted("training")) {
+        std::ifstream in(summary);
+        text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      } else {
+        text = "# Scaling-factor study\n\nCommand: `" + command.str() + "`\n";
+      }
+      qkv::write_file_atomically(summary.string(), text + fragments);
+    }
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
     // An error of rank 0's alone (writing the report) must not leave the others waiting.

@@ -272,8 +272,17 @@ double TrackedProbe::mean_entropy() const {
 double entropy_lower_bound(std::size_t keys, double beta) {
   check_arg(keys >= 1 && beta >= 0 && std::isfinite(beta), "entropy_lower_bound",
             "needs keys >= 1 and a finite beta >= 0, got keys " + std::to_string(keys) + ", beta " + format_number(beta));
-  const double rest = double(keys - 1) * std::exp(-beta);  // (T−1)e^{−β}
-  return std::log1p(rest) + beta * rest / (1 + rest);
+  // Along any one logit the entropy rises then falls (∂H/∂z_j = p_j(−log p_j − H) changes sign
+  // once), so over the box [0, β]^T its minimum sits at a corner: k logits at β, T − k at 0.
+  // Relative to the top: k weights e^0, T − k weights e^{−β}.
+  double lowest = std::log(double(keys));
+  const double low = std::exp(-beta);
+  for (std::size_t k = 1; k < keys; ++k) {
+    const double rest = double(keys - k) * low;  // (T − k)e^{−β}
+    const double z = double(k) + rest;
+    lowest = std::min(lowest, std::log(z) + beta * rest / z);
+  }
+  return lowest;
 }
 
 TrackedRun train_tracked(const TrackedRunOptions& options) {
@@ -410,7 +419,7 @@ namespace {
 struct StabilityCell {
   StabilityFix fix;
   double lr;
-  std::size_t runs = 0, stable = 0, diverged = 0, collapsed = 0;
+  std::size_t runs = 0, stable = 0, diverged = 0, collapsed = 0, failed = 0;
   double final_loss = 0, final_accuracy = 0, min_entropy = 0, peak_logit = 0;  // means over seeds
 };
 
@@ -459,6 +468,7 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
   curve_csv << "fix,lr,seed,step,train_loss,probe_loss,token_accuracy,mean_entropy,min_head_entropy,max_logit\n";
   bound_csv << "fix,lr,seed,step,layer,head,sigma,entropy_nats,bound_nats\n";
   std::size_t violations = 0;
+  double largest_bound = 0, largest_bound_measured = kNaN, smallest_margin = std::numeric_limits<double>::infinity();
   for (std::size_t i = 0; i < results.size(); ++i) {
     const TrackedRun& r = results[i];
     const std::string id = name_of(runs[i].model.qk_norm ? StabilityFix::qk_norm
@@ -472,9 +482,13 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
                 << cell(p.max_abs_logit()) << "\n";
       for (const LayerProbe& l : p.layers) {
         run_violations += l.bound_violations;
-        for (std::size_t h = 0; h < l.head_sigma.size(); ++h)
+        for (std::size_t h = 0; h < l.head_sigma.size(); ++h) {
+          if (l.head_bound_nats[h] > largest_bound)
+            largest_bound = l.head_bound_nats[h], largest_bound_measured = l.head_entropy_nats[h];
+          smallest_margin = std::min(smallest_margin, l.head_entropy_nats[h] - l.head_bound_nats[h]);
           bound_csv << id << "," << p.step << "," << l.name << "," << h << "," << cell(l.head_sigma[h]) << ","
                     << cell(l.head_entropy_nats[h]) << "," << cell(l.head_bound_nats[h]) << "\n";
+        }
       }
     }
     violations += run_violations;
@@ -497,6 +511,9 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
     StabilityCell& c = cells.back();
     ++c.runs;
     c.stable += is_stable(r, options), c.diverged += r.diverged;
+    // Failed: back at (or near) the loss of the untrained model — what "diverged" looks like
+    // here, where no loss ever became NaN.
+    c.failed += r.diverged || !(r.last().probe_loss < options.failed_fraction * r.probes.front().probe_loss);
     const double min_entropy = r.last().min_head_entropy();
     c.collapsed += !(min_entropy >= options.collapsed_entropy);  // NaN (a diverged run) counts as collapsed
     c.final_loss += r.last().probe_loss, c.final_accuracy += r.last().token_accuracy;
@@ -588,13 +605,32 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
      << "Stable: not diverged and final token accuracy ≥ " << fixed(options.stable_accuracy, 2)
      << ". Collapsed: lowest per-head normalised entropy at the end < " << fixed(options.collapsed_entropy, 2)
      << ". Values are means over seeds. Time " << fixed(seconds, 1) << " s.\n\n"
-     << "| fix | lr | stable | diverged | collapsed | final loss | final token acc | lowest head entropy | peak max logit |\n"
-     << "|:---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+     << "Failed: final loss at least " << fixed(100 * options.failed_fraction, 0) << "% of the untrained model's "
+     << "(no run's loss became NaN; a failed run is back near chance).\n\n"
+     << "| fix | lr | stable | failed | diverged (NaN) | collapsed | final loss | final token acc | lowest head entropy | peak max logit |\n"
+     << "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (const StabilityCell& c : cells)
     md << "| " << fix_label(c.fix) << " | " << general(c.lr) << " | " << c.stable << "/" << c.runs << " | "
-       << c.diverged << "/" << c.runs << " | " << c.collapsed << "/" << c.runs << " | " << fixed(c.final_loss, 3)
+       << c.failed << "/" << c.runs << " | " << c.diverged << "/" << c.runs << " | " << c.collapsed << "/" << c.runs << " | " << fixed(c.final_loss, 3)
        << " | " << fixed(c.final_accuracy, 3) << " | " << fixed(c.min_entropy, 3) << " | " << general(c.peak_logit)
        << " |\n";
+  // Wortsman et al.'s learning-rate sensitivity: E_lr[min(ℓ(lr), ℓ₀) − min_lr ℓ(lr)] over the grid,
+  // ℓ₀ the untrained model's loss (mean over the runs), ℓ the final loss (mean over seeds).
+  double initial_loss = 0;
+  for (const TrackedRun& r : results) initial_loss += r.probes.front().probe_loss;
+  initial_loss /= double(results.size());
+  md << "\nLearning-rate sensitivity (Wortsman et al. 2023: mean over the grid of min(ℓ(lr), ℓ₀) − min_lr ℓ(lr), "
+     << "ℓ₀ = " << fixed(initial_loss, 3) << " the untrained loss; lower is less sensitive):\n\n";
+  for (const StabilityFix f : options.fixes) {
+    double best = std::numeric_limits<double>::infinity(), total = 0;
+    std::size_t count = 0;
+    for (const StabilityCell& c : cells)
+      if (c.fix == f) best = std::min(best, c.final_loss);
+    for (const StabilityCell& c : cells)
+      if (c.fix == f) total += std::min(c.final_loss, initial_loss) - best, ++count;
+    md << "- " << fix_label(f) << ": " << fixed(total / double(count), 3) << " (best final loss " << fixed(best, 3)
+       << ")\n";
+  }
   md << "\nStable learning-rate range (every seed stable):\n\n";
   for (const StabilityFix f : options.fixes) {
     double low = kNaN, high = kNaN;
@@ -606,11 +642,15 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
     md << "- " << fix_label(f) << ": "
        << (std::isfinite(low) ? general(low) + " – " + general(high) : std::string("none of the grid")) << "\n";
   }
-  md << "\nZhai et al.'s bound (form implemented: H ≥ log(1 + (T−1)e^{−β}) + β(T−1)e^{−β}/(1 + (T−1)e^{−β}) with "
-     << "β = 2·c·σ·R̃², σ = ‖W̃_qᵀW̃_k‖₂ per head, R̃² = (max|g|·√E + ‖b‖)² + 1 from the layer's LayerNorm): "
+  md << "\nEntropy lower bound in Zhai et al.'s form (H ≥ min_k [log(k + (T−k)e^{−β}) + β(T−k)e^{−β}/(k + (T−k)e^{−β})], "
+     << "the one-peak k = 1 term log(1 + (T−1)e^{−β}) + β(T−1)e^{−β}/(1 + (T−1)e^{−β}) once β ≳ log T; "
+     << "β = 2·c·σ·R̃², σ = ‖W̃_qᵀW̃_k‖₂ per head with the biases appended, c the score scale, "
+     << "R̃² = (max|g|·√E + ‖b‖)² + 1 from the layer's LayerNorm): "
      << violations << " rows below their bound over every probe of every run (self-attention layers of the baseline "
      << "and σReparam runs; QK-norm runs are left out: with a LayerNorm between projection and score the bound's "
-     << "premise does not hold).\n";
+     << "premise does not hold). The largest per-head bound met: " << fixed(largest_bound, 4) << " nats (measured "
+     << fixed(largest_bound_measured, 3) << " there); smallest measured − bound over every head and probe: "
+     << fixed(smallest_margin, 3) << " nats.\n";
   const std::string text = md.str();
   write_file_atomically((fs::path(out_dir) / "stability_summary.md").string(), text);
   return text;

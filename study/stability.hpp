@@ -80,11 +80,13 @@ TrackedRun train_tracked(const TrackedRunOptions& options);
 std::vector<TrackedRun> train_all(const std::vector<TrackedRunOptions>& runs, std::size_t jobs,
                                   const std::function<void(std::string_view)>& progress = {});
 
-/// Zhai et al.'s lower bound in the form implemented: the entropy of a softmax over T logits
-/// one of which exceeds the other T − 1 by β,
-///   H(T, β) = log(1 + (T−1)e^{−β}) + β (T−1)e^{−β} / (1 + (T−1)e^{−β}),
-/// the least entropy of any softmax row whose logits span at most β. log T at β = 0, falling as
-/// β e^{−β} for large β.
+/// The least entropy (nats) of a softmax over `keys` logits that span at most β (max − min ≤ β):
+/// the minimum over k of the entropy with k logits at the top and the rest β below,
+///   H_k(T, β) = log(k + (T−k)e^{−β}) + β (T−k)e^{−β} / (k + (T−k)e^{−β}).
+/// log T at β = 0; for β above ≈ log T the minimum is k = 1, the one-peak form
+///   log(1 + (T−1)e^{−β}) + β (T−1)e^{−β} / (1 + (T−1)e^{−β}),
+/// which falls as β e^{−β}: the shape of Zhai et al.'s Theorem (entropy bounded below by a
+/// function falling exponentially fast in the spectral norm of the logits' matrix).
 double entropy_lower_bound(std::size_t keys, double beta);
 
 // ---- the stability section ----------------------------------------------------------------
@@ -107,6 +109,8 @@ struct StabilityOptions {
   double stable_accuracy = 0.9;
   /// Entropy "collapsed": the lowest per-head normalised entropy at the end below this.
   double collapsed_entropy = 0.1;
+  /// "Failed": the final probe loss at least this fraction of the untrained model's.
+  double failed_fraction = 0.9;
   /// --quick: 3 learning rates, 1 seed, 80 steps.
   static StabilityOptions quick();
   void validate() const;

@@ -11,6 +11,7 @@
 #include "layers/positional.hpp"
 #include "layers/sigma_reparam.hpp"
 #include "models/transformer/transformer.hpp"
+#include "study/stability.hpp"
 #include "support/helpers.hpp"
 
 using namespace qkv;
@@ -212,4 +213,73 @@ TEST_CASE("TransformerConfig: qk_norm, sigma_reparam, zero_query_init round-trip
   CHECK(has_q_norm);
   const models::Seq2SeqOutput out = model.forward(IndexArray{{3, 4, 5}}, IndexArray{3}, IndexArray{{1, 2}});
   for (const real v : out.logits.value()) REQUIRE(std::isfinite(double(v)));
+}
+
+TEST_CASE("entropy_lower_bound: log T at β = 0, one raised logit at large β, half raised at small β, below any row spanning <= β") {
+  CHECK(study::entropy_lower_bound(7, 0) == doctest::Approx(std::log(7.0)));
+  CHECK(study::entropy_lower_bound(1, 3) == doctest::Approx(0.0));
+  for (const double beta : {4.0, 9.0}) {
+    // softmax([β, 0, ..., 0]) over 5 keys
+    const double z = std::exp(beta) + 4;
+    const double p = std::exp(beta) / z, q = 1 / z;
+    CHECK(study::entropy_lower_bound(5, beta) == doctest::Approx(-p * std::log(p) - 4 * q * std::log(q)).epsilon(1e-12));
+  }
+  // At small β raising several logits lowers the entropy more than raising one (the variance
+  // is larger): the bound is below the one-peak form, and attained by k = 4 of 10 keys raised.
+  const auto raised = [](double k, double beta) {
+    const double rest = (10 - k) * std::exp(-beta);
+    return std::log(k + rest) + beta * rest / (k + rest);
+  };
+  CHECK(study::entropy_lower_bound(10, 0.5) < raised(1, 0.5) - 1e-3);
+  CHECK(study::entropy_lower_bound(10, 0.5) == doctest::Approx(raised(4, 0.5)).epsilon(1e-12));
+  // Random rows whose logits span at most β never go below it.
+  Rng rng(40);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const std::size_t keys = 2 + trial % 9;
+    const double beta = 10 * rng.uniform();
+    std::vector<double> z(keys);
+    for (double& v : z) v = beta * rng.uniform();
+    z[0] = 0, z[1] = beta;  // the full span
+    double largest = beta, total = 0, entropy = 0;
+    for (const double v : z) total += std::exp(v - largest);
+    for (const double v : z) {
+      const double pr = std::exp(v - largest) / total;
+      entropy -= pr * std::log(pr);
+    }
+    REQUIRE(entropy >= study::entropy_lower_bound(keys, beta) - 1e-12);
+  }
+  CHECK(study::entropy_lower_bound(5, 40) < 5 * 40 * std::exp(-40.0));
+  CHECK_THROWS_WITH_AS(study::entropy_lower_bound(3, -1), doctest::Contains("entropy_lower_bound"), Error);
+}
+
+TEST_CASE("train_tracked: probes every layer and head; μP's zero queries start uniform; the bound holds") {
+  study::TrackedRunOptions options;
+  options.model.d_model = 16, options.model.nhead = 2, options.model.encoder_layers = options.model.decoder_layers = 1;
+  options.model.dim_feedforward = 16, options.model.dropout = 0, options.model.norm_first = true;
+  options.steps = 4, options.batch_size = 8, options.probe_every = 2, options.probe_size = 8, options.lr = 0.05;
+  options.entropy_bound = true;
+  const study::TrackedRun run = study::train_tracked(options);
+  REQUIRE(run.probes.size() == 3);  // steps 0, 2, 4
+  for (const study::TrackedProbe& p : run.probes) {
+    REQUIRE(p.layers.size() == 3);
+    CHECK(p.layers[2].name == "decoder.layers.0.multihead_attn");
+    for (const study::LayerProbe& l : p.layers) {
+      CHECK(l.head_entropy.size() == 2);
+      CHECK(l.bound_violations == 0);
+      CHECK(l.max_abs_logit >= l.mean_abs_logit);
+      CHECK(l.mean_abs_output > 0);
+      for (const double h : l.head_entropy) CHECK((h > 0 && h <= 1 + 1e-12));
+    }
+    CHECK(p.layers[0].head_sigma.size() == 2);  // self-attention: bounded
+    CHECK(p.layers[2].head_sigma.empty());      // cross-attention: not
+    for (std::size_t h = 0; h < 2; ++h) CHECK(p.layers[0].head_bound_nats[h] <= p.layers[0].head_entropy_nats[h]);
+  }
+  // Zero-initialised queries: every score is 0 at step 0, every row uniform (entropy exactly 1).
+  options.model.scale = ScoreScale::inverse_dim(8), options.model.zero_query_init = true;
+  const study::TrackedRun mup = study::train_tracked(options);
+  for (const study::LayerProbe& l : mup.probes.front().layers) {
+    CHECK(l.max_abs_logit == 0);
+    CHECK(l.entropy == doctest::Approx(1).epsilon(1e-12));
+  }
+  CHECK(mup.probes.back().max_abs_logit() > 0);  // the queries learned
 }

@@ -150,9 +150,9 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
     for (const AttentionParametrisation kind : kinds) {
       LineChart chart{.title = std::string(q.title) + " over layers, " + label_of(kind) + " — coordinate check",
                       .x_label = "d_model (" + std::to_string(options.heads) + " heads)", .y_label = q.title,
-                      .log_x = true, .log_y = true, .x_ticks = widths};
+                      .series = {}, .log_x = true, .log_y = true, .x_ticks = widths};
       for (const std::int64_t step : shown_steps) {
-        Series s{.name = "step " + std::to_string(step)};
+        Series s{.name = "step " + std::to_string(step), .x = {}, .y = {}, .dashed = false};
         for (const std::size_t w : options.coordinate_widths) {
           const double v = coordinate_value(kind, w, step, q.field);
           s.x.push_back(double(w)), s.y.push_back(v > 0 ? v : kNaN);
@@ -190,10 +190,11 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
   write_file_atomically((fs::path(out_dir) / "mup_lr_transfer.csv").string(), transfer.str());
   files.push_back("mup_lr_transfer.csv");
   for (const AttentionParametrisation kind : kinds) {
-    LineChart chart{.title = "final probe loss against learning rate, " + label_of(kind), .x_label = "Adam learning rate",
-                    .y_label = "cross-entropy", .log_x = true, .log_y = true, .x_ticks = options.learning_rates};
+    LineChart chart{.title = "final probe loss against learning rate, " + label_of(kind),
+                    .x_label = "Adam learning rate", .y_label = "cross-entropy", .series = {}, .log_x = true,
+                    .log_y = true, .x_ticks = options.learning_rates};
     for (const std::size_t w : options.transfer_widths) {
-      Series s{.name = "d_model " + std::to_string(w)};
+      Series s{.name = "d_model " + std::to_string(w), .x = {}, .y = {}, .dashed = false};
       for (const double lr : options.learning_rates) {
         const double loss = transfer_loss(kind, w, lr);
         s.x.push_back(lr), s.y.push_back(std::isfinite(loss) && loss > 0 ? loss : kNaN);

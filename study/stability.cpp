@@ -193,7 +193,11 @@ TrackedProbe probe(models::Seq2SeqModel& model, const models::TransformerConfig&
                    bool with_bound) {
   TrackedProbe point;
   const std::vector<std::string> names = attention_layer_names(config);
-  for (const std::string& name : names) point.layers.push_back({.name = name});
+  for (const std::string& name : names) {
+    LayerProbe layer;
+    layer.name = name;
+    point.layers.push_back(layer);
+  }
   std::vector<HeadBounds> bounds(names.size());
   if (with_bound) {
     const std::map<std::string, Array> state = model.state_dict();
@@ -531,10 +535,10 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
   std::vector<std::string> files = {"stability_runs.csv", "stability_curves.csv", "stability_bound.csv"};
   const auto by_lr = [&](const std::string& name, const std::string& title, const std::string& y_label,
                          double StabilityCell::*field, bool log_y) {
-    LineChart chart{.title = title, .x_label = "Adam learning rate", .y_label = y_label, .log_x = true, .log_y = log_y,
-                    .x_ticks = options.learning_rates};
+    LineChart chart{.title = title, .x_label = "Adam learning rate", .y_label = y_label, .series = {}, .log_x = true,
+                    .log_y = log_y, .x_ticks = options.learning_rates};
     for (const StabilityFix f : options.fixes) {
-      Series s{.name = fix_label(f)};
+      Series s{.name = fix_label(f), .x = {}, .y = {}, .dashed = false};
       for (const StabilityCell& c : cells)
         if (c.fix == f) s.x.push_back(c.lr), s.y.push_back(c.*field > 0 || !log_y ? c.*field : kNaN);
       chart.series.push_back(s);
@@ -553,11 +557,11 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
   const auto over_steps = [&](const std::string& name, const std::string& title, const std::string& y_label,
                               StabilityFix fix, auto value, bool log_y) {
     LineChart chart{.title = title + " — " + fix_label(fix) + ", seed 0", .x_label = "step", .y_label = y_label,
-                    .log_y = log_y};
+                    .series = {}, .log_x = false, .log_y = log_y, .x_ticks = {}};
     for (std::size_t i = 0; i < results.size(); ++i) {
       const TrackedRun& r = results[i];
       if (options.fixes[i / (options.learning_rates.size() * options.seeds)] != fix || r.options.model.seed != 0) continue;
-      Series s{.name = "lr " + general(r.options.lr)};
+      Series s{.name = "lr " + general(r.options.lr), .x = {}, .y = {}, .dashed = false};
       for (const TrackedProbe& p : r.probes) {
         const double y = value(p);
         s.x.push_back(double(p.step)), s.y.push_back(log_y && !(y > 0) ? kNaN : y);
@@ -577,8 +581,10 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
   // bound for the typical row length drawn beside it.
   {
     LineChart chart{.title = "per-head entropy (nats) against ‖W̃_qᵀW̃_k‖₂, every probe; Zhai-form bound dashed",
-                    .x_label = "σ of the head", .y_label = "mean entropy (nats)", .log_x = true};
-    Series measured{.name = "measured (self-attention heads)"}, bound{.name = "bound, mean over the same rows", .dashed = true};
+                    .x_label = "σ of the head", .y_label = "mean entropy (nats)", .series = {}, .log_x = true,
+                    .log_y = false, .x_ticks = {}};
+    Series measured{.name = "measured (self-attention heads)", .x = {}, .y = {}, .dashed = false};
+    Series bound{.name = "bound, mean over the same rows", .x = {}, .y = {}, .dashed = true};
     std::vector<std::pair<double, std::pair<double, double>>> points;
     for (const TrackedRun& r : results)
       for (const TrackedProbe& p : r.probes)

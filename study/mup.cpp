@@ -213,8 +213,8 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
      << options.layers << "+" << options.layers << " layers, feed-forward " << options.feedforward_ratio
      << "·d_model, dropout 0, task reverse; Adam, constant rate, no warm-up. Compared: 1/√d_head with the standard "
      << "initialisation, and μP's 8/d_head with the query projection initialised to zero. Only the attention is "
-     << "changed (no per-layer learning rates, no output multiplier). Time " << std::fixed << std::setprecision(1)
-     << seconds << " s.\n\n"
+     << "changed (no per-layer learning rates, no output multiplier).\n\n"
+     << "Time: " << std::fixed << std::setprecision(1) << seconds << " s.\n\n"
      << "### Coordinate check\n\nMean over the attention layers of mean |logit| (scaled score) after "
      << options.coordinate_steps << " Adam steps at lr " << general(options.coordinate_lr) << ", batch "
      << options.coordinate_batch << ", probed on " << options.coordinate_probe_size << " held-out pairs:\n\n"

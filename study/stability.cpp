@@ -610,7 +610,7 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
      << "; probes every " << options.probe_every << " steps on " << options.probe_size << " held-out pairs. "
      << "Stable: not diverged and final token accuracy ≥ " << fixed(options.stable_accuracy, 2)
      << ". Collapsed: lowest per-head normalised entropy at the end < " << fixed(options.collapsed_entropy, 2)
-     << ". Values are means over seeds. Time " << fixed(seconds, 1) << " s.\n\n"
+     << ". Values are means over seeds.\n\nTime: " << fixed(seconds, 1) << " s.\n\n"
      << "Failed: final loss at least " << fixed(100 * options.failed_fraction, 0) << "% of the untrained model's "
      << "(no run's loss became NaN; a failed run is back near chance).\n\n"
      << "| fix | lr | stable | failed | diverged (NaN) | collapsed | final loss | final token acc | lowest head entropy | peak max logit |\n"

@@ -128,7 +128,8 @@ kill_resume)
   echo "resumed: step $step -> $step2 on 2 ranks -> $step1 alone; $(grep '^final:' "$work/resume1.txt")"
   ;;
 sweep)
-  args=(--quick --trials 2000 --gradient-trials 100 --prediction-samples 500 --d-model 32 --train-key-sizes 16 32
+  # The sections that the ranks share (mup and stability run on rank 0 alone).
+  args=(--quick --sections statistics training --trials 2000 --gradient-trials 100 --prediction-samples 500 --d-model 32 --train-key-sizes 16 32
         --steps 6 --probe-every 3 --jobs 1)
   "$study" "${args[@]}" --out "$work/one" >"$work/one.txt" 2>&1 || fail "one process: $(tail -3 "$work/one.txt")"
   "${mpirun[@]}" -np 2 "$study" "${args[@]}" --out "$work/two" >"$work/two.txt" 2>&1 ||

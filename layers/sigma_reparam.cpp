@@ -35,8 +35,9 @@ double multiply_normalised(const real* w, std::size_t rows, std::size_t columns,
 
 void power_step(const Array& weight, Array& u, Array& v) {
   const std::size_t rows = weight.shape()[0], columns = weight.shape()[1];
-  multiply_normalised(weight.data(), rows, columns, u.data(), true, v.data());   // v = Wᵀu / ‖Wᵀu‖
+  // torch's order (parametrizations.spectral_norm): u first, then v.
   multiply_normalised(weight.data(), rows, columns, v.data(), false, u.data());  // u = Wv / ‖Wv‖
+  multiply_normalised(weight.data(), rows, columns, u.data(), true, v.data());   // v = Wᵀu / ‖Wᵀu‖
 }
 
 double bilinear(const Array& weight, const Array& u, const Array& v) {

@@ -5,17 +5,18 @@
 // attention logits (‖W_q W_kᵀ‖₂ ≤ γ_q γ_k), which is what keeps attention entropy from
 // collapsing.
 //
-// The power iteration follows torch.nn.utils.parametrizations.spectral_norm: buffers u [out]
-// and v [in] (unit vectors, never trained), here from a fixed start rather than a random one
-// (so that turning σReparam on draws nothing and leaves every other weight as it was); each forward in training mode first takes one
-// step v ← Wᵀu/‖Wᵀu‖, u ← Wv/‖Wv‖ (no gradient through it), then σ = uᵀ W v with the gradient
-// flowing through W alone (∂σ/∂W = u vᵀ). In eval mode u and v stay as they are, so an
-// evaluation or a gradient check sees a fixed function of W.
+// The power iteration follows torch.nn.utils.parametrizations.spectral_norm (checked against
+// it: tests/fixtures/sigma_reparam.safetensors): buffers u [out] and v [in], unit vectors never
+// trained, here from a fixed start rather than a random one (so that turning σReparam on draws
+// nothing and leaves every other weight as it was). Each forward in training mode first takes
+// one step u ← Wv/‖Wv‖, v ← Wᵀu/‖Wᵀu‖ (torch's order; no gradient through it), then
+// σ = uᵀ W v with the gradient flowing through W alone (∂σ/∂W = u vᵀ). In eval mode u and v
+// stay as they are, so an evaluation or a gradient check sees a fixed function of W.
 //
 // γ ("gamma", a parameter []) starts at σ(W_init) — the estimate after the initial power
 // iterations — so that W_eff equals W at initialisation and a model with σReparam starts from
-// the same function as one without. (Zhai et al.'s reference code initialises γ to 1 with W
-// rescaled instead; starting from the same function keeps the comparison one-variable.)
+// the same function as one without: a comparison with and without σReparam then differs in
+// the training dynamics only, not in the starting point.
 #include <cstddef>
 
 #include "layers/module.hpp"

@@ -2,7 +2,8 @@
 // 2023) on a weight, a Linear and MultiheadAttention's projections; QK-norm (Dehghani et al.
 // 2023, Wortsman et al. 2023); the μP scale 8/d_k with zero-initialised queries. Gradcheck
 // of each, and the property each exists for. QK-norm's building block is LayerNorm, whose
-// PyTorch parity is tests/test_layers_core.cpp's fixture; no PyTorch σReparam exists.
+// PyTorch parity is tests/test_layers_core.cpp's fixture; no PyTorch σReparam exists, but with
+// γ = 1 it is torch's spectral_norm parametrisation (fixture scripts/fixtures/sigma_reparam.py).
 #include <cmath>
 
 #include <xtensor/xview.hpp>
@@ -83,6 +84,21 @@ TEST_CASE("SigmaReparam: gradcheck through σ = uᵀWv and γ") {
   CHECK(linear.named_parameters().size() == 3);  // weight, bias, sigma_reparam.gamma
   QKV_CHECK_GRADIENTS([&](const auto& in) { return linear.forward(in[0]); }, {Variable(random_array({2, 3}, 7))},
                       linear.named_parameters());
+}
+
+TEST_CASE("SigmaReparam with γ = 1 matches torch's parametrizations.spectral_norm: power step, W/σ, gradient") {
+  const TensorFile fixture = load_fixture("sigma_reparam");
+  const Array& weight = fixture.reals.at("weight");  // [5, 3]
+  SigmaReparam reparam(weight);
+  reparam.load_state_dict({{"gamma", full({}, 1)}, {"u", fixture.reals.at("u0")}, {"v", fixture.reals.at("v0")}});
+  reparam.train();
+  Variable w(weight, true);
+  const Variable out = reparam.forward(w);
+  CHECK(max_abs_diff(out.value(), fixture.reals.at("output")) < 1e-12);
+  CHECK(max_abs_diff(reparam.state_dict().at("u"), fixture.reals.at("u1")) < 1e-12);
+  CHECK(max_abs_diff(reparam.state_dict().at("v"), fixture.reals.at("v1")) < 1e-12);
+  sum(out * Variable(fixture.reals.at("projection"))).backward();
+  CHECK(max_abs_diff(w.grad(), fixture.reals.at("grad.weight")) < 1e-12);
 }
 
 TEST_CASE("MultiheadAttention with σReparam: same function at init as without, gradcheck, u updated in training") {

@@ -134,7 +134,7 @@ real DotProductAttention::scale_factor(std::size_t key_size) const {
   switch (scale_.kind) {
     case ScoreScale::Kind::inverse_sqrt_dim: return real(1) / std::sqrt(static_cast<real>(key_size));
     case ScoreScale::Kind::none: return 1;
-    case ScoreScale::Kind::inverse_dim: return real(1) / static_cast<real>(key_size);
+    case ScoreScale::Kind::inverse_dim: return scale_.value / static_cast<real>(key_size);
     case ScoreScale::Kind::fixed: return scale_.value;
     case ScoreScale::Kind::log_length:
     case ScoreScale::Kind::scalable_softmax: return real(1) / std::sqrt(static_cast<real>(key_size));

@@ -48,7 +48,7 @@ struct ScoreScale {
   enum class Kind {
     inverse_sqrt_dim,     // q·k / √d_k (Vaswani et al.; the default)
     none,                 // q·k (plain dot-product attention)
-    inverse_dim,          // q·k / d_k
+    inverse_dim,          // q·k · value / d_k (value 1; μP, microsoft/mup: 8, equal to 1/√d_k at d_k = 64)
     fixed,                // q·k * value
     learned_temperature,  // q·k / τ with τ a trained parameter "temperature", starting at value
     // The length-aware scales multiply the 1/√d_k-scaled scores (position terms included) by
@@ -63,7 +63,7 @@ struct ScoreScale {
 
   static ScoreScale inverse_sqrt_dim() { return {}; }
   static ScoreScale none() { return {Kind::none, 1}; }
-  static ScoreScale inverse_dim() { return {Kind::inverse_dim, 1}; }
+  static ScoreScale inverse_dim(real numerator = 1) { return {Kind::inverse_dim, numerator}; }
   static ScoreScale fixed(real factor) { return {Kind::fixed, factor}; }
   /// τ starts at `initial` (√d_k reproduces the default scaling at the start of training).
   static ScoreScale learned_temperature(real initial) { return {Kind::learned_temperature, initial}; }

@@ -15,6 +15,7 @@ Linear::Linear(std::size_t in_features, std::size_t out_features, Rng& rng, cons
   const real bound = real(1) / std::sqrt(real(in_features));
   weight_ = register_parameter("weight", uniform({out_features, in_features}, -bound, bound, rng));
   if (options.bias) bias_ = register_parameter("bias", uniform({out_features}, -bound, bound, rng));
+  if (options.sigma_reparam) sigma_ = register_module("sigma_reparam", std::make_shared<SigmaReparam>(weight_.value()));
 }
 
 std::string Linear::describe() const {
@@ -29,7 +30,7 @@ Variable Linear::forward(const Variable& x) const {
     check_shape(false, describe().c_str(), [&] {
       return "input " + to_string(shape) + " must end in " + std::to_string(in_features_) + " features";
     });
-  return linear(x, weight_, bias_);
+  return linear(x, sigma_ ? sigma_->forward(weight_) : weight_, bias_);
 }
 
 }  // namespace qkv

@@ -5,12 +5,16 @@
 #include <string>
 
 #include "layers/module.hpp"
+#include "layers/sigma_reparam.hpp"
 #include "lib/numerics/rng.hpp"
 
 namespace qkv {
 
 struct LinearOptions {
   bool bias = true;
+  /// σReparam (Zhai et al. 2023) on the weight: submodule "sigma_reparam" (its γ and the
+  /// power-iteration vectors u, v; layers/sigma_reparam.hpp). Draws nothing more from the rng.
+  bool sigma_reparam = false;
 };
 
 class Linear : public Module {
@@ -35,6 +39,7 @@ class Linear : public Module {
   std::size_t in_features_, out_features_;
   Variable weight_;  // [out, in]
   Variable bias_;    // [out]
+  std::shared_ptr<SigmaReparam> sigma_;  // or null
 };
 
 }  // namespace qkv

@@ -1,5 +1,6 @@
 #include "layers/multihead_attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "layers/positional.hpp"
@@ -94,10 +95,15 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
       kv_proj_bias_ = register_parameter("kv_proj_bias", zeros({kv_rows}));
     }
   }
+  // μP (microsoft/mup): queries start at zero, so every head starts with uniform attention.
+  if (options.zero_query_init) {
+    Variable query_weight = in_proj_weight_.defined() ? in_proj_weight_ : q_proj_weight_;  // first E rows
+    std::fill_n(query_weight.mutable_value().data(), embed_dim * embed_dim, real(0));
+  }
   // out_proj is an nn.Linear (its default U(-1/√E, 1/√E) weight) whose bias PyTorch then zeroes.
   // The bias Linear draws comes after the weight and is the last draw from `init`.
   out_proj_ = register_module("out_proj", std::make_shared<Linear>(embed_dim, embed_dim, init,
-                                                                   LinearOptions{.bias = options.bias}));
+                                                                   LinearOptions{.bias = options.bias, .sigma_reparam = options.sigma_reparam}));
   if (options.bias) {
     Variable out_bias = out_proj_->bias();
     out_bias.mutable_value().fill(0);
@@ -130,6 +136,17 @@ MultiheadAttention::MultiheadAttention(std::size_t embed_dim, std::size_t num_he
               "block-sparse attention takes rotary positions only (relative and ALiBi add [B, H, Tq, Tk] score "
               "terms the kernel never forms)" + pattern);
     block_sparse_ = options.block_sparse;
+  }
+  if (options.qk_norm) {
+    q_norm_ = register_module("q_norm", std::make_shared<LayerNorm>(embed_dim / num_heads));
+    k_norm_ = register_module("k_norm", std::make_shared<LayerNorm>(embed_dim / num_heads));
+  }
+  if (options.sigma_reparam) {
+    check_arg(!options.zero_query_init, kLayer, "sigma_reparam cannot reparametrise a zero query block");
+    const char* names[3] = {"q", "k", "v"};
+    for (std::size_t block = 0; block < 3; ++block)
+      sigma_[block] = register_module(std::string("in_proj_sigma_") + names[block],
+                                      std::make_shared<SigmaReparam>(stored_projection_weight(block).value()));
   }
   // The scores, weights and per-head outputs are computed by `attention`; they are this layer's
   // points, so that `...self_attn.weights` names them (and nothing names them twice).
@@ -165,20 +182,43 @@ void check_inputs(const Variable& query, const Variable& key, const Variable& va
 
 }  // namespace
 
+Variable MultiheadAttention::stored_projection_weight(std::size_t block) const {
+  const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
+  if (in_proj_weight_.defined()) return slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
+  if (block == 0) return q_proj_weight_;                                                              // [E, E]
+  return slice(kv_proj_weight_, 0, (block - 1) * kv, block * kv);                                     // [H_kv·d, E]
+}
+
 std::pair<Variable, Variable> MultiheadAttention::projection(std::size_t block) const {
   const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
+  const Variable stored = stored_projection_weight(block);
+  const Variable weight = sigma_[block] ? sigma_[block]->forward(stored) : stored;
   const auto rows = [](const Variable& x, std::size_t start, std::size_t size) {
     return x.defined() ? slice(x, 0, start, start + size) : Variable();
   };
-  if (in_proj_weight_.defined())
-    return {rows(in_proj_weight_, block * embed, embed), rows(in_proj_bias_, block * embed, embed)};  // [E, E], [E]
-  if (block == 0) return {q_proj_weight_, q_proj_bias_};                                          // [E, E], [E]
-  return {rows(kv_proj_weight_, (block - 1) * kv, kv), rows(kv_proj_bias_, (block - 1) * kv, kv)};  // [H_kv·d, E]
+  if (in_proj_weight_.defined()) return {weight, rows(in_proj_bias_, block * embed, embed)};  // [E, E], [E]
+  if (block == 0) return {weight, q_proj_bias_};                                            // [E, E], [E]
+  return {weight, rows(kv_proj_bias_, (block - 1) * kv, kv)};                                // [H_kv·d, E], [H_kv·d]
+}
+
+Variable MultiheadAttention::reparametrised(const Variable& stacked, std::size_t first_block, std::size_t block_rows) const {
+  if (!sigma_[first_block]) return stacked;
+  const std::size_t count = stacked.dim(0) / block_rows;
+  std::vector<Variable> blocks;
+  for (std::size_t i = 0; i < count; ++i)
+    blocks.push_back(sigma_[first_block + i]->forward(slice(stacked, 0, i * block_rows, (i + 1) * block_rows)));
+  return count == 1 ? blocks.front() : concat(blocks, 0);  // stacked's shape
+}
+
+Variable MultiheadAttention::normalize_head(const Variable& heads, std::size_t block) const {
+  if (!q_norm_ || block == 2) return heads;
+  return (block == 0 ? q_norm_ : k_norm_)->forward(heads);  // [B, H or H_kv, T, d], normalised over d
 }
 
 Variable MultiheadAttention::project(const Variable& x, std::size_t block) const {
   const auto [weight, bias] = projection(block);
-  return split_heads(linear(x, weight, bias), block == 0 ? num_heads_ : num_kv_heads_);  // [B, H or H_kv, T, d]
+  return normalize_head(split_heads(linear(x, weight, bias), block == 0 ? num_heads_ : num_kv_heads_),
+                        block);  // [B, H or H_kv, T, d]
 }
 
 namespace {
@@ -273,12 +313,12 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
     const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
     std::vector<Variable> parts;
     if (in_proj_weight_.defined()) {
-      parts = split(linear(query, in_proj_weight_, in_proj_bias_), {embed, embed, embed}, -1);
+      parts = split(linear(query, reparametrised(in_proj_weight_, 0, embed), in_proj_bias_), {embed, embed, embed}, -1);
     } else {
-      parts = split(linear(query, kv_proj_weight_, kv_proj_bias_), {kv, kv}, -1);  // [B, T, H_kv·d] each
-      parts.insert(parts.begin(), linear(query, q_proj_weight_, q_proj_bias_));     // [B, T, E]
+      parts = split(linear(query, reparametrised(kv_proj_weight_, 1, kv), kv_proj_bias_), {kv, kv}, -1);  // [B, T, H_kv·d] each
+      parts.insert(parts.begin(), linear(query, reparametrised(q_proj_weight_, 0, embed), q_proj_bias_));   // [B, T, E]
     }
-    q = split_heads(parts[0], num_heads_), k = split_heads(parts[1], num_kv_heads_),
+    q = normalize_head(split_heads(parts[0], num_heads_), 0), k = normalize_head(split_heads(parts[1], num_kv_heads_), 1),
     v = split_heads(parts[2], num_kv_heads_);
   } else {
     q = project(query, 0), k = project(key, 1), v = project(value, 2);

@@ -24,6 +24,7 @@
 #include "layers/attention.hpp"
 #include "layers/block_sparse.hpp"
 #include "layers/linear.hpp"
+#include "layers/sigma_reparam.hpp"
 
 namespace qkv {
 
@@ -87,6 +88,17 @@ struct MultiheadAttentionOptions {
   /// Needs dropout 0, a constant scale, and no position encoding or rotary only (the kernel
   /// has no place for score terms); the constructor throws Error otherwise.
   std::optional<BlockSparsePattern> block_sparse = std::nullopt;
+  /// QK-norm (Dehghani et al. 2023, Wortsman et al. 2023): a LayerNorm over d_head of every
+  /// head's query and of every head's key, after the projection and before scoring (and before
+  /// any rotary encoding). Submodules "q_norm" and "k_norm", each LayerNorm(d_head) with one
+  /// weight and bias shared by the heads, as timm's and OLMo's q_norm / k_norm are.
+  bool qk_norm = false;
+  /// σReparam (Zhai et al. 2023) on each of the three [E, E] blocks of in_proj_weight:
+  /// submodules "in_proj_sigma_q", "in_proj_sigma_k", "in_proj_sigma_v" (layers/sigma_reparam.hpp).
+  bool sigma_reparam = false;
+  /// Zero the query block of in_proj_weight at construction (μP, microsoft/mup's recipe with
+  /// the 1/d scale): every head starts with uniform attention.
+  bool zero_query_init = false;
 };
 
 struct MultiheadAttentionOutput {
@@ -134,8 +146,16 @@ class MultiheadAttention : public Module {
  private:
   /// x [B, T, E] through block 0 (q -> [B, H, T, d]), 1 (k) or 2 (v -> [B, H_kv, T, d]).
   Variable project(const Variable& x, std::size_t block) const;
-  /// Block `block`'s rows of the projection weight and bias (the bias undefined without one).
+  /// Block `block`'s rows of the projection weight as stored (before σReparam).
+  Variable stored_projection_weight(std::size_t block) const;
+  /// Block `block`'s projection weight as it multiplies (through σReparam when it is on) and its
+  /// bias (undefined without one).
   std::pair<Variable, Variable> projection(std::size_t block) const;
+  /// `stacked` = blocks first_block, first_block + 1, ... of `block_rows` rows each, through
+  /// σReparam block by block when it is on (the weight of the one-gemm self-attention path).
+  Variable reparametrised(const Variable& stacked, std::size_t first_block, std::size_t block_rows) const;
+  /// The query (block 0) or key (block 1) per head [B, H or H_kv, T, d] through QK-norm when it is on.
+  Variable normalize_head(const Variable& heads, std::size_t block) const;
   /// Attention over per-head q [B, H, Tq, d], k and v [B, H_kv, Tk, d] (repeated to H heads, the
   /// memory slots appended), then the output projection.
   MultiheadAttentionOutput attend(const Variable& q, const Variable& k, const Variable& v, const AttentionMask& mask,
@@ -145,6 +165,8 @@ class MultiheadAttention : public Module {
   Variable in_proj_weight_, in_proj_bias_;  // multi-head attention: [3E, E], [3E]
   Variable q_proj_weight_, q_proj_bias_, kv_proj_weight_, kv_proj_bias_;  // grouped: [E, E], [E], [2·H_kv·d, E], [2·H_kv·d]
   Variable memory_keys_, memory_values_;  // [H, N, d] each, with persistent memory
+  std::shared_ptr<LayerNorm> q_norm_, k_norm_;  // QK-norm, or null
+  std::shared_ptr<SigmaReparam> sigma_[3];      // σReparam per block (q, k, v), or null
   std::shared_ptr<Linear> out_proj_;  // out_proj.weight [E, E], out_proj.bias [E]
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;

@@ -52,6 +52,8 @@ MultiheadAttentionOptions attention_options(const TransformerLayerOptions& optio
   if (self_attention && options.self_attention_positions) result.positions = options.self_attention_positions();
   if (self_attention) result.memory_slots = options.memory_slots;
   if (self_attention) result.block_sparse = options.self_attention_block_sparse;
+  result.qk_norm = options.qk_norm, result.sigma_reparam = options.sigma_reparam;
+  result.zero_query_init = options.zero_query_init;
   return result;
 }
 
@@ -85,7 +87,7 @@ Variable take_rows(const Variable& x, const std::vector<std::size_t>& rows, cons
 TransformerEncoderLayer::TransformerEncoderLayer(const TransformerLayerOptions& options, Rng& rng)
     : options_(options) {
   check_options(options, describe());
-  const LinearOptions linear{.bias = options.bias};
+  const LinearOptions linear{.bias = options.bias, .sigma_reparam = options.sigma_reparam};
   const LayerNormOptions norm{.eps = options.layer_norm_eps};
   // Registration order is PyTorch's, so named_parameters() lists the same names in the same order.
   self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(options.d_model, options.nhead, rng,
@@ -129,7 +131,7 @@ TransformerLayerOutput TransformerEncoderLayer::forward(const Variable& x, const
 TransformerDecoderLayer::TransformerDecoderLayer(const TransformerLayerOptions& options, Rng& rng)
     : options_(options) {
   check_options(options, describe());
-  const LinearOptions linear{.bias = options.bias};
+  const LinearOptions linear{.bias = options.bias, .sigma_reparam = options.sigma_reparam};
   const LayerNormOptions norm{.eps = options.layer_norm_eps};
   self_attn_ = register_module("self_attn", std::make_shared<MultiheadAttention>(options.d_model, options.nhead, rng,
                                                                                  attention_options(options, true)));

@@ -52,6 +52,9 @@ struct TransformerLayerOptions {
   /// Biases of every Linear and of the attention projections.
   bool bias = true;
   ScoreScale scale = ScoreScale::inverse_sqrt_dim();
+  /// Attention stability options, passed to every MultiheadAttention (layers/multihead_attention.hpp);
+  /// sigma_reparam also reparametrises linear1 and linear2 (Zhai et al. do every linear layer).
+  bool qk_norm = false, sigma_reparam = false, zero_query_init = false;
   /// Position encoding inside self-attention (relative, rotary, ALiBi), or none. It is not
   /// applied to cross-attention: target and source positions are not on one axis.
   PositionEncodingFactory self_attention_positions = nullptr;

@@ -23,6 +23,8 @@
 #include <cmath>
 #include <functional>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <sstream>
 #include <thread>
 
@@ -30,7 +32,10 @@
 #include "lib/numerics/error.hpp"
 #include "study/additive.hpp"
 #include "study/length.hpp"
+#include "study/mup.hpp"
+#include "study/stability.hpp"
 #include "study/report.hpp"
+#include "study/stability.hpp"
 #include "study/statistics.hpp"
 #include "study/training_sweep.hpp"
 #include "train/distributed.hpp"
@@ -69,9 +74,15 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   sweep.jobs = std::max(1u, std::min(2u, std::thread::hardware_concurrency()));
   app.add_option("--out", out, "output directory (created)")->required();
   app.add_option("--sections", section_list,
-                 "comma-separated: statistics, training, length, additive, or all (the default)");
+                 "comma-separated: statistics, training, mup, stability, length, additive, or all (the default)");
   app.add_flag("--quick", quick, "fewer trials, seeds and steps in every section: the same outputs in minutes");
-  app.add_flag("--smoke", smoke, "length and additive at toy sizes (seconds; for tests, the numbers mean nothing)");
+  app.add_flag("--smoke", smoke, "mup, stability, length and additive at toy sizes (seconds; for tests, the numbers mean nothing)");
+  std::vector<std::size_t> mup_widths;
+  std::vector<double> stability_lrs;
+  std::size_t section_steps = 0;
+  app.add_option("--mup-widths", mup_widths, "mup: d_model values of both the coordinate check and the transfer sweep");
+  app.add_option("--stability-lrs", stability_lrs, "stability: the learning rates swept");
+  app.add_option("--section-steps", section_steps, "mup, stability: training steps of every run (0: the defaults)");
   // Explicit options override what --quick sets.
   auto* trials = app.add_option("--trials", stats.trials, "statistics: trials per d_k")->check(CLI::Range(2, 100000000));
   auto* gradient_trials =
@@ -172,6 +183,28 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
          const std::vector<RunResult> results =
              ranks > 1 ? run_sweep(sweep, *mpi.world(), progress) : run_sweep(sweep, progress);
          return root ? write_training_section(out, sweep, results) : SectionOutput{};
+       }},
+      {"mup",
+       [&] {
+         MupOptions mup = quick || smoke ? MupOptions::quick() : MupOptions{};
+         if (smoke) mup.coordinate_widths = mup.transfer_widths = {16, 32}, mup.coordinate_steps = mup.transfer_steps = 4;
+         if (!mup_widths.empty()) mup.coordinate_widths = mup.transfer_widths = mup_widths;
+         if (section_steps > 0) mup.coordinate_steps = mup.transfer_steps = section_steps;
+         mup.validate();
+         if (!root) return SectionOutput{};
+         spdlog::info("mup: coordinate check and learning-rate transfer");
+         return SectionOutput{.files = {}, .markdown = run_mup_section(mup, out, sweep.jobs, progress)};
+       }},
+      {"stability",
+       [&] {
+         StabilityOptions stability = quick || smoke ? StabilityOptions::quick() : StabilityOptions{};
+         if (smoke) stability.learning_rates = {0.001, 0.1}, stability.steps = 4;
+         if (!stability_lrs.empty()) stability.learning_rates = stability_lrs;
+         if (section_steps > 0) stability.steps = section_steps;
+         stability.validate();
+         if (!root) return SectionOutput{};
+         spdlog::info("stability: learning-rate sweep, entropy, logits, QK-norm and sigmaReparam");
+         return SectionOutput{.files = {}, .markdown = run_stability_section(stability, out, sweep.jobs, progress)};
        }},
       {"length",
        [&] {

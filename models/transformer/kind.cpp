@@ -31,10 +31,10 @@ ModelKind transformer_model_kind() {
                        "(s ln n / sqrt(d_k), n the keys a query sees) or scalable_softmax (the same, s learned per head)",
                .default_value = "inverse_sqrt_dim",
                .choices = {"inverse_sqrt_dim", "inverse_dim", "none", "log_length", "scalable_softmax"}},
-              {.flag = "--length-scale", .keys = {"/scale/value"},
-               .help = "s of --attention-scale log_length, the initial s of scalable_softmax (the other scales have "
-                       "no value)",
-               .default_value = 1.0, .min = -1000, .max = 1000},
+              {.flag = "--attention-scale-value", .keys = {"/scale/value"},
+               .help = "the scale's value: s of log_length (the initial s of scalable_softmax), inverse_dim's "
+                       "numerator (8: muP's 8/d_k); inverse_sqrt_dim and none take none",
+               .default_value = 1.0, .min = -1000, .max = 1000000},
               {.flag = "--kv-heads", .keys = {"/num_kv_heads"},
                .help = "key/value heads, grouped-query attention (must divide --heads; 1: multi-query; 0: --heads)",
                .default_value = 0u, .min = 0, .max = 1024},
@@ -53,6 +53,13 @@ ModelKind transformer_model_kind() {
                .help = "block_sparse: blocks each side a query block sees", .default_value = 1u, .min = 0, .max = widest},
               {.flag = "--random-blocks", .keys = {"/block_sparse/random_blocks"},
                .help = "block_sparse: random key blocks per query block", .default_value = 0u, .min = 0, .max = widest},
+              {.flag = "--qk-norm", .keys = {"/qk_norm"}, .help = "1: LayerNorm of each head's queries and keys",
+               .default_value = 0u, .min = 0, .max = 1},
+              {.flag = "--sigma-reparam", .keys = {"/sigma_reparam"},
+               .help = "1: sigmaReparam (W <- gamma/sigma(W) W) on the attention and feed-forward weights",
+               .default_value = 0u, .min = 0, .max = 1},
+              {.flag = "--zero-query-init", .keys = {"/zero_query_init"},
+               .help = "1: zero-initialised query projections (muP)", .default_value = 0u, .min = 0, .max = 1},
           },
       // Real sentence pairs (--data). Chosen for a Tatoeba pair file cut to ~20,000 pairs (fra-eng:
       // 18,005 for training, 282 batches of 64) and a budget of minutes on two cores; the

@@ -53,9 +53,9 @@ void TransformerConfig::validate() const {
             "learned): the slots take no position, and " + std::string(name_of(positional)) +
                 " acts inside attention");
   check_range(kConfig, "dropout", dropout, 0, 1);
-  // A value the scale does not use would be ignored silently (e.g. --length-scale with 1/√d_k).
+  // A value the scale does not use would be ignored silently (e.g. --attention-scale-value with 1/√d_k).
   const bool has_value = scale.kind == ScoreScale::Kind::fixed || scale.kind == ScoreScale::Kind::learned_temperature ||
-                         scale.depends_on_length();
+                         scale.kind == ScoreScale::Kind::inverse_dim || scale.depends_on_length();
   check_arg(has_value || scale.value == 1, kConfig,
             "scale " + name_of(scale.kind) + " takes no value, got " + format_number(scale.value));
   if (attention_pattern == AttentionPattern::block_sparse) {
@@ -93,6 +93,9 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
        {{"block_size", config.block_sparse.block_size}, {"global_tokens", config.block_sparse.global_tokens},
         {"window_blocks", config.block_sparse.window_blocks}, {"random_blocks", config.block_sparse.random_blocks},
         {"seed", config.block_sparse.seed}}},
+      {"qk_norm", config.qk_norm},
+      {"sigma_reparam", config.sigma_reparam},
+      {"zero_query_init", config.zero_query_init},
       {"max_length", config.max_len},
       {"num_kv_heads", config.num_kv_heads},
       {"memory_slots", config.memory_slots},
@@ -142,6 +145,16 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
         else if (name == "seed") p.seed = json_value<std::uint64_t>(field.value(), owner, name);
         else throw Error(owner + ": unknown field \"" + name + "\"");
       }
+    } else if (key == "qk_norm" || key == "sigma_reparam" || key == "zero_query_init") {
+      // A flag from the command line arrives as 0 or 1; config.json writes true or false.
+      bool on = false;
+      if (value.is_boolean()) on = value.get<bool>();
+      else {
+        const std::size_t number = size();
+        check_arg(number <= 1, kConfig, key + " must be true, false, 0 or 1, got " + value.dump());
+        on = number == 1;
+      }
+      (key == "qk_norm" ? config.qk_norm : key == "sigma_reparam" ? config.sigma_reparam : config.zero_query_init) = on;
     } else if (key == "max_length") config.max_len = size();
     else if (key == "num_kv_heads") config.num_kv_heads = size();
     else if (key == "memory_slots") config.memory_slots = size();
@@ -190,6 +203,8 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
   layer.num_kv_heads = config.num_kv_heads;
   layer.memory_slots = config.memory_slots;
   if (config.attention_pattern == AttentionPattern::block_sparse) layer.self_attention_block_sparse = config.block_sparse;
+  layer.qk_norm = config.qk_norm, layer.sigma_reparam = config.sigma_reparam;
+  layer.zero_query_init = config.zero_query_init;
   if (config.positional == PositionalKind::relative) {
     // Each self-attention layer gets its own tables, seeded in construction order.
     auto seed = std::make_shared<std::uint64_t>(rng.next_u64());

@@ -49,6 +49,10 @@ struct TransformerConfig {
   /// "block_sparse" with `block_sparse`'s blocks (layers/block_sparse.hpp; needs dropout 0).
   AttentionPattern attention_pattern = AttentionPattern::dense;
   BlockSparsePattern block_sparse{};
+  /// QK-norm, σReparam (attention projections and feed-forward Linears) and zero-initialised
+  /// queries in every attention layer (layers/transformer.hpp). config.json: "qk_norm",
+  /// "sigma_reparam", "zero_query_init" (true/false, or 0/1 as the command line gives them).
+  bool qk_norm = false, sigma_reparam = false, zero_query_init = false;
   /// Longest source or target sequence (the size of the position tables).
   std::size_t max_len = 256;  // config.json: "max_length"
   /// Key/value heads of every attention: grouped-query attention when fewer than nhead, 1 is

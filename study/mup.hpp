@@ -1,0 +1,54 @@
+#pragma once
+// Scaling-study part 2, section "mup": μP's attention scale (Yang et al. 2022, Tensor Programs
+// V; microsoft/mup scores q·kᵀ·8/d with zero-initialised queries) against the standard 1/√d,
+// over model widths with the head count fixed (so d_head grows with the width).
+//
+//  - Coordinate check: mean |attention logit| and mean |attention output| per attention layer
+//    over the first steps of training, for each width and scale — under a scale that is right
+//    for the width these stay the same size as the width grows.
+//  - Learning-rate transfer: a learning-rate sweep per width and scale; the optimum per width.
+//
+// Only the attention part of μP is changed here: every other weight keeps the standard
+// initialisation and Adam one global learning rate (full μP also scales the hidden weights'
+// Adam learning rate as 1/width and the output logits). docs/scaling_study.md says what that
+// means for the comparison.
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lib/numerics/enum_names.hpp"
+
+namespace qkv::study {
+
+/// The two parametrisations of attention compared.
+enum class AttentionParametrisation { standard, mup };  // 1/√d; 8/d with zero-initialised queries
+constexpr EnumNames<AttentionParametrisation, 2> enum_names(AttentionParametrisation) {
+  return {"attention parametrisation",
+          {{{AttentionParametrisation::standard, "sp"}, {AttentionParametrisation::mup, "mup"}}}};
+}
+
+struct MupOptions {
+  std::size_t heads = 4, layers = 1;
+  std::size_t feedforward_ratio = 2;  // dim_feedforward = ratio · d_model
+  // Coordinate check.
+  std::vector<std::size_t> coordinate_widths = {64, 128, 256, 512};
+  std::size_t coordinate_steps = 10, coordinate_batch = 16, coordinate_probe_size = 32;
+  double coordinate_lr = 1e-2;
+  // Learning-rate transfer.
+  std::vector<std::size_t> transfer_widths = {64, 128, 256};
+  std::vector<double> learning_rates = {3e-4, 1e-3, 3e-3, 1e-2, 3e-2};
+  std::size_t transfer_steps = 120, transfer_batch = 16, transfer_probe_size = 64;
+  std::size_t seeds = 1;
+  /// --quick: widths up to 256 (coordinate check, 5 steps) and 128 (transfer, 3 rates, 40 steps).
+  static MupOptions quick();
+  void validate() const;
+};
+
+/// Runs both parts and writes mup_coordinates.csv, mup_lr_transfer.csv, mup_*.svg and
+/// mup_summary.md into `out_dir` (which must exist). Returns the markdown fragment.
+std::string run_mup_section(const MupOptions& options, const std::string& out_dir, std::size_t jobs,
+                            const std::function<void(std::string_view)>& progress = {});
+
+}  // namespace qkv::study

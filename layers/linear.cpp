@@ -29,7 +29,12 @@ Variable Linear::forward(const Variable& x) const {
     check_shape(false, describe().c_str(), [&] {
       return "input " + to_string(shape) + " must end in " + std::to_string(in_features_) + " features";
     });
+  if (int8_weight_.active()) return int8_weight_.linear(x, bias_, "Linear (int8)");
   return linear(x, weight_, bias_);
+}
+
+Int8Report Linear::quantize_int8(const Int8Options& options) {
+  return int8_weight_.quantize(weight_, describe(), options);
 }
 
 }  // namespace qkv

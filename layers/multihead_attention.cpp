@@ -115,6 +115,8 @@ void check_inputs(const Variable& query, const Variable& key, const Variable& va
 
 Variable MultiheadAttention::project(const Variable& x, std::size_t block) const {
   const std::size_t embed = embed_dim_;
+  if (int8_in_proj_.active())
+    return split_heads(int8_in_proj_.linear(x, in_proj_bias_, block * embed, (block + 1) * embed, kLayer), num_heads_);
   const Variable weight = slice(in_proj_weight_, 0, block * embed, (block + 1) * embed);  // [E, E]
   const Variable bias =
       in_proj_bias_.defined() ? slice(in_proj_bias_, 0, block * embed, (block + 1) * embed) : Variable();  // [E]
@@ -138,7 +140,9 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
   Variable q, k, v;  // [B, H, T, d]
   if (query.id() == key.id() && key.id() == value.id()) {
     // Self-attention: one gemm against the stacked weight, then cut into q, k, v.
-    const std::vector<Variable> parts = split(linear(query, in_proj_weight_, in_proj_bias_), {embed, embed, embed}, -1);
+    const Variable stacked = int8_in_proj_.active() ? int8_in_proj_.linear(query, in_proj_bias_, kLayer)
+                                                    : linear(query, in_proj_weight_, in_proj_bias_);  // [B, T, 3E]
+    const std::vector<Variable> parts = split(stacked, {embed, embed, embed}, -1);
     q = split_heads(parts[0], num_heads_), k = split_heads(parts[1], num_heads_), v = split_heads(parts[2], num_heads_);
   } else {
     q = project(query, 0), k = project(key, 1), v = project(value, 2);
@@ -159,6 +163,10 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
     cache->values = v;
   }
   return attend(q, k, v, mask, past);
+}
+
+Int8Report MultiheadAttention::quantize_int8(const Int8Options& options) {
+  return int8_in_proj_.quantize(in_proj_weight_, "MultiheadAttention in_proj_weight", options);
 }
 
 KVCache MultiheadAttention::project_memory(const Variable& memory) const {

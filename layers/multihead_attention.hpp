@@ -86,6 +86,9 @@ class MultiheadAttention : public Module {
   std::size_t embed_dim() const { return embed_dim_; }
   std::size_t num_heads() const { return num_heads_; }
   std::size_t head_dim() const { return embed_dim_ / num_heads_; }
+  /// Int8 inference from now on for in_proj_weight (layers/quantized.hpp); out_proj is a Linear
+  /// submodule with its own quantize_int8 (quantize_for_inference converts both).
+  Int8Report quantize_int8(const Int8Options& options = {});
 
  private:
   /// x [B, T, E] through block 0 (q), 1 (k) or 2 (v) of the stacked projection -> [B, H, T, d].
@@ -100,6 +103,7 @@ class MultiheadAttention : public Module {
   std::shared_ptr<DotProductAttention> attention_;
   std::shared_ptr<AttentionPositionEncoding> positions_;
   HookPoint output_point_;
+  Int8Weight int8_in_proj_;  // in_proj_weight [3E, E] in int8, once quantize_int8 ran
 };
 
 }  // namespace qkv

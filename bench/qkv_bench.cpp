@@ -6,9 +6,13 @@
 // what qkv-train's Trainer does: forward, cross-entropy (ignoring <pad> = 0), zero_grad,
 // backward, global-norm clipping at 1.0, an Adam step.
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -110,6 +114,13 @@ double current_rss_mb() {
   const int read = std::fscanf(statm, "%lu %lu", &size, &resident);
   std::fclose(statm);
   return read == 2 ? double(resident) * double(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0) : 0;
+}
+
+/// CPU time of the calling thread, in milliseconds.
+double thread_cpu_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return double(now.tv_sec) * 1e3 + double(now.tv_nsec) / 1e6;
 }
 
 double median(std::vector<double> values) {
@@ -253,6 +264,9 @@ int main(int argc, char** argv) {
     if (int8) {
       const Int8Report converted = quantize_for_inference(*model);
       weight_bytes = converted.int8_bytes + converted.other_bytes;
+#if defined(__GLIBC__)
+      malloc_trim(0);  // hand the released float weights back to the system, so that rss_mb shows them gone
+#endif
     }
 
     Rng rng(seed + 1);
@@ -264,15 +278,20 @@ int main(int argc, char** argv) {
     if (decode) {
       model->eval();
       NoGradGuard no_grad;
-      std::vector<double> times;
+      std::vector<double> times, cpu_times;
       for (std::size_t i = 0; i < warmup + steps; ++i) {
         const auto start = std::chrono::steady_clock::now();
+        const double cpu_start = thread_cpu_ms();
         decode_batch(*model, source, source_lengths, beam, decode_length, target_vocab);
         if (i >= warmup) times.push_back(milliseconds_since(start));
+        if (i >= warmup) cpu_times.push_back(thread_cpu_ms() - cpu_start);
       }
       const double batch_ms = median(times);
       result["mode"] = "decode";
       if (int8) result["int8"] = true;
+      // With --int8 or --checkpoint: the CPU time of this thread too, which a machine shared with
+      // other jobs does not inflate the way it inflates the wall clock (meaningful at --threads 1).
+      if (int8 || !checkpoint_dir.empty()) result["batch_cpu_ms_median"] = median(cpu_times);
       if (!checkpoint_dir.empty()) result["checkpoint"] = checkpoint_dir;
       result["beam"] = beam;
       result["batch"] = config.batch;

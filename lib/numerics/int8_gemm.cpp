@@ -57,7 +57,9 @@ QKV_SIMD_CLONES void round_row(const real* row, std::size_t n, real inverse, std
 /// meets it.
 std::size_t rows_per_block(std::size_t k) { return std::max<std::size_t>(1, 16384 / std::max<std::size_t>(1, k)); }
 
-/// Σ_p a[p] · b[p] in int32: int8 widened to int16, products summed in pairs (pmaddwd).
+/// Σ_p a[p] · b[p] in int32: GCC 12 vectorises it by sign-extending the bytes (vpmovsxbw / vpmovsxwd)
+/// and multiplying in int32 lanes — not the pmaddwd form a standalone copy of this loop gets;
+/// the VNNI kernel is the fast one, this the portable fallback.
 inline std::int32_t dot_s8(const std::int8_t* a, const std::int8_t* b, std::size_t k) {
   std::int32_t sum = 0;
   for (std::size_t p = 0; p < k; ++p) sum += std::int16_t(a[p]) * std::int16_t(b[p]);

@@ -15,8 +15,9 @@
 // Two kernels, both plain C++ loops that the compiler vectorises, chosen at run time: on a CPU
 // with AVX-512 VNNI, unsigned x signed bytes summed four at a time into int32 (vpdpbusd; the
 // activations shifted by +128 and the shift taken back with each weight row's precomputed sum);
-// elsewhere int8 widened to int16 and multiplied in pairs (pmaddwd), compiled for x86-64-v3 and
-// the baseline (QKV_SIMD_CLONES). Integer arithmetic: every kernel gives the same integers.
+// elsewhere int8 sign-extended and multiplied in vector lanes (GCC 12 vectorises it, without
+// pmaddwd), compiled for x86-64-v3 and the baseline (QKV_SIMD_CLONES). Integer arithmetic:
+// every kernel gives the same integers.
 #include <cstddef>
 #include <cstdint>
 #include <vector>

@@ -6,9 +6,13 @@
 // what qkv-train's Trainer does: forward, cross-entropy (ignoring <pad> = 0), zero_grad,
 // backward, global-norm clipping at 1.0, an Adam step.
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -18,14 +22,17 @@
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include "autograd/ops.hpp"
 #include "lib/numerics/blas.hpp"
 #include "lib/numerics/parallel.hpp"
 #include "lib/numerics/rng.hpp"
+#include "layers/quantized.hpp"
 #include "models/registry.hpp"
 #include "optim/adam.hpp"
 #include "optim/clip.hpp"
+#include "train/checkpoint.hpp"
 
 namespace {
 
@@ -96,6 +103,24 @@ double peak_rss_mb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return double(usage.ru_maxrss) / 1024.0;  // Linux reports kilobytes
+}
+
+/// Resident memory now (not the peak): what a model holds after int8 conversion released its
+/// float weights. Linux only (/proc/self/statm); 0 elsewhere.
+double current_rss_mb() {
+  std::FILE* statm = std::fopen("/proc/self/statm", "r");
+  if (!statm) return 0;
+  unsigned long size = 0, resident = 0;
+  const int read = std::fscanf(statm, "%lu %lu", &size, &resident);
+  std::fclose(statm);
+  return read == 2 ? double(resident) * double(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0) : 0;
+}
+
+/// CPU time of the calling thread, in milliseconds.
+double thread_cpu_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return double(now.tv_sec) * 1e3 + double(now.tv_nsec) / 1e6;
 }
 
 double median(std::vector<double> values) {
@@ -189,6 +214,12 @@ int main(int argc, char** argv) {
   app.add_option("--batch", batch, "sentences per batch instead of the config's (1: latency)")
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", seed);
+  bool int8 = false;
+  std::string checkpoint_dir;
+  app.add_flag("--int8", int8, "with --decode: int8 weights for every Linear and attention projection (layers/quantized.hpp)");
+  app.add_option("--checkpoint", checkpoint_dir,
+                 "with --decode: decode this qkv-train checkpoint's model (random sources of --config's shape)")
+      ->check(CLI::ExistingDirectory);
   bool sgemm = false;
   app.add_flag("--sgemm", sgemm, "time OpenBLAS sgemm on 1024x1024 matrices instead (the peak to compare with), naming the kernel");
   CLI11_PARSE(app, argc, argv);
@@ -211,17 +242,35 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (beam > 1 && !decode) throw Error("--beam " + std::to_string(beam) + " needs --decode");
+    if ((int8 || !checkpoint_dir.empty()) && !decode) throw Error("--int8 and --checkpoint need --decode");
     BenchConfig config = bench_config(config_name);
     if (batch > 0) config.batch = batch;
     parallel::set_num_threads(threads);
     nlohmann::json model_config = config.model;
     model_config["seed"] = seed;
-    const auto model = models::make_model(config.kind, model_config, config.vocab, config.vocab);
-    std::size_t params = 0;
+    std::size_t source_vocab = config.vocab, target_vocab = config.vocab;
+    std::shared_ptr<models::Seq2SeqModel> model;
+    if (checkpoint_dir.empty()) {
+      model = models::make_model(config.kind, model_config, config.vocab, config.vocab);
+    } else {
+      const train::Checkpoint checkpoint = train::load_checkpoint(checkpoint_dir);
+      model = checkpoint.model;
+      source_vocab = checkpoint.vocabs.source.size();
+      target_vocab = checkpoint.vocabs.target.size();
+    }
+    std::size_t params = 0, weight_bytes = 0;
     for (const auto& [name, parameter] : model->named_parameters()) params += parameter.numel();
+    for (const auto& [name, tensor] : model->state_dict()) weight_bytes += tensor.size() * sizeof(real);
+    if (int8) {
+      const Int8Report converted = quantize_for_inference(*model);
+      weight_bytes = converted.int8_bytes + converted.other_bytes;
+#if defined(__GLIBC__)
+      malloc_trim(0);  // hand the released float weights back to the system, so that rss_mb shows them gone
+#endif
+    }
 
     Rng rng(seed + 1);
-    const IndexArray source = random_tokens(config.batch, config.source_length, config.vocab, rng);
+    const IndexArray source = random_tokens(config.batch, config.source_length, source_vocab, rng);
     IndexArray source_lengths = IndexArray::from_shape({config.batch});
     source_lengths.fill(static_cast<std::int64_t>(config.source_length));
     nlohmann::ordered_json result = {{"config", config_name}, {"threads", threads}};
@@ -229,14 +278,21 @@ int main(int argc, char** argv) {
     if (decode) {
       model->eval();
       NoGradGuard no_grad;
-      std::vector<double> times;
+      std::vector<double> times, cpu_times;
       for (std::size_t i = 0; i < warmup + steps; ++i) {
         const auto start = std::chrono::steady_clock::now();
-        decode_batch(*model, source, source_lengths, beam, decode_length, config.vocab);
+        const double cpu_start = thread_cpu_ms();
+        decode_batch(*model, source, source_lengths, beam, decode_length, target_vocab);
         if (i >= warmup) times.push_back(milliseconds_since(start));
+        if (i >= warmup) cpu_times.push_back(thread_cpu_ms() - cpu_start);
       }
       const double batch_ms = median(times);
       result["mode"] = "decode";
+      if (int8) result["int8"] = true;
+      // With --int8 or --checkpoint: the CPU time of this thread too, which a machine shared with
+      // other jobs does not inflate the way it inflates the wall clock (meaningful at --threads 1).
+      if (int8 || !checkpoint_dir.empty()) result["batch_cpu_ms_median"] = median(cpu_times);
+      if (!checkpoint_dir.empty()) result["checkpoint"] = checkpoint_dir;
       result["beam"] = beam;
       result["batch"] = config.batch;
       result["decode_length"] = decode_length;
@@ -273,6 +329,10 @@ int main(int argc, char** argv) {
     }
     result["peak_rss_mb"] = peak_rss_mb();
     result["params"] = params;
+    if (decode && (int8 || !checkpoint_dir.empty())) {
+      result["weight_bytes"] = weight_bytes;
+      result["rss_mb"] = current_rss_mb();
+    }
     std::printf("%s\n", result.dump().c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "qkv-bench: %s\n", e.what());

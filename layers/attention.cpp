@@ -247,7 +247,14 @@ Variable AdditiveAttention::project_keys(const Variable& keys) const {
   const Shape sk = keys.shape();
   check_shape(sk.size() == 3 && sk[2] == key_size_, "AdditiveAttention",
               "keys must be [B, Tk, " + std::to_string(key_size_) + "], got " + to_string(sk));
+  if (int8_w_k_.active()) return int8_w_k_.linear(keys, Variable(), "AdditiveAttention (int8)");  // [B, Tk, hidden]
   return linear(keys, w_k_, Variable());  // [B, Tk, hidden]
+}
+
+Int8Report AdditiveAttention::quantize_int8(const Int8Options& options) {
+  Int8Report report = int8_w_q_.quantize(w_q_, "AdditiveAttention W_q", options);
+  report += int8_w_k_.quantize(w_k_, "AdditiveAttention W_k", options);
+  return report;
 }
 
 AttentionOutput AdditiveAttention::forward(const Variable& queries, const Variable& keys, const Variable& values,
@@ -278,7 +285,8 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
     });
   }
 
-  const Variable projected_queries = linear(queries, w_q_, Variable());  // [B, Tq, hidden]
+  const Variable projected_queries = int8_w_q_.active() ? int8_w_q_.linear(queries, Variable(), "AdditiveAttention (int8)")
+                                                        : linear(queries, w_q_, Variable());  // [B, Tq, hidden]
   // Every query against every key, vᵀ tanh(W_q q + W_k k), in one fused op.
   Variable scores = additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
   scores_point_(scores);

@@ -14,6 +14,7 @@
 #include "lib/numerics/enum_names.hpp"
 #include "autograd/ops.hpp"
 #include "layers/module.hpp"
+#include "layers/quantized.hpp"
 #include "layers/normalization.hpp"
 #include "lib/numerics/rng.hpp"
 
@@ -197,12 +198,15 @@ class AdditiveAttention : public Module {
   /// As forward, with keys already projected by project_keys.
   AttentionOutput forward_projected(const Variable& queries, const Variable& projected_keys,
                                     const Variable& values, const std::optional<BoolArray>& allowed = std::nullopt);
+  /// Int8 inference from now on for W_q and W_k (layers/quantized.hpp).
+  Int8Report quantize_int8(const Int8Options& options = {});
 
  private:
   std::size_t query_size_, key_size_, hidden_size_;
   std::shared_ptr<Dropout> dropout_;
   Variable w_q_, w_k_, v_;
   HookPoint scores_point_, weights_point_, output_point_;
+  Int8Weight int8_w_q_, int8_w_k_;  // once quantize_int8 ran
 };
 
 }  // namespace qkv

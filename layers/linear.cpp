@@ -30,7 +30,17 @@ Variable Linear::forward(const Variable& x) const {
     check_shape(false, describe().c_str(), [&] {
       return "input " + to_string(shape) + " must end in " + std::to_string(in_features_) + " features";
     });
+  if (int8_weight_.active()) return int8_weight_.linear(x, bias_, "Linear (int8)");
   return linear(x, sigma_ ? sigma_->forward(weight_) : weight_, bias_);
+}
+
+Int8Report Linear::quantize_int8(const Int8Options& options) {
+  if (!sigma_) return int8_weight_.quantize(weight_, describe(), options);
+  // σReparam: what multiplies is γ/σ(W)·W (eval mode's u and v), so that is what is quantized.
+  Variable effective(sigma_->effective(weight_.value()));  // [out, in]
+  Int8Report report = int8_weight_.quantize(effective, describe(), options);
+  if (!options.keep_float_weights) weight_.mutable_value() = Array::from_shape({0, weight_.dim(1)});
+  return report;
 }
 
 }  // namespace qkv

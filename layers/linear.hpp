@@ -6,6 +6,7 @@
 
 #include "layers/module.hpp"
 #include "layers/sigma_reparam.hpp"
+#include "layers/quantized.hpp"
 #include "lib/numerics/rng.hpp"
 
 namespace qkv {
@@ -34,12 +35,16 @@ class Linear : public Module {
   const Variable& bias() const { return bias_; }
   /// "Linear(5 -> 4)", the prefix of this layer's error messages.
   std::string describe() const;
+  /// Int8 inference from now on (layers/quantized.hpp): forward then runs the int8 weight.
+  Int8Report quantize_int8(const Int8Options& options = {});
+  bool is_int8() const { return int8_weight_.active(); }
 
  private:
   std::size_t in_features_, out_features_;
   Variable weight_;  // [out, in]
   Variable bias_;    // [out]
   std::shared_ptr<SigmaReparam> sigma_;  // or null
+  Int8Weight int8_weight_;  // [out, in] in int8, once quantize_int8 ran
 };
 
 }  // namespace qkv

@@ -72,6 +72,13 @@ std::vector<NamedVariable> Module::named_buffers() const {
   return out;
 }
 
+std::vector<std::pair<std::string, Module*>> Module::named_modules() {
+  std::vector<std::pair<std::string, Module*>> out{{"", this}};
+  for (auto& [name, child] : children_)
+    for (auto& [inner, module] : child->named_modules()) out.emplace_back(inner.empty() ? name : name + "." + inner, module);
+  return out;
+}
+
 std::size_t Module::parameter_count() const {
   std::size_t count = 0;
   for (const auto& [name, variable] : named_parameters()) count += variable.numel();

@@ -60,6 +60,9 @@ class Module {
   std::vector<NamedVariable> named_buffers() const;
   /// Total number of trainable scalars.
   std::size_t parameter_count() const;
+  /// This module ("") and every submodule by dotted name ("decoder.layers.0.self_attn"),
+  /// parents before their children: for passes that convert layers by type (layers/quantized.hpp).
+  std::vector<std::pair<std::string, Module*>> named_modules();
 
   /// Training mode (dropout active) for this module and all submodules.
   void train(bool training = true);

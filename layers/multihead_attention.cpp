@@ -189,25 +189,32 @@ Variable MultiheadAttention::stored_projection_weight(std::size_t block) const {
   return slice(kv_proj_weight_, 0, (block - 1) * kv, block * kv);                                     // [H_kv·d, E]
 }
 
-std::pair<Variable, Variable> MultiheadAttention::projection(std::size_t block) const {
+Variable MultiheadAttention::project_blocks(const Variable& x, std::size_t first, std::size_t last) const {
   const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
-  const Variable stored = stored_projection_weight(block);
-  const Variable weight = sigma_[block] ? sigma_[block]->forward(stored) : stored;
-  const auto rows = [](const Variable& x, std::size_t start, std::size_t size) {
-    return x.defined() ? slice(x, 0, start, start + size) : Variable();
+  // Which stored matrix holds the blocks, and their rows in it: in_proj_weight [3E, E] for
+  // multi-head attention; q_proj_weight [E, E] (block 0) or kv_proj_weight [2·H_kv·d, E]
+  // (blocks 1, 2) when grouped.
+  const bool stacked = in_proj_weight_.defined(), query = !stacked && first == 0;
+  check_arg(stacked || first > 0 || last == 1, kLayer, "a grouped projection cannot stack q with k and v");
+  const Variable& weight = stacked ? in_proj_weight_ : query ? q_proj_weight_ : kv_proj_weight_;
+  const Variable& bias = stacked ? in_proj_bias_ : query ? q_proj_bias_ : kv_proj_bias_;
+  const Int8Weight& int8_weight = stacked ? int8_in_proj_ : query ? int8_q_proj_ : int8_kv_proj_;
+  const std::size_t block_rows = stacked || query ? embed : kv, offset = stacked || query ? 0 : 1;
+  const std::size_t row_begin = (first - offset) * block_rows, row_end = (last - offset) * block_rows;
+  if (int8_weight.active()) return int8_weight.linear(x, bias, row_begin, row_end, "MultiheadAttention (int8)");
+  const bool whole = row_begin == 0 && row_end == weight.dim(0);
+  const auto rows = [&](const Variable& v, std::size_t begin, std::size_t end) {
+    return !v.defined() || (begin == 0 && end == v.dim(0)) ? v : slice(v, 0, begin, end);
   };
-  if (in_proj_weight_.defined()) return {weight, rows(in_proj_bias_, block * embed, embed)};  // [E, E], [E]
-  if (block == 0) return {weight, q_proj_bias_};                                            // [E, E], [E]
-  return {weight, rows(kv_proj_bias_, (block - 1) * kv, kv)};                                // [H_kv·d, E], [H_kv·d]
-}
-
-Variable MultiheadAttention::reparametrised(const Variable& stacked, std::size_t first_block, std::size_t block_rows) const {
-  if (!sigma_[first_block]) return stacked;
-  const std::size_t count = stacked.dim(0) / block_rows;
-  std::vector<Variable> blocks;
-  for (std::size_t i = 0; i < count; ++i)
-    blocks.push_back(sigma_[first_block + i]->forward(slice(stacked, 0, i * block_rows, (i + 1) * block_rows)));
-  return count == 1 ? blocks.front() : concat(blocks, 0);  // stacked's shape
+  Variable used = whole ? weight : slice(weight, 0, row_begin, row_end);  // [rows, E]
+  if (sigma_[first]) {
+    // σReparam block by block: each block has its own σ and γ.
+    std::vector<Variable> blocks;
+    for (std::size_t block = first; block < last; ++block)
+      blocks.push_back(sigma_[block]->forward(rows(used, (block - first) * block_rows, (block - first + 1) * block_rows)));
+    used = blocks.size() == 1 ? blocks.front() : concat(blocks, 0);
+  }
+  return linear(x, used, rows(bias, row_begin, row_end));  // [B, T, rows]
 }
 
 Variable MultiheadAttention::normalize_head(const Variable& heads, std::size_t block) const {
@@ -216,8 +223,7 @@ Variable MultiheadAttention::normalize_head(const Variable& heads, std::size_t b
 }
 
 Variable MultiheadAttention::project(const Variable& x, std::size_t block) const {
-  const auto [weight, bias] = projection(block);
-  return normalize_head(split_heads(linear(x, weight, bias), block == 0 ? num_heads_ : num_kv_heads_),
+  return normalize_head(split_heads(project_blocks(x, block, block + 1), block == 0 ? num_heads_ : num_kv_heads_),
                         block);  // [B, H or H_kv, T, d]
 }
 
@@ -313,10 +319,10 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
     const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
     std::vector<Variable> parts;
     if (in_proj_weight_.defined()) {
-      parts = split(linear(query, reparametrised(in_proj_weight_, 0, embed), in_proj_bias_), {embed, embed, embed}, -1);
+      parts = split(project_blocks(query, 0, 3), {embed, embed, embed}, -1);  // [B, T, E] each
     } else {
-      parts = split(linear(query, reparametrised(kv_proj_weight_, 1, kv), kv_proj_bias_), {kv, kv}, -1);  // [B, T, H_kv·d] each
-      parts.insert(parts.begin(), linear(query, reparametrised(q_proj_weight_, 0, embed), q_proj_bias_));   // [B, T, E]
+      parts = split(project_blocks(query, 1, 3), {kv, kv}, -1);  // [B, T, H_kv·d] each
+      parts.insert(parts.begin(), project_blocks(query, 0, 1));   // [B, T, E]
     }
     q = normalize_head(split_heads(parts[0], num_heads_), 0), k = normalize_head(split_heads(parts[1], num_kv_heads_), 1),
     v = split_heads(parts[2], num_kv_heads_);
@@ -349,6 +355,30 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
     query_start = k.dim(2) - fresh;
   }
   return attend(q, k, v, mask, query_start);
+}
+
+Int8Report MultiheadAttention::quantize_int8(const Int8Options& options) {
+  // What multiplies is what gets quantized: with σReparam, γ/σ(W)·W block by block (eval mode's u
+  // and v); the float weight is then released like any other.
+  const auto quantize = [&](Int8Weight& into, Variable& weight, std::size_t first_block, const std::string& what) {
+    if (!sigma_[first_block]) return into.quantize(weight, what, options);
+    const std::size_t blocks = weight.dim(0) / stored_projection_weight(first_block).dim(0);
+    const std::size_t block_rows = weight.dim(0) / blocks;
+    std::vector<Variable> effective;
+    for (std::size_t i = 0; i < blocks; ++i)
+      effective.push_back(Variable(sigma_[first_block + i]->effective(
+          slice(weight, 0, i * block_rows, (i + 1) * block_rows).value())));  // [rows, E]
+    NoGradGuard no_grad;
+    Variable stacked = blocks == 1 ? effective.front() : concat(effective, 0);
+    Int8Report report = into.quantize(stacked, what, options);
+    if (!options.keep_float_weights) weight.mutable_value() = Array::from_shape({0, weight.dim(1)});
+    return report;
+  };
+  if (in_proj_weight_.defined()) return quantize(int8_in_proj_, in_proj_weight_, 0, "MultiheadAttention in_proj_weight");
+  Int8Report report = quantize(int8_q_proj_, q_proj_weight_, 0, "MultiheadAttention q_proj_weight");
+  const Int8Report kv = quantize(int8_kv_proj_, kv_proj_weight_, 1, "MultiheadAttention kv_proj_weight");
+  report.weights += kv.weights, report.float_bytes += kv.float_bytes, report.int8_bytes += kv.int8_bytes;
+  return report;
 }
 
 KVCache MultiheadAttention::project_memory(const Variable& memory) const {

@@ -142,18 +142,20 @@ class MultiheadAttention : public Module {
   /// H_kv: num_heads for multi-head attention.
   std::size_t num_kv_heads() const { return num_kv_heads_; }
   std::size_t memory_slots() const { return memory_slots_; }
+  /// Int8 inference from now on for the q, k, v projections (layers/quantized.hpp; σReparam's
+  /// effective weights when it is on); out_proj is a Linear
+  /// submodule with its own quantize_int8 (quantize_for_inference converts both).
+  Int8Report quantize_int8(const Int8Options& options = {});
 
  private:
   /// x [B, T, E] through block 0 (q -> [B, H, T, d]), 1 (k) or 2 (v -> [B, H_kv, T, d]).
   Variable project(const Variable& x, std::size_t block) const;
   /// Block `block`'s rows of the projection weight as stored (before σReparam).
   Variable stored_projection_weight(std::size_t block) const;
-  /// Block `block`'s projection weight as it multiplies (through σReparam when it is on) and its
-  /// bias (undefined without one).
-  std::pair<Variable, Variable> projection(std::size_t block) const;
-  /// `stacked` = blocks first_block, first_block + 1, ... of `block_rows` rows each, through
-  /// σReparam block by block when it is on (the weight of the one-gemm self-attention path).
-  Variable reparametrised(const Variable& stacked, std::size_t first_block, std::size_t block_rows) const;
+  /// x [B, T, E] through projection blocks [first, last) (0 q, 1 k, 2 v) in one gemm -> [B, T, their
+  /// rows]: the stored weight's rows, through σReparam block by block when it is on, or the int8
+  /// weight after quantize_int8. Grouped layers stack k with v only.
+  Variable project_blocks(const Variable& x, std::size_t first, std::size_t last) const;
   /// The query (block 0) or key (block 1) per head [B, H or H_kv, T, d] through QK-norm when it is on.
   Variable normalize_head(const Variable& heads, std::size_t block) const;
   /// Attention over per-head q [B, H, Tq, d], k and v [B, H_kv, Tk, d] (repeated to H heads, the
@@ -172,6 +174,7 @@ class MultiheadAttention : public Module {
   std::shared_ptr<AttentionPositionEncoding> positions_;
   std::optional<BlockSparsePattern> block_sparse_;
   HookPoint output_point_;
+  Int8Weight int8_in_proj_, int8_q_proj_, int8_kv_proj_;  // the projections in int8, once quantize_int8 ran
 };
 
 }  // namespace qkv

@@ -99,6 +99,11 @@ Variable SigmaReparam::forward(const Variable& weight) const {
 
 double SigmaReparam::sigma(const Array& weight) const { return bilinear(weight, u_.value(), v_.value()); }
 
+Array SigmaReparam::effective(const Array& weight) const {
+  const real factor = static_cast<real>(double(*gamma_.value().data()) / sigma(weight));
+  return Array(weight * factor);  // [out, in]
+}
+
 double spectral_norm(const Array& matrix, std::size_t iterations) {
   const Shape shape = shape_of(matrix);
   check_shape(shape.size() == 2 && shape[0] > 0 && shape[1] > 0, "spectral_norm",

@@ -37,6 +37,9 @@ class SigmaReparam : public Module {
 
   /// σ = uᵀ W v for the current u, v (no gradient): what the last forward divided by.
   double sigma(const Array& weight) const;
+  /// γ / σ(W) · W for the current u, v, with no graph and no power step: what eval mode's forward
+  /// multiplies by (int8 inference quantizes it).
+  Array effective(const Array& weight) const;
   const Variable& gamma() const { return gamma_; }
 
  private:

@@ -56,6 +56,8 @@ CommandLine parse_arguments(int argc, const char* const* argv) {
   app.add_option("--evaluate", line.evaluate,
                  "train nothing: test the checkpoint in DIR (a run or its best/) on its data's test set, decoding "
                  "with --beam if given (else the beam it trained with), and print the final: line");
+  app.add_flag("--int8", line.int8,
+               "with --evaluate: decode with per-channel int8 weights for every Linear and attention projection");
   app.add_option("--seed", line.seed, "batch order and initialisation");
   app.add_option("--threads", line.threads, "threads for gemm and kernels (same seed and threads: same result)")
       ->check(CLI::Range(1, 256));

@@ -26,6 +26,7 @@ struct CommandLine {
   std::string out;
   std::string resume;
   std::string evaluate;  // --evaluate DIR: test that checkpoint (with --beam if given) and exit
+  bool int8 = false;     // --int8 (with --evaluate): decode with int8 weights (layers/quantized.hpp)
   std::uint64_t seed = 0;
   int threads = 1;
   std::size_t epochs = 10;

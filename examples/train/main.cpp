@@ -33,6 +33,7 @@
 
 #include "autograd/variable.hpp"
 #include "command_line.hpp"
+#include "layers/quantized.hpp"
 #include "step_trace.hpp"
 #include "lib/numerics/blas.hpp"
 #include "lib/numerics/error.hpp"
@@ -133,11 +134,16 @@ int evaluate_checkpoint(const CommandLine& line) {
   if (line.was_given("--beam")) decode.beam = line.beam;
   decode.cache_limit = {.sink_tokens = line.sink_tokens, .window = line.cache_window};
   const std::vector<SentencePair>& held_out = data.test.empty() ? data.validation : data.test;
+  if (line.int8) {
+    const Int8Report converted = quantize_for_inference(*checkpoint.model);
+    spdlog::info("int8: {} weight matrices, {} bytes in float -> {} in int8 (other parameters: {} bytes)",
+                 converted.weights, converted.float_bytes, converted.int8_bytes, converted.other_bytes);
+  }
   const Evaluation result =
       evaluate(*checkpoint.model, held_out, checkpoint.vocabs, decode, checkpoint.options.eval_batch_size);
-  spdlog::info("{}: {} sentence pairs ({} sources) of the {} set, beam {}, sink tokens {}, cache window {}",
+  spdlog::info("{}: {} sentence pairs ({} sources) of the {} set, beam {}, sink tokens {}, cache window {}{}",
                line.evaluate, held_out.size(), result.groups.size(), data.test.empty() ? "validation" : "test",
-               decode.beam, decode.cache_limit.sink_tokens, decode.cache_limit.window);
+               decode.beam, decode.cache_limit.sink_tokens, decode.cache_limit.window, line.int8 ? ", int8" : "");
   std::printf("final: val_loss=%.4f token_acc=%.4f exact=%.4f bleu=%.2f\n", result.loss, result.token_accuracy,
               result.exact_match, result.bleu);
   return 0;
@@ -167,6 +173,7 @@ int run(int argc, char** argv, const MpiSession& mpi) {
                   std::to_string(mpi.world()->size()) + " (run it without mpirun)");
     return evaluate_checkpoint(line);
   }
+  if (line.int8) throw Error("--int8 is for --evaluate DIR only: training needs the float weights");
   std::optional<StopAtTarget> target;
   if (!line.until.empty()) target = StopAtTarget::parse(line.until);
 

@@ -11,6 +11,7 @@
 // exit status 1; the other lines are translated. --attention-svg FILE writes the attention plots
 // of the first sentence (train/attention_plots.hpp: FILE, FILE-connections.svg, ...); --explore
 // FILE its explorer page (train/attention_explorer.hpp), with --head-importance JSON's numbers.
+// --int8 decodes with int8 weights (layers/quantized.hpp; docs/variants.md, "Int8 inference").
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -27,6 +28,7 @@
 #include "lib/numerics/parallel.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/json_field.hpp"
+#include "layers/quantized.hpp"
 #include "train/attention_explorer.hpp"
 #include "train/attention_plots.hpp"
 #include "train/data_spec.hpp"
@@ -92,6 +94,7 @@ int run(int argc, char** argv) {
   std::string checkpoint_dir, attention_svg, explore, head_importance;
   std::size_t beam = 0, max_length = 0, sink_tokens = 0, cache_window = 0;
   int threads = 1;
+  bool int8 = false;
   app.add_option("--checkpoint", checkpoint_dir, "a qkv-train output directory (or its best/)")->required();
   app.add_option("--beam", beam, "beam size (default: the one training evaluated with)")->check(CLI::Range(1, 1024));
   app.add_option("--max-length", max_length, "tokens generated at most (default: the checkpoint's)")
@@ -105,6 +108,9 @@ int run(int argc, char** argv) {
   app.add_option("--head-importance", head_importance, "a JSON file of head importances for --explore's page")
       ->check(CLI::ExistingFile);
   app.add_option("--threads", threads, "threads for gemm and kernels")->check(CLI::Range(1, 256));
+  app.add_flag("--int8", int8,
+               "int8 inference: per-channel int8 weights for every Linear and attention projection, "
+               "activations quantized per token");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -119,6 +125,11 @@ int run(int argc, char** argv) {
   const nlohmann::json importance = head_importance.empty() ? nlohmann::json() : read_json_file(head_importance);
   Seq2SeqModel& model = *checkpoint.model;
   model.eval();
+  if (int8) {
+    const Int8Report converted = quantize_for_inference(model);
+    spdlog::info("int8: {} weight matrices, {} bytes in float -> {} in int8 (other parameters: {} bytes)",
+                 converted.weights, converted.float_bytes, converted.int8_bytes, converted.other_bytes);
+  }
   DecodeOptions decode = checkpoint.options.decode;
   if (beam > 0) decode.beam = beam;
   if (max_length > 0) decode.max_length = max_length;

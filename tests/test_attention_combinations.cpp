@@ -123,3 +123,18 @@ TEST_CASE("int8 inference of grouped and σReparam layers follows their float se
           0.03 * xt::amax(xt::abs(cross))());
   }
 }
+
+TEST_CASE("QK-norm normalises queries and keys, never values: cross-attention stays linear in its values") {
+  // Without biases, doubling the value input doubles v and so the output; a LayerNorm on v (the
+  // bug this guards against) would make the output blind to the values' scale.
+  const Variable query(random_array({2, 3, 8}, 100)), key(random_array({2, 4, 8}, 101));
+  const Array value = random_array({2, 4, 8}, 102);
+  for (const std::size_t kv_heads : {4, 2}) {
+    CAPTURE(kv_heads);
+    Rng rng(41);
+    MultiheadAttention layer(8, 4, rng, {.bias = false, .num_kv_heads = kv_heads, .qk_norm = true});
+    const Array once = layer.forward(query, key, Variable(value)).output.value();
+    const Array twice = layer.forward(query, key, Variable(Array(value * real(2)))).output.value();
+    CHECK(max_abs_diff(twice, Array(once * real(2))) < 1e-12);
+  }
+}

@@ -11,6 +11,7 @@
 #include "lib/numerics/atomic_file.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/plot/svg.hpp"
+#include "study/report_io.hpp"
 #include "study/stability.hpp"
 
 namespace qkv::study {
@@ -20,20 +21,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-std::string general(double value) {
-  if (!std::isfinite(value)) return "—";
-  std::ostringstream out;
-  out << std::setprecision(3) << value;
-  return out.str();
-}
-
-std::string cell(double value) {
-  if (!std::isfinite(value)) return "";
-  std::ostringstream out;
-  out << std::setprecision(6) << value;
-  return out.str();
-}
 
 std::string label_of(AttentionParametrisation p) { return p == AttentionParametrisation::standard ? "1/√d" : "μP 8/d, q = 0"; }
 

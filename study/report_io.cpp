@@ -28,6 +28,7 @@ std::string fixed(double value, int digits) {
 }
 
 std::string general(double value) {
+  if (!std::isfinite(value)) return "—";
   std::ostringstream out;
   out << std::setprecision(3) << value;
   return out.str();

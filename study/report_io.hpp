@@ -15,7 +15,7 @@ namespace qkv::study {
 std::string cell(double value);
 /// `digits` decimals; "—" when the value is not finite.
 std::string fixed(double value, int digits);
-/// 3 significant digits.
+/// 3 significant digits; "—" when the value is not finite.
 std::string general(double value);
 
 /// Builds a CSV table and writes it.

@@ -25,6 +25,7 @@
 #include "lib/text/metrics.hpp"
 #include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
+#include "study/report_io.hpp"
 #include "train/evaluation.hpp"
 #include "train/trainer.hpp"
 
@@ -227,26 +228,6 @@ TrackedProbe probe(models::Seq2SeqModel& model, const models::TransformerConfig&
   point.token_accuracy = token_accuracy(train::argmax_last(out.logits.value()), batch.target_output);
   point.mean_abs_output_logit = mean_abs(out.logits.value());
   return point;
-}
-
-std::string fixed(double value, int digits) {
-  if (!std::isfinite(value)) return "—";
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(digits) << value;
-  return out.str();
-}
-
-std::string cell(double value) {
-  if (!std::isfinite(value)) return "";
-  std::ostringstream out;
-  out << std::setprecision(6) << value;
-  return out.str();
-}
-
-std::string general(double value) {
-  std::ostringstream out;
-  out << std::setprecision(3) << value;
-  return out.str();
 }
 
 }  // namespace

@@ -168,7 +168,8 @@ namespace {
 json additive_run_json(const AdditiveRun& r) {
   json curve = json::array();
   for (const AdditiveProbe& p : r.curve)
-    curve.push_back({p.step, exact_json(p.loss), exact_json(p.accuracy), exact_json(p.entropy), exact_json(p.max_weight)});
+    curve.push_back(
+        {p.step, exact_json(p.loss), exact_json(p.accuracy), exact_json(p.entropy), exact_json(p.max_weight)});
   return {{"mechanism", name_of(r.mechanism)}, {"key_size", r.key_size}, {"seed", r.seed}, {"curve", curve},
           {"steps_to_target", exact_json(r.steps_to_target)}, {"seconds", exact_json(r.seconds)}};
 }

@@ -300,7 +300,7 @@ RunOutcome square(std::size_t i) { return {nlohmann::json(i * i), "run " + std::
 
 }  // namespace
 
-TEST_CASE("spread_runs: every run once, in order; rank r runs r, r + N, ...; a lost or failed run stops every rank") {
+TEST_CASE("spread_runs: every run once and in order, rank r runs r, r + N, ..., a lost or failed run stops every rank") {
   // Alone: every run here, whatever the threads.
   for (const std::size_t jobs : {1, 3}) {
     std::vector<std::string> lines;
@@ -313,7 +313,7 @@ TEST_CASE("spread_runs: every run once, in order; rank r runs r, r + N, ...; a l
   }
   // Alone, a run's own exception comes back as it was thrown.
   const auto failing = [](std::size_t i) {
-    if (i == 3) throw ShapeError("run 3: bad shape");
+    if (i == 2) throw ShapeError("run 2: bad shape");
     return square(i);
   };
   CHECK_THROWS_AS(spread_runs(*train::single_process(), 5, 2, failing, "cells", {}), ShapeError);
@@ -343,7 +343,8 @@ TEST_CASE("spread_runs: every run once, in order; rank r runs r, r + N, ...; a l
                     doctest::Contains("cells over 2 processes failed on rank 1: diverged"));
   // Rank 0's own failure is sent like a result and reported the same way.
   PretendRankZero fine(R"({"results": [101, 103]})");
-  CHECK_THROWS_WITH(spread_runs(fine, 5, 1, failing, "cells", {}), doctest::Contains("failed on rank 0: run 3: bad shape"));
+  CHECK_THROWS_WITH(spread_runs(fine, 5, 1, failing, "cells", {}),
+                    doctest::Contains("failed on rank 0: run 2: bad shape"));
 }
 
 TEST_CASE("exact_json: every double reads back bit for bit, NaN, infinities, -0 and subnormals included") {

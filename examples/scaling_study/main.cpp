@@ -206,7 +206,8 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
          if (!stability_lrs.empty()) stability.learning_rates = stability_lrs;
          if (section_steps > 0) stability.steps = section_steps;
          stability.validate();
-         spdlog::info("stability: learning-rate sweep, entropy, logits, QK-norm and sigmaReparam: {} runs of {} steps, {}",
+         spdlog::info("stability: learning-rate sweep, entropy, logits, QK-norm and sigmaReparam: "
+                      "{} runs of {} steps, {}",
                       stability.fixes.size() * stability.learning_rates.size() * stability.seeds, stability.steps,
                       at_a_time(sweep.jobs));
          return SectionOutput{.files = {},

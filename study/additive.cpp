@@ -4,7 +4,6 @@
 #include <cmath>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <sstream>
 
 #include "autograd/ops.hpp"
@@ -13,8 +12,11 @@
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/rng.hpp"
 #include "optim/adam.hpp"
+#include "study/spread_runs.hpp"
 
 namespace qkv::study {
+
+using nlohmann::json;
 
 namespace {
 
@@ -161,7 +163,34 @@ AdditiveRun train_additive_run(const AdditiveOptions& options, Mechanism mechani
   return run;
 }
 
-std::vector<AdditiveRun> run_additive(const AdditiveOptions& options,
+namespace {
+
+json additive_run_json(const AdditiveRun& r) {
+  json curve = json::array();
+  for (const AdditiveProbe& p : r.curve)
+    curve.push_back(
+        {p.step, exact_json(p.loss), exact_json(p.accuracy), exact_json(p.entropy), exact_json(p.max_weight)});
+  return {{"mechanism", name_of(r.mechanism)}, {"key_size", r.key_size}, {"seed", r.seed}, {"curve", curve},
+          {"steps_to_target", exact_json(r.steps_to_target)}, {"seconds", exact_json(r.seconds)}};
+}
+
+AdditiveRun additive_run_from_json(const json& j) {
+  AdditiveRun r;
+  r.mechanism = parse_name<Mechanism>(j.at("mechanism").get<std::string>(), "mechanism");
+  r.key_size = j.at("key_size").get<std::size_t>();
+  r.seed = j.at("seed").get<std::uint64_t>();
+  for (const json& p : j.at("curve"))
+    r.curve.push_back({.step = p.at(0).get<std::size_t>(), .loss = exact_double(p.at(1)),
+                       .accuracy = exact_double(p.at(2)), .entropy = exact_double(p.at(3)),
+                       .max_weight = exact_double(p.at(4))});
+  r.steps_to_target = exact_double(j.at("steps_to_target"));
+  r.seconds = exact_double(j.at("seconds"));
+  return r;
+}
+
+}  // namespace
+
+std::vector<AdditiveRun> run_additive(const AdditiveOptions& options, train::Communicator& communicator,
                                       const std::function<void(std::string_view)>& progress) {
   options.validate();
   struct Job {
@@ -173,21 +202,15 @@ std::vector<AdditiveRun> run_additive(const AdditiveOptions& options,
   for (const std::size_t d : options.key_sizes)
     for (const Mechanism m : options.mechanisms)
       for (std::uint64_t seed = 0; seed < options.seeds; ++seed) jobs.push_back({m, d, seed});
-  std::vector<AdditiveRun> runs(jobs.size());
-  std::mutex mutex;
-  std::size_t finished = 0;
-  run_jobs(jobs.size(), options.jobs, [&](std::size_t i) {
-    runs[i] = train_additive_run(options, jobs[i].mechanism, jobs[i].key_size, jobs[i].seed);
-    const std::lock_guard lock(mutex);
-    ++finished;
-    if (!progress) return;
-    const AdditiveRun& r = runs[i];
-    progress("additive " + std::to_string(finished) + "/" + std::to_string(jobs.size()) + ": " + name_of(r.mechanism) +
-             " d_k " + std::to_string(r.key_size) + " seed " + std::to_string(r.seed) + ": initial entropy " +
-             fixed(r.curve.front().entropy, 3) + ", final accuracy " + fixed(r.curve.back().accuracy, 3) + ", " +
-             fixed(r.seconds, 1) + " s");
-  });
-  return runs;
+  return spread_runs<AdditiveRun>(
+      communicator, jobs.size(), options.jobs, "additive", progress,
+      [&](std::size_t i) { return train_additive_run(options, jobs[i].mechanism, jobs[i].key_size, jobs[i].seed); },
+      additive_run_json, [](std::size_t, const json& j) { return additive_run_from_json(j); },
+      [](const AdditiveRun& r) {
+        return name_of(r.mechanism) + " d_k " + std::to_string(r.key_size) + " seed " + std::to_string(r.seed) +
+               ": initial entropy " + fixed(r.curve.front().entropy, 3) + ", final accuracy " +
+               fixed(r.curve.back().accuracy, 3) + ", " + fixed(r.seconds, 1) + " s";
+      });
 }
 
 namespace {

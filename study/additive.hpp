@@ -28,6 +28,7 @@
 
 #include "lib/numerics/enum_names.hpp"
 #include "study/report_io.hpp"
+#include "train/distributed.hpp"
 
 namespace qkv::study {
 
@@ -69,8 +70,10 @@ struct AdditiveRun {
 
 AdditiveRun train_additive_run(const AdditiveOptions& options, Mechanism mechanism, std::size_t key_size,
                                std::uint64_t seed);
-/// Every (d_k, mechanism, seed), options.jobs at a time.
-std::vector<AdditiveRun> run_additive(const AdditiveOptions& options,
+/// Every (d_k, mechanism, seed), spread over the ranks of `communicator` and options.jobs at a
+/// time within each (study/spread_runs.hpp; collective); every rank returns every run in that
+/// order. `progress` gets a line per finished run of this rank.
+std::vector<AdditiveRun> run_additive(const AdditiveOptions& options, train::Communicator& communicator,
                                       const std::function<void(std::string_view)>& progress = {});
 
 /// The CSVs, plots and summary part ("## 4. Additive against dot product").

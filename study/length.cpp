@@ -3,18 +3,20 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
-#include <mutex>
 #include <sstream>
 
 #include "autograd/ops.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/rng.hpp"
 #include "lib/text/tasks.hpp"
-#include "models/registry.hpp"
+#include "study/spread_runs.hpp"
+#include "study/toy_run.hpp"
 #include "train/evaluation.hpp"
 #include "train/trainer.hpp"
 
 namespace qkv::study {
+
+using nlohmann::json;
 
 namespace {
 
@@ -107,35 +109,28 @@ void LengthOptions::validate() const {
 LengthRun train_length_run(const LengthOptions& options, const std::string& task, LengthScale scale,
                            models::PositionalKind positional, std::uint64_t seed) {
   const auto start = std::chrono::steady_clock::now();
-  // One epoch of exactly `steps` batches; held-out pairs of the training lengths come from the
-  // same distinct pool (test split), longer ones from their own seeded draws.
-  const Dataset data = make_task(task, {.train_size = options.steps * options.batch_size,
-                                        .validation_size = 1,
-                                        .test_size = options.test_size,
-                                        .seed = seed,
-                                        .min_length = options.min_length,
-                                        .max_length = options.max_length});
-  const Vocabs vocabs = build_vocabs(data.train);
-  models::TransformerConfig config;
-  config.d_model = options.d_model;
-  config.nhead = options.heads;
-  config.encoder_layers = config.decoder_layers = options.layers;
-  config.dim_feedforward = options.dim_feedforward;
-  config.dropout = 0;
-  config.positional = positional;
-  config.relative_max_distance = options.relative_max_distance;
-  config.max_len = options.max_table;
-  config.scale = layer_scale(options, scale);
-  config.seed = seed;
-  auto model = models::make_model("transformer", nlohmann::json(config), vocabs.source.size(), vocabs.target.size());
+  // Held-out pairs of the training lengths come from the same distinct pool (test split),
+  // longer ones from their own seeded draws. The Trainer clips at TrainOptions' default norm.
+  ToyRunOptions toy;
+  toy.task = task, toy.min_length = options.min_length, toy.max_length = options.max_length;
+  toy.model.d_model = options.d_model;
+  toy.model.nhead = options.heads;
+  toy.model.encoder_layers = toy.model.decoder_layers = options.layers;
+  toy.model.dim_feedforward = options.dim_feedforward;
+  toy.model.dropout = 0;
+  toy.model.positional = positional;
+  toy.model.relative_max_distance = options.relative_max_distance;
+  toy.model.max_len = options.max_table;
+  toy.model.scale = layer_scale(options, scale);
+  toy.model.seed = seed;
+  toy.steps = options.steps, toy.batch_size = options.batch_size, toy.test_size = options.test_size;
+  toy.training.lr = options.lr;
+  ToyRun toy_run(toy);  // no evaluator: tested below
+  const Dataset& data = toy_run.data;
+  const Vocabs& vocabs = toy_run.vocabs;
+  models::Seq2SeqModel& model = *toy_run.model;
+  train::Trainer& trainer = toy_run.trainer;
 
-  train::TrainOptions train_options;
-  train_options.seed = seed;
-  train_options.epochs = 1;
-  train_options.batch_size = options.batch_size;
-  train_options.lr = options.lr;
-  train_options.best_metric = train::BestMetric::val_loss;
-  train::Trainer trainer(model, vocabs, data.train, train_options);  // no evaluator: tested below
   class LastLosses : public train::TrainerCallback {
    public:
     void on_step_end(train::Trainer& /*trainer*/, const train::StepInfo& info) override {
@@ -158,7 +153,7 @@ LengthRun train_length_run(const LengthOptions& options, const std::string& task
   if (scale == LengthScale::scalable_softmax) {
     double total = 0;
     std::size_t count = 0;
-    for (const auto& [name, p] : model->named_parameters())
+    for (const auto& [name, p] : model.named_parameters())
       if (name.ends_with("length_scale"))
         for (std::size_t i = 0; i < p.numel(); ++i) total += double(p.value().data()[i]), ++count;
     run.mean_length_scale = count ? total / double(count) : kNaN;
@@ -173,14 +168,42 @@ LengthRun train_length_run(const LengthOptions& options, const std::string& task
                           .train;
     const std::size_t longest = length == 0 ? options.max_length : length;
     const train::Evaluation e =
-        train::evaluate(*model, pairs, vocabs, {.beam = 1, .max_length = longest + 10}, options.test_size);
+        train::evaluate(model, pairs, vocabs, {.beam = 1, .max_length = longest + 10}, options.test_size);
     run.points.push_back({length, e.loss, e.token_accuracy, e.exact_match});
   }
   run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return run;
 }
 
-std::vector<LengthRun> run_length_generalisation(const LengthOptions& options,
+namespace {
+
+json length_run_json(const LengthRun& r) {
+  json points = json::array();
+  for (const LengthPoint& p : r.points)
+    points.push_back({p.length, exact_json(p.loss), exact_json(p.token_accuracy), exact_json(p.exact_match)});
+  return {{"task", r.task}, {"scale", name_of(r.scale)}, {"positional", name_of(r.positional)}, {"seed", r.seed},
+          {"final_train_loss", exact_json(r.final_train_loss)}, {"mean_length_scale", exact_json(r.mean_length_scale)},
+          {"points", points}, {"seconds", exact_json(r.seconds)}};
+}
+
+LengthRun length_run_from_json(const json& j) {
+  LengthRun r;
+  r.task = j.at("task").get<std::string>();
+  r.scale = parse_name<LengthScale>(j.at("scale").get<std::string>(), "length scale");
+  r.positional = parse_name<models::PositionalKind>(j.at("positional").get<std::string>(), "positional");
+  r.seed = j.at("seed").get<std::uint64_t>();
+  r.final_train_loss = exact_double(j.at("final_train_loss"));
+  r.mean_length_scale = exact_double(j.at("mean_length_scale"));
+  for (const json& p : j.at("points"))
+    r.points.push_back({.length = p.at(0).get<std::size_t>(), .loss = exact_double(p.at(1)),
+                        .token_accuracy = exact_double(p.at(2)), .exact_match = exact_double(p.at(3))});
+  r.seconds = exact_double(j.at("seconds"));
+  return r;
+}
+
+}  // namespace
+
+std::vector<LengthRun> run_length_generalisation(const LengthOptions& options, train::Communicator& communicator,
                                                  const std::function<void(std::string_view)>& progress) {
   options.validate();
   struct Job {
@@ -194,23 +217,19 @@ std::vector<LengthRun> run_length_generalisation(const LengthOptions& options,
     for (const models::PositionalKind positional : options.positionals)
       for (const LengthScale scale : options.scales)
         for (std::uint64_t seed = 0; seed < options.seeds; ++seed) jobs.push_back({task, positional, scale, seed});
-  std::vector<LengthRun> runs(jobs.size());
-  std::mutex mutex;
-  std::size_t finished = 0;
-  run_jobs(jobs.size(), options.jobs, [&](std::size_t i) {
-    runs[i] = train_length_run(options, jobs[i].task, jobs[i].scale, jobs[i].positional, jobs[i].seed);
-    const std::lock_guard lock(mutex);
-    ++finished;
-    if (!progress) return;
-    std::ostringstream line;
-    const LengthRun& r = runs[i];
-    line << "length " << finished << "/" << jobs.size() << ": " << r.task << " " << name_of(r.positional) << " "
-         << name_of(r.scale) << " seed " << r.seed << ": exact";
-    for (const LengthPoint& p : r.points) line << " " << length_name(p.length) << "=" << fixed(p.exact_match, 2);
-    line << ", " << fixed(r.seconds, 1) << " s";
-    progress(line.str());
-  });
-  return runs;
+  return spread_runs<LengthRun>(
+      communicator, jobs.size(), options.jobs, "length", progress,
+      [&](std::size_t i) {
+        return train_length_run(options, jobs[i].task, jobs[i].scale, jobs[i].positional, jobs[i].seed);
+      },
+      length_run_json, [](std::size_t, const json& j) { return length_run_from_json(j); },
+      [](const LengthRun& r) {
+        std::ostringstream line;
+        line << r.task << " " << name_of(r.positional) << " " << name_of(r.scale) << " seed " << r.seed << ": exact";
+        for (const LengthPoint& p : r.points) line << " " << length_name(p.length) << "=" << fixed(p.exact_match, 2);
+        line << ", " << fixed(r.seconds, 1) << " s";
+        return line.str();
+      });
 }
 
 namespace {

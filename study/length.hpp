@@ -28,6 +28,7 @@
 #include "lib/numerics/enum_names.hpp"
 #include "models/transformer/transformer.hpp"
 #include "study/report_io.hpp"
+#include "train/distributed.hpp"
 
 namespace qkv::study {
 
@@ -107,8 +108,10 @@ struct LengthRun {
 /// Trains and tests one configuration.
 LengthRun train_length_run(const LengthOptions& options, const std::string& task, LengthScale scale,
                            models::PositionalKind positional, std::uint64_t seed);
-/// Every (task, positional, scale, seed), options.jobs at a time; `progress` gets a line per run.
-std::vector<LengthRun> run_length_generalisation(const LengthOptions& options,
+/// Every (task, positional, scale, seed), spread over the ranks of `communicator` and
+/// options.jobs at a time within each (study/spread_runs.hpp; collective); every rank returns
+/// every run in that order. `progress` gets a line per finished run of this rank.
+std::vector<LengthRun> run_length_generalisation(const LengthOptions& options, train::Communicator& communicator,
                                                  const std::function<void(std::string_view)>& progress = {});
 
 /// The CSVs, plots and summary part ("## 3. Length").

@@ -72,7 +72,7 @@ void MupOptions::validate() const {
 }
 
 std::string run_mup_section(const MupOptions& options, const std::string& out_dir, std::size_t jobs,
-                            const std::function<void(std::string_view)>& progress) {
+                            train::Communicator& communicator, const std::function<void(std::string_view)>& progress) {
   options.validate();
   const auto start = std::chrono::steady_clock::now();
   const AttentionParametrisation kinds[] = {AttentionParametrisation::standard, AttentionParametrisation::mup};
@@ -94,8 +94,9 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
                                  options.transfer_steps, options.transfer_probe_size, seed));
           run_kind.push_back(p);
         }
-  const std::vector<TrackedRun> results = train_all(runs, jobs, progress);
+  const std::vector<TrackedRun> results = train_all(runs, jobs, communicator, progress);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (communicator.rank() != 0) return {};  // rank 0 writes
   std::vector<std::string> files;
 
   // ---- coordinate check ---------------------------------------------------------------------

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "lib/numerics/enum_names.hpp"
+#include "train/distributed.hpp"
 
 namespace qkv::study {
 
@@ -46,9 +47,12 @@ struct MupOptions {
   void validate() const;
 };
 
-/// Runs both parts and writes mup_coordinates.csv, mup_lr_transfer.csv, mup_*.svg and
-/// mup_summary.md into `out_dir` (which must exist). Returns the markdown fragment.
+/// Runs both parts (their runs spread over the ranks of `communicator`, `jobs` at a time on
+/// each; collective) and, on rank 0, writes mup_coordinates.csv, mup_lr_transfer.csv, mup_*.svg
+/// and mup_summary.md into `out_dir` (which must exist). Returns the markdown fragment on rank
+/// 0, "" on the others.
 std::string run_mup_section(const MupOptions& options, const std::string& out_dir, std::size_t jobs,
+                            train::Communicator& communicator,
                             const std::function<void(std::string_view)>& progress = {});
 
 }  // namespace qkv::study

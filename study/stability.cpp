@@ -1,17 +1,13 @@
 #include "study/stability.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <exception>
 #include <filesystem>
 #include <iomanip>
 #include <limits>
 #include <map>
-#include <mutex>
 #include <sstream>
-#include <thread>
 
 #include <xtensor/xview.hpp>
 
@@ -26,12 +22,15 @@
 #include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
 #include "study/report_io.hpp"
+#include "study/spread_runs.hpp"
+#include "study/toy_run.hpp"
 #include "train/evaluation.hpp"
 #include "train/trainer.hpp"
 
 namespace qkv::study {
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 
 namespace {
 
@@ -274,37 +273,21 @@ TrackedRun train_tracked(const TrackedRunOptions& options) {
   check_arg(options.steps > 0 && options.batch_size > 0 && options.probe_every > 0 && options.probe_size > 0,
             "train_tracked", "steps, batch_size, probe_every and probe_size must be positive");
   const auto start = std::chrono::steady_clock::now();
-  const std::uint64_t seed = options.model.seed;
-  const Dataset data = make_task(options.task, {.train_size = options.steps * options.batch_size,
-                                                .validation_size = options.probe_size,
-                                                .test_size = 1,
-                                                .seed = seed,
-                                                .min_length = options.min_length,
-                                                .max_length = options.max_length});
-  const Vocabs vocabs = build_vocabs(data.train);
-  models::TransformerConfig config = options.model;
-  config.source_vocab_size = vocabs.source.size(), config.target_vocab_size = vocabs.target.size();
-  auto model = models::make_model("transformer", nlohmann::json(config), config.source_vocab_size,
-                                  config.target_vocab_size);
-  std::vector<std::size_t> rows(data.validation.size());
-  for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-  const Batch probe_batch =
-      Batcher(data.validation, vocabs.source, vocabs.target, {.batch_size = rows.size(), .shuffle = false})
-          .make_batch(rows);
-
-  train::TrainOptions train_options;
-  train_options.seed = seed;
-  train_options.epochs = 1;
-  train_options.batch_size = options.batch_size;
-  train_options.lr = options.lr;
-  train_options.clip_norm = options.clip_norm;
-  train_options.best_metric = train::BestMetric::val_loss;
-  train::Trainer trainer(model, vocabs, data.train, train_options);
+  ToyRunOptions toy;
+  toy.task = options.task, toy.min_length = options.min_length, toy.max_length = options.max_length;
+  toy.model = options.model;
+  toy.steps = options.steps, toy.batch_size = options.batch_size, toy.validation_size = options.probe_size;
+  toy.training.lr = options.lr, toy.training.clip_norm = options.clip_norm;
+  ToyRun toy_run(toy);
+  const models::TransformerConfig& config = toy_run.config;
+  models::Seq2SeqModel& model = *toy_run.model;
+  const Batch& probe_batch = toy_run.probe_batch;
+  train::Trainer& trainer = toy_run.trainer;
 
   TrackedRun run;
   run.options = options;
-  run.parameters = model->parameter_count();
-  TrackedProbe first = probe(*model, config, probe_batch, options.entropy_bound);
+  run.parameters = model.parameter_count();
+  TrackedProbe first = probe(model, config, probe_batch, options.entropy_bound);
   first.train_loss = kNaN;
   run.probes.push_back(first);
 
@@ -332,7 +315,7 @@ TrackedRun train_tracked(const TrackedRunOptions& options) {
     double loss_sum_ = 0;
     std::size_t window_ = 0;
   };
-  trainer.add_callback(std::make_shared<Prober>(options, config, *model, probe_batch, run));
+  trainer.add_callback(std::make_shared<Prober>(options, config, model, probe_batch, run));
   const train::TrainResult trained = trainer.train();
   run.diverged = trained.reason == train::StopReason::diverged;
   run.stop_reason = name_of(trained.reason);
@@ -341,41 +324,84 @@ TrackedRun train_tracked(const TrackedRunOptions& options) {
   return run;
 }
 
+namespace {
+
+json layer_json(const LayerProbe& l) {
+  return {{"name", l.name},
+          {"mean_abs_logit", exact_json(l.mean_abs_logit)},
+          {"max_abs_logit", exact_json(l.max_abs_logit)},
+          {"mean_abs_output", exact_json(l.mean_abs_output)},
+          {"entropy", exact_json(l.entropy)},
+          {"head_entropy", exact_json(l.head_entropy)},
+          {"head_sigma", exact_json(l.head_sigma)},
+          {"head_entropy_nats", exact_json(l.head_entropy_nats)},
+          {"head_bound_nats", exact_json(l.head_bound_nats)},
+          {"bound_violations", l.bound_violations}};
+}
+
+LayerProbe layer_from_json(const json& j) {
+  return {.name = j.at("name").get<std::string>(),
+          .mean_abs_logit = exact_double(j.at("mean_abs_logit")),
+          .max_abs_logit = exact_double(j.at("max_abs_logit")),
+          .mean_abs_output = exact_double(j.at("mean_abs_output")),
+          .entropy = exact_double(j.at("entropy")),
+          .head_entropy = exact_doubles(j.at("head_entropy")),
+          .head_sigma = exact_doubles(j.at("head_sigma")),
+          .head_entropy_nats = exact_doubles(j.at("head_entropy_nats")),
+          .head_bound_nats = exact_doubles(j.at("head_bound_nats")),
+          .bound_violations = j.at("bound_violations").get<std::size_t>()};
+}
+
+json tracked_run_json(const TrackedRun& run) {
+  json probes = json::array();
+  for (const TrackedProbe& p : run.probes) {
+    json layers = json::array();
+    for (const LayerProbe& l : p.layers) layers.push_back(layer_json(l));
+    probes.push_back({{"step", p.step},
+                      {"train_loss", exact_json(p.train_loss)},
+                      {"probe_loss", exact_json(p.probe_loss)},
+                      {"token_accuracy", exact_json(p.token_accuracy)},
+                      {"mean_abs_output_logit", exact_json(p.mean_abs_output_logit)},
+                      {"layers", layers}});
+  }
+  return {{"probes", probes}, {"diverged", run.diverged}, {"stop_reason", run.stop_reason},
+          {"seconds", exact_json(run.seconds)}, {"parameters", run.parameters}};
+}
+
+TrackedRun tracked_run_from_json(const TrackedRunOptions& options, const json& j) {
+  TrackedRun run;
+  run.options = options;
+  for (const json& p : j.at("probes")) {
+    TrackedProbe probe;
+    probe.step = p.at("step").get<std::int64_t>();
+    probe.train_loss = exact_double(p.at("train_loss"));
+    probe.probe_loss = exact_double(p.at("probe_loss"));
+    probe.token_accuracy = exact_double(p.at("token_accuracy"));
+    probe.mean_abs_output_logit = exact_double(p.at("mean_abs_output_logit"));
+    for (const json& l : p.at("layers")) probe.layers.push_back(layer_from_json(l));
+    run.probes.push_back(std::move(probe));
+  }
+  run.diverged = j.at("diverged").get<bool>();
+  run.stop_reason = j.at("stop_reason").get<std::string>();
+  run.seconds = exact_double(j.at("seconds"));
+  run.parameters = j.at("parameters").get<std::size_t>();
+  return run;
+}
+
+}  // namespace
+
 std::vector<TrackedRun> train_all(const std::vector<TrackedRunOptions>& runs, std::size_t jobs,
+                                  train::Communicator& communicator,
                                   const std::function<void(std::string_view)>& progress) {
   check_arg(jobs > 0, "train_all", "jobs must be positive");
-  std::vector<TrackedRun> results(runs.size());
-  std::atomic<std::size_t> next{0};
-  std::size_t finished = 0;
-  std::mutex mutex;
-  std::exception_ptr failure;
-  const auto worker = [&] {
-    for (std::size_t i; (i = next++) < runs.size();) {
-      try {
-        results[i] = train_tracked(runs[i]);
-      } catch (...) {
-        const std::lock_guard lock(mutex);
-        if (!failure) failure = std::current_exception();
-        next = runs.size();
-        return;
-      }
-      const std::lock_guard lock(mutex);
-      ++finished;
-      if (progress) {
-        const TrackedRun& r = results[i];
-        progress(std::to_string(finished) + "/" + std::to_string(runs.size()) + ": " + r.options.label +
-                 ": final probe loss " + general(r.last().probe_loss) + ", token acc " +
-                 fixed(r.last().token_accuracy, 3) + ", max logit " + general(r.last().max_abs_logit()) + ", " +
-                 fixed(r.seconds, 1) + " s" + (r.stop_reason == "completed" ? "" : " [" + r.stop_reason + "]"));
-      }
-    }
-  };
-  std::vector<std::thread> threads;
-  for (std::size_t t = 1; t < std::min(jobs, runs.size()); ++t) threads.emplace_back(worker);
-  worker();
-  for (std::thread& t : threads) t.join();
-  if (failure) std::rethrow_exception(failure);
-  return results;
+  return spread_runs<TrackedRun>(
+      communicator, runs.size(), jobs, "", progress, [&](std::size_t i) { return train_tracked(runs[i]); },
+      tracked_run_json, [&](std::size_t i, const json& j) { return tracked_run_from_json(runs[i], j); },
+      [](const TrackedRun& r) {
+        return r.options.label + ": final probe loss " + general(r.last().probe_loss) + ", token acc " +
+               fixed(r.last().token_accuracy, 3) + ", max logit " + general(r.last().max_abs_logit()) + ", " +
+               fixed(r.seconds, 1) + " s" + (r.stop_reason == "completed" ? "" : " [" + r.stop_reason + "]");
+      });
 }
 
 // ---- the stability section ----------------------------------------------------------------
@@ -421,6 +447,7 @@ double peak_logit(const TrackedRun& r) {
 }  // namespace
 
 std::string run_stability_section(const StabilityOptions& options, const std::string& out_dir, std::size_t jobs,
+                                  train::Communicator& communicator,
                                   const std::function<void(std::string_view)>& progress) {
   options.validate();
   const auto start = std::chrono::steady_clock::now();
@@ -443,8 +470,9 @@ std::string run_stability_section(const StabilityOptions& options, const std::st
         r.label = "stability " + name_of(fix) + " lr " + general(lr) + " seed " + std::to_string(seed);
         runs.push_back(r);
       }
-  const std::vector<TrackedRun> results = train_all(runs, jobs, progress);
+  const std::vector<TrackedRun> results = train_all(runs, jobs, communicator, progress);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (communicator.rank() != 0) return {};  // rank 0 writes
 
   // ---- CSV --------------------------------------------------------------------------------
   std::ostringstream run_csv, curve_csv, bound_csv;

@@ -1,7 +1,8 @@
 #pragma once
 // Scaling-study part 2, sections "mup" and "stability": the tiny transformer (models/) trained
 // for a few hundred steps at one learning rate each, with the attention of every layer read
-// at every probe — the engine both sections share (train_tracked) — and the stability section
+// at every probe — the engine both sections share (train_tracked, on study/toy_run.hpp's run;
+// train_all spreads the runs over threads and MPI ranks) — and the stability section
 // itself: a learning-rate sweep of a pre-LN transformer without and with the two published
 // fixes, σReparam (Zhai et al. 2023) and QK-norm (Dehghani et al. 2023; Wortsman et al. 2023),
 // tracking per-head attention entropy, the largest attention logit, and Zhai et al.'s entropy
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "models/transformer/transformer.hpp"
+#include "train/distributed.hpp"
 
 namespace qkv::study {
 
@@ -75,9 +77,11 @@ struct TrackedRun {
 
 /// Trains one run, probing as it goes. Deterministic for given options (one thread).
 TrackedRun train_tracked(const TrackedRunOptions& options);
-/// Every run, `jobs` at a time (one thread each); results in the order given. `progress` gets
-/// one line per finished run.
+/// Every run, spread over the ranks of `communicator` and `jobs` at a time within each (one
+/// thread each; study/spread_runs.hpp, collective); every rank returns every result, in the
+/// order given. `progress` gets one line per finished run of this rank.
 std::vector<TrackedRun> train_all(const std::vector<TrackedRunOptions>& runs, std::size_t jobs,
+                                  train::Communicator& communicator,
                                   const std::function<void(std::string_view)>& progress = {});
 
 /// The least entropy (nats) of a softmax over `keys` logits that span at most β (max − min ≤ β):
@@ -116,10 +120,13 @@ struct StabilityOptions {
   void validate() const;
 };
 
-/// Runs the sweep and writes stability_runs.csv, stability_curves.csv, stability_bound.csv,
+/// Runs the sweep (over the ranks of `communicator`, `jobs` at a time on each; collective) and,
+/// on rank 0, writes stability_runs.csv, stability_curves.csv, stability_bound.csv,
 /// stability_*.svg and stability_summary.md into `out_dir` (which must exist). Returns the
-/// markdown fragment (also in stability_summary.md) for the study's summary.md.
+/// markdown fragment (also in stability_summary.md) for the study's summary.md on rank 0, ""
+/// on the others.
 std::string run_stability_section(const StabilityOptions& options, const std::string& out_dir, std::size_t jobs,
+                                  train::Communicator& communicator,
                                   const std::function<void(std::string_view)>& progress = {});
 
 }  // namespace qkv::study

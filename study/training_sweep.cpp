@@ -1,25 +1,21 @@
 #include "study/training_sweep.hpp"
 
 #include <algorithm>
-#include <atomic>
-#include <bit>
 #include <chrono>
 #include <cmath>
-#include <exception>
 #include <filesystem>
 #include <limits>
-#include <mutex>
-#include <thread>
 
 #include "autograd/ops.hpp"
 #include "lib/text/batching.hpp"
 #include "lib/numerics/broadcast.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/text/metrics.hpp"
-#include "lib/text/tasks.hpp"
-#include "models/registry.hpp"
 #include "train/trainer.hpp"
 #include "models/transformer/transformer.hpp"
+#include "study/spread_runs.hpp"
+#include "study/toy_run.hpp"
+#include "train/evaluation.hpp"
 
 namespace qkv::study {
 
@@ -142,45 +138,25 @@ void SweepOptions::validate() const {
 
 RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t key_size, std::uint64_t seed) {
   const auto start = std::chrono::steady_clock::now();
-  // One epoch of exactly `steps` batches; the same data for every run of this seed.
-  const Dataset data = make_task(options.task, {.train_size = options.steps * options.batch_size,
-                                                .validation_size = options.probe_size,
-                                                .test_size = 1,
-                                                .seed = seed,
-                                                .min_length = options.min_length,
-                                                .max_length = options.max_length});
-  const Vocabs vocabs = build_vocabs(data.train);
-  models::TransformerConfig config;
-  config.d_model = options.d_model;
-  config.nhead = options.d_model / key_size;
-  config.encoder_layers = config.decoder_layers = options.layers;
-  config.dim_feedforward = options.dim_feedforward;
-  config.dropout = 0;
-  config.scale = score_scale(scaling, key_size);
-  config.seed = seed;
-  auto model = models::make_model("transformer", nlohmann::json(config), vocabs.source.size(), vocabs.target.size());
-
-  std::vector<std::size_t> probe_rows(data.validation.size());
-  for (std::size_t i = 0; i < probe_rows.size(); ++i) probe_rows[i] = i;
-  const Batch probe_batch =
-      Batcher(data.validation, vocabs.source, vocabs.target, {.batch_size = probe_rows.size(), .shuffle = false})
-          .make_batch(probe_rows);
-
-  train::TrainOptions train_options;
-  train_options.seed = seed;
-  train_options.epochs = 1;
-  train_options.batch_size = options.batch_size;
-  train_options.lr = options.lr;
-  train_options.clip_norm = options.clip_norm;
-  train_options.best_metric = train::BestMetric::val_loss;
-  // No checkpointer: a sweep keeps numbers, not run directories.
-  train::Trainer trainer(model, vocabs, data.train, train_options);
-  trainer.set_evaluator(train::evaluate_on(data.validation));
-  const AttentionParameters attention(*model);
+  // The same data for every run of this seed; the Trainer evaluates on the probe pairs at the end.
+  ToyRunOptions toy;
+  toy.task = options.task, toy.min_length = options.min_length, toy.max_length = options.max_length;
+  toy.model.d_model = options.d_model;
+  toy.model.nhead = options.d_model / key_size;
+  toy.model.encoder_layers = toy.model.decoder_layers = options.layers;
+  toy.model.dim_feedforward = options.dim_feedforward;
+  toy.model.dropout = 0;
+  toy.model.scale = score_scale(scaling, key_size);
+  toy.model.seed = seed;
+  toy.steps = options.steps, toy.batch_size = options.batch_size, toy.validation_size = options.probe_size;
+  toy.training.lr = options.lr, toy.training.clip_norm = options.clip_norm;
+  ToyRun run(toy);
+  run.trainer.set_evaluator(train::evaluate_on(run.data.validation));
+  const AttentionParameters attention(*run.model);
 
   RunResult result;
   result.scaling = scaling, result.key_size = key_size, result.heads = options.d_model / key_size, result.seed = seed;
-  ProbePoint first = probe(*model, probe_batch);
+  ProbePoint first = probe(*run.model, run.probe_batch);
   first.train_loss = first.attention_grad_norm = first.qk_grad_norm = kNaN;
   first.temperature = attention.mean_temperature();
   result.curve.push_back(first);
@@ -218,12 +194,12 @@ RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t ke
     double loss_sum_ = 0, grad_sum_ = 0, qk_sum_ = 0;
     std::size_t window_ = 0;
   };
-  trainer.add_callback(std::make_shared<Probe>(options, attention, *model, probe_batch, result));
-  const train::TrainResult trained = trainer.train();
+  run.trainer.add_callback(std::make_shared<Probe>(options, attention, *run.model, run.probe_batch, result));
+  const train::TrainResult trained = run.trainer.train();
   result.stop_reason = name_of(trained.reason);
   if (trained.reason == train::StopReason::diverged) result.stop_reason += ": " + trained.message;
-  if (!trainer.history().empty()) {
-    const nlohmann::json& last = trainer.history().back();
+  if (!run.trainer.history().empty()) {
+    const nlohmann::json& last = run.trainer.history().back();
     result.final_loss = last.at("val_loss").get<double>();
     result.final_token_accuracy = last.at("token_acc").get<double>();
     result.final_exact = last.at("exact").get<double>();
@@ -251,24 +227,16 @@ std::vector<Job> sweep_jobs(const SweepOptions& options) {
   return jobs;
 }
 
-/// Trains `jobs`, `options.jobs` at a time; results in the order of `jobs`.
-std::vector<RunResult> train_jobs(const SweepOptions& options, const std::vector<Job>& jobs,
-                                  const std::function<void(std::string_view)>& progress);
-
-// Results travel between ranks as JSON whose doubles are their bit patterns: exact, NaN included.
-json exact(double value) { return std::bit_cast<std::uint64_t>(value); }
-double exact_double(const json& value) { return std::bit_cast<double>(value.get<std::uint64_t>()); }
-
 json to_exact_json(const RunResult& r) {
   json curve = json::array();
   for (const ProbePoint& p : r.curve)
-    curve.push_back({p.step, exact(p.train_loss), exact(p.probe_loss), exact(p.token_accuracy), exact(p.entropy),
-                     exact(p.saturated_share), exact(p.mean_abs_logit), exact(p.attention_grad_norm),
-                     exact(p.qk_grad_norm), exact(p.temperature)});
+    curve.push_back({p.step, exact_json(p.train_loss), exact_json(p.probe_loss), exact_json(p.token_accuracy),
+                     exact_json(p.entropy), exact_json(p.saturated_share), exact_json(p.mean_abs_logit),
+                     exact_json(p.attention_grad_norm), exact_json(p.qk_grad_norm), exact_json(p.temperature)});
   return {{"scaling", name_of(r.scaling)}, {"key_size", r.key_size}, {"heads", r.heads}, {"seed", r.seed},
           {"curve", curve}, {"steps_to_target", r.steps_to_target ? json(*r.steps_to_target) : json(nullptr)},
-          {"final", {exact(r.final_loss), exact(r.final_token_accuracy), exact(r.final_exact)}},
-          {"seconds", exact(r.seconds)}, {"stop_reason", r.stop_reason}};
+          {"final", {exact_json(r.final_loss), exact_json(r.final_token_accuracy), exact_json(r.final_exact)}},
+          {"seconds", exact_json(r.seconds)}, {"stop_reason", r.stop_reason}};
 }
 
 RunResult from_exact_json(const json& j) {
@@ -292,96 +260,25 @@ RunResult from_exact_json(const json& j) {
   return r;
 }
 
-}  // namespace
-
-std::vector<RunResult> run_sweep(const SweepOptions& options, const std::function<void(std::string_view)>& progress) {
-  options.validate();
-  return train_jobs(options, sweep_jobs(options), progress);
+std::string describe(const RunResult& r) {
+  return run_name(r.scaling, r.key_size, r.seed) + " (" + std::to_string(r.heads) + " heads): " +
+         (r.steps_to_target ? std::to_string(*r.steps_to_target) + " steps to target"
+                            : std::string("target not reached")) +
+         ", final token_acc " + format_number(std::round(r.final_token_accuracy * 1e4) / 1e4) + ", " +
+         format_number(std::round(r.seconds * 10) / 10) + " s" +
+         (r.stop_reason == "completed" ? "" : " [" + r.stop_reason + "]");
 }
+
+}  // namespace
 
 std::vector<RunResult> run_sweep(const SweepOptions& options, train::Communicator& communicator,
                                  const std::function<void(std::string_view)>& progress) {
   options.validate();
-  const std::vector<Job> all = sweep_jobs(options);
-  const std::size_t rank = std::size_t(communicator.rank()), ranks = std::size_t(communicator.size());
-  // Strided, so that every rank gets a share of each d_k (the runs' cost grows with the heads).
-  std::vector<Job> mine;
-  for (std::size_t i = rank; i < all.size(); i += ranks) mine.push_back(all[i]);
-  // A failure is sent like a result, so that no rank waits for one that gave up.
-  json sent;
-  try {
-    json results = json::array();
-    for (const RunResult& r : train_jobs(options, mine, progress)) results.push_back(to_exact_json(r));
-    sent = {{"results", results}};
-  } catch (const std::exception& e) {
-    sent = {{"error", "rank " + std::to_string(rank) + ": " + e.what()}};
-  }
-  const std::vector<std::string> gathered = communicator.gather_text(sent.dump());
-  std::string merged;
-  if (rank == 0) {
-    json all_results = json::array();
-    for (std::size_t i = 0; i < all.size(); ++i) all_results.push_back(nullptr);
-    std::string errors;
-    for (std::size_t r = 0; r < gathered.size(); ++r) {
-      const json part = json::parse(gathered[r]);
-      if (part.contains("error")) {
-        errors += (errors.empty() ? "" : "; ") + part.at("error").get<std::string>();
-        continue;
-      }
-      const json& results = part.at("results");
-      for (std::size_t k = 0; k < results.size(); ++k) all_results[r + k * ranks] = results[k];
-    }
-    merged = errors.empty() ? json{{"results", all_results}}.dump() : json{{"error", errors}}.dump();
-  }
-  communicator.broadcast_text(merged);
-  const json result = json::parse(merged);
-  if (result.contains("error")) throw Error("the distributed sweep failed on " + result.at("error").get<std::string>());
-  std::vector<RunResult> results;
-  for (const json& r : result.at("results")) results.push_back(from_exact_json(r));
-  return results;
+  const std::vector<Job> jobs = sweep_jobs(options);
+  return spread_runs<RunResult>(
+      communicator, jobs.size(), options.jobs, "training", progress,
+      [&](std::size_t i) { return train_one(options, jobs[i].scaling, jobs[i].key_size, jobs[i].seed); },
+      to_exact_json, [](std::size_t, const json& j) { return from_exact_json(j); }, describe);
 }
-
-namespace {
-
-std::vector<RunResult> train_jobs(const SweepOptions& options, const std::vector<Job>& jobs,
-                                  const std::function<void(std::string_view)>& progress) {
-  std::vector<RunResult> results(jobs.size());
-  std::atomic<std::size_t> next{0};
-  std::size_t finished = 0;
-  std::mutex mutex;
-  std::exception_ptr failure;
-  const auto worker = [&] {
-    for (std::size_t i; (i = next++) < jobs.size();) {
-      try {
-        results[i] = train_one(options, jobs[i].scaling, jobs[i].key_size, jobs[i].seed);
-      } catch (...) {
-        const std::lock_guard lock(mutex);
-        if (!failure) failure = std::current_exception();
-        next = jobs.size();  // the others finish their current run and stop
-        return;
-      }
-      const std::lock_guard lock(mutex);
-      ++finished;
-      if (progress) {
-        const RunResult& r = results[i];
-        progress("training " + std::to_string(finished) + "/" + std::to_string(jobs.size()) + ": " +
-                 run_name(r.scaling, r.key_size, r.seed) + " (" + std::to_string(r.heads) + " heads): " +
-                 (r.steps_to_target ? std::to_string(*r.steps_to_target) + " steps to target"
-                                    : std::string("target not reached")) +
-                 ", final token_acc " + format_number(std::round(r.final_token_accuracy * 1e4) / 1e4) + ", " +
-                 format_number(std::round(r.seconds * 10) / 10) + " s" +
-                 (r.stop_reason == "completed" ? "" : " [" + r.stop_reason + "]"));
-      }
-    }
-  };
-  std::vector<std::thread> threads;
-  for (std::size_t t = 1; t < std::min(options.jobs, jobs.size()); ++t) threads.emplace_back(worker);
-  worker();
-  for (std::thread& t : threads) t.join();
-  if (failure) std::rethrow_exception(failure);
-  return results;
-}
-
-}  // namespace
 
 }  // namespace qkv::study

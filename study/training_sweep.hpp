@@ -77,16 +77,13 @@ struct RunResult {
 /// Trains one configuration (the probe statistics above are taken along the way).
 RunResult train_one(const SweepOptions& options, Scaling scaling, std::size_t key_size, std::uint64_t seed);
 
-/// Every (d_k, scaling, seed), `options.jobs` at a time; results in that nested order whatever
-/// the order they finish in. `progress` gets one line per finished run (from any thread, one
-/// at a time).
-std::vector<RunResult> run_sweep(const SweepOptions& options,
-                                 const std::function<void(std::string_view)>& progress = {});
-/// The same spread over the ranks of `communicator` (train/distributed.hpp; collective: every
-/// rank calls it with the same options): rank r trains runs r, r + N, r + 2N, ... of the nested
-/// order, `options.jobs` at a time, and every rank returns every run's result, bit for bit what
-/// one process computes (each run is trained alone, in one thread, from its own seed). A run
-/// that fails on any rank makes every rank throw its error.
+/// Every (d_k, scaling, seed), spread over the ranks of `communicator` (study/spread_runs.hpp;
+/// collective: every rank calls it with the same options; train::single_process() alone): rank
+/// r trains runs r, r + N, r + 2N, ... of the nested order, `options.jobs` at a time, and every
+/// rank returns every run's result in that order, bit for bit what one process computes (each
+/// run is trained alone, in one thread, from its own seed). `progress` gets one line per
+/// finished run of this rank (from any thread, one at a time). A run that fails on any rank
+/// makes every rank throw its error.
 std::vector<RunResult> run_sweep(const SweepOptions& options, train::Communicator& communicator,
                                  const std::function<void(std::string_view)>& progress = {});
 

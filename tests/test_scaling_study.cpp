@@ -1,12 +1,19 @@
 // qkv-scaling-study (examples/scaling_study): the statistics it reports, checked as properties
 // of a seeded run, its softmax summaries against autograd, the attention observer it reads
-// the trained model through, and one tiny training run end to end.
+// the trained model through, one tiny training run end to end, and how a section's runs are
+// spread over ranks and gathered (study/spread_runs.hpp).
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <limits>
+#include <span>
+#include <string>
+#include <vector>
 
 #include "layers/attention.hpp"
 #include "study/report.hpp"
+#include "study/spread_runs.hpp"
 #include "study/statistics.hpp"
 #include "study/training_sweep.hpp"
 #include "support/helpers.hpp"
@@ -263,4 +270,95 @@ TEST_CASE("scaling study: one tiny training run records probes, gradients and th
   CHECK(std::isnan(fixed.curve.back().temperature));
   // Same seed, same data and initial weights: the probe before training differs only by the scale.
   CHECK(fixed.curve[0].token_accuracy == run.curve[0].token_accuracy);
+}
+
+namespace {
+
+/// Rank 0 of a pretend job of two processes: rank 1's part of every gather is `rank_one_sends`
+/// (what rank 1 of a real job would send), and the broadcast keeps rank 0's text.
+class PretendRankZero : public train::Communicator {
+ public:
+  explicit PretendRankZero(std::string rank_one_sends) : other_(std::move(rank_one_sends)) {}
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void sum(std::span<float> /*values*/) override {}
+  void sum(std::span<double> /*values*/) override {}
+  std::vector<std::uint64_t> all_gather(std::span<const std::uint64_t> values) override {
+    std::vector<std::uint64_t> all(values.begin(), values.end());
+    all.insert(all.end(), values.begin(), values.end());
+    return all;
+  }
+  std::vector<std::string> gather_text(const std::string& text) override { return {text, other_}; }
+  void broadcast_text(std::string& /*text*/) override {}
+
+ private:
+  std::string other_;
+};
+
+/// Run i's result: i², and a summary naming it.
+RunOutcome square(std::size_t i) { return {nlohmann::json(i * i), "run " + std::to_string(i)}; }
+
+}  // namespace
+
+TEST_CASE("spread_runs: every run once and in order, rank r runs r, r + N, ..., a lost or failed run stops every rank") {
+  // Alone: every run here, whatever the threads.
+  for (const std::size_t jobs : {1, 3}) {
+    std::vector<std::string> lines;
+    const std::vector<nlohmann::json> alone = spread_runs(
+        *train::single_process(), 5, jobs, square, "cells", [&](std::string_view line) { lines.emplace_back(line); });
+    REQUIRE(alone.size() == 5);
+    for (std::size_t i = 0; i < 5; ++i) CHECK(alone[i].get<std::size_t>() == i * i);
+    REQUIRE(lines.size() == 5);
+    CHECK(lines.back().starts_with("cells 5/5: run "));
+  }
+  // Alone, a run's own exception comes back as it was thrown.
+  const auto failing = [](std::size_t i) {
+    if (i == 2) throw ShapeError("run 2: bad shape");
+    return square(i);
+  };
+  CHECK_THROWS_AS(spread_runs(*train::single_process(), 5, 2, failing, "cells", {}), ShapeError);
+
+  // Rank 0 of 2 runs 0, 2, 4; rank 1's results (for runs 1 and 3) go between them.
+  std::vector<std::size_t> ran;
+  const auto recording = [&](std::size_t i) {
+    ran.push_back(i);
+    return square(i);
+  };
+  PretendRankZero job(R"({"results": [101, 103]})");
+  const std::vector<nlohmann::json> merged = spread_runs(job, 5, 1, recording, "cells", {});
+  CHECK(ran == std::vector<std::size_t>{0, 2, 4});
+  REQUIRE(merged.size() == 5);
+  const std::vector<std::size_t> expected = {0, 101, 4, 103, 16};
+  for (std::size_t i = 0; i < 5; ++i) CHECK(merged[i].get<std::size_t>() == expected[i]);
+
+  // A rank that sends a result too few or too many, or an error, stops the job on every rank.
+  PretendRankZero short_one(R"({"results": [101]})");
+  CHECK_THROWS_WITH(spread_runs(short_one, 5, 1, square, "cells", {}),
+                    doctest::Contains("rank 1: sent 1 results for 2 runs"));
+  PretendRankZero long_one(R"({"results": [101, 103, 105]})");
+  CHECK_THROWS_WITH(spread_runs(long_one, 5, 1, square, "cells", {}),
+                    doctest::Contains("rank 1: sent 3 results for 2 runs"));
+  PretendRankZero failed(R"({"error": "rank 1: diverged"})");
+  CHECK_THROWS_WITH(spread_runs(failed, 5, 1, square, "cells", {}),
+                    doctest::Contains("cells over 2 processes failed on rank 1: diverged"));
+  // Rank 0's own failure is sent like a result and reported the same way.
+  PretendRankZero fine(R"({"results": [101, 103]})");
+  CHECK_THROWS_WITH(spread_runs(fine, 5, 1, failing, "cells", {}),
+                    doctest::Contains("failed on rank 0: run 2: bad shape"));
+}
+
+TEST_CASE("exact_json: every double reads back bit for bit, NaN, infinities, -0 and subnormals included") {
+  const std::vector<double> values = {0.1,
+                                      -0.0,
+                                      1.0 / 3.0,
+                                      std::numeric_limits<double>::quiet_NaN(),
+                                      -std::numeric_limits<double>::infinity(),
+                                      std::numeric_limits<double>::denorm_min(),
+                                      std::numeric_limits<double>::max(),
+                                      std::nextafter(1.0, 2.0)};
+  const nlohmann::json through_text = nlohmann::json::parse(exact_json(values).dump());
+  const std::vector<double> back = exact_doubles(through_text);
+  REQUIRE(back.size() == values.size());
+  for (std::size_t i = 0; i < values.size(); ++i)
+    CHECK(std::bit_cast<std::uint64_t>(back[i]) == std::bit_cast<std::uint64_t>(values[i]));
 }

@@ -11,10 +11,11 @@
 // additive compares additive and dot-product attention as d_k grows (study/additive.hpp).
 // DIR/summary.md holds the sections that ran; docs/scaling_study.md explains every output.
 //
-// Under mpirun (`mpirun -np 4 qkv-scaling-study ...`, qkv built with QKV_MPI) the training runs
-// are spread over the ranks (study::run_sweep with a communicator) and rank 0 measures part 1
-// and writes every file: the same rows as one process, bit for bit, but for the wall times.
-// --jobs is then per rank (default 1). The length and additive sections run on rank 0 alone.
+// Under mpirun (`mpirun -np 4 qkv-scaling-study ...`, qkv built with QKV_MPI) every section that
+// trains (training, mup, stability, length, additive) spreads its runs over the ranks
+// (study/spread_runs.hpp), rank 0 measures the statistics section and attention fading (no
+// training) and writes every file: the same rows as one process, bit for bit, but for the wall
+// times. --jobs is then per rank (default 1).
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
@@ -33,7 +34,6 @@
 #include "study/additive.hpp"
 #include "study/length.hpp"
 #include "study/mup.hpp"
-#include "study/stability.hpp"
 #include "study/report.hpp"
 #include "study/stability.hpp"
 #include "study/statistics.hpp"
@@ -99,7 +99,8 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   app.add_option("--train-key-sizes", sweep.key_sizes, "training: head sizes d_k (heads = d_model / d_k)");
   app.add_option("--scalings", scaling_ids, "training: none, inv_sqrt_dk, inv_dk, learned_tau");
   auto* jobs = app.add_option("--jobs", sweep.jobs,
-                              "training, length, additive: runs at once (one thread each; per rank under mpirun)")
+                              "training, mup, stability, length, additive: runs at once (one thread each; per rank "
+                              "under mpirun)")
                    ->check(CLI::PositiveNumber);
   auto* seeds = app.add_option("--seeds", sweep.seeds, "training: seeds per setting")->check(CLI::PositiveNumber);
   auto* steps = app.add_option("--steps", sweep.steps, "training: optimizer steps per run")->check(CLI::PositiveNumber);
@@ -157,6 +158,12 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
   for (int i = 0; i < argc; ++i) command << (i ? " " : "") << (i ? argv[i] : "qkv-scaling-study");
 
   const auto progress = [](std::string_view line) { spdlog::info("{}", line); };
+  // "2 at a time", and under mpirun where the rest of the runs go.
+  const auto at_a_time = [ranks](std::size_t jobs) {
+    return std::to_string(jobs) + " at a time" +
+           (ranks > 1 ? " on each rank, runs over " + std::to_string(ranks) + " processes" : std::string());
+  };
+  qkv::train::Communicator& world = *mpi.world();
   // Every section: its name in --sections and what it runs. run() measures (collectively under
   // mpirun, where a section spreads its runs over the ranks) and returns, on rank 0, what it
   // wrote into `out`; the others return nothing. summary.md follows this order.
@@ -178,10 +185,8 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
        [&] {
          sweep.validate();
          const std::size_t runs = sweep.key_sizes.size() * sweep.scalings.size() * sweep.seeds;
-         spdlog::info("training {} runs of {} steps, {} at a time{}", runs, sweep.steps, sweep.jobs,
-                      ranks > 1 ? " on each rank, runs over " + std::to_string(ranks) + " processes" : std::string());
-         const std::vector<RunResult> results =
-             ranks > 1 ? run_sweep(sweep, *mpi.world(), progress) : run_sweep(sweep, progress);
+         spdlog::info("training {} runs of {} steps, {}", runs, sweep.steps, at_a_time(sweep.jobs));
+         const std::vector<RunResult> results = run_sweep(sweep, world, progress);
          return root ? write_training_section(out, sweep, results) : SectionOutput{};
        }},
       {"mup",
@@ -191,9 +196,8 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
          if (!mup_widths.empty()) mup.coordinate_widths = mup.transfer_widths = mup_widths;
          if (section_steps > 0) mup.coordinate_steps = mup.transfer_steps = section_steps;
          mup.validate();
-         if (!root) return SectionOutput{};
-         spdlog::info("mup: coordinate check and learning-rate transfer");
-         return SectionOutput{.files = {}, .markdown = run_mup_section(mup, out, sweep.jobs, progress)};
+         spdlog::info("mup: coordinate check and learning-rate transfer, {}", at_a_time(sweep.jobs));
+         return SectionOutput{.files = {}, .markdown = run_mup_section(mup, out, sweep.jobs, world, progress)};
        }},
       {"stability",
        [&] {
@@ -202,30 +206,34 @@ int run(int argc, char** argv, const qkv::train::MpiSession& mpi) {
          if (!stability_lrs.empty()) stability.learning_rates = stability_lrs;
          if (section_steps > 0) stability.steps = section_steps;
          stability.validate();
-         if (!root) return SectionOutput{};
-         spdlog::info("stability: learning-rate sweep, entropy, logits, QK-norm and sigmaReparam");
-         return SectionOutput{.files = {}, .markdown = run_stability_section(stability, out, sweep.jobs, progress)};
+         spdlog::info("stability: learning-rate sweep, entropy, logits, QK-norm and sigmaReparam: "
+                      "{} runs of {} steps, {}",
+                      stability.fixes.size() * stability.learning_rates.size() * stability.seeds, stability.steps,
+                      at_a_time(sweep.jobs));
+         return SectionOutput{.files = {},
+                              .markdown = run_stability_section(stability, out, sweep.jobs, world, progress)};
        }},
       {"length",
        [&] {
          fading.validate();
          length.validate();
-         if (!root) return SectionOutput{};
          const std::size_t runs =
              length.tasks.size() * length.scales.size() * length.positionals.size() * length.seeds;
-         spdlog::info("length: attention fading, then {} runs of {} steps, {} at a time", runs, length.steps,
-                      length.jobs);
-         const std::vector<FadingPoint> faded = measure_fading(fading);
-         return write_length_section(out, fading, faded, length, run_length_generalisation(length, progress));
+         spdlog::info("length: attention fading, then {} runs of {} steps, {}", runs, length.steps,
+                      at_a_time(length.jobs));
+         // Fading trains nothing: rank 0's alone, before the runs (the others start on theirs).
+         const std::vector<FadingPoint> faded = root ? measure_fading(fading) : std::vector<FadingPoint>{};
+         const std::vector<LengthRun> trained = run_length_generalisation(length, world, progress);
+         return root ? write_length_section(out, fading, faded, length, trained) : SectionOutput{};
        }},
       {"additive",
        [&] {
          additive.validate();
-         if (!root) return SectionOutput{};
-         spdlog::info("additive: {} runs of {} steps, {} at a time",
+         spdlog::info("additive: {} runs of {} steps, {}",
                       additive.key_sizes.size() * additive.mechanisms.size() * additive.seeds, additive.steps,
-                      additive.jobs);
-         return write_additive_section(out, additive, run_additive(additive, progress));
+                      at_a_time(additive.jobs));
+         const std::vector<AdditiveRun> trained = run_additive(additive, world, progress);
+         return root ? write_additive_section(out, additive, trained) : SectionOutput{};
        }},
   };
 

@@ -11,8 +11,11 @@
 #   kill_resume  SIGKILL of rank 1 mid-run: mpirun ends the job within 20 s with a message, the
 #                last checkpoint loads, and --resume continues it on 2 ranks and then on 1
 #   sweep        mpirun -np 2 qkv-scaling-study writes the same CSV rows and summary as one
-#                process (cmp; the CSV seconds column and the summary's Time and Command lines,
+#                process (cmp; the CSV seconds column and the summaries' Time and Command lines,
 #                which hold wall times and --out, are removed first)
+#   sections     the same for the mup, stability, length and additive sections (--smoke sizes),
+#                2 ranks with --jobs 1 and with --jobs 2 (threads inside each rank), and every
+#                CSV of runs has one row per run of the grid (none dropped, none twice)
 #
 # Prints "mpi CASE: passed" last on success (ctest looks for it); exits non-zero with what failed.
 set -euo pipefail
@@ -27,6 +30,56 @@ mpirun=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
 fail() {
   echo "mpi $case_name: FAILED: $*" >&2
   exit 1
+}
+
+# Runs qkv-scaling-study alone into $work/one and under mpirun -np 2 into $work/two-$jobs for
+# each --jobs value after "--", with the study's arguments before it.
+run_study() {
+  local args=() jobs_values=() seen=0
+  for a in "$@"; do
+    if [[ $a == -- ]]; then seen=1; elif ((seen)); then jobs_values+=("$a"); else args+=("$a"); fi
+  done
+  "$study" "${args[@]}" --jobs 1 --out "$work/one" >"$work/one.txt" 2>&1 || fail "one process: $(tail -3 "$work/one.txt")"
+  for jobs in "${jobs_values[@]}"; do
+    "${mpirun[@]}" -np 2 "$study" "${args[@]}" --jobs "$jobs" --out "$work/two-$jobs" >"$work/two-$jobs.txt" 2>&1 ||
+      fail "2 ranks, --jobs $jobs: $(tail -3 "$work/two-$jobs.txt")"
+  done
+}
+
+# Every file of $work/one against $work/$2 (cmp), wall-clock times removed first: the CSVs'
+# seconds column and the summaries' Time and Command lines. Prints what it compared.
+compare_with_one_process() {
+  local other=$1
+  for dir in one "$other"; do
+    rm -rf "$work/$dir-cmp" && mkdir -p "$work/$dir-cmp"
+    for file in "$work/$dir"/*.csv "$work/$dir"/*.md; do
+      name=$(basename "$file")
+      case $name in
+        *.md) grep -v '^Time: \|^Command: ' "$file" >"$work/$dir-cmp/$name" ;;
+        *.csv) awk -F, -v OFS=, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "seconds") s = i }
+                                 { if (s) { $s = "" } print }' "$file" >"$work/$dir-cmp/$name" ;;
+      esac
+    done
+  done
+  local compared=0
+  [[ $(ls "$work/one-cmp" | wc -l) == $(ls "$work/$other-cmp" | wc -l) ]] || fail "$other: not the same files as one process"
+  for file in "$work/one-cmp"/*; do
+    cmp "$file" "$work/$other-cmp/$(basename "$file")" || fail "$other: $(basename "$file") differs"
+    ((++compared))
+  done
+  for svg in "$work/one"/*.svg; do
+    cmp "$svg" "$work/$other/$(basename "$svg")" || fail "$other: $(basename "$svg") differs"
+    ((++compared))
+  done
+  echo "$other: $compared files identical to one process' (the CSV seconds column and the summaries' Time and Command lines removed)"
+}
+
+# expect_rows DIR FILE.csv COUNT: COUNT rows besides the header, and no row twice.
+expect_rows() {
+  local file=$work/$1/$2 rows
+  rows=$(($(wc -l <"$file") - 1))
+  ((rows == $3)) || fail "$1/$2: $rows rows, expected $3"
+  [[ -z $(tail -n +2 "$file" | sort | uniq -d) ]] || fail "$1/$2: a row appears twice"
 }
 
 # The largest relative difference between two "step N loss X" listings (same steps required).
@@ -128,33 +181,31 @@ kill_resume)
   echo "resumed: step $step -> $step2 on 2 ranks -> $step1 alone; $(grep '^final:' "$work/resume1.txt")"
   ;;
 sweep)
-  args=(--sections statistics,training --quick --trials 2000 --gradient-trials 100 --prediction-samples 500 --d-model 32 --train-key-sizes 16 32
-        --steps 6 --probe-every 3 --jobs 1)
-  "$study" "${args[@]}" --out "$work/one" >"$work/one.txt" 2>&1 || fail "one process: $(tail -3 "$work/one.txt")"
-  "${mpirun[@]}" -np 2 "$study" "${args[@]}" --out "$work/two" >"$work/two.txt" 2>&1 ||
-    fail "2 ranks: $(tail -3 "$work/two.txt")"
-  grep -m1 "runs over 2 processes" "$work/two.txt" || fail "the sweep was not spread over the ranks"
-  # Wall-clock times are the only thing allowed to differ: drop the CSV's seconds column and the
-  # summary's Time line, then every file must be identical.
-  for dir in one two; do
-    mkdir -p "$work/$dir-cmp"
-    for file in "$work/$dir"/*.csv "$work/$dir"/*.md; do
-      name=$(basename "$file")
-      case $name in
-        summary.md) grep -v '^Time: \|^Command: ' "$file" >"$work/$dir-cmp/$name" ;;
-        *.csv) awk -F, -v OFS=, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "seconds") s = i }
-                                 { if (s) { $s = "" } print }' "$file" >"$work/$dir-cmp/$name" ;;
-        *) cp "$file" "$work/$dir-cmp/$name" ;;
-      esac
-    done
+  run_study --sections statistics,training --quick --trials 2000 --gradient-trials 100 --prediction-samples 500 \
+    --d-model 32 --train-key-sizes 16 32 --steps 6 --probe-every 3 -- 1
+  grep -m1 "runs over 2 processes" "$work/two-1.txt" || fail "the sweep was not spread over the ranks"
+  compare_with_one_process two-1
+  # 2 key sizes x 4 scalings x 1 seed.
+  expect_rows one training_runs.csv 8
+  expect_rows two-1 training_runs.csv 8
+  ;;
+sections)
+  run_study --sections mup,stability,length,additive --smoke -- 1 2
+  for jobs in 1 2; do
+    spread=$(grep -c "runs over 2 processes" "$work/two-$jobs.txt" || true)
+    ((spread == 4)) || fail "--jobs $jobs: $spread of the 4 sections said they spread their runs over the ranks"
+    compare_with_one_process "two-$jobs"
   done
-  compared=0
-  for file in "$work/one-cmp"/*; do
-    cmp "$file" "$work/two-cmp/$(basename "$file")" || fail "$(basename "$file") differs"
-    ((++compared))
+  # The --smoke grids (examples/scaling_study/main.cpp): mup 2 widths x 2 parametrisations x 3
+  # learning rates; stability 3 fixes x 2 learning rates; length 2 tasks x 5 position schemes x
+  # 3 scales x 2 test lengths; additive 2 d_k x 3 mechanisms x 3 probes (steps 0, 1, 2).
+  for dir in one two-1 two-2; do
+    expect_rows $dir mup_lr_transfer.csv 12
+    expect_rows $dir stability_runs.csv 6
+    expect_rows $dir length_generalisation.csv 60
+    expect_rows $dir additive_curves.csv 18
   done
-  for svg in "$work/one"/*.svg; do cmp "$svg" "$work/two/$(basename "$svg")" || fail "$(basename "$svg") differs"; ((++compared)); done
-  echo "cmp: $compared files identical (the CSV seconds column and the summary's Time and Command lines removed)"
+  echo "rows: mup_lr_transfer 12, stability_runs 6, length_generalisation 60, additive_curves 18, none twice"
   ;;
 *)
   fail "unknown case"

@@ -211,7 +211,7 @@ TEST_CASE("parameter groups: bad groups are named with the option, and change no
   CHECK(adam.parameter_groups()[0].name == "kept");
 }
 
-TEST_CASE("mup: the groups are the weights with two width dimensions; the rest keeps the rate") {
+TEST_CASE("mup: the groups are the weights with two width dimensions, the rest keeps the rate") {
   TransformerConfig config = mup_config(4);  // d_model 8: m = 2
   config.num_kv_heads = 1;                    // the key/value projection narrower than the queries'
   config.memory_slots = 2;                    // [heads, slots, d_head]: one width dimension
@@ -314,7 +314,7 @@ TEST_CASE("mup: gradcheck of every parameter at m = 2") {
   }
 }
 
-TEST_CASE("mup: the config.json key; old configs load without it") {
+TEST_CASE("mup: the config.json key, and old configs load without it") {
   const TransformerConfig config = mup_config(4);
   const nlohmann::json json = config;
   CHECK(json.at("mup_base_d_model") == 4);

@@ -16,7 +16,7 @@ namespace {
 const char* const step_key = "step";
 const char* const groups_key = "parameter_groups";
 
-/// Shortest text that reads back as the same double.
+/// Text that reads back as the same double (max_digits10).
 std::string exact(double value) {
   std::ostringstream out;
   out.precision(std::numeric_limits<double>::max_digits10);
@@ -64,7 +64,7 @@ void Optimizer::set_parameter_groups(const std::vector<ParameterGroup>& groups) 
     check_arg(group_names.insert(group.name).second, owner.c_str(),
               "parameter group name '" + group.name + "' appears twice");
     const std::string group_owner = owner + ": group '" + group.name + "'";
-    // Open at 0: a zero multiplier would freeze the group silently; the bound rejects inf, the comparisons NaN.
+    // Open at 0: a zero multiplier would freeze the group silently; isfinite rejects inf and NaN.
     for (const auto& [option, value] : {std::pair{"lr_multiplier", group.lr_multiplier},
                                         std::pair{"weight_decay_multiplier", group.weight_decay_multiplier}})
       check_arg(value > 0 && std::isfinite(value), group_owner.c_str(),

@@ -82,7 +82,7 @@ class Optimizer {
   /// Error, and nothing changes unless everything fits.
   void load_state(const std::map<std::string, Array>& state);
   /// `state()` to a safetensors file (atomic). The header's metadata records the optimizer's
-  /// name and learning rate.
+  /// name and learning rate, and the parameter groups when there are any.
   void save(const std::string& path) const;
   /// `load_state()` from a file written by `save`. Also restores the learning rate saved with
   /// it (as torch's `load_state_dict` restores the param groups' lr); a schedule applied

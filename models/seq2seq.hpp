@@ -13,6 +13,7 @@
 #include "layers/multihead_attention.hpp"
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/tensor.hpp"
+#include "optim/optimizer.hpp"
 
 namespace qkv::models {
 
@@ -84,6 +85,10 @@ class Seq2SeqModel : public Module {
   /// Hyperparameters that rebuild this model (with the vocabulary sizes) — written to
   /// config.json by checkpoints and read back by the model's `from_config`.
   virtual nlohmann::json config() const = 0;
+  /// The optimizer's parameter groups this model's parametrisation asks for (per-parameter
+  /// learning-rate multipliers, optim/optimizer.hpp); the Trainer sets them on its optimizer.
+  /// None by default: one learning rate for every parameter.
+  virtual std::vector<ParameterGroup> parameter_groups() const { return {}; }
 };
 
 }  // namespace qkv::models

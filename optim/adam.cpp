@@ -89,8 +89,8 @@ Adam::Adam(std::vector<NamedVariable> parameters, const AdamOptions& options)
 }
 
 void Adam::update(std::size_t index, Variable& parameter, std::int64_t updates) {
-  const AdamStep step{learning_rate(), options_.betas.first, options_.betas.second, options_.eps,
-                      options_.weight_decay, false};
+  const AdamStep step{learning_rate() * lr_multiplier(index), options_.betas.first, options_.betas.second,
+                      options_.eps, options_.weight_decay * weight_decay_multiplier(index), false};
   adam_update(step, updates, parameter, slot(index, 0), slot(index, 1));
 }
 
@@ -100,8 +100,8 @@ AdamW::AdamW(std::vector<NamedVariable> parameters, const AdamWOptions& options)
 }
 
 void AdamW::update(std::size_t index, Variable& parameter, std::int64_t updates) {
-  const AdamStep step{learning_rate(), options_.betas.first, options_.betas.second, options_.eps,
-                      options_.weight_decay, true};
+  const AdamStep step{learning_rate() * lr_multiplier(index), options_.betas.first, options_.betas.second,
+                      options_.eps, options_.weight_decay * weight_decay_multiplier(index), true};
   adam_update(step, updates, parameter, slot(index, 0), slot(index, 1));
 }
 

@@ -6,6 +6,9 @@
 //   m = β1 · m + (1 - β1) · g
 //   v = β2 · v + (1 - β2) · g²
 //   p = p - (lr / (1 - β1^t)) · m / (sqrt(v) / sqrt(1 - β2^t) + eps)
+// In a parameter group (optim/optimizer.hpp), lr and weight_decay are the group's: the
+// optimizer's times the group's multipliers — microsoft/mup's MuAdam gives μP's hidden weights
+// lr / m and weight_decay · m this way.
 #include <utility>
 
 #include "optim/optimizer.hpp"

@@ -14,6 +14,15 @@ namespace qkv {
 namespace {
 
 const char* const step_key = "step";
+const char* const groups_key = "parameter_groups";
+
+/// Text that reads back as the same double (max_digits10).
+std::string exact(double value) {
+  std::ostringstream out;
+  out.precision(std::numeric_limits<double>::max_digits10);
+  out << value;
+  return out.str();
+}
 
 Array counter_array(std::int64_t count) {
   Array counter = Array::from_shape({});  // 0-d, as torch stores `step`
@@ -39,6 +48,52 @@ Optimizer::Optimizer(std::string name, std::vector<NamedVariable> parameters, do
   for (std::size_t i = 0; i < parameters_.size(); ++i)
     for (std::size_t s = 0; s < slot_names_.size(); ++s) slots_[i].push_back(zeros(parameters_[i].second.shape()));
   update_counts_.assign(parameters_.size(), 0);
+  lr_multipliers_.assign(parameters_.size(), 1);
+  weight_decay_multipliers_.assign(parameters_.size(), 1);
+}
+
+void Optimizer::set_parameter_groups(const std::vector<ParameterGroup>& groups) {
+  const std::string owner = name_ + ": set_parameter_groups";
+  std::map<std::string, std::size_t> index_of;
+  for (std::size_t i = 0; i < parameters_.size(); ++i) index_of.emplace(parameters_[i].first, i);
+  std::vector<double> lr(parameters_.size(), 1), decay(parameters_.size(), 1);
+  std::map<std::string, std::string> group_of;  // parameter -> the group that claimed it
+  std::set<std::string> group_names;
+  for (const ParameterGroup& group : groups) {
+    check_arg(!group.name.empty(), owner.c_str(), "a parameter group has an empty name");
+    check_arg(group_names.insert(group.name).second, owner.c_str(),
+              "parameter group name '" + group.name + "' appears twice");
+    const std::string group_owner = owner + ": group '" + group.name + "'";
+    // Open at 0: a zero multiplier would freeze the group silently; isfinite rejects inf and NaN.
+    for (const auto& [option, value] : {std::pair{"lr_multiplier", group.lr_multiplier},
+                                        std::pair{"weight_decay_multiplier", group.weight_decay_multiplier}})
+      check_arg(value > 0 && std::isfinite(value), group_owner.c_str(),
+                std::string(option) + " must be > 0 and finite, got " + format_number(value));
+    for (const std::string& parameter : group.parameters) {
+      const auto found = index_of.find(parameter);
+      check_arg(found != index_of.end(), group_owner.c_str(), "no parameter named '" + parameter + "'");
+      const auto [claimed, inserted] = group_of.emplace(parameter, group.name);
+      check_arg(inserted, owner.c_str(),
+                "parameter '" + parameter + "' is in two groups, '" + claimed->second + "' and '" + group.name + "'");
+      lr[found->second] = group.lr_multiplier;
+      decay[found->second] = group.weight_decay_multiplier;
+    }
+  }
+  groups_ = groups;
+  lr_multipliers_ = std::move(lr);
+  weight_decay_multipliers_ = std::move(decay);
+}
+
+std::string Optimizer::groups_record() const {
+  // Per parameter, in the optimizer's order, only those off 1: what the update depends on.
+  std::string record;
+  for (std::size_t i = 0; i < parameters_.size(); ++i) {
+    if (lr_multipliers_[i] == 1 && weight_decay_multipliers_[i] == 1) continue;
+    if (!record.empty()) record += "; ";
+    record += parameters_[i].first + ": lr x " + exact(lr_multipliers_[i]) + ", weight_decay x " +
+              exact(weight_decay_multipliers_[i]);
+  }
+  return record;
 }
 
 void Optimizer::check_learning_rate(double learning_rate) const {
@@ -108,10 +163,10 @@ void Optimizer::load_state(const std::map<std::string, Array>& state) {
 }
 
 void Optimizer::save(const std::string& path) const {
-  std::ostringstream exact_lr;
-  exact_lr.precision(std::numeric_limits<double>::max_digits10);  // round-trips exactly
-  exact_lr << learning_rate_;
-  write_safetensors(path, state(), {}, {{"optimizer", name_}, {"lr", exact_lr.str()}});
+  std::map<std::string, std::string> metadata{{"optimizer", name_}, {"lr", exact(learning_rate_)}};
+  const std::string groups = groups_record();
+  if (!groups.empty()) metadata.emplace(groups_key, groups);  // files without groups stay as before
+  write_safetensors(path, state(), {}, metadata);
 }
 
 void Optimizer::load(const std::string& path) {
@@ -125,6 +180,13 @@ void Optimizer::load(const std::string& path) {
     std::istringstream in(saved_lr->second);
     if (!(in >> learning_rate)) throw Error(path + ": " + name_ + ": load: bad lr '" + saved_lr->second + "' in metadata");
   }
+  // A state saved under other multipliers would resume on different rates without a word.
+  const auto saved_groups = file.metadata.find(groups_key);
+  const std::string saved = saved_groups == file.metadata.end() ? "" : saved_groups->second;
+  const std::string current = groups_record();
+  if (saved != current)
+    throw Error(path + ": " + name_ + ": load: the state was saved with parameter groups [" + saved +
+                "] but this optimizer has [" + current + "]");
   try {
     check_learning_rate(learning_rate);  // before anything changes
     load_state(file.reals);

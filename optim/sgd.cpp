@@ -29,8 +29,8 @@ SGD::SGD(std::vector<NamedVariable> parameters, const SGDOptions& options)
 }
 
 void SGD::update(std::size_t index, Variable& parameter, std::int64_t updates) {
-  const real lr = static_cast<real>(learning_rate());
-  const real weight_decay = static_cast<real>(options_.weight_decay);
+  const real lr = static_cast<real>(learning_rate() * lr_multiplier(index));
+  const real weight_decay = static_cast<real>(options_.weight_decay * weight_decay_multiplier(index));
   const real momentum = static_cast<real>(options_.momentum);
   const real keep_gradient = static_cast<real>(1 - options_.dampening);
   const bool use_momentum = options_.momentum != 0;

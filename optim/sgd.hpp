@@ -5,6 +5,8 @@
 //   with momentum μ > 0:  b = d on the first update, else b = μ · b + (1 - dampening) · d
 //                         d = d + μ · b (Nesterov)  or  d = b
 //   p = p - lr · d
+// In a parameter group (optim/optimizer.hpp), lr and weight_decay are the group's: the
+// optimizer's times the group's multipliers.
 #include <limits>
 
 #include "optim/optimizer.hpp"

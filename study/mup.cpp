@@ -22,7 +22,10 @@ namespace {
 
 const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-std::string label_of(AttentionParametrisation p) { return p == AttentionParametrisation::standard ? "1/√d" : "μP 8/d, q = 0"; }
+std::string label_of(AttentionParametrisation p) {
+  if (p == AttentionParametrisation::standard) return "1/√d";
+  return p == AttentionParametrisation::mup ? "μP 8/d, q = 0" : "full μP (8/d, q = 0, lr/m, logits/m)";
+}
 
 TrackedRunOptions run_for(const MupOptions& o, AttentionParametrisation p, std::size_t width, double lr,
                           std::size_t steps, std::size_t batch, std::size_t probe_every, std::size_t probe_size,
@@ -32,11 +35,22 @@ TrackedRunOptions run_for(const MupOptions& o, AttentionParametrisation p, std::
   r.model.encoder_layers = r.model.decoder_layers = o.layers;
   r.model.dim_feedforward = o.feedforward_ratio * width, r.model.dropout = 0;
   r.model.norm_first = true;
-  if (p == AttentionParametrisation::mup) r.model.scale = ScoreScale::inverse_dim(8), r.model.zero_query_init = true;
+  if (p != AttentionParametrisation::standard) r.model.scale = ScoreScale::inverse_dim(8), r.model.zero_query_init = true;
+  if (p == AttentionParametrisation::full_mup) r.model.mup_base_d_model = o.base_width;
   r.model.seed = seed;
   r.steps = steps, r.batch_size = batch, r.lr = lr, r.probe_every = probe_every, r.probe_size = probe_size;
   r.label = "mup " + name_of(p) + " width " + std::to_string(width) + " lr " + general(lr) + " seed " + std::to_string(seed);
   return r;
+}
+
+/// `text` inside a markdown table cell: a bare "|" would end the cell.
+std::string table_cell(const std::string& text) {
+  std::string out;
+  for (const char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
 }
 
 double layer_mean(const TrackedProbe& p, double LayerProbe::*field) {
@@ -67,7 +81,7 @@ void MupOptions::validate() const {
   for (const double lr : learning_rates)
     check_arg(lr > 0 && std::isfinite(lr), "MupOptions", "learning rates must be positive, got " + format_number(lr));
   check_arg(coordinate_steps > 0 && transfer_steps > 0 && coordinate_batch > 0 && transfer_batch > 0 && layers > 0 &&
-                feedforward_ratio > 0 && coordinate_probe_size > 0 && transfer_probe_size > 0,
+                feedforward_ratio > 0 && coordinate_probe_size > 0 && transfer_probe_size > 0 && base_width > 0,
             "MupOptions", "sizes and step counts must be positive");
 }
 
@@ -75,7 +89,8 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
                             train::Communicator& communicator, const std::function<void(std::string_view)>& progress) {
   options.validate();
   const auto start = std::chrono::steady_clock::now();
-  const AttentionParametrisation kinds[] = {AttentionParametrisation::standard, AttentionParametrisation::mup};
+  const AttentionParametrisation kinds[] = {AttentionParametrisation::standard, AttentionParametrisation::mup,
+                                            AttentionParametrisation::full_mup};
   // The widest runs first, so that two jobs do not end on one long run.
   std::vector<TrackedRunOptions> runs;
   std::vector<AttentionParametrisation> run_kind;
@@ -196,12 +211,14 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
 
   // ---- summary ------------------------------------------------------------------------------
   std::ostringstream md;
-  md << "## μP's 1/d attention scale\n\n"
+  md << "## μP: the 1/d attention scale, and full μP for Adam\n\n"
      << "Pre-LN transformer, " << options.heads << " heads (d_head = d_model / " << options.heads << "), "
      << options.layers << "+" << options.layers << " layers, feed-forward " << options.feedforward_ratio
      << "·d_model, dropout 0, task reverse; Adam, constant rate, no warm-up. Compared: 1/√d_head with the standard "
-     << "initialisation, and μP's 8/d_head with the query projection initialised to zero. Only the attention is "
-     << "changed (no per-layer learning rates, no output multiplier).\n\n"
+     << "initialisation; μP's 8/d_head with the query projection initialised to zero, the rest standard; and full μP "
+     << "for Adam with base width " << options.base_width << " (m = d_model / " << options.base_width
+     << "): that attention, hidden weights at Adam lr / m, readout logits / m, width-independent biases and "
+     << "embeddings (models/transformer/transformer.hpp).\n\n"
      << "Time: " << std::fixed << std::setprecision(1) << seconds << " s.\n\n"
      << "### Coordinate check\n\nMean over the attention layers of mean |logit| (scaled score) after "
      << options.coordinate_steps << " Adam steps at lr " << general(options.coordinate_lr) << ", batch "
@@ -213,7 +230,7 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
   md << "\n";
   for (const Quantity& q : quantities)
     for (const AttentionParametrisation kind : kinds) {
-      md << "| " << label_of(kind) << ", " << q.title << " |";
+      md << "| " << label_of(kind) << ", " << table_cell(q.title) << " |";
       for (const std::size_t w : options.coordinate_widths)
         md << " " << general(coordinate_value(kind, w, std::int64_t(options.coordinate_steps), q.field)) << " |";
       const double first = coordinate_value(kind, options.coordinate_widths.front(),
@@ -222,6 +239,21 @@ std::string run_mup_section(const MupOptions& options, const std::string& out_di
                                            std::int64_t(options.coordinate_steps), q.field);
       md << " " << general(last / first) << " |\n";
     }
+  // The readout is what full μP's logits / m acts on: the model's output logits, per width.
+  const auto output_logit = [&](AttentionParametrisation kind, std::size_t width) {
+    for (std::size_t i = 0; i < coordinate_runs; ++i)
+      if (run_kind[i] == kind && results[i].options.model.d_model == width)
+        for (const TrackedProbe& p : results[i].probes)
+          if (p.step == std::int64_t(options.coordinate_steps)) return p.mean_abs_output_logit;
+    return kNaN;
+  };
+  for (const AttentionParametrisation kind : kinds) {
+    md << "| " << label_of(kind) << ", " << table_cell("mean |output logit|") << " |";
+    for (const std::size_t w : options.coordinate_widths) md << " " << general(output_logit(kind, w)) << " |";
+    md << " " << general(output_logit(kind, options.coordinate_widths.back()) /
+                         output_logit(kind, options.coordinate_widths.front()))
+       << " |\n";
+  }
   md << "\n### Learning-rate transfer\n\nFinal probe loss after " << options.transfer_steps << " steps (batch "
      << options.transfer_batch << ", " << options.seeds << " seed" << (options.seeds > 1 ? "s" : "")
      << "); the optimum is the grid's learning rate with the lowest loss:\n\n| parametrisation | d_model |";

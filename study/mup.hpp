@@ -8,10 +8,11 @@
 //    for the width these stay the same size as the width grows.
 //  - Learning-rate transfer: a learning-rate sweep per width and scale; the optimum per width.
 //
-// Only the attention part of μP is changed here: every other weight keeps the standard
-// initialisation and Adam one global learning rate (full μP also scales the hidden weights'
-// Adam learning rate as 1/width and the output logits). docs/scaling_study.md says what that
-// means for the comparison.
+// Three settings: the standard 1/√d; μP's attention only (every other weight keeps the
+// standard initialisation and Adam one global learning rate); and full μP for Adam — the same
+// attention plus the transformer's mup_base_d_model (models/transformer/transformer.hpp:
+// hidden weights' Adam lr / m, readout logits / m, width-independent biases and embeddings,
+// m = d_model / base_width). docs/scaling_study.md says what each means for the comparison.
 #include <cstddef>
 #include <functional>
 #include <string>
@@ -23,11 +24,12 @@
 
 namespace qkv::study {
 
-/// The two parametrisations of attention compared.
-enum class AttentionParametrisation { standard, mup };  // 1/√d; 8/d with zero-initialised queries
-constexpr EnumNames<AttentionParametrisation, 2> enum_names(AttentionParametrisation) {
+/// The parametrisations compared: 1/√d; 8/d with zero-initialised queries; that and the rest of μP.
+enum class AttentionParametrisation { standard, mup, full_mup };
+constexpr EnumNames<AttentionParametrisation, 3> enum_names(AttentionParametrisation) {
   return {"attention parametrisation",
-          {{{AttentionParametrisation::standard, "sp"}, {AttentionParametrisation::mup, "mup"}}}};
+          {{{AttentionParametrisation::standard, "sp"}, {AttentionParametrisation::mup, "mup"},
+            {AttentionParametrisation::full_mup, "mup_full"}}}};
 }
 
 struct MupOptions {
@@ -42,6 +44,8 @@ struct MupOptions {
   std::vector<double> learning_rates = {3e-4, 1e-3, 3e-3, 1e-2, 3e-2};
   std::size_t transfer_steps = 120, transfer_batch = 16, transfer_probe_size = 64;
   std::size_t seeds = 1;
+  /// Full μP's base width (m = d_model / base_width): where it equals the μP-attention setting.
+  std::size_t base_width = 64;
   /// --quick: widths up to 256 (coordinate check, 5 steps) and 128 (transfer, 3 rates, 40 steps).
   static MupOptions quick();
   void validate() const;

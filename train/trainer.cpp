@@ -152,6 +152,8 @@ void Trainer::build_optimizer() {
       optimizer_ = std::make_unique<Adam>(parameters, AdamOptions{.lr = options_.lr, .weight_decay = options_.weight_decay});
       break;
   }
+  // The model's parametrisation may ask for per-parameter rates (μP's hidden weights: lr / m).
+  optimizer_->set_parameter_groups(model_->parameter_groups());
   switch (options_.schedule) {
     case ScheduleKind::noam: schedule_ = std::make_unique<NoamSchedule>(options_.lr, options_.warmup_steps); break;
     case ScheduleKind::constant: schedule_ = std::make_unique<ConstantSchedule>(options_.lr); break;

@@ -60,6 +60,11 @@ ModelKind transformer_model_kind() {
                .default_value = 0u, .min = 0, .max = 1},
               {.flag = "--zero-query-init", .keys = {"/zero_query_init"},
                .help = "1: zero-initialised query projections (muP)", .default_value = 0u, .min = 0, .max = 1},
+              {.flag = "--mup-base-d-model", .keys = {"/mup_base_d_model"},
+               .help = "muP (Tensor Programs V) against this base width: hidden weights' Adam lr / (d_model / base), "
+                       "readout logits x base / d_model, width-independent biases and embeddings (0: off; muP's "
+                       "attention is --attention-scale inverse_dim --attention-scale-value 8 --zero-query-init 1)",
+               .default_value = 0u, .min = 0, .max = widest},
           },
       // Real sentence pairs (--data). Chosen for a Tatoeba pair file cut to ~20,000 pairs (fra-eng:
       // 18,005 for training, 282 batches of 64) and a budget of minutes on two cores; the

@@ -1,6 +1,7 @@
 #include "models/transformer/transformer.hpp"
 
 #include <cmath>
+#include <map>
 
 #include "lib/numerics/error.hpp"
 #include "lib/numerics/json_field.hpp"
@@ -99,6 +100,7 @@ void to_json(nlohmann::json& json, const TransformerConfig& config) {
       {"max_length", config.max_len},
       {"num_kv_heads", config.num_kv_heads},
       {"memory_slots", config.memory_slots},
+      {"mup_base_d_model", config.mup_base_d_model},
       {"seed", config.seed},
   };
 }
@@ -158,6 +160,7 @@ void from_json(const nlohmann::json& json, TransformerConfig& config) {
     } else if (key == "max_length") config.max_len = size();
     else if (key == "num_kv_heads") config.num_kv_heads = size();
     else if (key == "memory_slots") config.memory_slots = size();
+    else if (key == "mup_base_d_model") config.mup_base_d_model = size();
     else if (key == "seed") config.seed = json_value<std::uint64_t>(value, kConfig, key);
     else throw Error(std::string(kConfig) + ": unknown field \"" + key + "\"");
   }
@@ -174,10 +177,12 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
   target_embedding_ =
       register_module("target_embedding", std::make_shared<Embedding>(config.target_vocab_size, d, rng, padding));
   // N(0, 1/d) rather than Embedding's N(0, 1): after the √d scaling the embeddings have unit
-  // variance, the scale of the position tables (as in fairseq / tensor2tensor).
+  // variance, the scale of the position tables (as in fairseq / tensor2tensor). Under μP the
+  // same with the base width, so that both the start and the multiplier are constant in m.
+  const std::size_t embedding_width = config.mup_base_d_model > 0 ? config.mup_base_d_model : d;
   for (const auto& embedding : {source_embedding_, target_embedding_}) {
     Variable weight = embedding->weight();
-    weight.mutable_value() = normal(weight.shape(), 0, real(1) / std::sqrt(static_cast<real>(d)), rng);
+    weight.mutable_value() = normal(weight.shape(), 0, real(1) / std::sqrt(static_cast<real>(embedding_width)), rng);
     std::fill_n(weight.mutable_value().data(), d, real(0));  // the <pad> row stays zero
   }
   if (config.positional == PositionalKind::sinusoidal) {
@@ -224,6 +229,60 @@ TransformerModel::TransformerModel(const TransformerConfig& config) : config_(co
   decoder_ = register_module(
       "decoder", std::make_shared<TransformerDecoder>(layer, config.decoder_layers, config.norm_first, rng));
   output_ = register_module("output", std::make_shared<Linear>(d, config.target_vocab_size, rng));
+  if (config.mup_base_d_model > 0) {
+    // μP's initialisation (microsoft/mup's set_base_shapes): every Linear was drawn from
+    // U(±1/√fan_in); its bias, and the readout's weight too, become U(±1/√base_fan_in) — of a
+    // size that does not change with the width. Hidden weights keep variance ∝ 1/fan_in. Every
+    // fan-in here (d_model, dim_feedforward) scales by m, so the factor is √m throughout.
+    const real grow = std::sqrt(static_cast<real>(width_multiplier()));
+    const auto scale = [grow](const Variable& parameter) {
+      Variable handle = parameter;
+      for (real& value : handle.mutable_value()) value *= grow;
+    };
+    for (const auto& [name, module] : named_modules())
+      if (const auto* linear = dynamic_cast<const Linear*>(module); linear != nullptr && linear->bias().defined())
+        scale(linear->bias());
+    scale(output_->weight());
+  }
+}
+
+double TransformerModel::width_multiplier() const {
+  if (config_.mup_base_d_model == 0) return 1;
+  return static_cast<double>(config_.d_model) / static_cast<double>(config_.mup_base_d_model);
+}
+
+std::vector<ParameterGroup> TransformerModel::parameter_groups() const {
+  if (config_.mup_base_d_model == 0) return {};
+  // Which dimensions scale with the width: those that change when the width does (microsoft/mup
+  // compares against a "delta" model the same way). Wider by 2 per head keeps rope's head size
+  // even; the feed-forward width counts as scaling with d_model. Vocabularies, max_length,
+  // memory slots, heads and relative distances stay put.
+  TransformerConfig wider = config_;
+  wider.d_model += 2 * config_.nhead;
+  wider.dim_feedforward += 1;
+  wider.mup_base_d_model = 0;
+  const TransformerModel probe(wider);
+  std::map<std::string, Shape> wider_shapes;
+  for (const auto& [name, parameter] : probe.named_parameters()) wider_shapes.emplace(name, parameter.shape());
+  const double m = width_multiplier();
+  ParameterGroup hidden{.name = "mup hidden", .parameters = {}, .lr_multiplier = 1 / m, .weight_decay_multiplier = m};
+  for (const auto& [name, parameter] : named_parameters()) {
+    const Shape& shape = parameter.shape();
+    const Shape& other = wider_shapes.at(name);  // the same modules, so the same names
+    std::size_t scaling = 0;
+    for (std::size_t i = 0; i < shape.size(); ++i) scaling += shape[i] != other[i] ? 1 : 0;
+    // mup's MuAdam refuses these too: which dimension is the fan-in would be a guess.
+    check_arg(scaling <= 2, kModel,
+              "mup: parameter " + name + " " + qkv::to_string(shape) + " has " + std::to_string(scaling) +
+                  " dimensions that scale with the width; μP's rules cover at most 2");
+    if (scaling == 2) hidden.parameters.push_back(name);
+  }
+  return {hidden};
+}
+
+Variable TransformerModel::readout(const Variable& decoded) const {
+  if (config_.mup_base_d_model == 0) return output_->forward(decoded);
+  return output_->forward(decoded * static_cast<real>(1 / width_multiplier()));  // [..., D] -> [..., V]
 }
 
 std::unique_ptr<TransformerModel> TransformerModel::from_config(const nlohmann::json& json) {
@@ -232,7 +291,8 @@ std::unique_ptr<TransformerModel> TransformerModel::from_config(const nlohmann::
 
 Variable TransformerModel::embed(const Embedding& embedding, Module* positions, const IndexArray& tokens,
                                  std::size_t start) {
-  const Variable x = embedding.forward(tokens) * std::sqrt(static_cast<real>(config_.d_model));  // [B, T, D]
+  const std::size_t width = config_.mup_base_d_model > 0 ? config_.mup_base_d_model : config_.d_model;
+  const Variable x = embedding.forward(tokens) * std::sqrt(static_cast<real>(width));  // [B, T, D]
   Variable placed = x;
   if (auto* sinusoidal = dynamic_cast<SinusoidalPositionalEncoding*>(positions))
     placed = sinusoidal->forward(x, start);
@@ -309,7 +369,7 @@ Seq2SeqOutput TransformerModel::forward(const IndexArray& source, const IndexArr
   source_mask.valid_lens = source_lengths;
   const Variable target = embed(*target_embedding_, target_positions_.get(), target_input, 0);  // [B, T, D]
   const TransformerDecoder::Output decoded = decoder_->forward(target, memory, {.causal = true}, source_mask);
-  return {output_->forward(decoded.output), name_attention(decoded.cross_attention)};  // [B, T, V]
+  return {readout(decoded.output), name_attention(decoded.cross_attention)};  // [B, T, V]
 }
 
 namespace {
@@ -356,7 +416,7 @@ StepOutput TransformerModel::decode_step(DecoderState& state, const IndexArray& 
   AttentionMask source_mask;
   source_mask.valid_lens = transformer_state->source_lengths;
   const TransformerDecoder::Output decoded = decoder_->step(target, transformer_state->cache, source_mask);
-  const Variable logits = reshape(output_->forward(decoded.output),
+  const Variable logits = reshape(readout(decoded.output),
                                   {static_cast<long>(batch), static_cast<long>(config_.target_vocab_size)});  // [B, V]
   std::vector<NamedAttention> maps = name_attention(decoded.cross_attention);
   for (auto& [name, weights] : maps) weights.reshape({batch, weights.shape()[2]});  // [B, 1, S] -> [B, S]

@@ -7,6 +7,23 @@
 // al., distances clipped to relative_max_distance, per-layer tables), "rope" and "alibi" (Press
 // et al., the bias mirrored in the encoder, causal in the decoder) act inside every
 // self-attention layer. Cross-attention has no position term in any scheme.
+//
+// μP (Yang et al. 2022, Tensor Programs V; microsoft/mup with MuAdam), when mup_base_d_model is
+// set: with the width multiplier m = d_model / mup_base_d_model (the feed-forward width, the
+// head size and the key/value width taken to scale with d_model by the same m),
+//   hidden weights   (both dimensions scale with m: the attention projections, the feed-forward
+//                    Linears) keep their initialisation (variance ∝ 1/fan_in, already μP's) and
+//                    get Adam's lr / m and weight_decay · m (parameter_groups(), "mup hidden")
+//   vector-like      (embeddings, biases, LayerNorm, position tables, memory slots, the readout)
+//                    keep lr and weight_decay
+//   Linear biases    start width-independent: U(±1/√base_fan_in), mup's rescale_linear_bias
+//   embeddings       N(0, 1/base_d_model) scaled by √base_d_model (rather than N(0, 1/d_model)
+//                    by √d_model: the same unit-variance start, but a multiplier constant in m,
+//                    as μP's input layer has)
+//   readout          MuReadout: logits = output(x / m), its weight and bias drawn from
+//                    U(±1/√base_d_model) (constant variance)
+// The attention part of μP is the existing options: scale inverse_dim with value 8 (q·kᵀ·8/d)
+// and zero_query_init. At m = 1 the model is the standard one, bit for bit (tested).
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -61,6 +78,9 @@ struct TransformerConfig {
   /// Persistent memory slots per head in every self-attention (Sukhbaatar et al. 2019); needs
   /// sinusoidal or learned positions (the slots take none).
   std::size_t memory_slots = 0;
+  /// μP's base width (see the top of this file); 0, the default and what a config.json
+  /// without the key means, is the standard parametrisation.
+  std::size_t mup_base_d_model = 0;
   std::uint64_t seed = 0;
 
   /// Throws Error naming the field for a zero size, d_model not divisible by nhead, odd
@@ -91,6 +111,13 @@ class TransformerModel : public Seq2SeqModel {
                                                const IndexArray& target_input) override;
   std::string kind() const override { return "transformer"; }
   nlohmann::json config() const override { return config_; }
+  /// With mup_base_d_model: one group "mup hidden" (lr / m, weight_decay · m) of every weight
+  /// with two dimensions that scale with the width, found as microsoft/mup finds them — the
+  /// dimensions whose size differs in a model of the same config but wider (d_model + 2·heads,
+  /// dim_feedforward + 1). Without: none.
+  std::vector<ParameterGroup> parameter_groups() const override;
+  /// d_model / mup_base_d_model; 1 without μP.
+  double width_multiplier() const;
 
   const TransformerConfig& transformer_config() const { return config_; }
 
@@ -101,6 +128,8 @@ class TransformerModel : public Seq2SeqModel {
   TransformerEncoder::Output encode_with_attention(const IndexArray& source, const IndexArray& source_lengths);
   /// tokens [B, T] at positions start.. -> embedding · √d_model (+ table), then dropout.
   Variable embed(const Embedding& embedding, Module* positions, const IndexArray& tokens, std::size_t start);
+  /// The decoder's output [..., D] -> logits [..., V]; under μP through x / m (MuReadout).
+  Variable readout(const Variable& decoded) const;
   /// Per-layer attention [B, H, Tq, Tk] -> maps "layer L head H" [B, Tq, Tk].
   std::vector<NamedAttention> name_attention(const std::vector<Variable>& attention) const;
 

@@ -101,3 +101,9 @@ TEST_CASE("qkv-train: --kv-heads and --memory-slots reach the transformer config
   CHECK(options.decode.cache_limit.window == 16);
   CHECK(model_config(parse({"--model", "transformer", "--task", "dates", "--out", "x"})).at("num_kv_heads") == 0);
 }
+
+TEST_CASE("qkv-train: --mup-base-d-model reaches the transformer config (0, off, by default)") {
+  const CommandLine line = parse({"--model", "transformer", "--task", "dates", "--out", "x", "--mup-base-d-model", "32"});
+  CHECK(model_config(line).at("mup_base_d_model") == 32);
+  CHECK(model_config(parse({"--model", "transformer", "--task", "dates", "--out", "x"})).at("mup_base_d_model") == 0);
+}

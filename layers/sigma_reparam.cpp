@@ -10,7 +10,7 @@ namespace qkv {
 
 namespace {
 
-constexpr const char* kLayer = "SigmaReparam";
+constexpr const char* kSigmaReparam = "SigmaReparam";
 
 /// out = W x (transpose = false, W [rows, columns], x [columns]) or Wᵀ x, then normalised;
 /// returns the norm before normalising. Accumulates in double: the estimate is what σ divides by.
@@ -67,13 +67,13 @@ Array start_vector(std::size_t size) {
 
 SigmaReparam::SigmaReparam(const Array& weight, std::size_t initial_iterations) {
   const Shape shape = shape_of(weight);
-  check_shape(shape.size() == 2 && shape[0] > 0 && shape[1] > 0, kLayer,
+  check_shape(shape.size() == 2 && shape[0] > 0 && shape[1] > 0, kSigmaReparam,
               "the weight must be a non-empty matrix [out, in], got " + to_string(shape));
   rows_ = shape[0], columns_ = shape[1];
   Array u = start_vector(rows_), v = start_vector(columns_);
   for (std::size_t i = 0; i < initial_iterations; ++i) power_step(weight, u, v);
   const double sigma = bilinear(weight, u, v);
-  check_arg(std::isfinite(sigma) && sigma > 0, kLayer,
+  check_arg(std::isfinite(sigma) && sigma > 0, kSigmaReparam,
             "the weight " + to_string(shape) + " has spectral norm estimate " + format_number(sigma) +
                 "; σReparam needs a non-zero, finite weight");
   gamma_ = register_parameter("gamma", full({}, static_cast<real>(sigma)));
@@ -82,7 +82,7 @@ SigmaReparam::SigmaReparam(const Array& weight, std::size_t initial_iterations) 
 }
 
 Variable SigmaReparam::forward(const Variable& weight) const {
-  check_shape(weight.shape() == Shape{rows_, columns_}, kLayer, [&] {
+  check_shape(weight.shape() == Shape{rows_, columns_}, kSigmaReparam, [&] {
     return "built for a weight [" + std::to_string(rows_) + ", " + std::to_string(columns_) + "], got " +
            to_string(weight.shape());
   });

@@ -8,8 +8,6 @@
 namespace qkv {
 
 namespace {
-constexpr double unbounded = std::numeric_limits<double>::infinity();
-
 std::vector<std::string> sgd_slots(const SGDOptions& options) {
   if (options.momentum != 0) return {"momentum_buffer"};
   return {};
@@ -19,6 +17,7 @@ std::vector<std::string> sgd_slots(const SGDOptions& options) {
 SGD::SGD(std::vector<NamedVariable> parameters, const SGDOptions& options)
     : Optimizer("SGD", std::move(parameters), std::isnan(options.lr) ? 0.0 : options.lr, sgd_slots(options)),
       options_(options) {
+  constexpr double unbounded = std::numeric_limits<double>::infinity();
   check_arg(!std::isnan(options.lr), "SGD", "lr must be given (torch.optim.SGD has no default either)");
   check_range("SGD", "momentum", options.momentum, 0, unbounded);
   check_range("SGD", "dampening", options.dampening, 0, 1, true);

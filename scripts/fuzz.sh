@@ -26,10 +26,12 @@ if (($# > 0)); then targets=("$@"); else targets=("${all_targets[@]}"); fi
 jobs=${FUZZ_JOBS:-1}
 build=${FUZZ_BUILD_DIR:-build-fuzz}
 
-# -O1 with debug info: the sanitizers' recommended level, and readable stack traces.
+# -O1 with debug info: the sanitizers' recommended level, and readable stack traces. The libraries
+# as unity builds: a clean build in about two thirds of the CPU time (reports still name each
+# source file and line).
 if [[ -z "${FUZZ_NO_BUILD:-}" ]]; then
   CXX=clang++ cmake -S . -B "$build" -DQKV_FUZZ=ON -DQKV_BUILD_TESTS=OFF -DQKV_BUILD_EXAMPLES=OFF \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="${FUZZ_FLAGS:--O1 -g}" >/dev/null
+    -DQKV_UNITY_LIBRARIES=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="${FUZZ_FLAGS:--O1 -g}" >/dev/null
   cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
 fi
 

@@ -20,8 +20,6 @@ using nlohmann::json;
 
 namespace {
 
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
 /// One batch of the task: keys [B, n, d_in], queries [B, 1, d_in], targets.
 struct TaskBatch {
   Array keys, queries;

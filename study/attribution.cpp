@@ -9,6 +9,7 @@
 
 #include "lib/numerics/error.hpp"
 #include "lib/text/vocab.hpp"
+#include "study/frozen_parameters.hpp"
 
 namespace qkv::study {
 
@@ -345,31 +346,6 @@ Matrix occlusion_scores(models::Seq2SeqModel& model, const Batch& sentence) {
     for (std::size_t j = 0; j < source; ++j) scores(t, j) = log_probs(source, t) - log_probs(j, t);
   return scores;
 }
-
-namespace {
-
-/// Turns the model's parameters into constants for its lifetime (and back after): the input x
-/// gradient needs the gradient at the input only, and must not leave gradients in the model.
-class FrozenParameters {
- public:
-  explicit FrozenParameters(const Module& model) : parameters_(model.parameters()) {
-    for (Variable& parameter : parameters_) {
-      was_trainable_.push_back(parameter.requires_grad());
-      parameter.set_requires_grad(false);
-    }
-  }
-  ~FrozenParameters() {
-    for (std::size_t i = 0; i < parameters_.size(); ++i) parameters_[i].set_requires_grad(was_trainable_[i]);
-  }
-  FrozenParameters(const FrozenParameters&) = delete;
-  FrozenParameters& operator=(const FrozenParameters&) = delete;
-
- private:
-  std::vector<Variable> parameters_;
-  std::vector<bool> was_trainable_;
-};
-
-}  // namespace
 
 Matrix input_x_gradient(models::Seq2SeqModel& model, const Batch& sentence) {
   check_sentence(sentence);

@@ -12,6 +12,8 @@
 #include "lib/numerics/shape.hpp"
 #include "lib/plot/svg.hpp"
 #include "lib/text/batching.hpp"
+#include "study/frozen_parameters.hpp"
+#include "study/report_io.hpp"
 #include "train/evaluation.hpp"
 
 namespace qkv::study {
@@ -38,33 +40,6 @@ std::vector<Batch> batches_of(std::span<const SentencePair> pairs, const Vocabs&
   const Batcher batcher(pairs, vocabs.source, vocabs.target, {.batch_size = batch_size, .shuffle = false});
   return batcher.epoch(0);
 }
-
-std::string fixed(double value, int digits) {
-  char text[64];
-  std::snprintf(text, sizeof text, "%.*f", digits, value);
-  return text;
-}
-
-/// Turns parameters' gradients off while alive: the head-mask gradient needs the activations'
-/// gradients only, not the weight gradients' gemms.
-class FrozenParameters {
- public:
-  explicit FrozenParameters(Module& model) {
-    for (auto& [name, parameter] : model.named_parameters())
-      if (parameter.requires_grad()) {
-        parameter.set_requires_grad(false);
-        frozen_.push_back(parameter);
-      }
-  }
-  ~FrozenParameters() {
-    for (Variable& parameter : frozen_) parameter.set_requires_grad(true);
-  }
-  FrozenParameters(const FrozenParameters&) = delete;
-  FrozenParameters& operator=(const FrozenParameters&) = delete;
-
- private:
-  std::vector<Variable> frozen_;
-};
 
 }  // namespace
 

@@ -20,8 +20,6 @@ using nlohmann::json;
 
 namespace {
 
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
 ScoreScale layer_scale(const LengthOptions& options, LengthScale scale) {
   switch (scale) {
     case LengthScale::inverse_sqrt_dim: return ScoreScale::inverse_sqrt_dim();

@@ -20,8 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
 std::string label_of(AttentionParametrisation p) {
   if (p == AttentionParametrisation::standard) return "1/√d";
   return p == AttentionParametrisation::mup ? "μP 8/d, q = 0" : "full μP (8/d, q = 0, lr/m, logits/m)";

@@ -18,8 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
 /// "0.123 ± 0.004" with `digits` decimals; "—" when there is no finite value.
 std::string pm(const Spread& s, int digits) {
   if (s.count == 0) return "—";

@@ -4,12 +4,17 @@
 // time (one thread each).
 #include <cstddef>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "lib/plot/svg.hpp"
 
 namespace qkv::study {
+
+/// A value a run did not produce (a target never reached, a diverged run's loss): an empty CSV
+/// cell, "—" in the summary.
+inline constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 /// A CSV cell: up to 6 significant digits, empty for NaN (a missing value, e.g. a target never reached).
 std::string cell(double value);

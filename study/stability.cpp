@@ -34,8 +34,6 @@ using nlohmann::json;
 
 namespace {
 
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
-
 /// The attention layers of a transformer in the order their softmax runs in forward.
 std::vector<std::string> attention_layer_names(const models::TransformerConfig& config) {
   std::vector<std::string> names;

@@ -13,6 +13,7 @@
 #include "lib/text/metrics.hpp"
 #include "train/trainer.hpp"
 #include "models/transformer/transformer.hpp"
+#include "study/report_io.hpp"
 #include "study/spread_runs.hpp"
 #include "study/toy_run.hpp"
 #include "train/evaluation.hpp"
@@ -23,8 +24,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-const double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
 

@@ -131,10 +131,11 @@ Variable gru_cell_impl(const Variable& input_gates, std::size_t first_row, const
   if (has_extra) inputs.push_back(extra_input_gates);
   return make_op(op, std::move(h_next), std::move(inputs),
                  [saved, batch, hidden, whole, offset, has_extra](const Array& g, const Array&, std::span<Variable> in) {
-    // Taken in input order, so that a buffer two inputs share is written fresh before it is added to.
+    // Taken in the order the kernel puts them (input gates, extra gates, hidden gates, h), so that
+    // a buffer two inputs share is written fresh before it is added to.
     GradientOut grads[4];
-    for (std::size_t i = 0; i < in.size(); ++i) {
-      if (!in[i].requires_grad()) continue;
+    for (std::size_t i : {0, 3, 1, 2}) {
+      if (i >= in.size() || !in[i].requires_grad()) continue;
       if (i == 0 && !whole) grads[0] = GradientOut{in[0].grad_buffer().data() + offset, true};
       else grads[i] = in[i].gradient_out();
     }

@@ -109,6 +109,18 @@ TEST_CASE("gru_cell_rows: gradcheck with and without extra gates, and steps shar
   QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 0, Variable(), in[1], in[2]); },
                       {Variable(random_array({2, 57}, 75, 2)), Variable(random_array({2, 57}, 76, 2)),
                        Variable(random_array({2, 19}, 77))});
+  // The extra gates the same variable as the hidden gates, fresh when the backward runs: the
+  // extra gates' gradient is put first, so it must be the one written.
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 0, in[1], in[1], in[2]); },
+                      {Variable(random_array({2, 57}, 91, 2)), Variable(random_array({2, 57}, 92, 2)),
+                       Variable(random_array({2, 19}, 93))});
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 2, in[1], in[1], in[2]); },
+                      {Variable(random_array({4, 57}, 94, 2)), Variable(random_array({2, 57}, 95, 2)),
+                       Variable(random_array({2, 19}, 96))});
+  // The input gates the same variable as the extra gates (whole, so written fresh first).
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 0, in[0], in[1], in[2]); },
+                      {Variable(random_array({2, 57}, 97, 2)), Variable(random_array({2, 57}, 98, 2)),
+                       Variable(random_array({2, 19}, 99))});
   // Two steps reading rows [0, 2) and [2, 4) of one table, the second from the first's state,
   // with the extra gates the same variable as the hidden gates (added after written).
   QKV_CHECK_GRADIENTS(

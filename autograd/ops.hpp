@@ -182,9 +182,21 @@ Variable additive_scores(const Variable& queries, const Variable& keys, const Va
 ///   h' = n + z ⊙ (h - n), r = σ(i_r + h_r), z = σ(i_z + h_z), n = tanh(i_n + r ⊙ h_n).
 /// One op instead of the ~15 elementwise ones it replaces.
 Variable gru_cell(const Variable& input_gates, const Variable& hidden_gates, const Variable& h);
+/// gru_cell whose input gates are rows [first_row, first_row + B) of `input_gates` [R, 3H] (one
+/// time step of a projection made for every step at once), plus `extra_input_gates` [B, 3H] when
+/// defined (the Bahdanau decoder's W_c c): the step reads them in place, with no slice or add
+/// op (and their copies) per step. Same values as gru_cell(slice(...) + extra, hidden_gates, h).
+Variable gru_cell_rows(const Variable& input_gates, std::size_t first_row, const Variable& extra_input_gates,
+                       const Variable& hidden_gates, const Variable& h);
 /// The attention's weighted sum of values, weights [B, Tq, Tk] and values [B, Tk, dv] ->
 /// [B, Tq, dv] with output[b, i] = Σ_j weights[b, i, j] · values[b, j]: matmul(weights, values)
 /// without a BLAS call per batch row, which is what it costs when Tq is 1 (an RNN decoder's step).
 Variable attention_context(const Variable& weights, const Variable& values);
+/// additive_scores and attention_context with the keys (values) of batch row b taken from row
+/// key_rows[b] (value_rows[b]) of keys [N, Tk, A] (values [N, Tk, dv]), key_rows [B] in [0, N):
+/// beam search's hypotheses read their sentence's encoder outputs without a copy per hypothesis.
+/// Gradients of rows that share a key row add up there.
+Variable additive_scores(const Variable& queries, const Variable& keys, const IndexArray& key_rows, const Variable& v);
+Variable attention_context(const Variable& weights, const Variable& values, const IndexArray& value_rows);
 
 }  // namespace qkv

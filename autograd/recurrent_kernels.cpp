@@ -35,28 +35,31 @@ inline real dot_in_lanes(const real* __restrict x, const real* __restrict y, std
 }  // namespace
 
 QKV_SIMD_CLONES
-void additive_scores_forward(const real* queries, const real* keys, const real* v, std::size_t batch,
-                             std::size_t query_count, std::size_t key_count, std::size_t hidden, real* features,
-                             real* scores) {
-  for (std::size_t b = 0; b < batch; ++b)
+void additive_scores_forward(const real* queries, const real* keys, const std::int64_t* key_rows, const real* v,
+                             std::size_t batch, std::size_t query_count, std::size_t key_count, std::size_t hidden,
+                             real* features, real* scores) {
+  for (std::size_t b = 0; b < batch; ++b) {
+    const std::size_t key_row = key_rows ? static_cast<std::size_t>(key_rows[b]) : b;
     for (std::size_t i = 0; i < query_count; ++i) {
       const real* __restrict q = queries + (b * query_count + i) * hidden;  // [A]
       for (std::size_t j = 0; j < key_count; ++j) {
-        const real* __restrict k = keys + (b * key_count + j) * hidden;      // [A]
+        const real* __restrict k = keys + (key_row * key_count + j) * hidden;  // [A]
         const std::size_t row = (b * query_count + i) * key_count + j;
         real* __restrict f = features + row * hidden;                       // [A]
         for (std::size_t a = 0; a < hidden; ++a) f[a] = tanh_of(q[a] + k[a]);
         scores[row] = dot_in_lanes(v, f, hidden);
       }
     }
+  }
 }
 
 QKV_SIMD_CLONES
-void additive_scores_backward(const real* grad_scores, const real* features, const real* v, std::size_t batch,
-                              std::size_t query_count, std::size_t key_count, std::size_t hidden,
-                              real* grad_queries, real* grad_keys, real* grad_v) {
+void additive_scores_backward(const real* grad_scores, const real* features, const std::int64_t* key_rows,
+                              const real* v, std::size_t batch, std::size_t query_count, std::size_t key_count,
+                              std::size_t hidden, real* grad_queries, real* grad_keys, real* grad_v) {
   std::vector<real> d(hidden);  // grad · v ⊙ (1 - f²) of one (b, i, j)
-  for (std::size_t b = 0; b < batch; ++b)
+  for (std::size_t b = 0; b < batch; ++b) {
+    const std::size_t key_row = key_rows ? static_cast<std::size_t>(key_rows[b]) : b;
     for (std::size_t i = 0; i < query_count; ++i)
       for (std::size_t j = 0; j < key_count; ++j) {
         const std::size_t row = (b * query_count + i) * key_count + j;
@@ -71,20 +74,30 @@ void additive_scores_backward(const real* grad_scores, const real* features, con
           for (std::size_t a = 0; a < hidden; ++a) dq[a] += dd[a];
         }
         if (grad_keys) {
-          real* dk = grad_keys + (b * key_count + j) * hidden;
+          real* dk = grad_keys + (key_row * key_count + j) * hidden;
           for (std::size_t a = 0; a < hidden; ++a) dk[a] += dd[a];
         }
       }
+  }
 }
 
 // ---- GRU cell ------------------------------------------------------------------------------
 
 QKV_SIMD_CLONES
-void gru_cell_forward(const real* input_gates, const real* hidden_gates, const real* h, std::size_t batch,
-                      std::size_t hidden, real* h_next, real* saved) {
+void gru_cell_forward(const real* input_gates, const real* extra_input_gates, const real* hidden_gates, const real* h,
+                      std::size_t batch, std::size_t hidden, real* h_next, real* saved) {
+  std::vector<real> summed(extra_input_gates ? 3 * hidden : 0);  // input + extra of one row [3H]
   // One simple loop per gate, so that each vectorises.
   for (std::size_t b = 0; b < batch; ++b) {
-    const real* __restrict xi = input_gates + b * 3 * hidden;   // [3H]: i_r, i_z, i_n
+    const real* input_row = input_gates + b * 3 * hidden;
+    if (extra_input_gates) {
+      const real* __restrict given = input_row;
+      const real* __restrict extra = extra_input_gates + b * 3 * hidden;
+      real* __restrict sum = summed.data();
+      for (std::size_t j = 0; j < 3 * hidden; ++j) sum[j] = given[j] + extra[j];
+      input_row = sum;
+    }
+    const real* __restrict xi = input_row;                      // [3H]: i_r, i_z, i_n
     const real* __restrict hi = hidden_gates + b * 3 * hidden;  // [3H]: h_r, h_z, h_n
     const real* __restrict hb = h + b * hidden;                 // [H]
     real* __restrict r = saved + b * 3 * hidden;                // saved [3H]: r, z, n
@@ -112,7 +125,7 @@ inline void put(const GradientOut& out, std::size_t offset, const real* __restri
 QKV_SIMD_CLONES
 void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const real* h, const real* saved,
                        std::size_t batch, std::size_t hidden, GradientOut grad_input_gates,
-                       GradientOut grad_hidden_gates, GradientOut grad_h) {
+                       GradientOut grad_extra_input_gates, GradientOut grad_hidden_gates, GradientOut grad_h) {
   std::vector<real> scratch(5 * hidden);
   real* __restrict pre = scratch.data();               // [3H] d(i_r + h_r), d(i_z + h_z), d(i_n + r h_n)
   real* __restrict dr = pre;
@@ -132,6 +145,7 @@ void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const 
     for (std::size_t j = 0; j < hidden; ++j) dz[j] = g[j] * (hb[j] - n[j]) * z[j] * (real(1) - z[j]);
     for (std::size_t j = 0; j < hidden; ++j) dr[j] = dn[j] * hi[2 * hidden + j] * r[j] * (real(1) - r[j]);
     if (grad_input_gates.data) put(grad_input_gates, b * 3 * hidden, pre, 3 * hidden);
+    if (grad_extra_input_gates.data) put(grad_extra_input_gates, b * 3 * hidden, pre, 3 * hidden);
     if (grad_hidden_gates.data) {
       for (std::size_t j = 0; j < hidden; ++j) dhn[j] = dn[j] * r[j];
       put(grad_hidden_gates, b * 3 * hidden, pre, 2 * hidden);
@@ -147,31 +161,36 @@ void gru_cell_backward(const real* grad_h_next, const real* hidden_gates, const 
 // ---- attention context ------------------------------------------------------------------------
 
 QKV_SIMD_CLONES
-void attention_context_forward(const real* weights, const real* values, std::size_t batch, std::size_t query_count,
-                               std::size_t key_count, std::size_t value_size, real* output) {
-  for (std::size_t b = 0; b < batch; ++b)
+void attention_context_forward(const real* weights, const real* values, const std::int64_t* value_rows,
+                               std::size_t batch, std::size_t query_count, std::size_t key_count,
+                               std::size_t value_size, real* output) {
+  for (std::size_t b = 0; b < batch; ++b) {
+    const std::size_t value_row = value_rows ? static_cast<std::size_t>(value_rows[b]) : b;
     for (std::size_t i = 0; i < query_count; ++i) {
       const real* w = weights + (b * query_count + i) * key_count;  // [Tk]
       real* __restrict out = output + (b * query_count + i) * value_size;  // [dv]
       std::fill_n(out, value_size, real(0));
       for (std::size_t j = 0; j < key_count; ++j) {
         const real weight = w[j];
-        const real* __restrict value = values + (b * key_count + j) * value_size;  // [dv]
+        const real* __restrict value = values + (value_row * key_count + j) * value_size;  // [dv]
         for (std::size_t d = 0; d < value_size; ++d) out[d] += weight * value[d];
       }
     }
+  }
 }
 
 QKV_SIMD_CLONES
-void attention_context_backward(const real* grad_output, const real* weights, const real* values, std::size_t batch,
-                                std::size_t query_count, std::size_t key_count, std::size_t value_size,
-                                real* grad_weights, real* grad_values) {
-  for (std::size_t b = 0; b < batch; ++b)
+void attention_context_backward(const real* grad_output, const real* weights, const real* values,
+                                const std::int64_t* value_rows, std::size_t batch, std::size_t query_count,
+                                std::size_t key_count, std::size_t value_size, real* grad_weights,
+                                real* grad_values) {
+  for (std::size_t b = 0; b < batch; ++b) {
+    const std::size_t value_row = value_rows ? static_cast<std::size_t>(value_rows[b]) : b;
     for (std::size_t i = 0; i < query_count; ++i) {
       const std::size_t row = b * query_count + i;
       const real* __restrict g = grad_output + row * value_size;  // [dv]
       for (std::size_t j = 0; j < key_count; ++j) {
-        const std::size_t key = b * key_count + j;
+        const std::size_t key = value_row * key_count + j;
         if (grad_weights) grad_weights[row * key_count + j] += dot_in_lanes(g, values + key * value_size, value_size);
         if (grad_values) {
           const real weight = weights[row * key_count + j];
@@ -180,6 +199,7 @@ void attention_context_backward(const real* grad_output, const real* weights, co
         }
       }
     }
+  }
 }
 
 }  // namespace qkv::kernels

@@ -263,7 +263,8 @@ AttentionOutput AdditiveAttention::forward(const Variable& queries, const Variab
 }
 
 AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, const Variable& projected_keys,
-                                                     const Variable& values, const std::optional<BoolArray>& allowed) {
+                                                     const Variable& values, const std::optional<BoolArray>& allowed,
+                                                     const IndexArray* key_rows) {
   const Shape sq = queries.shape(), sk = projected_keys.shape(), sv = values.shape();
   // The messages are built only on failure: a decoder calls this at every time step.
   const auto shapes = [&] {
@@ -271,10 +272,10 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
   };
   check_shape(sq.size() == 3 && sq[2] == query_size_, "AdditiveAttention",
               [&] { return "queries must be [B, Tq, " + std::to_string(query_size_) + "], got " + shapes(); });
-  check_shape(sk.size() == 3 && sk[2] == hidden_size_ && sk[0] == sq[0], "AdditiveAttention", [&] {
+  check_shape(sk.size() == 3 && sk[2] == hidden_size_ && (key_rows || sk[0] == sq[0]), "AdditiveAttention", [&] {
     return "projected keys must be [B, Tk, " + std::to_string(hidden_size_) + "] with the queries' B, got " + shapes();
   });
-  check_shape(sv.size() == 3 && sv[0] == sq[0] && sv[1] == sk[1], "AdditiveAttention",
+  check_shape(sv.size() == 3 && sv[0] == sk[0] && sv[1] == sk[1], "AdditiveAttention",
               [&] { return "values must be [B, Tk, dv] with the keys' B and Tk, got " + shapes(); });
   const Shape score_shape{sq[0], sq[1], sk[1]};
   if (allowed) {
@@ -288,14 +289,16 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
   const Variable projected_queries = int8_w_q_.active() ? int8_w_q_.linear(queries, Variable(), "AdditiveAttention (int8)")
                                                         : linear(queries, w_q_, Variable());  // [B, Tq, hidden]
   // Every query against every key, vᵀ tanh(W_q q + W_k k), in one fused op.
-  Variable scores = additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
+  Variable scores = key_rows ? additive_scores(projected_queries, projected_keys, *key_rows, v_)
+                             : additive_scores(projected_queries, projected_keys, v_);  // [B, Tq, Tk]
   scores_point_(scores);
   Variable weights = masked_softmax(scores, allowed);  // [B, Tq, Tk]
   weights_point_(weights);
   const Variable attended = dropout_->forward(weights);  // [B, Tq, Tk]
   // Loops rather than a batched matmul: with one query per row (a decoder step) that would be
   // B tiny gemms, each paying BLAS's call and packing overhead.
-  Variable output = attention_context(attended, values);  // [B, Tq, dv]
+  Variable output = key_rows ? attention_context(attended, values, *key_rows)
+                             : attention_context(attended, values);  // [B, Tq, dv]
   output_point_(output);
   return {output, weights};
 }

@@ -195,9 +195,12 @@ class AdditiveAttention : public Module {
   /// broadcasting to [B, Tq, Tk] -> output [B, Tq, dv], weights [B, Tq, Tk].
   AttentionOutput forward(const Variable& queries, const Variable& keys, const Variable& values,
                           const std::optional<BoolArray>& allowed = std::nullopt);
-  /// As forward, with keys already projected by project_keys.
+  /// As forward, with keys already projected by project_keys. With `key_rows` [B], batch row b
+  /// reads row key_rows[b] of projected_keys [N, Tk, hidden] and values [N, Tk, dv] (beam
+  /// hypotheses sharing their sentence's encoder outputs); without, row b.
   AttentionOutput forward_projected(const Variable& queries, const Variable& projected_keys,
-                                    const Variable& values, const std::optional<BoolArray>& allowed = std::nullopt);
+                                    const Variable& values, const std::optional<BoolArray>& allowed = std::nullopt,
+                                    const IndexArray* key_rows = nullptr);
   /// Int8 inference from now on for W_q and W_k (layers/quantized.hpp).
   Int8Report quantize_int8(const Int8Options& options = {});
 

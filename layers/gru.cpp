@@ -18,6 +18,14 @@ Variable gru_step(const Variable& input_gates, const Variable& h, const Variable
   return gru_cell(input_gates, hidden_gates, h);  // [B, H]
 }
 
+/// gru_step with the input gates read in place: rows [first_row, first_row + B) of
+/// `input_gates` [R, 3H] plus `extra_input_gates` [B, 3H] if defined.
+Variable gru_step_rows(const Variable& input_gates, std::size_t first_row, const Variable& extra_input_gates,
+                       const Variable& h, const Variable& weight_hh, const Variable& bias_hh) {
+  const Variable hidden_gates = linear(h, weight_hh, bias_hh);  // [B, 3H]
+  return gru_cell_rows(input_gates, first_row, extra_input_gates, hidden_gates, h);  // [B, H]
+}
+
 Array init_uniform(const Shape& shape, std::size_t hidden, Rng& rng) {
   const real bound = real(1) / std::sqrt(real(hidden));
   return uniform(shape, -bound, bound, rng);
@@ -58,17 +66,19 @@ Variable GRUCell::forward(const Variable& x, const Variable& h) const {
   return gru_step(linear(x, weight_ih_, bias_ih_), state, weight_hh_, bias_hh_);
 }
 
-Variable GRUCell::forward_gates(const Variable& input_gates, const Variable& h) const {
+Variable GRUCell::forward_gate_rows(const Variable& input_gates, std::size_t first_row,
+                                    const Variable& extra_input_gates, const Variable& h) const {
   const Shape sg = input_gates.shape();
-  // describe() and the message are built only on failure: a decoder calls this at every step.
-  const bool fits = sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.shape() == Shape{sg[0], hidden_size_};
+  const bool fits = sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.rank() == 2 &&
+                    h.dim(1) == hidden_size_ && first_row + h.dim(0) <= sg[0];
   if (!fits)
     check_shape(false, describe().c_str(), [&] {
-      return "input gates " + to_string(sg) + " must be [batch, " + std::to_string(3 * hidden_size_) +
-             "] and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
+      return "input gates " + to_string(sg) + " must be [rows, " + std::to_string(3 * hidden_size_) +
+             "] holding rows [" + std::to_string(first_row) + ", " + std::to_string(first_row) +
+             " + batch) and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
              (h.defined() ? to_string(h.shape()) : std::string("none"));
     });
-  return gru_step(input_gates, h, weight_hh_, bias_hh_);
+  return gru_step_rows(input_gates, first_row, extra_input_gates, h, weight_hh_, bias_hh_);
 }
 
 // ---- GRU ----------------------------------------------------------------------------------
@@ -173,8 +183,8 @@ GRUOutput GRU::run(const Variable& input, const std::vector<std::size_t>* length
       std::vector<Variable> outputs(steps);
       for (std::size_t s = 0; s < steps; ++s) {
         const std::size_t t = direction == 0 ? s : steps - 1 - s;
-        const Variable gates_t = slice(input_gates, 0, t * batch, (t + 1) * batch);  // [B, 3H]
-        const Variable next = gru_step(gates_t, h, w.weight_hh, w.bias_hh);  // [B, H]
+        // Step t's input gates are rows [t·B, (t + 1)·B) of input_gates, read in place.
+        const Variable next = gru_step_rows(input_gates, t * batch, Variable(), h, w.weight_hh, w.bias_hh);  // [B, H]
         if (all_valid[t]) {
           h = next;
           outputs[t] = h;

@@ -28,10 +28,13 @@ class GRUCell : public Module {
 
   /// `h` undefined means zeros, as in PyTorch.
   Variable forward(const Variable& x, const Variable& h = {}) const;
-  /// The step from the input half of the gates, `input_gates` = W_ih x + b_ih [B, 3H], computed
-  /// by the caller: a decoder whose input is partly known for every step up front (the target
-  /// embeddings) projects that part for all steps in one gemm. `h` [B, H] is required.
-  Variable forward_gates(const Variable& input_gates, const Variable& h) const;
+  /// The step from the input half of the gates, W_ih x + b_ih, computed by the caller: a decoder
+  /// whose input is partly known for every step up front (the target embeddings) projects that
+  /// part for all steps in one gemm. This step's gates are rows [first_row, first_row + B) of
+  /// `input_gates` [R, 3H], plus `extra_input_gates` [B, 3H] when defined (the part that is not
+  /// known up front), read in place (gru_cell_rows). `h` [B, H] is required.
+  Variable forward_gate_rows(const Variable& input_gates, std::size_t first_row, const Variable& extra_input_gates,
+                             const Variable& h) const;
   const Variable& weight_ih() const { return weight_ih_; }  // [3H, I]
   const Variable& bias_ih() const { return bias_ih_; }      // [3H], undefined without bias
   Variable operator()(const Variable& x, const Variable& h = {}) const { return forward(x, h); }

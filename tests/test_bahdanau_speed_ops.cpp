@@ -79,3 +79,120 @@ TEST_CASE("gru_cell: gradients written into fresh buffers and added into used on
   QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell(in[0], in[0], in[1]); },
                       {Variable(random_array({3, 57}, 57, 2)), Variable(random_array({3, 19}, 58))});
 }
+
+TEST_CASE("gru_cell_rows: equals gru_cell on a slice plus the extra gates, values and gradients") {
+  // input_gates [3·2, 57]: rows [2, 4) are this step's, plus extra gates [2, 57] (H = 19).
+  const Variable all(random_array({6, 57}, 61, 2), true), extra(random_array({2, 57}, 62, 2), true),
+      hidden_gates(random_array({2, 57}, 63, 2), true), h(random_array({2, 19}, 64), true);
+  Variable fused = gru_cell_rows(all, 2, extra, hidden_gates, h);                   // [2, 19]
+  Variable composed = gru_cell(slice(all, 0, 2, 4) + extra, hidden_gates, h);      // [2, 19]
+  CHECK(max_abs_diff(fused.value(), composed.value()) == 0);
+  const Array upstream = random_array({2, 19}, 65);
+  std::vector<Variable> inputs{all, extra, hidden_gates, h};
+  fused.backward(upstream);
+  std::vector<Array> fused_grads;
+  for (Variable& x : inputs) {
+    fused_grads.push_back(x.grad());
+    x.zero_grad();
+  }
+  composed.backward(upstream);
+  for (std::size_t i = 0; i < inputs.size(); ++i) CHECK(max_abs_diff(fused_grads[i], inputs[i].grad()) == 0);
+  // Rows outside [2, 4) get no gradient.
+  for (std::size_t r : {0, 1, 4, 5})
+    for (std::size_t j = 0; j < 57; ++j) CHECK(fused_grads[0](r, j) == 0);
+}
+
+TEST_CASE("gru_cell_rows: gradcheck with and without extra gates, and steps sharing one gate table") {
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 3, in[1], in[2], in[3]); },
+                      {Variable(random_array({6, 57}, 71, 2)), Variable(random_array({3, 57}, 72, 2)),
+                       Variable(random_array({3, 57}, 73, 2)), Variable(random_array({3, 19}, 74))});
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 0, Variable(), in[1], in[2]); },
+                      {Variable(random_array({2, 57}, 75, 2)), Variable(random_array({2, 57}, 76, 2)),
+                       Variable(random_array({2, 19}, 77))});
+  // The extra gates the same variable as the hidden gates, fresh when the backward runs: the
+  // extra gates' gradient is put first, so it must be the one written.
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 0, in[1], in[1], in[2]); },
+                      {Variable(random_array({2, 57}, 91, 2)), Variable(random_array({2, 57}, 92, 2)),
+                       Variable(random_array({2, 19}, 93))});
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 2, in[1], in[1], in[2]); },
+                      {Variable(random_array({4, 57}, 94, 2)), Variable(random_array({2, 57}, 95, 2)),
+                       Variable(random_array({2, 19}, 96))});
+  // The input gates the same variable as the extra gates (whole, so written fresh first).
+  QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell_rows(in[0], 0, in[0], in[1], in[2]); },
+                      {Variable(random_array({2, 57}, 97, 2)), Variable(random_array({2, 57}, 98, 2)),
+                       Variable(random_array({2, 19}, 99))});
+  // Two steps reading rows [0, 2) and [2, 4) of one table, the second from the first's state,
+  // with the extra gates the same variable as the hidden gates (added after written).
+  QKV_CHECK_GRADIENTS(
+      [](const auto& in) {
+        const Variable first = gru_cell_rows(in[0], 0, in[1], in[1], in[2]);
+        return gru_cell_rows(in[0], 2, Variable(), in[1], first);
+      },
+      {Variable(random_array({4, 57}, 78, 2)), Variable(random_array({2, 57}, 79, 2)),
+       Variable(random_array({2, 19}, 80))});
+}
+
+TEST_CASE("gru_cell_rows: bad shapes and rows outside the gate table name the op and the shapes") {
+  CHECK_THROWS_WITH_AS(gru_cell_rows(Variable(zeros({4, 9})), 3, Variable(), Variable(zeros({2, 9})),
+                                     Variable(zeros({2, 3}))),
+                       "gru_cell_rows: hidden_gates (and extra_input_gates) must be [B, 3H] for h [B, H] and "
+                       "input_gates [R, 3H] with rows [3, 3 + B) inside R, got input_gates [4, 9], extra_input_gates "
+                       "none, hidden_gates [2, 9], h [2, 3]",
+                       ShapeError);
+  CHECK_THROWS_AS(gru_cell_rows(Variable(zeros({4, 9})), 0, Variable(zeros({3, 9})), Variable(zeros({2, 9})),
+                                Variable(zeros({2, 3}))),
+                  ShapeError);
+  CHECK_THROWS_AS(gru_cell_rows(Variable(zeros({4, 6})), 0, Variable(), Variable(zeros({2, 9})),
+                                Variable(zeros({2, 3}))),
+                  ShapeError);
+}
+
+namespace {
+/// x [N, ...] -> [B, ...] with row b = x[rows[b]], through the embedding op (it has a backward).
+Variable gathered(const Variable& x, const IndexArray& rows) {
+  const Shape x_shape = x.shape();
+  const long n = static_cast<long>(x_shape[0]), rest = static_cast<long>(x.numel()) / n;
+  std::vector<long> shape(x_shape.begin(), x_shape.end());
+  shape[0] = static_cast<long>(rows.size());
+  return reshape(embedding(reshape(x, {n, rest}), rows), shape);
+}
+}  // namespace
+
+TEST_CASE("additive_scores and attention_context with key rows: equal the ops on gathered rows, and gradcheck") {
+  // Four rows reading two sentences' keys, one of them by three rows (beam hypotheses).
+  IndexArray rows = IndexArray::from_shape({4});
+  rows(0) = 1, rows(1) = 0, rows(2) = 1, rows(3) = 1;
+  const Variable q(random_array({4, 1, 19}, 81), true), k(random_array({2, 5, 19}, 82), true),
+      v(random_array({19}, 83), true), values(random_array({2, 5, 19}, 84), true);
+  Variable shared = attention_context(softmax(additive_scores(q, k, rows, v), -1), values, rows);  // [4, 1, 19]
+  Variable copied = attention_context(softmax(additive_scores(q, gathered(k, rows), v), -1), gathered(values, rows));
+  CHECK(max_abs_diff(shared.value(), copied.value()) == 0);
+  const Array upstream = random_array({4, 1, 19}, 85);
+  std::vector<Variable> inputs{q, k, v, values};
+  shared.backward(upstream);
+  std::vector<Array> shared_grads;
+  for (Variable& x : inputs) {
+    shared_grads.push_back(x.grad());
+    x.zero_grad();
+  }
+  copied.backward(upstream);
+  for (std::size_t i = 0; i < inputs.size(); ++i) CHECK(max_abs_diff(shared_grads[i], inputs[i].grad()) < 1e-12);
+
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return additive_scores(in[0], in[1], rows, in[2]); },
+                      {Variable(random_array({4, 1, 19}, 86)), Variable(random_array({2, 3, 19}, 87)),
+                       Variable(random_array({19}, 88))});
+  QKV_CHECK_GRADIENTS([&](const auto& in) { return attention_context(in[0], in[1], rows); },
+                      {Variable(random_array({4, 2, 3}, 89)), Variable(random_array({2, 3, 19}, 90))});
+}
+
+TEST_CASE("additive_scores and attention_context: key rows of the wrong shape or outside the keys are errors") {
+  IndexArray rows = IndexArray::from_shape({2});
+  rows(0) = 0, rows(1) = 2;
+  const Variable q(zeros({2, 1, 4})), k(zeros({2, 3, 4})), v(zeros({4})), w(zeros({2, 1, 3}));
+  CHECK_THROWS_WITH_AS(additive_scores(q, k, rows, v), "additive_scores: key row 2 (batch row 1) is outside [0, 2)",
+                       Error);
+  CHECK_THROWS_WITH_AS(attention_context(w, k, rows), "attention_context: value row 2 (batch row 1) is outside [0, 2)",
+                       Error);
+  CHECK_THROWS_WITH_AS(additive_scores(q, k, IndexArray::from_shape({3}), v),
+                       "additive_scores: key rows must be [2], one per batch row, got [3]", ShapeError);
+}

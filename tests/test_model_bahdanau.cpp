@@ -245,8 +245,16 @@ TEST_CASE("Bahdanau: select_rows reorders and duplicates every part of the state
   const auto& expected = dynamic_cast<const BahdanauState&>(*expected_state);
   CHECK(selected.batch_size() == 4);
   CHECK(selected.allowed == expected.allowed);
-  CHECK(max_abs_diff(selected.encoder_outputs.value(), expected.encoder_outputs.value()) < 1e-12);
-  CHECK(max_abs_diff(selected.projected_keys.value(), expected.projected_keys.value()) < 1e-12);
+  // The encoder outputs stay one row per sentence; each new row reads its sentence's.
+  CHECK(selected.encoder_outputs.shape()[0] == 3);
+  REQUIRE(shape_of(selected.sentence_of_row) == Shape{4});
+  for (std::size_t k = 0; k < 4; ++k) {
+    CHECK(selected.sentence_of_row(k) == static_cast<std::int64_t>(rows[k]));
+    CHECK(expected.sentence_of_row(k) == static_cast<std::int64_t>(k));
+    const auto row_of = [](const Variable& x, std::size_t row) { return Array(xt::view(x.value(), row)); };
+    CHECK(max_abs_diff(row_of(selected.encoder_outputs, rows[k]), row_of(expected.encoder_outputs, k)) < 1e-12);
+    CHECK(max_abs_diff(row_of(selected.projected_keys, rows[k]), row_of(expected.projected_keys, k)) < 1e-12);
+  }
   for (std::size_t layer = 0; layer < 2; ++layer)
     CHECK(max_abs_diff(selected.hidden[layer].value(), expected.hidden[layer].value()) < 1e-12);
 

@@ -116,8 +116,9 @@ void BahdanauState::select_rows(const std::vector<std::size_t>& rows) {
                   std::to_string(batch));
     indices(k) = static_cast<std::int64_t>(rows[k]);
   }
-  encoder_outputs = gather_rows(encoder_outputs, indices);  // [K, S, D·H]
-  projected_keys = gather_rows(projected_keys, indices);    // [K, S, A]
+  IndexArray sentences = IndexArray::from_shape({rows.size()});  // [K]: new row k's sentence
+  for (std::size_t k = 0; k < rows.size(); ++k) sentences(k) = sentence_of_row(rows[k]);
+  sentence_of_row = std::move(sentences);
   for (Variable& h : hidden) h = gather_rows(h, indices);   // [K, H]
 
   const std::size_t row_size = numel(shape_of(allowed)) / batch;
@@ -197,6 +198,8 @@ BahdanauState BahdanauModel::encode(const IndexArray& source, const IndexArray& 
   state.encoder_outputs = encoded.output;                                 // [B, S, D·H]
   state.projected_keys = attention_->project_keys(encoded.output);        // [B, S, A]
   state.allowed = allowed_from_valid_lens(source_lengths, 1, source_steps);  // [B, 1, S]
+  state.sentence_of_row = IndexArray::from_shape({static_cast<std::size_t>(batch)});  // [B]: row b reads sentence b
+  for (long b = 0; b < batch; ++b) state.sentence_of_row(b) = b;
 
   const std::size_t decoder_layers = config_.decoder_layers;
   if (bridge_) {
@@ -222,14 +225,15 @@ BahdanauModel::InputWeights BahdanauModel::split_input_weights() const {
 }
 
 BahdanauModel::StepResult BahdanauModel::step(BahdanauState& state, const Variable& embedding_gates,
-                                               const Variable& context_weight) {
+                                               std::size_t first_row, const Variable& context_weight) {
   const Variable query = unsqueeze(state.hidden.back(), 1);  // [B, 1, H]
   const AttentionOutput attended =
-      attention_->forward_projected(query, state.projected_keys, state.encoder_outputs, state.allowed);
+      attention_->forward_projected(query, state.projected_keys, state.encoder_outputs, state.allowed,
+                                    &state.sentence_of_row);
   // W_ih [y; c] + b_ih = (W_e y + b_ih) + W_c c: the embedding half comes precomputed.
   const Variable context = squeeze(attended.output, 1);                             // [B, D·H]
-  const Variable gates = embedding_gates + linear(context, context_weight, Variable());  // [B, 3H]
-  state.hidden[0] = decoder_[0]->forward_gates(gates, state.hidden[0]);             // [B, H]
+  const Variable context_gates = linear(context, context_weight, Variable());       // [B, 3H]
+  state.hidden[0] = decoder_[0]->forward_gate_rows(embedding_gates, first_row, context_gates, state.hidden[0]);  // [B, H]
   for (std::size_t layer = 1; layer < decoder_.size(); ++layer)
     state.hidden[layer] = decoder_[layer]->forward(drop(state.hidden[layer - 1]), state.hidden[layer]);  // [B, H]
   return {attended.weights, context};  // [B, 1, S], [B, D·H]
@@ -264,7 +268,7 @@ Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray&
   std::vector<Variable> contexts(steps);    // T x [B, D·H]
   Array weights = Array::from_shape({batch, steps, source_steps});  // [B, T, S]
   for (std::size_t t = 0; t < steps; ++t) {
-    const StepResult stepped = step(state, slice(embedding_gates, 0, t * batch, (t + 1) * batch), input_weights.context);
+    const StepResult stepped = step(state, embedding_gates, t * batch, input_weights.context);
     const Variable& step_weights = stepped.weights;  // [B, 1, S]
     top_states[t] = state.hidden.back();
     contexts[t] = stepped.context;
@@ -294,7 +298,7 @@ StepOutput BahdanauModel::decode_step(DecoderState& state, const IndexArray& pre
   const InputWeights input_weights = split_input_weights();
   const Variable embedded = drop(target_embedding_->forward(previous_tokens));                 // [B, E]
   const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [B, 3H_dec]
-  const StepResult stepped = step(*bahdanau, embedding_gates, input_weights.context);
+  const StepResult stepped = step(*bahdanau, embedding_gates, 0, input_weights.context);
   const Variable& step_weights = stepped.weights;  // [B, 1, S]
   StepOutput result;
   result.logits = output_->forward(readout(bahdanau->hidden.back(), stepped.context, embedded));  // [B, V]

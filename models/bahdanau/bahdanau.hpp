@@ -85,16 +85,21 @@ void to_json(nlohmann::json& json, const BahdanauConfig& config);
 /// silently ignored) or a value of the wrong type, and validates the result.
 void from_json(const nlohmann::json& json, BahdanauConfig& config);
 
-/// What the Bahdanau decoder carries between steps. Rows of every member are batch rows.
+/// What the Bahdanau decoder carries between steps. Rows of `allowed` and `hidden` are the
+/// decoder's B rows (beam hypotheses, in beam search); the encoder's outputs stay one row per
+/// source sentence (N of them), which row b reads through sentence_of_row[b].
 class BahdanauState : public DecoderState {
  public:
-  Variable encoder_outputs;          // [B, S, D·H] — the attention's keys and values
-  Variable projected_keys;           // [B, S, A]   — W_k k, computed once
+  Variable encoder_outputs;          // [N, S, D·H] — the attention's keys and values
+  Variable projected_keys;           // [N, S, A]   — W_k k, computed once
+  IndexArray sentence_of_row;        // [B] in [0, N) — row b's sentence; 0..N-1 after encode
   BoolArray allowed;                 // [B, 1, S]   — true at valid source positions
   std::vector<Variable> hidden;      // L_dec x [B, H_dec], bottom layer first
 
-  /// Gathers rows through the `embedding` op (a row gather with a backward), so a state
-  /// built with gradients on keeps them.
+  /// Reorders the decoder rows: gathers the hidden states through the `embedding` op (a row
+  /// gather with a backward, so a state built with gradients on keeps them) and the masks, and
+  /// maps the new rows to their sentences — the encoder outputs and keys, the same for every
+  /// hypothesis of a sentence, are not copied per row.
   void select_rows(const std::vector<std::size_t>& rows) override;
   std::size_t batch_size() const { return allowed.shape()[0]; }
 };
@@ -129,9 +134,11 @@ class BahdanauModel : public Seq2SeqModel {
     Variable context;  // [B, D·H]
   };
   /// One decoder step, given the previous tokens' half of the bottom cell's input gates,
-  /// W_e embedding(y) + b_ih [B, 3H_dec] (computed for all steps at once by `forward`): updates
-  /// state.hidden and returns the attention weights and the context the step read.
-  StepResult step(BahdanauState& state, const Variable& embedding_gates, const Variable& context_weight);
+  /// W_e embedding(y) + b_ih, as rows [first_row, first_row + B) of `embedding_gates` [R, 3H_dec]
+  /// (`forward` computes them for all steps at once, read in place): updates state.hidden and
+  /// returns the attention weights and the context the step read.
+  StepResult step(BahdanauState& state, const Variable& embedding_gates, std::size_t first_row,
+                  const Variable& context_weight);
   /// What the output layer reads, [..., H_dec] or [..., H_dec + D·H + E] ("deep").
   Variable readout(const Variable& top_state, const Variable& context, const Variable& embedded) const;
   /// Throws ShapeError naming the model unless source is [B, S] (B, S > 0) and lengths [B] lie in

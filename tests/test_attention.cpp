@@ -152,7 +152,7 @@ TEST_CASE("DotProductAttention: gradients w.r.t. q, k, v and a learned temperatu
                       {Variable(q4), Variable(k4), Variable(v4)});
 }
 
-DotProductAttention: dropout acts on the weights in training only, returned weights are pre-dropout") {
+TEST_CASE("DotProductAttention: dropout acts on the weights in training only, returned weights are pre-dropout") {
   const Variable q(random_array({2, 4, 4}, 30)), k(random_array({2, 6, 4}, 31)), v(random_array({2, 6, 3}, 32));
   DotProductAttention attention(ScoreScale::inverse_sqrt_dim(), 0.5, Rng(7));
   const AttentionOutput trained = attention.forward(q, k, v);

@@ -173,7 +173,7 @@ TEST_CASE("MultiheadAttention with QK-norm: |scores| <= √d_head at init whatev
                      mha.forward(Variable(x), Variable(memory), Variable(memory)).output.value()) < 1e-12);
 }
 
-μP: 8/d_k equals 1/√d_k at d_k = 64, zero-initialised queries give uniform attention and still learn") {
+TEST_CASE("μP: 8/d_k equals 1/√d_k at d_k = 64, zero-initialised queries give uniform attention and still learn") {
   CHECK(DotProductAttention(ScoreScale::inverse_dim(8)).scale_factor(64) == doctest::Approx(0.125));
   CHECK(DotProductAttention(ScoreScale::inverse_dim(8)).scale_factor(256) == doctest::Approx(8.0 / 256));
   CHECK(DotProductAttention(ScoreScale::inverse_dim()).scale_factor(16) == doctest::Approx(1.0 / 16));
@@ -199,7 +199,7 @@ TEST_CASE("MultiheadAttention with QK-norm: |scores| <= √d_head at init whatev
                        doctest::Contains("zero query"), Error);
 }
 
-TransformerConfig: qk_norm, sigma_reparam, zero_query_init round-trip, 0/1 accepted, 2 refused") {
+TEST_CASE("TransformerConfig: qk_norm, sigma_reparam, zero_query_init round-trip, 0/1 accepted, 2 refused") {
   models::TransformerConfig config;
   config.source_vocab_size = config.target_vocab_size = 7;
   config.d_model = 8, config.nhead = 2, config.encoder_layers = config.decoder_layers = 1;
@@ -268,7 +268,7 @@ TEST_CASE("entropy_lower_bound: log T at β = 0, one raised logit at large β, h
   CHECK_THROWS_WITH_AS(study::entropy_lower_bound(3, -1), doctest::Contains("entropy_lower_bound"), Error);
 }
 
-train_tracked: probes every layer and head, μP's zero queries start uniform, the bound holds") {
+TEST_CASE("train_tracked: probes every layer and head, μP's zero queries start uniform, the bound holds") {
   study::TrackedRunOptions options;
   options.model.d_model = 16, options.model.nhead = 2, options.model.encoder_layers = options.model.decoder_layers = 1;
   options.model.dim_feedforward = 16, options.model.dropout = 0, options.model.norm_first = true;

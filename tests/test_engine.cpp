@@ -46,7 +46,7 @@ TEST_CASE("gradients are allocated lazily and only where needed") {
   CHECK_FALSE(hidden.has_grad());
 }
 
-no-grad guard records no graph, detach cuts history") {
+TEST_CASE("no-grad guard records no graph, detach cuts history") {
   Variable x(array_of({2}, {1, 2}), true);
   {
     NoGradGuard no_grad;

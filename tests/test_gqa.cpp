@@ -67,7 +67,7 @@ void randomise_biases(Module& module, std::uint64_t seed) {
 
 }  // namespace
 
-GQA: parameter names and shapes, num_kv_heads = num_heads is multi-head attention, bit for bit") {
+TEST_CASE("GQA: parameter names and shapes, num_kv_heads = num_heads is multi-head attention, bit for bit") {
   Rng rng(0);
   MultiheadAttention gqa(8, 4, rng, {.num_kv_heads = 2});  // d = 2
   const auto parameters = gqa.named_parameters();

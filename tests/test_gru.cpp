@@ -142,7 +142,7 @@ TEST_CASE("GRU packing: each sequence gives what it gives alone, whatever its pa
   CHECK(max_abs_diff(full_lengths.hidden.value(), no_lengths.hidden.value()) == 0);
 }
 
-GRU: one layer, one direction is GRUCell unrolled, time-major layout agrees") {
+TEST_CASE("GRU: one layer, one direction is GRUCell unrolled, time-major layout agrees") {
   Rng rng(15);
   GRU gru(3, 4, rng);
   GRUCell cell(3, 4, rng);

@@ -88,7 +88,7 @@ TEST_CASE("Linear: bad configuration and bad input name the layer and the shapes
 
 // ---- Embedding -----------------------------------------------------------------------------
 
-Embedding with padding_idx matches PyTorch, the padding row gets no gradient") {
+TEST_CASE("Embedding with padding_idx matches PyTorch, the padding row gets no gradient") {
   const TensorFile fixture = load_fixture("layers_core");
   Rng rng(4);
   Embedding layer(7, 4, rng, {.padding_idx = 2});

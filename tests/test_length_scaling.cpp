@@ -204,7 +204,7 @@ TEST_CASE("TransformerModel: log_length and scalable_softmax decode step by step
     }
 }
 
-TransformerConfig: the length scales round-trip through JSON, a value no scale uses is refused") {
+TEST_CASE("TransformerConfig: the length scales round-trip through JSON, a value no scale uses is refused") {
   models::TransformerConfig config = tiny_transformer_config(models::PositionalKind::alibi);
   config.scale = ScoreScale::scalable_softmax(real(0.25));
   const nlohmann::json json = config;

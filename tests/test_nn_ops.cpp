@@ -101,7 +101,7 @@ TEST_CASE("layer_norm matches PyTorch with and without affine parameters") {
   }
 }
 
-embedding matches PyTorch, repeated indices accumulate their gradients") {
+TEST_CASE("embedding matches PyTorch, repeated indices accumulate their gradients") {
   const Variable weight(reference("emb.weight"), true);  // [7, 4]
   const IndexArray& indices = reference_indices("emb.indices");  // [2, 3], row 3 three times
   const Variable y = embedding(weight, indices);

@@ -133,7 +133,7 @@ TEST_CASE("Adam's first step moves each weight by about lr against its gradient'
   CHECK(max_abs_diff(state.at("p.exp_avg_sq"), array_of({3}, {0.00009, 0.016, 0})) < 1e-15);
 }
 
-AdamW decays weights before the Adam step, Adam adds the decay to the gradient") {
+TEST_CASE("AdamW decays weights before the Adam step, Adam adds the decay to the gradient") {
   const Array start = array_of({2}, {2, -4});
   const Array gradient = array_of({2}, {1, 0});
   std::vector<NamedVariable> decoupled_parameters = {{"p", Variable(start, true)}};

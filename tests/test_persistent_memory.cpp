@@ -71,7 +71,7 @@ TEST_CASE("Persistent memory: parameters memory_keys and memory_values [H, N, d]
                        doctest::Contains("MultiheadAttention: persistent memory slots take no position"), Error);
 }
 
-Persistent memory equals the reference, the slots are never masked") {
+TEST_CASE("Persistent memory equals the reference, the slots are never masked") {
   Rng rng(2);
   MultiheadAttention mha(8, 2, rng, {.memory_slots = 3});
   for (auto& [name, p] : mha.named_parameters())
@@ -111,7 +111,7 @@ TEST_CASE("Persistent memory: gradcheck w.r.t. inputs and every parameter, slots
   }
 }
 
-Persistent memory: stepping a KV cache equals the causal pass, the slots are not cached") {
+TEST_CASE("Persistent memory: stepping a KV cache equals the causal pass, the slots are not cached") {
   const Array x = random_array({2, 5, 8}, 20);
   Rng rng(4);
   MultiheadAttention mha(8, 4, rng, {.num_kv_heads = 2, .memory_slots = 3});

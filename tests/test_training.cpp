@@ -274,7 +274,7 @@ TEST_CASE("decoding: length penalties and bad arguments") {
   CHECK_THROWS_AS(greedy_decode(model, source, IndexArray{3, 3}, 5), ShapeError);
 }
 
-registry: unknown kinds list the known ones, names are registered once") {
+TEST_CASE("registry: unknown kinds list the known ones, names are registered once") {
   register_toy();
   CHECK_THROWS_WITH_AS(make_model("lstm", {}, 10, 10), doctest::Contains("unknown model kind 'lstm'; known kinds:"),
                        Error);
@@ -499,7 +499,7 @@ TEST_CASE("trainer: weights of another model or vocabulary are refused, naming t
   CHECK_THROWS_WITH_AS(load_checkpoint(wide.string()), doctest::Contains("model.safetensors"), Error);
 }
 
-trainer: the learning rate may change on resume, the change is reported and used") {
+TEST_CASE("trainer: the learning rate may change on resume, the change is reported and used") {
   register_toy();
   const Dataset data = tiny_reverse();
   const Vocabs vocabs = build_vocabs(data.train);
@@ -520,7 +520,7 @@ trainer: the learning rate may change on resume, the change is reported and used
   for (const double rate : rates) CHECK(rate == doctest::Approx(1e-3));
 }
 
-trainer: without a checkpointer nothing is written, without an evaluator history has the losses only") {
+TEST_CASE("trainer: without a checkpointer nothing is written, without an evaluator history has the losses only") {
   register_toy();
   const Dataset data = tiny_reverse();
   const Vocabs vocabs = build_vocabs(data.train);
@@ -566,7 +566,7 @@ class SeamRecorder : public TrainerCallback {
   std::vector<std::string>& log_;
 };
 
-trainer: the seams run in order, after backward the gradients are there and the step is not taken") {
+TEST_CASE("trainer: the seams run in order, after backward the gradients are there and the step is not taken") {
   register_toy();
   const Dataset data = tiny_reverse(32);
   const Vocabs vocabs = build_vocabs(data.train);
@@ -582,7 +582,7 @@ trainer: the seams run in order, after backward the gradients are there and the 
   CHECK(log == expected);
 }
 
-trainer: a callback can stop training, StopAtTarget stops at the first evaluation reaching it") {
+TEST_CASE("trainer: a callback can stop training, StopAtTarget stops at the first evaluation reaching it") {
   register_toy();
   const Dataset data = tiny_reverse();
   const Vocabs vocabs = build_vocabs(data.train);

@@ -530,8 +530,10 @@ namespace {
 /// Elements [first, last) (first even) of a dropout mask drawn from `key`: element i keeps
 /// when its 32-bit uniform is at or above `threshold`, the uniforms of elements 2j and 2j + 1
 /// being the two halves of SplitMix64's output j for the seed `key` (a counter-based stream).
+/// With `relu_first`, relu(x) is what gets dropped out (relu_dropout_forward).
 QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
-                                   std::size_t first, std::size_t last, std::uint8_t* keep, real* y) {
+                                   std::size_t first, std::size_t last, std::uint8_t* keep, real* y,
+                                   bool relu_first = false) {
   const auto bits_of_pair = [&](std::size_t i) { return splitmix64_mix(key + (i / 2) * splitmix64_increment); };
   const std::size_t pairs_end = first + (last - first) / 2 * 2;
   // Counted in pairs from a 64-bit counter: the loop then vectorises (AVX2 emulates the 64-bit
@@ -544,7 +546,22 @@ QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t
     keep_pairs[2 * p + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
   }
   if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((bits_of_pair(pairs_end) & 0xffffffffULL) >= threshold);
-  for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+  if (relu_first)  // relu's value, v > 0 ? v : 0, then the dropout's product, as the two ops form them
+    for (std::size_t i = first; i < last; ++i) y[i] = (x[i] > 0 ? x[i] : real(0)) * (keep_scale * static_cast<real>(keep[i]));
+  else
+    for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+}
+
+/// relu_dropout_backward's rows: the dropout's gradient, then relu's factor, as the two ops form them.
+QKV_SIMD_CLONES void relu_dropout_backward_chunk(const real* grad_y, const real* x, const std::uint8_t* keep,
+                                                 real keep_scale, std::size_t first, std::size_t last, real* grad_x,
+                                                 bool accumulate) {
+  if (accumulate)
+    for (std::size_t i = first; i < last; ++i)
+      grad_x[i] += (grad_y[i] * (keep_scale * static_cast<real>(keep[i]))) * static_cast<real>(x[i] > 0);
+  else
+    for (std::size_t i = first; i < last; ++i)
+      grad_x[i] = (grad_y[i] * (keep_scale * static_cast<real>(keep[i]))) * static_cast<real>(x[i] > 0);
 }
 
 QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8_t* keep, real keep_scale,
@@ -557,7 +574,10 @@ QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8
 
 }  // namespace
 
-void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
+namespace {
+
+void dropout_forward_with(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y,
+                          bool relu_first) {
   // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
   const real keep_scale = real(1) / (real(1) - p);
   // Counter-based: one draw from `rng` keys the whole mask, and element i's decision is a hash
@@ -568,7 +588,25 @@ void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::ui
   // Chunks start at even elements, so that both halves of a hash land in one chunk.
   const std::size_t pairs = (count + 1) / 2;
   parallel::for_chunks(pairs, parallel::min_elements_per_chunk / 2, [&](std::size_t first, std::size_t last) {
-    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y);
+    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y, relu_first);
+  });
+}
+
+}  // namespace
+
+void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
+  dropout_forward_with(x, p, rng, count, keep, y, false);
+}
+
+void relu_dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
+  dropout_forward_with(x, p, rng, count, keep, y, true);
+}
+
+void relu_dropout_backward(const real* grad_y, const real* x, const std::uint8_t* keep, real p, std::size_t count,
+                           GradientOut grad_x) {
+  const real keep_scale = real(1) / (real(1) - p);
+  parallel::for_chunks(count, parallel::min_elements_per_chunk, [&](std::size_t first, std::size_t last) {
+    relu_dropout_backward_chunk(grad_y, x, keep, keep_scale, first, last, grad_x.data, grad_x.accumulate);
   });
 }
 

@@ -531,7 +531,7 @@ namespace {
 /// when its 32-bit uniform is at or above `threshold`, the uniforms of elements 2j and 2j + 1
 /// being the two halves of SplitMix64's output j for the seed `key` (a counter-based stream).
 /// With `relu_first`, relu(x) is what gets dropped out (relu_dropout_forward).
-QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
+QKV_SIMD_CLONES_AVX512 void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
                                    std::size_t first, std::size_t last, std::uint8_t* keep, real* y,
                                    bool relu_first = false) {
   const auto bits_of_pair = [&](std::size_t i) { return splitmix64_mix(key + (i / 2) * splitmix64_increment); };

@@ -152,6 +152,11 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
 /// holds the batch (1 for time-major [T, B, ...]); an axis of a multiple of the shard's rows
 /// counts as rows of that many sub-rows each ([B·H, ...] laid out batch-major).
 Variable dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t batch_axis = 0);
+// ---- fused ops of the transformer's step (speed-tiny) ----
+/// dropout(relu(x), p, training, rng, batch_axis), fused: the same mask, values and gradients
+/// (bit for bit) without the [..., F] relu output in between — the feed-forward block's
+/// activation and dropout.
+Variable relu_dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t batch_axis = 0);
 /// condition ? a : b, elementwise with broadcasting of all three.
 Variable where(const BoolArray& condition, const Variable& a, const Variable& b);
 /// x with `value` wherever `mask` is true (mask broadcasts to x).

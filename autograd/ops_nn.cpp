@@ -233,7 +233,8 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t
       if (in[0].requires_grad()) in[0].grad_buffer();  // a zero gradient
     });
   const std::size_t count = x.numel();
-  auto keep = std::make_shared<std::vector<std::uint8_t>>(count);  // 1 kept, 0 dropped
+  // 1 kept, 0 dropped; left uninitialised, as the kernel writes every byte.
+  const std::shared_ptr<std::uint8_t[]> keep(new std::uint8_t[count]);
   Array y = Array::from_shape(shape);
   if (const kernels::BatchShard* shard = kernels::current_batch_shard()) {
     check_shape(batch_axis < shape.size() && shape[batch_axis] % shard->rows == 0, "dropout", [&] {
@@ -243,12 +244,27 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t
     std::size_t outer = 1;
     for (std::size_t axis = 0; axis < batch_axis; ++axis) outer *= shape[axis];
     const std::size_t row_elements = count / (outer * shard->rows);
-    kernels::dropout_forward_shard(x.value().data(), p, rng, *shard, outer, row_elements, keep->data(), y.data());
+    kernels::dropout_forward_shard(x.value().data(), p, rng, *shard, outer, row_elements, keep.get(), y.data());
   } else {
-    kernels::dropout_forward(x.value().data(), p, rng, count, keep->data(), y.data());
+    kernels::dropout_forward(x.value().data(), p, rng, count, keep.get(), y.data());
   }
   return make_op("dropout", std::move(y), {x}, [keep, p](const Array& g, const Array&, std::span<Variable> in) {
-    if (in[0].requires_grad()) kernels::dropout_backward(g.data(), keep->data(), p, g.size(), in[0].gradient_out());
+    if (in[0].requires_grad()) kernels::dropout_backward(g.data(), keep.get(), p, g.size(), in[0].gradient_out());
+  });
+}
+
+Variable relu_dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t batch_axis) {
+  check_range("relu_dropout", "probability p", p, 0, 1, true);  // NaN fails too
+  // The cases the fused kernel does not cover are the two ops themselves: no mask (eval, p 0),
+  // all dropped (p 1) or a batch shard's global indices.
+  if (!training || p == 0 || p == 1 || kernels::current_batch_shard()) return dropout(relu(x), p, training, rng, batch_axis);
+  const std::size_t count = x.numel();
+  const std::shared_ptr<std::uint8_t[]> keep(new std::uint8_t[count]);  // 1 kept, 0 dropped; every byte written
+  Array y = Array::from_shape(x.shape());
+  kernels::relu_dropout_forward(x.value().data(), p, rng, count, keep.get(), y.data());
+  return make_op("relu_dropout", std::move(y), {x}, [keep, p](const Array& g, const Array&, std::span<Variable> in) {
+    if (in[0].requires_grad())
+      kernels::relu_dropout_backward(g.data(), in[0].value().data(), keep.get(), p, g.size(), in[0].gradient_out());
   });
 }
 

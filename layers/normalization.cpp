@@ -44,4 +44,8 @@ Variable Dropout::forward(const Variable& x, std::size_t batch_axis) {
   return dropout(x, p_, is_training(), rng_, batch_axis);
 }
 
+Variable Dropout::forward_relu(const Variable& x, std::size_t batch_axis) {
+  return relu_dropout(x, p_, is_training(), rng_, batch_axis);
+}
+
 }  // namespace qkv

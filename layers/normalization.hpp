@@ -54,6 +54,8 @@ class Dropout : public Module {
   /// `batch_axis`: the axis holding the batch (autograd dropout; 1 for time-major inputs).
   Variable forward(const Variable& x, std::size_t batch_axis = 0);
   Variable operator()(const Variable& x) { return forward(x); }
+  /// forward(relu(x)) as one fused op (relu_dropout): the same mask, values and gradients.
+  Variable forward_relu(const Variable& x, std::size_t batch_axis = 0);
 
   real p() const { return p_; }
   /// "Dropout(p=0.1)", the prefix of this layer's error messages.

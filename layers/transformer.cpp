@@ -64,6 +64,11 @@ Variable activate(const Variable& x, Activation activation) {
   return activation == Activation::relu ? relu(x) : gelu(x);
 }
 
+/// dropout(activate(x)): ReLU and its dropout are one fused op (the same values), GELU two.
+Variable activate_then_drop(const Variable& x, Activation activation, Dropout& dropout) {
+  return activation == Activation::relu ? dropout.forward_relu(x) : dropout.forward(activate(x, activation));
+}
+
 /// Rows `rows` of x along axis 0, as a plain value: x [B, ...] -> [rows.size(), ...].
 Variable take_rows(const Variable& x, const std::vector<std::size_t>& rows, const char* op) {
   if (!x.defined()) return x;
@@ -112,7 +117,7 @@ TransformerLayerOutput TransformerEncoderLayer::forward(const Variable& x, const
     return dropout1_->forward(attended.output);  // [B, S, D]
   };
   const auto feed_forward_block = [&](const Variable& in) {
-    const Variable hidden = dropout_->forward(activate(linear1_->forward(in), options_.activation));  // [B, S, F]
+    const Variable hidden = activate_then_drop(linear1_->forward(in), options_.activation, *dropout_);  // [B, S, F]
     return dropout2_->forward(linear2_->forward(hidden));                                            // [B, S, D]
   };
   Variable y = x;  // [B, S, D]
@@ -165,7 +170,7 @@ TransformerLayerOutput TransformerDecoderLayer::run(const Variable& target, cons
     return dropout2_->forward(attended.output);  // [B, T, D]
   };
   const auto feed_forward_block = [&](const Variable& in) {
-    const Variable hidden = dropout_->forward(activate(linear1_->forward(in), options_.activation));  // [B, T, F]
+    const Variable hidden = activate_then_drop(linear1_->forward(in), options_.activation, *dropout_);  // [B, T, F]
     return dropout3_->forward(linear2_->forward(hidden));                                            // [B, T, D]
   };
   Variable y = target;  // [B, T, D]

@@ -242,6 +242,38 @@ TEST_CASE("dropout: seeded masks, scaling, eval and the p edge cases") {
   }
 }
 
+TEST_CASE("relu_dropout is dropout(relu(x)) bit for bit: values, mask, gradients, eval mode") {
+  const Array x = random_array({7, 50}, 21, 2);
+  const Array grad = random_array({7, 50}, 22);
+  Rng fused_rng(5), composed_rng(5);
+  const Variable fused_x(x, true), composed_x(x, true);
+  const Variable fused = relu_dropout(fused_x, 0.3, true, fused_rng);
+  const Variable composed = dropout(relu(composed_x), 0.3, true, composed_rng);
+  CHECK(max_abs_diff(fused.value(), composed.value()) == 0);
+  CHECK(fused_rng.next_u64() == composed_rng.next_u64());  // one draw each
+  backward_with(fused, grad);
+  backward_with(composed, grad);
+  CHECK(max_abs_diff(fused_x.grad(), composed_x.grad()) == 0);
+  // Both the mask and relu matter: some positive inputs are dropped, every negative one is 0.
+  std::size_t dropped_positive = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    if (x.data()[i] <= 0) CHECK(fused.value().data()[i] == 0);
+    dropped_positive += x.data()[i] > 0 && fused.value().data()[i] == 0;
+  }
+  CHECK(dropped_positive > 0);
+  Rng eval_rng(5);
+  CHECK(max_abs_diff(relu_dropout(Variable(x), 0.3, false, eval_rng).value(), relu(Variable(x)).value()) == 0);
+  CHECK_THROWS_AS(relu_dropout(Variable(x), 1.5, true, eval_rng), Error);
+}
+
+TEST_CASE("relu_dropout gradients (the same mask in every evaluation)") {
+  const Array x = random_array({4, 9}, 23, 2);
+  QKV_CHECK_GRADIENTS([](const auto& in) {
+    Rng rng(9);
+    return relu_dropout(in[0], 0.25, true, rng);
+  }, {Variable(x)});
+}
+
 // ---- gradients -------------------------------------------------------------------------------
 
 TEST_CASE("softmax and log_softmax gradients on axis 0, 1 and -1") {

@@ -135,27 +135,48 @@ QKV_SIMD_CLONES void log_softmax_backward_chunk(const real* grad_y, const real* 
       [&](std::size_t i, std::size_t, real grad_total) { grad_x[i] += grad_y[i] - exp_of(y[i]) * grad_total; });
 }
 
-/// One row of masked softmax: `keep` is read with stride `keep_step`.
-QKV_SIMD_CLONES void masked_softmax_row(const real* x, const bool* keep, std::size_t keep_step, std::size_t count,
+/// One row of masked softmax: `keep` is read with stride `keep_step`. The exps are formed in
+/// a loop of their own (it vectorises) and summed in a second one, in order and in double: a
+/// single loop doing both ran the exps one at a time, behind the serial sum. Every value is the
+/// one the fused loop gave.
+QKV_SIMD_CLONES void masked_softmax_row(const real* x, const bool* allowed, std::size_t keep_step, std::size_t count,
                                         real* y) {
-  real largest = -std::numeric_limits<real>::infinity();
-  for (std::size_t j = 0; j < count; ++j)
-    if (keep[j * keep_step]) largest = std::max(largest, x[j]);
+  // The mask read as bytes: GCC does not vectorise loads of bool.
+  const auto* keep = reinterpret_cast<const unsigned char*>(allowed);
+  // Four running maxima: the max of the kept scores does not depend on the order (a NaN score
+  // is skipped by std::max in either order, and of +0 and -0, which is kept changes no x - max).
+  constexpr real lowest = -std::numeric_limits<real>::infinity();
+  real partial[4] = {lowest, lowest, lowest, lowest};
+  std::size_t j = 0;
+  if (keep_step == 1) {
+    for (; j + 4 <= count; j += 4)
+      for (std::size_t lane = 0; lane < 4; ++lane)
+        partial[lane] = std::max(partial[lane], keep[j + lane] != 0 ? x[j + lane] : lowest);
+  }
+  for (; j < count; ++j)
+    if (keep[j * keep_step] != 0) partial[0] = std::max(partial[0], x[j]);
+  const real largest = std::max(std::max(partial[0], partial[1]), std::max(partial[2], partial[3]));
   // No allowed key: the row attends to nothing, so it gets no weight at all.
-  if (largest == -std::numeric_limits<real>::infinity()) {
+  if (largest == lowest) {
     std::fill(y, y + count, real(0));
     return;
   }
-  double total = 0;
   // exp of a masked score is computed and dropped (the select vectorises; a branch would not).
   // vector_math::exp saturates instead of overflowing, so no inf appears even then.
-  for (std::size_t j = 0; j < count; ++j) {
-    const real e = exp_of(x[j] - largest);
-    y[j] = keep[j * keep_step] ? e : real(0);
-    total += double(y[j]);
-  }
+  if (keep_step == 1)
+    for (std::size_t i = 0; i < count; ++i) {
+      const real e = exp_of(x[i] - largest);
+      y[i] = keep[i] != 0 ? e : real(0);
+    }
+  else
+    for (std::size_t i = 0; i < count; ++i) {
+      const real e = exp_of(x[i] - largest);
+      y[i] = keep[i * keep_step] != 0 ? e : real(0);
+    }
+  double total = 0;
+  for (std::size_t i = 0; i < count; ++i) total += double(y[i]);
   const real inverse_total = real(1.0 / total);
-  for (std::size_t j = 0; j < count; ++j) y[j] *= inverse_total;
+  for (std::size_t i = 0; i < count; ++i) y[i] *= inverse_total;
 }
 
 }  // namespace
@@ -289,55 +310,100 @@ void cross_entropy_backward(real grad_loss, const real* logits, const std::int64
 
 namespace {
 
+// The row sums of layer norm run in double and in order, each a chain of dependent adds: the
+// kernels below walk `Rows` rows side by side so that their chains overlap, every row's sum
+// still taken in its own order (the same values as one row at a time).
+
+/// Each row's mean and sum of squared deviations from it, for `Rows` rows of x [Rows, D].
+template <std::size_t Rows>
+[[gnu::always_inline]] inline void layer_norm_moments(const real* x, std::size_t dim, double* means, double* squares) {
+  double totals[Rows] = {};
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t r = 0; r < Rows; ++r) totals[r] += x[r * dim + i];
+  for (std::size_t r = 0; r < Rows; ++r) {
+    means[r] = totals[r] / double(dim);
+    squares[r] = 0;
+  }
+  // Two passes (mean, then squared deviations) instead of E[x²] - E[x]²: no cancellation.
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t r = 0; r < Rows; ++r) {
+      const double deviation = x[r * dim + i] - means[r];
+      squares[r] += deviation * deviation;
+    }
+}
+
+/// Each row's Σ ĝ and Σ ĝ · x̂ (ĝ = grad_y ⊙ weight, x̂ the normalised input), for `Rows` rows.
+template <std::size_t Rows>
+[[gnu::always_inline]] inline void layer_norm_grad_sums(const real* grad_y, const real* x, const real* weight,
+                                                        const real* mean, const real* rstd, std::size_t dim,
+                                                        double* grad_totals, double* grad_dots) {
+  for (std::size_t r = 0; r < Rows; ++r) grad_totals[r] = 0, grad_dots[r] = 0;
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t r = 0; r < Rows; ++r) {
+      const double g = double(grad_y[r * dim + i]) * (weight ? double(weight[i]) : 1.0);
+      grad_totals[r] += g;
+      grad_dots[r] += g * double(x[r * dim + i] - mean[r]) * double(rstd[r]);
+    }
+}
+
+constexpr std::size_t layer_norm_row_group = 4;
+
 QKV_SIMD_CLONES void layer_norm_chunk(const real* x, const real* weight, const real* bias, std::size_t rows,
                                       std::size_t dim, real eps, real* y, real* mean, real* rstd) {
-  for (std::size_t row = 0; row < rows; ++row) {
-    const real* xr = x + row * dim;  // [D]
-    real* yr = y + row * dim;        // [D]
-    double total = 0;
-    for (std::size_t i = 0; i < dim; ++i) total += xr[i];
-    const double row_mean = total / double(dim);
-    // Two passes (mean, then squared deviations) instead of E[x²] - E[x]²: no cancellation.
-    double squares = 0;
-    for (std::size_t i = 0; i < dim; ++i) {
-      const double deviation = xr[i] - row_mean;
-      squares += deviation * deviation;
-    }
-    const real row_rstd = real(1.0 / std::sqrt(squares / double(dim) + double(eps)));
-    mean[row] = real(row_mean);
-    rstd[row] = row_rstd;
-    const real shift = mean[row];
-    if (weight && bias)
-      for (std::size_t i = 0; i < dim; ++i) yr[i] = (xr[i] - shift) * row_rstd * weight[i] + bias[i];
+  constexpr std::size_t group = layer_norm_row_group;
+  for (std::size_t first = 0; first < rows; first += group) {
+    const std::size_t count = std::min(group, rows - first);
+    double means[group], squares[group];
+    if (count == group) layer_norm_moments<group>(x + first * dim, dim, means, squares);
     else
-      for (std::size_t i = 0; i < dim; ++i) {
-        const real normalized = (xr[i] - shift) * row_rstd;
-        yr[i] = normalized * (weight ? weight[i] : real(1)) + (bias ? bias[i] : real(0));
-      }
+      for (std::size_t r = 0; r < count; ++r) layer_norm_moments<1>(x + (first + r) * dim, dim, means + r, squares + r);
+    for (std::size_t r = 0; r < count; ++r) {
+      const std::size_t row = first + r;
+      const real* xr = x + row * dim;  // [D]
+      real* yr = y + row * dim;        // [D]
+      const real row_rstd = real(1.0 / std::sqrt(squares[r] / double(dim) + double(eps)));
+      mean[row] = real(means[r]);
+      rstd[row] = row_rstd;
+      const real shift = mean[row];
+      if (weight && bias)
+        for (std::size_t i = 0; i < dim; ++i) yr[i] = (xr[i] - shift) * row_rstd * weight[i] + bias[i];
+      else
+        for (std::size_t i = 0; i < dim; ++i) {
+          const real normalized = (xr[i] - shift) * row_rstd;
+          yr[i] = normalized * (weight ? weight[i] : real(1)) + (bias ? bias[i] : real(0));
+        }
+    }
   }
 }
 
 QKV_SIMD_CLONES void layer_norm_grad_x_chunk(const real* grad_y, const real* x, const real* weight, const real* mean,
                                              const real* rstd, std::size_t rows, std::size_t dim, real* grad_x,
                                              bool accumulate) {
-  for (std::size_t row = 0; row < rows; ++row) {
-    const real* gr = grad_y + row * dim;  // [D]
-    const real* xr = x + row * dim;       // [D]
-    const real row_mean = mean[row], row_rstd = rstd[row];
+  constexpr std::size_t group = layer_norm_row_group;
+  for (std::size_t first = 0; first < rows; first += group) {
+    const std::size_t count = std::min(group, rows - first);
     // ĝ = grad_y ⊙ weight; the two means are the projections that normalisation removes.
-    double grad_total = 0, grad_dot_normalized = 0;
-    for (std::size_t i = 0; i < dim; ++i) {
-      const double g = double(gr[i]) * (weight ? double(weight[i]) : 1.0);
-      grad_total += g;
-      grad_dot_normalized += g * double(xr[i] - row_mean) * double(row_rstd);
-    }
-    const real grad_mean = real(grad_total / double(dim));
-    const real grad_dot_mean = real(grad_dot_normalized / double(dim));
-    real* dxr = grad_x + row * dim;  // [D]
-    for (std::size_t i = 0; i < dim; ++i) {
-      const real g = gr[i] * (weight ? weight[i] : real(1));
-      const real normalized = (xr[i] - row_mean) * row_rstd;
-      dxr[i] = (accumulate ? dxr[i] : real(0)) + row_rstd * (g - grad_mean - normalized * grad_dot_mean);
+    double grad_totals[group], grad_dots[group];
+    if (count == group)
+      layer_norm_grad_sums<group>(grad_y + first * dim, x + first * dim, weight, mean + first, rstd + first, dim,
+                                  grad_totals, grad_dots);
+    else
+      for (std::size_t r = 0; r < count; ++r)
+        layer_norm_grad_sums<1>(grad_y + (first + r) * dim, x + (first + r) * dim, weight, mean + first + r,
+                                rstd + first + r, dim, grad_totals + r, grad_dots + r);
+    for (std::size_t r = 0; r < count; ++r) {
+      const std::size_t row = first + r;
+      const real* gr = grad_y + row * dim;  // [D]
+      const real* xr = x + row * dim;       // [D]
+      const real row_mean = mean[row], row_rstd = rstd[row];
+      const real grad_mean = real(grad_totals[r] / double(dim));
+      const real grad_dot_mean = real(grad_dots[r] / double(dim));
+      real* dxr = grad_x + row * dim;  // [D]
+      for (std::size_t i = 0; i < dim; ++i) {
+        const real g = gr[i] * (weight ? weight[i] : real(1));
+        const real normalized = (xr[i] - row_mean) * row_rstd;
+        dxr[i] = (accumulate ? dxr[i] : real(0)) + row_rstd * (g - grad_mean - normalized * grad_dot_mean);
+      }
     }
   }
 }
@@ -464,17 +530,38 @@ namespace {
 /// Elements [first, last) (first even) of a dropout mask drawn from `key`: element i keeps
 /// when its 32-bit uniform is at or above `threshold`, the uniforms of elements 2j and 2j + 1
 /// being the two halves of SplitMix64's output j for the seed `key` (a counter-based stream).
-QKV_SIMD_CLONES void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
-                                   std::size_t first, std::size_t last, std::uint8_t* keep, real* y) {
+/// With `relu_first`, relu(x) is what gets dropped out (relu_dropout_forward).
+QKV_SIMD_CLONES_AVX512 void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
+                                   std::size_t first, std::size_t last, std::uint8_t* keep, real* y,
+                                   bool relu_first = false) {
   const auto bits_of_pair = [&](std::size_t i) { return splitmix64_mix(key + (i / 2) * splitmix64_increment); };
   const std::size_t pairs_end = first + (last - first) / 2 * 2;
-  for (std::size_t i = first; i < pairs_end; i += 2) {
-    const std::uint64_t bits = bits_of_pair(i);
-    keep[i] = static_cast<std::uint8_t>((bits & 0xffffffffULL) >= threshold);
-    keep[i + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
+  // Counted in pairs from a 64-bit counter: the loop then vectorises (AVX2 emulates the 64-bit
+  // multiplies with 32-bit ones, AVX-512 has them).
+  const std::uint64_t first_pair = first / 2, pair_count = (pairs_end - first) / 2;
+  std::uint8_t* keep_pairs = keep + first;
+  for (std::uint64_t p = 0; p < pair_count; ++p) {
+    const std::uint64_t bits = splitmix64_mix(key + (first_pair + p) * splitmix64_increment);
+    keep_pairs[2 * p] = static_cast<std::uint8_t>((bits & 0xffffffffULL) >= threshold);
+    keep_pairs[2 * p + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
   }
   if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((bits_of_pair(pairs_end) & 0xffffffffULL) >= threshold);
-  for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+  if (relu_first)  // relu's value, v > 0 ? v : 0, then the dropout's product, as the two ops form them
+    for (std::size_t i = first; i < last; ++i) y[i] = (x[i] > 0 ? x[i] : real(0)) * (keep_scale * static_cast<real>(keep[i]));
+  else
+    for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
+}
+
+/// relu_dropout_backward's rows: the dropout's gradient, then relu's factor, as the two ops form them.
+QKV_SIMD_CLONES void relu_dropout_backward_chunk(const real* grad_y, const real* x, const std::uint8_t* keep,
+                                                 real keep_scale, std::size_t first, std::size_t last, real* grad_x,
+                                                 bool accumulate) {
+  if (accumulate)
+    for (std::size_t i = first; i < last; ++i)
+      grad_x[i] += (grad_y[i] * (keep_scale * static_cast<real>(keep[i]))) * static_cast<real>(x[i] > 0);
+  else
+    for (std::size_t i = first; i < last; ++i)
+      grad_x[i] = (grad_y[i] * (keep_scale * static_cast<real>(keep[i]))) * static_cast<real>(x[i] > 0);
 }
 
 QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8_t* keep, real keep_scale,
@@ -487,7 +574,10 @@ QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8
 
 }  // namespace
 
-void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
+namespace {
+
+void dropout_forward_with(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y,
+                          bool relu_first) {
   // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
   const real keep_scale = real(1) / (real(1) - p);
   // Counter-based: one draw from `rng` keys the whole mask, and element i's decision is a hash
@@ -498,7 +588,25 @@ void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::ui
   // Chunks start at even elements, so that both halves of a hash land in one chunk.
   const std::size_t pairs = (count + 1) / 2;
   parallel::for_chunks(pairs, parallel::min_elements_per_chunk / 2, [&](std::size_t first, std::size_t last) {
-    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y);
+    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y, relu_first);
+  });
+}
+
+}  // namespace
+
+void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
+  dropout_forward_with(x, p, rng, count, keep, y, false);
+}
+
+void relu_dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
+  dropout_forward_with(x, p, rng, count, keep, y, true);
+}
+
+void relu_dropout_backward(const real* grad_y, const real* x, const std::uint8_t* keep, real p, std::size_t count,
+                           GradientOut grad_x) {
+  const real keep_scale = real(1) / (real(1) - p);
+  parallel::for_chunks(count, parallel::min_elements_per_chunk, [&](std::size_t first, std::size_t last) {
+    relu_dropout_backward_chunk(grad_y, x, keep, keep_scale, first, last, grad_x.data, grad_x.accumulate);
   });
 }
 

@@ -196,16 +196,16 @@ sections)
     ((spread == 4)) || fail "--jobs $jobs: $spread of the 4 sections said they spread their runs over the ranks"
     compare_with_one_process "two-$jobs"
   done
-  # The --smoke grids (examples/scaling_study/main.cpp): mup 2 widths x 2 parametrisations x 3
+  # The --smoke grids (examples/scaling_study/main.cpp): mup 2 widths x 3 parametrisations (1/√d, μP attention, full μP) x 3
   # learning rates; stability 3 fixes x 2 learning rates; length 2 tasks x 5 position schemes x
   # 3 scales x 2 test lengths; additive 2 d_k x 3 mechanisms x 3 probes (steps 0, 1, 2).
   for dir in one two-1 two-2; do
-    expect_rows $dir mup_lr_transfer.csv 12
+    expect_rows $dir mup_lr_transfer.csv 18
     expect_rows $dir stability_runs.csv 6
     expect_rows $dir length_generalisation.csv 60
     expect_rows $dir additive_curves.csv 18
   done
-  echo "rows: mup_lr_transfer 12, stability_runs 6, length_generalisation 60, additive_curves 18, none twice"
+  echo "rows: mup_lr_transfer 18, stability_runs 6, length_generalisation 60, additive_curves 18, none twice"
   ;;
 *)
   fail "unknown case"

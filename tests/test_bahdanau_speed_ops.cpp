@@ -7,6 +7,22 @@
 using namespace qkv;
 using namespace qkv::test;
 
+namespace {
+
+/// Each input's gradient after one backward of `output` from `upstream`, cleared again so that
+/// another graph of the same inputs can be compared with it.
+std::vector<Array> gradients_of(Variable output, const Array& upstream, std::vector<Variable> inputs) {
+  output.backward(upstream);
+  std::vector<Array> gradients;
+  for (Variable& x : inputs) {
+    gradients.push_back(x.grad());
+    x.zero_grad();
+  }
+  return gradients;
+}
+
+}  // namespace
+
 TEST_CASE("attention_context: equals matmul(weights, values), values and gradients") {
   const Variable weights(random_array({3, 2, 5}, 31), true), values(random_array({3, 5, 19}, 32), true);
   Variable fused = attention_context(weights, values);  // [3, 2, 19]
@@ -88,15 +104,10 @@ TEST_CASE("gru_cell_rows: equals gru_cell on a slice plus the extra gates, value
   Variable composed = gru_cell(slice(all, 0, 2, 4) + extra, hidden_gates, h);      // [2, 19]
   CHECK(max_abs_diff(fused.value(), composed.value()) == 0);
   const Array upstream = random_array({2, 19}, 65);
-  std::vector<Variable> inputs{all, extra, hidden_gates, h};
-  fused.backward(upstream);
-  std::vector<Array> fused_grads;
-  for (Variable& x : inputs) {
-    fused_grads.push_back(x.grad());
-    x.zero_grad();
-  }
-  composed.backward(upstream);
-  for (std::size_t i = 0; i < inputs.size(); ++i) CHECK(max_abs_diff(fused_grads[i], inputs[i].grad()) == 0);
+  const std::vector<Variable> inputs{all, extra, hidden_gates, h};
+  const std::vector<Array> fused_grads = gradients_of(fused, upstream, inputs);
+  const std::vector<Array> composed_grads = gradients_of(composed, upstream, inputs);
+  for (std::size_t i = 0; i < inputs.size(); ++i) CHECK(max_abs_diff(fused_grads[i], composed_grads[i]) == 0);
   // Rows outside [2, 4) get no gradient.
   for (std::size_t r : {0, 1, 4, 5})
     for (std::size_t j = 0; j < 57; ++j) CHECK(fused_grads[0](r, j) == 0);
@@ -168,15 +179,10 @@ TEST_CASE("additive_scores and attention_context with key rows: equal the ops on
   Variable copied = attention_context(softmax(additive_scores(q, gathered(k, rows), v), -1), gathered(values, rows));
   CHECK(max_abs_diff(shared.value(), copied.value()) == 0);
   const Array upstream = random_array({4, 1, 19}, 85);
-  std::vector<Variable> inputs{q, k, v, values};
-  shared.backward(upstream);
-  std::vector<Array> shared_grads;
-  for (Variable& x : inputs) {
-    shared_grads.push_back(x.grad());
-    x.zero_grad();
-  }
-  copied.backward(upstream);
-  for (std::size_t i = 0; i < inputs.size(); ++i) CHECK(max_abs_diff(shared_grads[i], inputs[i].grad()) < 1e-12);
+  const std::vector<Variable> inputs{q, k, v, values};
+  const std::vector<Array> shared_grads = gradients_of(shared, upstream, inputs);
+  const std::vector<Array> copied_grads = gradients_of(copied, upstream, inputs);
+  for (std::size_t i = 0; i < inputs.size(); ++i) CHECK(max_abs_diff(shared_grads[i], copied_grads[i]) < 1e-12);
 
   QKV_CHECK_GRADIENTS([&](const auto& in) { return additive_scores(in[0], in[1], rows, in[2]); },
                       {Variable(random_array({4, 1, 19}, 86)), Variable(random_array({2, 3, 19}, 87)),

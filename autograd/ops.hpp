@@ -152,7 +152,7 @@ Variable layer_norm(const Variable& x, const Variable& weight, const Variable& b
 /// holds the batch (1 for time-major [T, B, ...]); an axis of a multiple of the shard's rows
 /// counts as rows of that many sub-rows each ([B·H, ...] laid out batch-major).
 Variable dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t batch_axis = 0);
-// ---- fused ops of the transformer's step (speed-tiny) ----
+// ---- fused ops of the transformer's feed-forward block ----
 /// dropout(relu(x), p, training, rng, batch_axis), fused: the same mask, values and gradients
 /// (bit for bit) without the [..., F] relu output in between — the feed-forward block's
 /// activation and dropout.

@@ -16,11 +16,6 @@ using namespace qkv::test;
 
 namespace {
 
-void randomise_biases(Module& module, std::uint64_t seed) {
-  for (auto& [name, p] : module.named_parameters())
-    if (name.find("bias") != std::string::npos) p.mutable_value() = random_array(p.shape(), seed++, 0.5);
-}
-
 }  // namespace
 
 TEST_CASE("GQA with σReparam and QK-norm: parameters per block, gradcheck, the KV cache equals one causal pass") {

@@ -60,11 +60,6 @@ std::unique_ptr<MultiheadAttention> equivalent_mha(MultiheadAttention& gqa, Mult
   return mha;
 }
 
-void randomise_biases(Module& module, std::uint64_t seed) {
-  for (auto& [name, p] : module.named_parameters())
-    if (name.find("bias") != std::string::npos) p.mutable_value() = random_array(p.shape(), seed++, 0.5);
-}
-
 }  // namespace
 
 TEST_CASE("GQA: parameter names and shapes, num_kv_heads = num_heads is multi-head attention, bit for bit") {

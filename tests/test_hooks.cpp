@@ -19,10 +19,8 @@ using namespace qkv::test;
 
 namespace {
 
-// Batch 2: row 0 has source length 5, row 1 length 3 (padded with 0).
-const IndexArray kSource = {{4, 5, 6, 7, 2}, {8, 4, 2, 0, 0}};
-const IndexArray kSourceLengths = {5, 3};
-const IndexArray kOtherSource = {{5, 5, 8, 4, 2}, {6, 7, 2, 0, 0}};  // the same lengths
+// kTinySource's batch of 2 (support/tiny_models.hpp), other tokens with the same lengths.
+const IndexArray kOtherSource = {{5, 5, 8, 4, 2}, {6, 7, 2, 0, 0}};
 const IndexArray kTargetInput = {{1, 3, 4, 5, 6, 2}, {1, 6, 5, 2, 4, 3}};
 
 /// Head h of [B, H, ...] -> [B, ...].
@@ -83,7 +81,7 @@ TEST_CASE("hooks: run_with_cache reads the values the transformer returns") {
   TransformerModel model(tiny_transformer_config());
   model.eval();
   Seq2SeqOutput full;
-  const ActivationCache cache = run_with_cache(model, [&] { full = model.forward(kSource, kSourceLengths, kTargetInput); });
+  const ActivationCache cache = run_with_cache(model, [&] { full = model.forward(kTinySource, kTinySourceLengths, kTargetInput); });
   CHECK(cache.size() == model.hook_point_names().size());
   CHECK(model.hook_point_names().size() == 26);  // run_with_cache removed its hooks: still 26 points, no hooks
   // Cross-attention: the maps forward returns ("layer L head H") are the weights points' heads.
@@ -96,7 +94,7 @@ TEST_CASE("hooks: run_with_cache reads the values the transformer returns") {
   // The scores are what the softmax saw: softmax over the valid keys gives the weights.
   const Array& scores = cache.at("encoder.layers.1.self_attn.scores");  // [B, H, S, S]
   const Array& weights = cache.at("encoder.layers.1.self_attn.weights");
-  BoolArray allowed = allowed_from_valid_lens(kSourceLengths, 5, 5);  // [B, S, S]
+  BoolArray allowed = allowed_from_valid_lens(kTinySourceLengths, 5, 5);  // [B, S, S]
   allowed.reshape({2, 1, 5, 5});
   const Variable softmaxed = masked_softmax(Variable(scores), allowed);
   CHECK(max_abs_diff(softmaxed.value(), weights) < 1e-14);
@@ -108,7 +106,7 @@ TEST_CASE("hooks: run_with_cache reads the values the transformer returns") {
 
   // A selection caches only what it accepts.
   const ActivationCache some = run_with_cache(
-      model, [&] { model.forward(kSource, kSourceLengths, kTargetInput); },
+      model, [&] { model.forward(kTinySource, kTinySourceLengths, kTargetInput); },
       [](const std::string& name) { return name.ends_with(".weights"); });
   CHECK(some.size() == 6);
   CHECK(some.contains("decoder.layers.1.multihead_attn.weights"));
@@ -119,7 +117,7 @@ TEST_CASE("hooks: the Bahdanau model's attention fires once per target step, on 
   BahdanauModel model(tiny_bahdanau_config());
   model.eval();
   Seq2SeqOutput full;
-  const ActivationCache cache = run_with_cache(model, [&] { full = model.forward(kSource, kSourceLengths, kTargetInput); });
+  const ActivationCache cache = run_with_cache(model, [&] { full = model.forward(kTinySource, kTinySourceLengths, kTargetInput); });
   const Array& maps = full.attention.at(0).second;  // [B, T, S]
   const std::vector<Array>& steps = cache.calls("attention.weights");
   REQUIRE(steps.size() == 6);
@@ -139,10 +137,10 @@ TEST_CASE("hooks: the Bahdanau model's attention fires once per target step, on 
     value = Variable(std::move(moved));
   };
   const HookId id = model.add_hook("attention.weights", first_position);
-  const Seq2SeqOutput patched = model.forward(kSource, kSourceLengths, kTargetInput);
+  const Seq2SeqOutput patched = model.forward(kTinySource, kTinySourceLengths, kTargetInput);
   CHECK(max_abs_diff(patched.logits.value(), full.logits.value()) > 1e-3);
   NoGradGuard no_grad;
-  auto state = model.start_decoding(kSource, kSourceLengths);
+  auto state = model.start_decoding(kTinySource, kTinySourceLengths);
   for (std::size_t t = 0; t < 6; ++t) {
     const IndexArray previous = xt::view(kTargetInput, xt::all(), t);
     const StepOutput step = model.decode_step(*state, previous);
@@ -151,7 +149,7 @@ TEST_CASE("hooks: the Bahdanau model's attention fires once per target step, on 
     CHECK(step.attention.at(0).second(1, 0) == 1);
   }
   model.remove_hook(id);
-  CHECK(max_abs_diff(model.forward(kSource, kSourceLengths, kTargetInput).logits.value(), full.logits.value()) == 0);
+  CHECK(max_abs_diff(model.forward(kTinySource, kTinySourceLengths, kTargetInput).logits.value(), full.logits.value()) == 0);
 }
 
 TEST_CASE("hooks: zero weights for one head change exactly that head's output") {
@@ -159,7 +157,7 @@ TEST_CASE("hooks: zero weights for one head change exactly that head's output") 
     CAPTURE(name_of(positional));
     TransformerModel model(tiny_transformer_config(positional));
     model.eval();
-    const auto run = [&] { model.forward(kSource, kSourceLengths, kTargetInput); };
+    const auto run = [&] { model.forward(kTinySource, kTinySourceLengths, kTargetInput); };
     const ActivationCache before = run_with_cache(model, run);
     for (const std::string attention : {"encoder.layers.1.self_attn", "decoder.layers.0.multihead_attn"}) {
       for (std::size_t h = 0; h < 2; ++h) {
@@ -186,8 +184,8 @@ TEST_CASE("hooks: patching one run's activation into another") {
   TransformerModel model(tiny_transformer_config());
   model.eval();
   Seq2SeqOutput clean, other;
-  const ActivationCache cache = run_with_cache(model, [&] { clean = model.forward(kSource, kSourceLengths, kTargetInput); });
-  other = model.forward(kOtherSource, kSourceLengths, kTargetInput);
+  const ActivationCache cache = run_with_cache(model, [&] { clean = model.forward(kTinySource, kTinySourceLengths, kTargetInput); });
+  other = model.forward(kOtherSource, kTinySourceLengths, kTargetInput);
   REQUIRE(max_abs_diff(clean.logits.value(), other.logits.value()) > 1e-3);
   {
     // Everything the decoder reads of the source comes through the source embeddings: patching
@@ -195,11 +193,11 @@ TEST_CASE("hooks: patching one run's activation into another") {
     ScopedHooks hooks(model);
     const Array& embedded = cache.at("source_embedding.output");
     hooks.add("source_embedding.output", [&](Variable& value, const HookCall&) { value = Variable(embedded); });
-    const Seq2SeqOutput patched = model.forward(kOtherSource, kSourceLengths, kTargetInput);
+    const Seq2SeqOutput patched = model.forward(kOtherSource, kTinySourceLengths, kTargetInput);
     CHECK(max_abs_diff(patched.logits.value(), clean.logits.value()) < 1e-13);
   }
   // The hooks are gone with their scope.
-  CHECK(max_abs_diff(model.forward(kOtherSource, kSourceLengths, kTargetInput).logits.value(), other.logits.value()) == 0);
+  CHECK(max_abs_diff(model.forward(kOtherSource, kTinySourceLengths, kTargetInput).logits.value(), other.logits.value()) == 0);
 }
 
 TEST_CASE("hooks: the KV-cache decoding path fires the same points, step by step") {
@@ -220,9 +218,9 @@ TEST_CASE("hooks: the KV-cache decoding path fires the same points, step by step
                 // Hooks run in the order they were added: head 1 is already zero here.
                 CHECK(xt::amax(xt::abs(head(value.value(), 1)))() == 0);
               });
-    const Seq2SeqOutput full = model.forward(kSource, kSourceLengths, kTargetInput);
+    const Seq2SeqOutput full = model.forward(kTinySource, kTinySourceLengths, kTargetInput);
     NoGradGuard no_grad;
-    auto state = model.start_decoding(kSource, kSourceLengths);
+    auto state = model.start_decoding(kTinySource, kTinySourceLengths);
     ActivationCache steps;
     for (std::size_t t = 0; t < 6; ++t) {
       CAPTURE(t);
@@ -257,17 +255,17 @@ TEST_CASE("hooks: gradients flow through a replaced value") {
         ScopedHooks hooks(model);
         for (std::size_t i = 0; i < heads.size(); ++i)
           hooks.add(heads[i], [&inputs, i](Variable& value, const HookCall&) { value = value * inputs[i]; });
-        return model.forward(kSource, kSourceLengths, kTargetInput).logits;
+        return model.forward(kTinySource, kTinySourceLengths, kTargetInput).logits;
       },
       masks);
 
-  const Array embedded = run_with_cache(model, [&] { model.forward(kSource, kSourceLengths, kTargetInput); })
+  const Array embedded = run_with_cache(model, [&] { model.forward(kTinySource, kTinySourceLengths, kTargetInput); })
                              .at("source_embedding.output");
   QKV_CHECK_GRADIENTS(
       [&](const std::vector<Variable>& inputs) {
         ScopedHooks hooks(model);
         hooks.add("source_embedding.output", [&inputs](Variable& value, const HookCall&) { value = inputs[0]; });
-        return model.forward(kSource, kSourceLengths, kTargetInput).logits;
+        return model.forward(kTinySource, kTinySourceLengths, kTargetInput).logits;
       },
       {leaf(embedded)});
 }
@@ -287,7 +285,7 @@ TEST_CASE("hooks: an unknown name lists the closest valid ones") {
   CHECK(misspelt.find("\n  decoder.layers.1.self_attn.weights") != std::string::npos);
   CHECK(misspelt.find("\n  decoder.layers.1.multihead_attn.weights") != std::string::npos);
 
-  const ActivationCache cache = run_with_cache(model, [&] { model.forward(kSource, kSourceLengths, kTargetInput); });
+  const ActivationCache cache = run_with_cache(model, [&] { model.forward(kTinySource, kTinySourceLengths, kTargetInput); });
   CHECK(error_of([&] { cache.at("encoder.layers.0.self_attn.weight"); })
             .find("the closest names that did are:\n  encoder.layers.0.self_attn.weights") != std::string::npos);
   CHECK(error_of([&] { model.remove_hook(123456789); }).find("no hook with id 123456789") != std::string::npos);
@@ -302,7 +300,7 @@ TEST_CASE("hooks: a replacement of another shape is an error naming the point") 
   TransformerModel model(tiny_transformer_config());
   model.add_hook("encoder.layers.0.self_attn.weights",
                  [](Variable& value, const HookCall&) { value = Variable(zeros({2, 2})); });
-  CHECK(error_of([&] { model.forward(kSource, kSourceLengths, kTargetInput); }) ==
+  CHECK(error_of([&] { model.forward(kTinySource, kTinySourceLengths, kTargetInput); }) ==
         "hook: the hook on 'encoder.layers.0.self_attn.weights' replaced a value of shape [2, 2, 5, 5] by one of shape "
         "[2, 2]; a replacement must keep the shape");
   model.clear_hooks();
@@ -310,8 +308,8 @@ TEST_CASE("hooks: a replacement of another shape is an error naming the point") 
   model.add_hook("source_embedding.output", [&](Variable&, const HookCall&) {
     model.add_hook("source_embedding.output", [](Variable&, const HookCall&) {});
   });
-  CHECK(error_of([&] { model.forward(kSource, kSourceLengths, kTargetInput); })
+  CHECK(error_of([&] { model.forward(kTinySource, kTinySourceLengths, kTargetInput); })
             .find("cannot add hooks to the point it runs on") != std::string::npos);
   model.clear_hooks();
-  CHECK_NOTHROW(model.forward(kSource, kSourceLengths, kTargetInput));
+  CHECK_NOTHROW(model.forward(kTinySource, kTinySourceLengths, kTargetInput));
 }

@@ -22,10 +22,8 @@ namespace {
 constexpr PositionalKind kAllPositional[] = {PositionalKind::sinusoidal, PositionalKind::learned,
                                              PositionalKind::relative, PositionalKind::rope};
 
-// Batch 2: row 0 has source length 5, row 1 length 3 (padded with 0).
-const IndexArray kSource = {{4, 5, 6, 7, 2}, {8, 4, 2, 0, 0}};
-const IndexArray kSourceLengths = {5, 3};
-const IndexArray kTargetInput = {{1, 3, 4, 5, 6, 2}, {1, 6, 5, 2, 0, 0}};
+// Targets for kTinySource's batch of 2 (support/tiny_models.hpp); row 1 padded with 0.
+const IndexArray kPaddedTargetInput = {{1, 3, 4, 5, 6, 2}, {1, 6, 5, 2, 0, 0}};
 // For gradcheck: no <pad>, whose embedding row (padding_idx 0) deliberately gets no gradient
 // although the logits at padded positions depend on it.
 const IndexArray kUnpaddedTarget = {{1, 3, 4, 5, 6, 2}, {1, 6, 5, 2, 4, 3}};
@@ -50,17 +48,17 @@ TEST_CASE("TransformerModel: decode_step over a prefix equals forward's rows, fo
       TransformerModel model(config);
       randomise(model);
       model.eval();
-      const Seq2SeqOutput full = model.forward(kSource, kSourceLengths, kTargetInput);
+      const Seq2SeqOutput full = model.forward(kTinySource, kTinySourceLengths, kPaddedTargetInput);
       REQUIRE(full.logits.shape() == Shape{2, 6, 7});
       REQUIRE(full.attention.size() == 4);
       CHECK(full.attention[0].first == "layer 1 head 1");
       CHECK(full.attention[3].first == "layer 2 head 2");
 
       NoGradGuard no_grad;
-      auto state = model.start_decoding(kSource, kSourceLengths);
+      auto state = model.start_decoding(kTinySource, kTinySourceLengths);
       for (std::size_t t = 0; t < 6; ++t) {
         CAPTURE(t);
-        const IndexArray previous = xt::view(kTargetInput, xt::all(), t);
+        const IndexArray previous = xt::view(kPaddedTargetInput, xt::all(), t);
         const StepOutput step = model.decode_step(*state, previous);
         REQUIRE(step.logits.shape() == Shape{2, 7});
         const Array expected = xt::view(full.logits.value(), xt::all(), t, xt::all());
@@ -81,10 +79,10 @@ TEST_CASE("TransformerModel: select_rows reorders every cache and the source len
   randomise(model);
   model.eval();
   NoGradGuard no_grad;
-  auto reordered = model.start_decoding(kSource, kSourceLengths);
-  auto reference = model.start_decoding(kSource, kSourceLengths);
+  auto reordered = model.start_decoding(kTinySource, kTinySourceLengths);
+  auto reference = model.start_decoding(kTinySource, kTinySourceLengths);
   for (std::size_t t = 0; t < 3; ++t) {
-    const IndexArray previous = xt::view(kTargetInput, xt::all(), t);
+    const IndexArray previous = xt::view(kPaddedTargetInput, xt::all(), t);
     model.decode_step(*reordered, previous);
     model.decode_step(*reference, previous);
   }
@@ -121,7 +119,7 @@ TEST_CASE("TransformerModel: gradcheck of every parameter of a tiny model") {
       GradcheckOptions options;
       options.fast_mode = true;  // one random direction per tensor: the model has ~1000 parameters
       const GradcheckResult result = gradcheck(
-          [&](const auto&) { return model.forward(kSource, kSourceLengths, kUnpaddedTarget).logits; }, {},
+          [&](const auto&) { return model.forward(kTinySource, kTinySourceLengths, kUnpaddedTarget).logits; }, {},
           model.named_parameters(), options);
       INFO(result.report());
       CHECK(result.passed);
@@ -136,7 +134,7 @@ TEST_CASE("TransformerModel: gradcheck of every parameter of a tiny model") {
   TransformerModel model(config);
   randomise(model);
   const GradcheckResult result = gradcheck(
-      [&](const auto&) { return model.forward(kSource, kSourceLengths, kUnpaddedTarget).logits; }, {},
+      [&](const auto&) { return model.forward(kTinySource, kTinySourceLengths, kUnpaddedTarget).logits; }, {},
       model.named_parameters());
   INFO(result.report());
   CHECK(result.passed);
@@ -199,14 +197,14 @@ TEST_CASE("TransformerConfig: JSON round trip, defaults and errors") {
 
 TEST_CASE("TransformerModel: bad inputs name the model and the shapes") {
   TransformerModel model(tiny_transformer_config(PositionalKind::sinusoidal));
-  CHECK_THROWS_WITH_AS(model.forward(kSource, IndexArray{5, 3, 1}, kTargetInput),
+  CHECK_THROWS_WITH_AS(model.forward(kTinySource, IndexArray{5, 3, 1}, kPaddedTargetInput),
                        "TransformerModel: source must be [B, S] and source_lengths [B], got source [2, 5] and "
                        "source_lengths [3]",
                        ShapeError);
-  CHECK_THROWS_WITH_AS(model.forward(kSource, kSourceLengths, IndexArray{{1, 2}}),
+  CHECK_THROWS_WITH_AS(model.forward(kTinySource, kTinySourceLengths, IndexArray{{1, 2}}),
                        "TransformerModel: target_input must be [B, T] with the source's batch 2, got [1, 2]",
                        ShapeError);
-  auto state = model.start_decoding(kSource, kSourceLengths);
+  auto state = model.start_decoding(kTinySource, kTinySourceLengths);
   CHECK_THROWS_WITH_AS(model.decode_step(*state, IndexArray{1, 1, 1}),
                        "TransformerModel: previous_tokens must be [B] with B = 2, got [3]", ShapeError);
 }

@@ -14,12 +14,12 @@ using namespace qkv::test;
 
 namespace {
 
-constexpr std::size_t kE = 8, kH = 2;
+constexpr std::size_t kE = 8, kHeads = 2;
 
 /// A MultiheadAttention with PyTorch's parameters from tests/fixtures/mha.safetensors.
 std::unique_ptr<MultiheadAttention> torch_mha(const TensorFile& fixture) {
   Rng rng(0);  // every parameter is then loaded
-  auto mha = std::make_unique<MultiheadAttention>(kE, kH, rng);
+  auto mha = std::make_unique<MultiheadAttention>(kE, kHeads, rng);
   std::map<std::string, Array> state;
   for (const char* name : {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"})
     state[name] = fixture.reals.at(name);
@@ -78,7 +78,7 @@ TEST_CASE("MultiheadAttention matches PyTorch: self, cross, key padding, causal"
     if (name == "causal") mask.causal = true;
 
     const MultiheadAttentionOutput out = mha->forward(query, key, value, mask);
-    CHECK(out.weights.shape() == Shape{2, kH, 4, key.dim(1)});
+    CHECK(out.weights.shape() == Shape{2, kHeads, 4, key.dim(1)});
     CHECK(diff(out.output.value(), fixture.reals.at(name + ".output")) < 1e-12);
     CHECK(diff(out.weights.value(), fixture.reals.at(name + ".weights")) < 1e-12);
     CHECK(diff(out.average_weights().value(), fixture.reals.at(name + ".average_weights")) < 1e-12);

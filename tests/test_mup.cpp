@@ -62,22 +62,6 @@ const Kind kKinds[] = {
      }},
 };
 
-fs::path fresh_directory(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("qkv_test_mup_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-/// Non-zero biases, so that every parameter matters to the gradient check.
-void randomise_biases(Module& model) {
-  std::uint64_t seed = 100;
-  for (auto& [name, p] : model.named_parameters())
-    if (name.ends_with("bias")) p.mutable_value() = random_array(p.shape(), seed++, 0.3);
-}
-
-const IndexArray kSource = {{4, 5, 6, 7, 2}, {8, 4, 2, 0, 0}};
-const IndexArray kSourceLengths = {5, 3};
 const IndexArray kTarget = {{1, 3, 4, 5, 6, 2}, {1, 6, 5, 2, 4, 3}};  // no <pad>: see test_model_transformer
 
 TransformerConfig mup_config(std::size_t base) {
@@ -126,7 +110,7 @@ TEST_CASE("parameter groups: a group's multiplier s is the optimizer at lr·s (a
 TEST_CASE("parameter groups: saved with the state, refused on load by an optimizer with other groups") {
   const ParameterGroup hidden{.name = "hidden", .parameters = {"hidden.w"}, .lr_multiplier = 0.5,
                               .weight_decay_multiplier = 2};
-  const fs::path dir = fresh_directory("groups");
+  const fs::path dir = fresh_directory("mup", "groups");
   const std::string grouped_file = (dir / "grouped.safetensors").string(), plain_file = (dir / "plain.safetensors").string();
 
   std::vector<NamedVariable> uninterrupted = copy_of(kInitial);
@@ -245,12 +229,12 @@ TEST_CASE("mup: at m = 1 the model is the standard one, bit for bit") {
   TransformerConfig standard = mup_config(0);
   TransformerConfig mup = mup_config(standard.d_model);
   TransformerModel a(standard), b(mup);
-  randomise_biases(a), randomise_biases(b);
+  randomise_biases(a, 100, 0.3), randomise_biases(b, 100, 0.3);
   const auto pa = a.named_parameters(), pb = b.named_parameters();
   REQUIRE(pa.size() == pb.size());
   for (std::size_t i = 0; i < pa.size(); ++i) CHECK(max_abs_diff(pa[i].second.value(), pb[i].second.value()) == 0);
-  CHECK(max_abs_diff(a.forward(kSource, kSourceLengths, kTarget).logits.value(),
-                     b.forward(kSource, kSourceLengths, kTarget).logits.value()) == 0);
+  CHECK(max_abs_diff(a.forward(kTinySource, kTinySourceLengths, kTarget).logits.value(),
+                     b.forward(kTinySource, kTinySourceLengths, kTarget).logits.value()) == 0);
   REQUIRE(b.parameter_groups().size() == 1);
   CHECK(b.parameter_groups()[0].lr_multiplier == 1);
 }
@@ -260,14 +244,14 @@ TEST_CASE("mup: the forward pass is the standard one with the embeddings and the
   // (its multiplier is √d_model, μP's √base) and a readout weight · 1/2 (μP divides its input
   // by m): the same function.
   TransformerModel mup(mup_config(4));
-  randomise_biases(mup);
+  randomise_biases(mup, 100, 0.3);
   TransformerModel standard(mup_config(0));
   std::map<std::string, Array> state = mup.state_dict();
   for (const char* name : {"source_embedding.weight", "target_embedding.weight"}) state[name] *= 1 / std::sqrt(2.0);
   state["output.weight"] *= 0.5;
   standard.load_state_dict(state);
-  CHECK(max_abs_diff(mup.forward(kSource, kSourceLengths, kTarget).logits.value(),
-                     standard.forward(kSource, kSourceLengths, kTarget).logits.value()) < 1e-12);
+  CHECK(max_abs_diff(mup.forward(kTinySource, kTinySourceLengths, kTarget).logits.value(),
+                     standard.forward(kTinySource, kTinySourceLengths, kTarget).logits.value()) < 1e-12);
 }
 
 TEST_CASE("mup: initialisation — biases and readout of width-independent size, embeddings N(0, 1/base)") {
@@ -303,11 +287,11 @@ TEST_CASE("mup: gradcheck of every parameter at m = 2") {
     TransformerConfig config = mup_config(4);
     config.zero_query_init = zero_queries;
     TransformerModel model(config);
-    randomise_biases(model);
+    randomise_biases(model, 100, 0.3);
     GradcheckOptions options;
     options.fast_mode = true;  // one random direction per tensor
     const GradcheckResult result = gradcheck(
-        [&](const auto&) { return model.forward(kSource, kSourceLengths, kTarget).logits; }, {},
+        [&](const auto&) { return model.forward(kTinySource, kTinySourceLengths, kTarget).logits; }, {},
         model.named_parameters(), options);
     INFO(result.report());
     CHECK(result.passed);
@@ -336,7 +320,7 @@ TEST_CASE("mup: the Trainer uses the model's groups, and a checkpointed run resu
   const auto model = [&] { return make_model("transformer", config, vocabs.source.size(), vocabs.target.size()); };
   train::TrainOptions options;
   options.epochs = 2, options.batch_size = 16, options.lr = 1e-2, options.seed = 11;
-  const fs::path straight_dir = fresh_directory("straight"), resumed_dir = fresh_directory("resumed");
+  const fs::path straight_dir = fresh_directory("mup", "straight"), resumed_dir = fresh_directory("mup", "resumed");
   std::vector<double> straight, resumed;
   struct Losses : train::TrainerCallback {
     std::vector<double>* losses;

@@ -13,6 +13,7 @@
 #include "lib/numerics/safetensors.hpp"
 #include "lib/text/tasks.hpp"
 #include "models/registry.hpp"
+#include "support/helpers.hpp"
 #include "support/training.hpp"
 #include "train/callbacks.hpp"
 #include "train/trainer.hpp"
@@ -22,17 +23,11 @@ using namespace qkv;
 using namespace qkv::models;
 using namespace qkv::train;
 using qkv::test::checkpointed_trainer;
+using qkv::test::fresh_directory;
 using qkv::test::resumed_trainer;
 using nlohmann::json;
 
 namespace {
-
-fs::path fresh_directory(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("qkv_test_parsers_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 TrainOptions valid_options() {
   TrainOptions options;
@@ -44,7 +39,7 @@ TrainOptions valid_options() {
 }  // namespace
 
 TEST_CASE("parsers: a safetensors path that is a directory is an Error, not a 2^63-byte allocation") {
-  const fs::path dir = fresh_directory("directory.safetensors");
+  const fs::path dir = fresh_directory("parsers", "directory.safetensors");
   CHECK_THROWS_WITH_AS(read_safetensors(dir.string()), doctest::Contains("directory.safetensors: not a regular file"),
                        ParseError);
 }
@@ -100,7 +95,7 @@ TEST_CASE("parsers: TrainOptions integers must be integers in range (fuzz_checkp
 }
 
 TEST_CASE("parsers: a checkpoint's format and version of the wrong type are Errors (fuzz_checkpoint)") {
-  const fs::path dir = fresh_directory("format");
+  const fs::path dir = fresh_directory("parsers", "format");
   std::ofstream(dir / "config.json") << R"({"format": 1, "version": 1})";
   CHECK_THROWS_WITH_AS(load_checkpoint(dir.string()), doctest::Contains("not a qkv checkpoint"), Error);
   std::ofstream(dir / "config.json") << R"({"format": "qkv.checkpoint", "version": "1"})";
@@ -117,8 +112,8 @@ TEST_CASE("checkpoints: a save killed between its renames is finished by the nex
   const Vocabs vocabs = build_vocabs(data.train);
   const json config = {{"d_model", 8}, {"num_heads", 2}, {"encoder_layers", 1}, {"decoder_layers", 1},
                        {"dim_feedforward", 16}, {"seed", 1}};
-  const fs::path dir = fresh_directory("torn"), later = fresh_directory("later");
-  const fs::path step2 = fresh_directory("step2");
+  const fs::path dir = fresh_directory("parsers", "torn"), later = fresh_directory("parsers", "later");
+  const fs::path step2 = fresh_directory("parsers", "step2");
   TrainOptions options = valid_options();
   {
     Trainer trainer = checkpointed_trainer(make_model("transformer", config, vocabs.source.size(), vocabs.target.size()),

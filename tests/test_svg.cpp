@@ -104,12 +104,6 @@ std::string xml_problem(const std::string& xml) {
   return "";
 }
 
-std::size_t count(const std::string& text, const std::string& needle) {
-  std::size_t n = 0;
-  for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
-  return n;
-}
-
 // Every first capture group of `pattern` in `text`, in order.
 std::vector<std::string> captures(const std::string& text, const std::string& pattern) {
   std::vector<std::string> out;
@@ -193,7 +187,7 @@ TEST_CASE("svg: attention heatmap draws Tq*Tk cells, labels, entropies and a col
   const std::string svg = attention_heatmap_svg(map);
   INFO(svg);
   CHECK(xml_problem(svg) == "");
-  CHECK(count(svg, "class=\"cell\"") == 3 * 4);
+  CHECK(count_occurrences(svg, "class=\"cell\"") == 3 * 4);
 
   // Cells in row-major order; the weight-1 cell is the bright end of viridis, zeros the dark end.
   const std::vector<std::string> fills = captures(svg, "class=\"cell\" fill=\"(#[0-9a-f]{6})\"");
@@ -312,9 +306,9 @@ TEST_CASE("svg: a grid draws every layer x head with its title and one shared co
   const std::string svg = attention_grid_svg(grid);
   INFO(svg);
   CHECK(xml_problem(svg) == "");
-  CHECK(count(svg, "class=\"cell\"") == layers * heads * 3 * 4);
-  CHECK(count(svg, "class=\"entropy\"") == layers * heads * 3);
-  CHECK(count(svg, "<linearGradient") == 1);
+  CHECK(count_occurrences(svg, "class=\"cell\"") == layers * heads * 3 * 4);
+  CHECK(count_occurrences(svg, "class=\"entropy\"") == layers * heads * 3);
+  CHECK(count_occurrences(svg, "<linearGradient") == 1);
   for (const auto& title : grid.titles) CHECK(svg.find(">" + title + "</text>") != std::string::npos);
   CHECK(svg.find(">self-attention</text>") != std::string::npos);
 
@@ -345,7 +339,7 @@ TEST_CASE("svg: connection diagram draws one line per weight >= 0.02, width prop
   const std::string svg = attention_connections_svg(map);
   INFO(svg);
   CHECK(xml_problem(svg) == "");
-  CHECK(count(svg, "class=\"link\"") == 4);  // 0.7, 0.3, 0.49, 0.5; not 0.0 or 0.01
+  CHECK(count_occurrences(svg, "class=\"link\"") == 4);  // 0.7, 0.3, 0.49, 0.5; not 0.0 or 0.01
   CHECK(texts_of_class(svg, "source") == std::vector<std::string>{"the", "cat", "."});
   CHECK(texts_of_class(svg, "target") == std::vector<std::string>{"le", "chat"});
   // Drawn lightest first, so heavy lines sit on top.
@@ -369,13 +363,13 @@ TEST_CASE("svg: line chart has round ticks, a legend, dashed theory lines and ga
   CHECK(texts_of_class(svg, "ytick") == std::vector<std::string>{"0.0", "0.2", "0.4", "0.6", "0.8", "1.0"});
   CHECK(texts_of_class(svg, "xtick") == std::vector<std::string>{"1", "2", "3", "4", "5"});
   CHECK(texts_of_class(svg, "legend") == std::vector<std::string>{"train", "theory &lt;ln&gt;"});
-  CHECK(count(svg, "stroke-dasharray") == 2);  // the dashed series and its legend sample
+  CHECK(count_occurrences(svg, "stroke-dasharray") == 2);  // the dashed series and its legend sample
   // The NaN at epoch 4 splits "train" into two pieces: two move-to commands.
   const std::vector<std::string> paths = captures(svg, "<path d=\"([^\"]*)\"");
   REQUIRE(paths.size() == 2);
-  CHECK(count(paths[0], "M") == 2);
-  CHECK(count(paths[1], "M") == 1);
-  CHECK(count(svg, "<circle") == 4 + 1);  // markers on the 4 finite points, and the legend's
+  CHECK(count_occurrences(paths[0], "M") == 2);
+  CHECK(count_occurrences(paths[1], "M") == 1);
+  CHECK(count_occurrences(svg, "<circle") == 4 + 1);  // markers on the 4 finite points, and the legend's
 }
 
 TEST_CASE("svg: log axes tick at 1-2-5 numbers when few, else at powers of ten") {
@@ -396,7 +390,7 @@ TEST_CASE("svg: log axes tick at 1-2-5 numbers when few, else at powers of ten")
                                                                       "2000"});
   // Unlabelled minor grid lines at 2..9 x 10^k inside [0.002, 1000] on the y axis: 8 in each of
   // the five decades from 0.01, and 0.002 ... 0.009 below it.
-  CHECK(count(wide_svg, "stroke=\"#f2f2f2\"") == 8 * 5 + 8);
+  CHECK(count_occurrences(wide_svg, "stroke=\"#f2f2f2\"") == 8 * 5 + 8);
 }
 
 TEST_CASE("svg: a line chart can be labelled at chosen x values") {

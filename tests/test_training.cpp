@@ -16,6 +16,7 @@
 #include "lib/text/tasks.hpp"
 #include "models/decoding.hpp"
 #include "models/registry.hpp"
+#include "support/helpers.hpp"
 #include "support/training.hpp"
 #include "train/callbacks.hpp"
 #include "train/trainer.hpp"
@@ -25,6 +26,7 @@ using namespace qkv;
 using namespace qkv::models;
 using namespace qkv::train;
 using qkv::test::checkpointed_trainer;
+using qkv::test::fresh_directory;
 using qkv::test::resumed_trainer;
 
 namespace {
@@ -130,14 +132,6 @@ void register_toy() {
   (void)registered;
 }
 
-/// A fresh empty directory under the temp dir.
-fs::path fresh_directory(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("qkv_test_training_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
 /// log P(y | x) by teacher forcing: the sum of log-softmax at each label (y ends in <eos>).
 double sequence_log_probability(Seq2SeqModel& model, const IndexArray& source, const IndexArray& lengths,
                                 const std::vector<std::int64_t>& labels) {
@@ -187,7 +181,7 @@ void check_same_losses(const std::vector<double>& straight, const std::vector<do
 /// DIR after one checkpointed epoch of the toy model: where the resume tests start.
 fs::path one_epoch_run(const std::string& name, const Vocabs& vocabs, const Dataset& data, TrainOptions options) {
   options.epochs = 1;
-  const fs::path dir = fresh_directory(name);
+  const fs::path dir = fresh_directory("training", name);
   checkpointed_trainer(toy_model(vocabs), vocabs, data, options, dir.string()).train();
   return dir;
 }
@@ -293,7 +287,7 @@ TEST_CASE("trainer: resuming reproduces the losses of an uninterrupted run bit f
   const Vocabs vocabs = build_vocabs(data.train);
   const TrainOptions options = tiny_options();
 
-  const fs::path straight_dir = fresh_directory("straight"), resumed_dir = fresh_directory("resumed");
+  const fs::path straight_dir = fresh_directory("training", "straight"), resumed_dir = fresh_directory("training", "resumed");
   std::vector<double> straight, resumed;
   {
     Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, straight_dir.string());
@@ -349,11 +343,11 @@ TEST_CASE("trainer: a stop request mid-epoch saves a checkpoint that resumes exa
   const TrainOptions options = tiny_options();
   std::vector<double> straight, resumed;
   {
-    Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, fresh_directory("straight2").string());
+    Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, fresh_directory("training", "straight2").string());
     trainer.add_callback(after_each_step([&](const StepInfo& info) { straight.push_back(info.loss); }));
     trainer.train();
   }
-  const fs::path dir = fresh_directory("interrupted");
+  const fs::path dir = fresh_directory("training", "interrupted");
   std::atomic<bool> stop{false};
   {
     Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, dir.string());
@@ -379,7 +373,7 @@ TEST_CASE("trainer: checkpoints round-trip, and a failed save leaves the previou
   const Vocabs vocabs = build_vocabs(data.train);
   TrainOptions options = tiny_options();
   options.epochs = 1;
-  const fs::path dir = fresh_directory("roundtrip");
+  const fs::path dir = fresh_directory("training", "roundtrip");
   {
     Trainer trainer = checkpointed_trainer(toy_model(vocabs), vocabs, data, options, dir.string(), {{"task", "reverse"}});
     trainer.train();
@@ -450,7 +444,7 @@ TEST_CASE("trainer: with dropout, a resumed transformer draws the same masks and
                                  {"dim_feedforward", 32}, {"dropout", 0.1}, {"seed", 5}};
   auto model = [&] { return make_model("transformer", config, vocabs.source.size(), vocabs.target.size()); };
   const TrainOptions options = tiny_options();
-  const fs::path straight_dir = fresh_directory("dropout_straight"), resumed_dir = fresh_directory("dropout_resumed");
+  const fs::path straight_dir = fresh_directory("training", "dropout_straight"), resumed_dir = fresh_directory("training", "dropout_resumed");
   std::vector<double> straight, resumed;
   {
     Trainer trainer = checkpointed_trainer(model(), vocabs, data, options, straight_dir.string());
@@ -481,7 +475,7 @@ TEST_CASE("trainer: weights of another model or vocabulary are refused, naming t
   const Vocabs vocabs = build_vocabs(data.train);
   TrainOptions options = tiny_options();
   options.epochs = 1;
-  const fs::path narrow = fresh_directory("narrow"), wide = fresh_directory("wide");
+  const fs::path narrow = fresh_directory("training", "narrow"), wide = fresh_directory("training", "wide");
   for (const auto& [dir, width] : {std::pair{narrow, std::size_t{16}}, std::pair{wide, std::size_t{24}}}) {
     Trainer trainer = checkpointed_trainer(toy_model(vocabs, width),
                                            vocabs, data, options, dir.string(), {{"task", "reverse"}});
@@ -524,7 +518,7 @@ TEST_CASE("trainer: without a checkpointer nothing is written, without an evalua
   register_toy();
   const Dataset data = tiny_reverse();
   const Vocabs vocabs = build_vocabs(data.train);
-  const fs::path dir = fresh_directory("nothing_written");
+  const fs::path dir = fresh_directory("training", "nothing_written");
   const fs::path before = fs::current_path();
   fs::current_path(dir);  // anything written relative to the working directory would land here
   Trainer trainer(toy_model(vocabs), vocabs, data.train,
@@ -623,7 +617,7 @@ TEST_CASE("trainer: a callback can stop training, StopAtTarget stops at the firs
 }
 
 TEST_CASE("run directory lock: a second writer is refused, naming the directory and the holder") {
-  const fs::path dir = fresh_directory("locked");
+  const fs::path dir = fresh_directory("training", "locked");
   {
     const RunDirectoryLock first(dir.string());
     // flock locks belong to an open file description: a second open in this process conflicts

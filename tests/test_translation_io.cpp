@@ -20,27 +20,16 @@ using namespace qkv::models;
 using namespace qkv::train;
 namespace fs = std::filesystem;
 using nlohmann::json;
+using qkv::test::count_occurrences;
+using qkv::test::fresh_directory;
 
 namespace {
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("qkv_test_translation_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 std::string read_text(const fs::path& path) {
   std::ifstream in(path);
   std::stringstream text;
   text << in.rdbuf();
   return text.str();
-}
-
-std::size_t count(const std::string& text, const std::string& what) {
-  std::size_t n = 0;
-  for (std::size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++n;
-  return n;
 }
 
 }  // namespace
@@ -125,7 +114,7 @@ TransformerConfig tiny_transformer(const Vocabs& vocabs, std::size_t encoder_lay
 TEST_CASE("attention plots: the transformer draws every layer and head of its three attentions") {
   const TinyData tiny;
   TransformerModel model(tiny_transformer(tiny.vocabs, 2, 3));
-  const fs::path dir = fresh_dir("transformer");
+  const fs::path dir = fresh_directory("translation", "transformer");
   const Tokens& source = tiny.data.test[0].source;
   const AttentionPlots plots = write_attention_plots(model, tiny.vocabs, source, task_data_spec("reverse", 0, 0, 0),
                                                      {.beam = 1, .max_length = 8}, (dir / "sentence").string());
@@ -147,8 +136,8 @@ TEST_CASE("attention plots: the transformer draws every layer and head of its th
   }
   CHECK(cross == 6);
   const std::string grid = read_text(expected[0]);
-  CHECK(count(grid, "layer 3 head 2") >= 1);
-  CHECK(count(grid, "&lt;eos&gt;") >= 1);
+  CHECK(count_occurrences(grid, "layer 3 head 2") >= 1);
+  CHECK(count_occurrences(grid, "&lt;eos&gt;") >= 1);
   // A map over an untrained model's many outputs: the hypothesis ran to max_length or ended.
   CHECK(plots.hypothesis.tokens.size() <= 8);
 }
@@ -182,7 +171,7 @@ TEST_CASE("attention plots: Bahdanau draws its one map and the connection diagra
   config.attention_size = 8;
   config.dropout = 0;
   BahdanauModel model(config);
-  const fs::path dir = fresh_dir("bahdanau");
+  const fs::path dir = fresh_directory("translation", "bahdanau");
   const AttentionPlots plots = write_attention_plots(model, tiny.vocabs, tiny.data.test[1].source,
                                                      task_data_spec("reverse", 0, 0, 0), {.beam = 2, .max_length = 6},
                                                      (dir / "a").string());

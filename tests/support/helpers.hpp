@@ -2,12 +2,16 @@
 // Small helpers shared by the test files.
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <filesystem>
 #include <initializer_list>
 #include <string>
 
 #include "autograd/gradcheck.hpp"
 #include "autograd/ops.hpp"
+#include "layers/module.hpp"
 #include "lib/numerics/rng.hpp"
 #include "lib/numerics/shape.hpp"
 
@@ -34,6 +38,29 @@ inline Array uniform_array(const Shape& shape, std::uint64_t seed, real low, rea
 }
 
 inline Variable leaf(const Array& a) { return Variable(a, true); }
+
+/// Sets every parameter whose name holds "bias" to N(0, stddev²) draws (seeds seed, seed + 1, …
+/// in name order): non-zero biases, so that every parameter matters to a gradient check.
+inline void randomise_biases(Module& module, std::uint64_t seed, real stddev = 0.5) {
+  for (auto& [name, p] : module.named_parameters())
+    if (name.find("bias") != std::string::npos) p.mutable_value() = random_array(p.shape(), seed++, stddev);
+}
+
+/// An empty directory <temp>/qkv_test_<suite>_<pid>/<name>, made afresh (emptied if it was there).
+inline std::filesystem::path fresh_directory(const std::string& suite, const std::string& name) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("qkv_test_" + suite + "_" + std::to_string(::getpid())) / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+/// How many times `needle` occurs in `text`, not overlapping.
+inline std::size_t count_occurrences(const std::string& text, const std::string& needle) {
+  std::size_t n = 0;
+  for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + needle.size())) ++n;
+  return n;
+}
 
 /// Largest |a - b| (shapes must match).
 inline double max_abs_diff(const Array& a, const Array& b) {

@@ -41,4 +41,8 @@ inline models::BahdanauConfig tiny_bahdanau_config(real dropout = 0, std::uint64
   return config;
 }
 
+/// A batch of 2 for the tiny models: row 0 has source length 5, row 1 length 3 (padded with 0).
+inline const IndexArray kTinySource = {{4, 5, 6, 7, 2}, {8, 4, 2, 0, 0}};
+inline const IndexArray kTinySourceLengths = {5, 3};
+
 }  // namespace qkv::test

@@ -15,8 +15,8 @@ function(qkv_add_library name folder precision)
     target_link_libraries(${target} PRIVATE $<BUILD_INTERFACE:qkv_warnings>)
     qkv_precompile_headers(${target})
     # One translation unit per batch of sources: xtensor's templates are instantiated once per
-    # batch instead of once per file (see QKV_UNITY_LIBRARIES in CMakeLists.txt).
-    if(QKV_UNITY_LIBRARIES)
+    # batch instead of once per file (see QKV_UNITY_BUILD in CMakeLists.txt).
+    if(QKV_UNITY_BUILD)
       set_target_properties(${target} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 16)
     endif()
     set(scope PUBLIC)

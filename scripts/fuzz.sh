@@ -31,7 +31,7 @@ build=${FUZZ_BUILD_DIR:-build-fuzz}
 # source file and line).
 if [[ -z "${FUZZ_NO_BUILD:-}" ]]; then
   CXX=clang++ cmake -S . -B "$build" -DQKV_FUZZ=ON -DQKV_BUILD_TESTS=OFF -DQKV_BUILD_EXAMPLES=OFF \
-    -DQKV_UNITY_LIBRARIES=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="${FUZZ_FLAGS:--O1 -g}" >/dev/null
+    -DQKV_UNITY_BUILD=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="${FUZZ_FLAGS:--O1 -g}" >/dev/null
   cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
 fi
 

@@ -45,6 +45,20 @@ TEST_CASE("blas::describe names the kernel that runs and who chose it") {
   CHECK(line.find(kernel + " kernel") != std::string::npos);
   if (coretype_set()) CHECK(line.find("set by OPENBLAS_CORETYPE=") != std::string::npos);
   else CHECK(line.find("chosen by") != std::string::npos);
+  // A forced core narrower than the CPU is kept, and the line says so.
+  const bool narrower = blas::detail::better_core(kernel, blas::detail::cpu_isa()).has_value();
+  CHECK((line.find("may be faster: unset OPENBLAS_CORETYPE") != std::string::npos) == (coretype_set() && narrower));
+}
+
+TEST_CASE("forced_core_note names the wider kernel a forced core leaves unused, and nothing otherwise") {
+  using blas::detail::forced_core_note;
+  CHECK(forced_core_note("Haswell", Isa::Avx512) ==
+        "this CPU has AVX-512, whose SkylakeX kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose");
+  CHECK(forced_core_note("Prescott", Isa::Avx2) ==
+        "this CPU has AVX2, whose Haswell kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose");
+  CHECK(!forced_core_note("Cooperlake", Isa::Avx512).has_value());
+  CHECK(!forced_core_note("Haswell", Isa::Avx2).has_value());
+  CHECK(!forced_core_note("SomeFutureCore", Isa::Avx512).has_value());  // unknown: OpenBLAS knows best
 }
 
 TEST_CASE("the kernel chosen at start-up uses what the CPU has, unless OPENBLAS_CORETYPE says otherwise") {

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cctype>
 #include <cstdlib>
 #include <optional>
 #include <sstream>
 #include <type_traits>
+#include <vector>
 
 #include "lib/numerics/parallel.hpp"
 
@@ -141,6 +143,21 @@ void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const fl
               to_int(k), b, to_int(n), 0.0f, c, to_int(n));
 }
 
+double sgemm_rate(std::size_t n, std::size_t runs) {
+  const std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f);
+  std::vector<float> c(n * n);
+  std::vector<double> seconds;
+  for (std::size_t i = 0; i < runs + 2; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    sgemm(n, n, n, a.data(), b.data(), c.data());
+    if (i >= 2) seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  const std::size_t half = seconds.size() / 2;
+  const double median = seconds.size() % 2 ? seconds[half] : (seconds[half - 1] + seconds[half]) / 2;
+  return 2.0 * double(n) * double(n) * double(n) / median / 1e9;
+}
+
 void set_openblas_threads(int threads) { openblas_set_num_threads(threads); }
 
 std::string kernel_name() { return openblas_get_corename(); }
@@ -186,6 +203,15 @@ std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu) 
   return std::nullopt;
 }
 
+std::optional<std::string> forced_core_note(std::string_view openblas_core, Isa cpu) {
+  const std::optional<std::string> better = better_core(openblas_core, cpu);
+  if (!better) return std::nullopt;
+  // A note, not a switch: the environment's choice stands, but a user who set it for another
+  // machine (or inherited it) learns that this CPU can run wider kernels.
+  return std::string("this CPU has ") + (cpu == Isa::Avx512 ? "AVX-512" : "AVX2") + ", whose " + *better +
+         " kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose";
+}
+
 bool select_openblas_core(const char* core) {
   if (gotoblas_dynamic_init == nullptr || gotoblas_dynamic_quit == nullptr) return false;
   const char* set = std::getenv("OPENBLAS_CORETYPE");
@@ -207,6 +233,7 @@ std::string choose_kernel() {
   std::string why;
   if (const char* forced = std::getenv("OPENBLAS_CORETYPE")) {
     why = std::string("set by OPENBLAS_CORETYPE=") + forced;  // the user's choice is never overridden
+    if (const std::optional<std::string> note = forced_core_note(picked, cpu_isa())) why += "; " + *note;
   } else if (const std::optional<std::string> better = better_core(picked, cpu_isa());
              better && select_openblas_core(better->c_str())) {
     why = "chosen by qkv: OpenBLAS picked " + picked + " for this CPU, which has " +

@@ -25,6 +25,11 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
 /// Single-precision gemm whatever `real` is; the benchmarks measure BLAS's peak with it.
 void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c);
 
+/// OpenBLAS's sgemm rate on n×n matrices, in GFLOP/s: the median of `runs` timed products
+/// after two untimed ones, at the OpenBLAS thread count set (1 unless set_openblas_threads).
+/// qkv-bench --sgemm reports it at n = 1024; qkv-train's first log line at n = 512 (~20 ms).
+double sgemm_rate(std::size_t n, std::size_t runs);
+
 /// Threads OpenBLAS itself may use. qkv keeps it at 1 and splits big gemms over its own pool
 /// (parallel::set_num_threads); only the sgemm benchmark, which measures OpenBLAS alone, sets it.
 void set_openblas_threads(int threads);
@@ -51,6 +56,11 @@ std::optional<Isa> core_isa(std::string_view openblas_core);
 /// has (OpenBLAS 0.3.21 falls back to Prescott, SSE3 only, on CPUs it does not recognise):
 /// SkylakeX on AVX-512, Haswell on AVX2. nullopt when the choice already fits or is unknown.
 std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu);
+
+/// When OPENBLAS_CORETYPE forces `openblas_core` on a CPU with a wider ISA than its kernels use
+/// (better_core has an answer), the note describe() appends, e.g. "this CPU has AVX-512, whose
+/// SkylakeX kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose"; else nullopt.
+std::optional<std::string> forced_core_note(std::string_view openblas_core, Isa cpu);
 
 /// Re-runs OpenBLAS's dispatch (DYNAMIC_ARCH) as if OPENBLAS_CORETYPE=`core` had been set at
 /// load, without leaving the variable set. Only while no BLAS call is running. False when this

@@ -7,6 +7,7 @@ packages=(
   g++ cmake make pkg-config          # toolchain (CMake 3.25 as Debian 12 ships it)
   libxtensor-dev libxtensor-blas-dev # n-d arrays; xtensor-blas for the tests' reference products
   libopenblas-dev                    # gemm
+  libxsmm-dev                        # JIT kernels for the small gemms (lib/numerics/blas.cpp)
   libspdlog-dev                      # logging
   nlohmann-json3-dev                 # checkpoint headers, configs, metrics
   libcli11-dev                       # command lines

@@ -1,6 +1,7 @@
 #include "lib/numerics/blas.hpp"
 
 #include <cblas.h>
+#include <libxsmm.h>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -11,11 +12,13 @@
 #include <chrono>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <sstream>
 #include <type_traits>
 #include <vector>
 
+#include "lib/numerics/error.hpp"
 #include "lib/numerics/parallel.hpp"
 
 // OpenBLAS's run-time dispatch (DYNAMIC_ARCH builds, as Debian's): its load-time constructor calls
@@ -103,6 +106,126 @@ template <class... Args>
 void gemm_typed(Args... args) requires std::is_same_v<real, float> { cblas_sgemm(args...); }
 template <class... Args>
 void gemm_typed(Args... args) requires std::is_same_v<real, double> { cblas_dgemm(args...); }
+// ---- libxsmm's JIT kernels for products with few columns ---------------------------------
+//
+// OpenBLAS packs both operands into its tile layout before every product; for the products a
+// small model runs (1536×64 · 64×192 and the like) the packing is a fifth of the gemm time.
+// libxsmm generates, at run time and for this CPU's vector width, a kernel for each (columns,
+// rows, depth) that reads the operands where they are: 106–117 GFLOP/s at one thread on those
+// shapes against OpenBLAS's 93–99 (its 1024³ rate here is 98; bench/README.md). Above 512
+// columns OpenBLAS's packed kernel is as fast, so it keeps those products.
+//
+// Bits: a libxsmm kernel sums every element of C over K in order, one fused multiply-add per
+// term, from 0 (beta = 0) or from C (beta = 1), whatever the tile it computes — so C's rows can
+// be cut into tiles, and the tiles shared among threads, without changing a bit (tested in
+// tests/f32/test_gemm_split.cpp). The results differ from OpenBLAS's in the last bits (OpenBLAS
+// blocks K), as any two BLAS kernels do.
+namespace jit {
+
+// C's rows per kernel call: libxsmm's n. 64 rows of a ≤ 512-column C stay in L1/L2 beside B.
+constexpr std::size_t tile_rows = 64;
+// Measured limits (bench/README.md): above 512 columns libxsmm's unpacked kernel is no faster.
+constexpr std::size_t max_columns = 512;
+constexpr std::size_t max_depth = 4096;
+// A transposed B is transposed once into a scratch buffer (libxsmm 1.17 JIT has no transposed
+// first operand); below this many rows of C that copy would cost more than it saves.
+constexpr std::size_t min_rows_for_transposed_b = 16;
+
+/// QKV_GEMM=openblas sends every product to OpenBLAS (its bits, and a before/after in one build);
+/// unset or "auto", products libxsmm does well go to libxsmm. Anything else is an error.
+bool wanted() {
+  static const bool on = [] {
+    const char* choice = std::getenv("QKV_GEMM");
+    if (choice == nullptr || std::strcmp(choice, "auto") == 0) return true;
+    if (std::strcmp(choice, "openblas") == 0) return false;
+    throw Error(std::string("QKV_GEMM=") + choice + ": expected 'auto' (libxsmm for products with at most " +
+                                std::to_string(max_columns) + " columns, OpenBLAS for the rest) or 'openblas'");
+  }();
+  return on;
+}
+
+bool suits(Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta) {
+  if (n > max_columns || k > max_depth || !(beta == 0.0f || beta == 1.0f)) return false;
+  if (alpha != 1.0f && beta != 0.0f) return false;  // alpha is applied after, to C alone
+  if (trans_b == Trans::Yes && m < min_rows_for_transposed_b) return false;
+  return wanted();
+}
+
+/// The kernel for one tile of `rows` rows, or null when libxsmm cannot generate it. Row-major
+/// C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: libxsmm's first operand is B (read as
+/// stored, [K, N] row-major after any transpose), its second A (transposed in place if asked).
+libxsmm_smmfunction kernel(std::size_t n, std::size_t rows, std::size_t k, std::size_t ld_b, Trans trans_a,
+                           std::size_t lda, std::size_t ldc, float beta) {
+  const libxsmm_blasint m_ = static_cast<libxsmm_blasint>(n), n_ = static_cast<libxsmm_blasint>(rows),
+                        k_ = static_cast<libxsmm_blasint>(k), lda_ = static_cast<libxsmm_blasint>(ld_b),
+                        ldb_ = static_cast<libxsmm_blasint>(lda), ldc_ = static_cast<libxsmm_blasint>(ldc);
+  const float one = 1.0f;
+  const int flags = trans_a == Trans::Yes ? LIBXSMM_GEMM_FLAG_TRANS_B : LIBXSMM_GEMM_FLAG_NONE;
+  return libxsmm_smmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &one, &beta, &flags, nullptr);
+}
+
+/// Rows [begin, end) of C, in tiles of tile_rows; false (nothing written) if a kernel is missing.
+bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std::size_t k, float alpha,
+           const float* a, std::size_t lda, const float* b_kn, std::size_t ld_b, float beta, float* c, std::size_t ldc) {
+  const std::size_t full_rows = std::min(tile_rows, end - begin), last_rows = (end - begin) % tile_rows;
+  const libxsmm_smmfunction full = kernel(n, full_rows, k, ld_b, trans_a, lda, ldc, beta);
+  const libxsmm_smmfunction last = last_rows == 0 || last_rows == full_rows ? full
+                                                                              : kernel(n, last_rows, k, ld_b, trans_a, lda, ldc, beta);
+  if (full == nullptr || last == nullptr) return false;
+  for (std::size_t row = begin; row < end; row += tile_rows) {
+    const float* a_rows = trans_a == Trans::Yes ? a + row : a + row * lda;  // op(A)'s rows [row, row + tile)
+    float* c_rows = c + row * ldc;
+    (end - row >= tile_rows ? full : last)(b_kn, a_rows, c_rows);
+    if (alpha != 1.0f)  // beta is 0 here (suits): C = alpha · (the in-order sum), as BLAS defines it
+      for (std::size_t i = 0; i < std::min(tile_rows, end - row); ++i)
+        for (std::size_t j = 0; j < n; ++j) c_rows[i * ldc + j] *= alpha;
+  }
+  return true;
+}
+
+/// The product through libxsmm when it suits (false: nothing was written, OpenBLAS computes it).
+bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, const float* a,
+          std::size_t lda, const float* b, std::size_t ldb, float beta, float* c, std::size_t ldc) {
+  if (!suits(trans_b, m, n, k, alpha, beta)) return false;
+  // B as libxsmm reads it: [K, N] row-major; a transposed B is copied so once.
+  thread_local std::vector<float> transposed_b;
+  const float* b_kn = b;
+  std::size_t ld_b = ldb;
+  if (trans_b == Trans::Yes) {  // b is [N, K] with row stride ldb
+    transposed_b.resize(k * n);
+    for (std::size_t j = 0; j < n; ++j)
+      for (std::size_t p = 0; p < k; ++p) transposed_b[p * n + j] = b[j * ldb + p];
+    b_kn = transposed_b.data();
+    ld_b = n;
+  }
+  const std::size_t tile_count = (m + tile_rows - 1) / tile_rows;
+  const bool share = parallel::num_threads() > 1 && !parallel::in_parallel_region() &&
+                     m * n * k >= parallel_gemm_work && tile_count >= 2;
+  if (!share) {
+    if (tiles(trans_a, 0, m, n, k, alpha, a, lda, b_kn, ld_b, beta, c, ldc)) return true;
+  } else {
+    // Every kernel a chunk needs is generated first, so that no chunk can fail half-way.
+    const std::size_t last_rows = m % tile_rows;
+    if (kernel(n, tile_rows, k, ld_b, trans_a, lda, ldc, beta) != nullptr &&
+        (last_rows == 0 || kernel(n, last_rows, k, ld_b, trans_a, lda, ldc, beta) != nullptr)) {
+      parallel::for_chunks(tile_count, 1, [&](std::size_t first, std::size_t last) {
+        tiles(trans_a, first * tile_rows, std::min(m, last * tile_rows), n, k, alpha, a, lda, b_kn, ld_b, beta, c,
+              ldc);
+      });
+      return true;
+    }
+  }
+  return false;  // no kernel for this shape
+}
+
+/// float64 (gradient checks) stays on OpenBLAS.
+bool gemm(Trans, Trans, std::size_t, std::size_t, std::size_t, double, const double*, std::size_t, const double*,
+          std::size_t, double, double*, std::size_t) {
+  return false;
+}
+
+}  // namespace jit
+
 }  // namespace
 
 void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, real alpha,
@@ -115,6 +238,7 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
       for (std::size_t j = 0; j < n; ++j) c[i * ldc + j] = beta == real(0) ? real(0) : beta * c[i * ldc + j];
     return;
   }
+  if (jit::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
   // Each thread computes its own block of C's rows: every element of C is still one dot product
   // over K in OpenBLAS's order, on the same code path and at the same place in its tiles, so the
   // split changes no bits (tested). A product with fewer than two chunks' worth of rows runs on
@@ -162,7 +286,15 @@ void set_openblas_threads(int threads) { openblas_set_num_threads(threads); }
 
 std::string kernel_name() { return openblas_get_corename(); }
 
-std::string describe() { return kernel_line(); }
+std::string describe() {
+  if constexpr (std::is_same_v<real, double>) {
+    return kernel_line();  // float64 products all run on OpenBLAS
+  } else {
+    if (!jit::wanted()) return kernel_line() + "; libxsmm off (QKV_GEMM=openblas)";
+    return kernel_line() + "; products of at most " + std::to_string(jit::max_columns) + " columns: libxsmm " +
+           LIBXSMM_VERSION + " JIT, " + libxsmm_get_target_arch() + " kernels";
+  }
+}
 
 namespace detail {
 

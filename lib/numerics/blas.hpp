@@ -13,11 +13,14 @@ namespace qkv::blas {
 enum class Trans : bool { No = false, Yes = true };
 
 /// C[M, N] = alpha * op(A)[M, K] * op(B)[K, N] + beta * C, row-major, where op transposes
-/// when asked: a transposed operand is read in place, never copied. `lda`, `ldb`, `ldc` are
-/// the row strides of A, B and C as stored. Big products are split over qkv's threads
-/// (parallel::set_num_threads) by blocks of C's rows aligned to OpenBLAS's tiles, which leaves
-/// every element's value unchanged: the same bits at any thread count. Products too short to
-/// share that way run on one thread.
+/// when asked. `lda`, `ldb`, `ldc` are the row strides of A, B and C as stored. In float32, a
+/// product with at most 512 columns (alpha 1, or beta 0; beta 0 or 1) runs libxsmm's run-time
+/// generated kernels, tiles of 64 rows of C, a transposed B copied once; the rest, and every
+/// float64 product, run OpenBLAS, transposed operands read in place. QKV_GEMM=openblas sends
+/// every product to OpenBLAS. Big products are split over qkv's threads
+/// (parallel::set_num_threads) by blocks of C's rows — whole libxsmm tiles, or blocks aligned to
+/// OpenBLAS's tiles — which leaves every element's value unchanged: the same bits at any thread
+/// count. Products too short to share that way run on one thread.
 void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, real alpha,
           const real* a, std::size_t lda, const real* b, std::size_t ldb, real beta, real* c,
           std::size_t ldc);
@@ -37,8 +40,10 @@ void set_openblas_threads(int threads);
 /// The OpenBLAS core whose kernels run ("SkylakeX", "Haswell", "Prescott", ...).
 std::string kernel_name();
 
-/// One line for logs: the library, the kernel and who chose it, e.g. "OpenBLAS 0.3.21, SkylakeX
-/// kernel (chosen by qkv: OpenBLAS picked Prescott for this CPU, which has AVX-512)".
+/// One line for logs: the library, the kernel and who chose it, and (float32) what runs the small
+/// products, e.g. "OpenBLAS 0.3.21, SkylakeX kernel (chosen by qkv: OpenBLAS picked Prescott for
+/// this CPU, which has AVX-512); products of at most 512 columns: libxsmm 1.17 JIT, skx kernels".
+/// Throws qkv::Error naming QKV_GEMM when it holds neither "auto" nor "openblas".
 std::string describe();
 
 namespace detail {

@@ -3,7 +3,11 @@
 // small-product paths. In float32, where OpenBLAS's sgemm has the most code paths. The sweep was
 // run under every OPENBLAS_CORETYPE qkv may choose (bench/README.md); here it runs on whichever
 // kernel was chosen.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "lib/numerics/blas.hpp"
@@ -40,4 +44,111 @@ TEST_CASE("float32: gemm is bit-identical on 1, 2 and 3 threads across shapes, t
           }
   parallel::set_num_threads(1);
   CHECK(products == 720);
+}
+
+namespace {
+
+struct GemmCase {
+  std::size_t m, n, k;
+  blas::Trans trans_a, trans_b;
+  real alpha, beta;
+};
+
+/// A, B and a starting C with entries in [-0.5, 0.5), stored as `c` says (row strides m or k, k or n, n).
+struct GemmOperands {
+  std::vector<real> a, b, start;
+  std::size_t lda, ldb;
+  GemmOperands(const GemmCase& c, Rng& rng)
+      : a(c.m * c.k), b(c.k * c.n), start(c.m * c.n),
+        lda(c.trans_a == blas::Trans::Yes ? c.m : c.k), ldb(c.trans_b == blas::Trans::Yes ? c.k : c.n) {
+    for (auto* v : {&a, &b, &start})
+      for (real& x : *v) x = real(rng.uniform()) - real(0.5);
+  }
+  /// op(A)[i, p] and op(B)[p, j] as stored.
+  real a_at(const GemmCase& c, std::size_t i, std::size_t p) const {
+    return c.trans_a == blas::Trans::Yes ? a[p * lda + i] : a[i * lda + p];
+  }
+  real b_at(const GemmCase& c, std::size_t p, std::size_t j) const {
+    return c.trans_b == blas::Trans::Yes ? b[j * ldb + p] : b[p * ldb + j];
+  }
+};
+
+std::vector<GemmCase> small_product_cases() {
+  std::vector<GemmCase> cases;
+  for (std::size_t m : {16u, 100u, 150u})
+    for (std::size_t n : {1u, 24u, 64u, 200u, 512u, 600u})
+      for (std::size_t k : {1u, 16u, 300u})
+        for (int transposes = 0; transposes < 4; ++transposes)
+          for (auto [alpha, beta] : {std::pair{1.0f, 0.0f}, std::pair{1.0f, 1.0f}, std::pair{0.125f, 0.0f}})
+            cases.push_back({m, n, k, transposes & 1 ? blas::Trans::Yes : blas::Trans::No,
+                             transposes & 2 ? blas::Trans::Yes : blas::Trans::No, alpha, beta});
+  return cases;
+}
+
+}  // namespace
+
+TEST_CASE("float32: gemm agrees with a float64 sum on every path (libxsmm's small products and OpenBLAS's)") {
+  Rng rng(12);
+  for (const GemmCase& g : small_product_cases()) {
+    const GemmOperands x(g, rng);
+    std::vector<real> c = x.start;
+    blas::gemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, x.a.data(), x.lda, x.b.data(), x.ldb, g.beta, c.data(), g.n);
+    double worst = 0;
+    for (std::size_t i = 0; i < g.m; ++i)
+      for (std::size_t j = 0; j < g.n; ++j) {
+        double sum = 0;
+        for (std::size_t p = 0; p < g.k; ++p) sum += double(x.a_at(g, i, p)) * double(x.b_at(g, p, j));
+        const double expected = double(g.alpha) * sum + double(g.beta) * double(x.start[i * g.n + j]);
+        worst = std::max(worst, std::abs(double(c[i * g.n + j]) - expected));
+      }
+    // Terms below 0.25 each: float32's rounding over k of them stays far below 1e-5 · (k + 1).
+    CHECK_MESSAGE(worst < 1e-5 * double(g.k + 1), "m=" << g.m << " n=" << g.n << " k=" << g.k << " trans_a="
+                                                         << int(g.trans_a) << " trans_b=" << int(g.trans_b) << " alpha="
+                                                         << g.alpha << " beta=" << g.beta << " worst=" << worst);
+  }
+}
+
+TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as in the whole product") {
+  // What lets gemm share libxsmm's 64-row tiles among threads: each tile is computed by the same
+  // kernel whatever else is computed. (Not any cut: libxsmm generates another kernel for another
+  // tile height, and a 16-row product's rows can differ in the last bit from the same rows of a
+  // 64-row tile — seen at 200 columns.)
+  const char* choice = std::getenv("QKV_GEMM");
+  if (choice != nullptr && std::string(choice) == "openblas") {
+    MESSAGE("skipped: QKV_GEMM=openblas (OpenBLAS's small-product paths make no such promise)");
+    return;
+  }
+  Rng rng(13);
+  int compared = 0;
+  for (const GemmCase& g : small_product_cases()) {
+    if (g.m != 150 || g.n > 512) continue;  // the products libxsmm runs
+    const GemmOperands x(g, rng);
+    std::vector<real> whole = x.start;
+    blas::gemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, x.a.data(), x.lda, x.b.data(), x.ldb, g.beta, whole.data(),
+               g.n);
+    for (auto [first, rows] : {std::pair{std::size_t{0}, std::size_t{64}}, std::pair{std::size_t{64}, std::size_t{86}},
+                               std::pair{std::size_t{128}, std::size_t{22}}, std::pair{std::size_t{0}, std::size_t{128}}}) {
+      std::vector<real> part(x.start.begin() + std::ptrdiff_t(first * g.n),
+                             x.start.begin() + std::ptrdiff_t((first + rows) * g.n));
+      const real* a_rows = g.trans_a == blas::Trans::Yes ? x.a.data() + first : x.a.data() + first * x.lda;
+      blas::gemm(g.trans_a, g.trans_b, rows, g.n, g.k, g.alpha, a_rows, x.lda, x.b.data(), x.ldb, g.beta, part.data(), g.n);
+      CHECK_MESSAGE(std::memcmp(part.data(), whole.data() + first * g.n, part.size() * sizeof(real)) == 0,
+                    "rows " << first << "+" << rows << " of m=" << g.m << " n=" << g.n << " k=" << g.k
+                            << " trans_a=" << int(g.trans_a) << " trans_b=" << int(g.trans_b) << " alpha=" << g.alpha
+                            << " beta=" << g.beta);
+      ++compared;
+    }
+  }
+  CHECK(compared == 5 * 3 * 4 * 3 * 4);
+}
+
+TEST_CASE("float32: the kernel line says what runs the small products") {
+  const std::string line = blas::describe();
+  CAPTURE(line);
+  CHECK(line.find("OpenBLAS") == 0);
+  const char* choice = std::getenv("QKV_GEMM");
+  if (choice != nullptr && std::string(choice) == "openblas")
+    CHECK(line.find("; libxsmm off (QKV_GEMM=openblas)") != std::string::npos);
+  else
+    CHECK(line.find("; products of at most 512 columns: libxsmm 1.") != std::string::npos);
 }

@@ -184,8 +184,10 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
 }
 
 /// The product through libxsmm when it suits (false: nothing was written, OpenBLAS computes it).
-bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, const float* a,
-          std::size_t lda, const float* b, std::size_t ldb, float beta, float* c, std::size_t ldc) {
+// Each precision's build calls one of the two overloads: maybe_unused keeps the other quiet.
+[[maybe_unused]] bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
+                           const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta, float* c,
+                           std::size_t ldc) {
   if (!suits(trans_b, m, n, k, alpha, beta)) return false;
   // B as libxsmm reads it: [K, N] row-major; a transposed B is copied so once.
   thread_local std::vector<float> transposed_b;
@@ -219,8 +221,8 @@ bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
 }
 
 /// float64 (gradient checks) stays on OpenBLAS.
-bool gemm(Trans, Trans, std::size_t, std::size_t, std::size_t, double, const double*, std::size_t, const double*,
-          std::size_t, double, double*, std::size_t) {
+[[maybe_unused]] bool gemm(Trans, Trans, std::size_t, std::size_t, std::size_t, double, const double*, std::size_t,
+                           const double*, std::size_t, double, double*, std::size_t) {
   return false;
 }
 

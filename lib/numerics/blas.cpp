@@ -111,8 +111,8 @@ void gemm_typed(Args... args) requires std::is_same_v<real, double> { cblas_dgem
 // OpenBLAS packs both operands into its tile layout before every product; for the products a
 // small model runs (1536×64 · 64×192 and the like) the packing is a fifth of the gemm time.
 // libxsmm generates, at run time and for this CPU's vector width, a kernel for each (columns,
-// rows, depth) that reads the operands where they are: 106–117 GFLOP/s at one thread on those
-// shapes against OpenBLAS's 93–99 (its 1024³ rate here is 98; bench/README.md). Above 512
+// rows, depth) that reads the operands where they are: 103–118 GFLOP/s at one thread on most of
+// those shapes against OpenBLAS's 86–99 (its 1024³ rate here is 98; bench/README.md). Above 512
 // columns OpenBLAS's packed kernel is as fast, so it keeps those products.
 //
 // Bits: a libxsmm kernel sums every element of C over K in order, one fused multiply-add per
@@ -183,13 +183,13 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
   return true;
 }
 
-/// The product through libxsmm when it suits (false: nothing was written, OpenBLAS computes it).
 // Each precision's build calls one of the two overloads: maybe_unused keeps the other quiet.
+/// The product through libxsmm when it suits (false: nothing was written, OpenBLAS computes it).
 [[maybe_unused]] bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
                            const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta, float* c,
                            std::size_t ldc) {
   if (!suits(trans_b, m, n, k, alpha, beta)) return false;
-  // B as libxsmm reads it: [K, N] row-major; a transposed B is copied so once.
+  // B as libxsmm reads it: [K, N] row-major; a transposed B is copied into that layout once per product.
   thread_local std::vector<float> transposed_b;
   const float* b_kn = b;
   std::size_t ld_b = ldb;

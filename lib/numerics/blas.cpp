@@ -2,6 +2,11 @@
 
 #include <cblas.h>
 #include <libxsmm.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -106,14 +111,16 @@ template <class... Args>
 void gemm_typed(Args... args) requires std::is_same_v<real, float> { cblas_sgemm(args...); }
 template <class... Args>
 void gemm_typed(Args... args) requires std::is_same_v<real, double> { cblas_dgemm(args...); }
-// ---- libxsmm's JIT kernels for products with few columns ---------------------------------
+// ---- libxsmm's JIT kernels for the small products -----------------------------------------
 //
 // OpenBLAS packs both operands into its tile layout before every product; for the products a
 // small model runs (1536×64 · 64×192 and the like) the packing is a fifth of the gemm time.
 // libxsmm generates, at run time and for this CPU's vector width, a kernel for each (columns,
-// rows, depth) that reads the operands where they are: 103–118 GFLOP/s at one thread on most of
-// those shapes against OpenBLAS's 86–99 (its 1024³ rate here is 98; bench/README.md). Above 512
-// columns OpenBLAS's packed kernel is as fast, so it keeps those products.
+// rows, depth) that reads the operands where they are. Without packing it does no cache blocking
+// either: every 64-row tile of C streams all of op(B), and a transposed A is read down its
+// columns. Swept over 630 shapes on an AVX-512 Xeon (bench/README.md, "Which products libxsmm
+// runs"), libxsmm was 1.2–1.6× faster where B fits in half of L2 and, for a transposed A, where K
+// or A's rows are few; elsewhere OpenBLAS was up to 3× faster. detail::runs_libxsmm holds that rule.
 //
 // Bits: a libxsmm kernel sums every element of C over K in order, one fused multiply-add per
 // term, from 0 (beta = 0) or from C (beta = 1), whatever the tile it computes — so C's rows can
@@ -122,14 +129,8 @@ void gemm_typed(Args... args) requires std::is_same_v<real, double> { cblas_dgem
 // blocks K), as any two BLAS kernels do.
 namespace jit {
 
-// C's rows per kernel call: libxsmm's n. 64 rows of a ≤ 512-column C stay in L1/L2 beside B.
+// C's rows per kernel call: libxsmm's n.
 constexpr std::size_t tile_rows = 64;
-// Measured limits (bench/README.md): above 512 columns libxsmm's unpacked kernel is no faster.
-constexpr std::size_t max_columns = 512;
-constexpr std::size_t max_depth = 4096;
-// A transposed B is transposed once into a scratch buffer (libxsmm 1.17 JIT has no transposed
-// first operand); below this many rows of C that copy would cost more than it saves.
-constexpr std::size_t min_rows_for_transposed_b = 16;
 
 /// QKV_GEMM=openblas sends every product to OpenBLAS (its bits, and a before/after in one build);
 /// unset or "auto", products libxsmm does well go to libxsmm. Anything else is an error.
@@ -138,17 +139,61 @@ bool wanted() {
     const char* choice = std::getenv("QKV_GEMM");
     if (choice == nullptr || std::strcmp(choice, "auto") == 0) return true;
     if (std::strcmp(choice, "openblas") == 0) return false;
-    throw Error(std::string("QKV_GEMM=") + choice + ": expected 'auto' (libxsmm for products with at most " +
-                                std::to_string(max_columns) + " columns, OpenBLAS for the rest) or 'openblas'");
+    throw Error(std::string("QKV_GEMM=") + choice +
+                ": expected 'auto' (libxsmm for the small products, OpenBLAS for the rest) or 'openblas'");
   }();
   return on;
 }
 
-bool suits(Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta) {
-  if (n > max_columns || k > max_depth || !(beta == 0.0f || beta == 1.0f)) return false;
-  if (alpha != 1.0f && beta != 0.0f) return false;  // alpha is applied after, to C alone
-  if (trans_b == Trans::Yes && m < min_rows_for_transposed_b) return false;
-  return wanted();
+// A transposed B ([N, K], read as [K, N]) is copied transposed into a scratch buffer once per
+// product: libxsmm 1.17's JIT has no transposed first operand. In 8×8 blocks of AVX registers
+// where the CPU has AVX2: 0.1–0.4 ns a float against 1.7–3 ns for the element-by-element loop,
+// whose writes stride N (bench/README.md).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define QKV_BLAS_AVX_TRANSPOSE 1
+/// out[p·ld_out + j] = in[j·ld_in + p] for one 8×8 block.
+__attribute__((target("avx2"))) void transpose_8x8(const float* in, std::size_t ld_in, float* out,
+                                                   std::size_t ld_out) {
+  __m256 row[8], pairs[8], quads[8];
+  for (std::size_t r = 0; r < 8; ++r) row[r] = _mm256_loadu_ps(in + r * ld_in);
+  for (std::size_t r = 0; r < 8; r += 2) {  // rows r, r+1 interleaved: element pairs
+    pairs[r] = _mm256_unpacklo_ps(row[r], row[r + 1]);
+    pairs[r + 1] = _mm256_unpackhi_ps(row[r], row[r + 1]);
+  }
+  for (std::size_t r = 0; r < 8; r += 4) {  // then quadruples, within each 128-bit lane
+    quads[r] = _mm256_shuffle_ps(pairs[r], pairs[r + 2], 0x44);
+    quads[r + 1] = _mm256_shuffle_ps(pairs[r], pairs[r + 2], 0xEE);
+    quads[r + 2] = _mm256_shuffle_ps(pairs[r + 1], pairs[r + 3], 0x44);
+    quads[r + 3] = _mm256_shuffle_ps(pairs[r + 1], pairs[r + 3], 0xEE);
+  }
+  for (std::size_t c = 0; c < 4; ++c) {  // output rows c and c+4: the low and high lanes of rows 0–3 and 4–7
+    _mm256_storeu_ps(out + c * ld_out, _mm256_permute2f128_ps(quads[c], quads[c + 4], 0x20));
+    _mm256_storeu_ps(out + (c + 4) * ld_out, _mm256_permute2f128_ps(quads[c], quads[c + 4], 0x31));
+  }
+}
+#endif
+
+/// out [K, N] (row stride n) = the transpose of b [N, K] (row stride ldb).
+void transpose_b(const float* b, std::size_t ldb, std::size_t n, std::size_t k, float* out) {
+  std::size_t n_blocked = 0, k_blocked = 0;
+#if defined(QKV_BLAS_AVX_TRANSPOSE)
+  static const bool avx2 = [] {
+    __builtin_cpu_init();  // GCC fills its cpuid record in a constructor; a static initialiser may come first
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  if (avx2) {
+    n_blocked = n / 8 * 8;
+    k_blocked = k / 8 * 8;
+    constexpr std::size_t panel = 32;  // 32×32 floats read and written stay in L1
+    for (std::size_t j0 = 0; j0 < n_blocked; j0 += panel)
+      for (std::size_t p0 = 0; p0 < k_blocked; p0 += panel)
+        for (std::size_t j = j0; j < std::min(n_blocked, j0 + panel); j += 8)
+          for (std::size_t p = p0; p < std::min(k_blocked, p0 + panel); p += 8)
+            transpose_8x8(b + j * ldb + p, ldb, out + p * n + j, n);
+  }
+#endif
+  for (std::size_t j = 0; j < n; ++j)  // what the blocks left: B's last N % 8 rows and last K % 8 columns
+    for (std::size_t p = j < n_blocked ? k_blocked : 0; p < k; ++p) out[p * n + j] = b[j * ldb + p];
 }
 
 /// The kernel for one tile of `rows` rows, or null when libxsmm cannot generate it. Row-major
@@ -176,7 +221,7 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
     const float* a_rows = trans_a == Trans::Yes ? a + row : a + row * lda;  // op(A)'s rows [row, row + tile)
     float* c_rows = c + row * ldc;
     (end - row >= tile_rows ? full : last)(b_kn, a_rows, c_rows);
-    if (alpha != 1.0f)  // beta is 0 here (suits): C = alpha · (the in-order sum), as BLAS defines it
+    if (alpha != 1.0f)  // beta is 0 here (runs_libxsmm): C = alpha · (the in-order sum), as BLAS defines it
       for (std::size_t i = 0; i < std::min(tile_rows, end - row); ++i)
         for (std::size_t j = 0; j < n; ++j) c_rows[i * ldc + j] *= alpha;
   }
@@ -188,15 +233,14 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
 [[maybe_unused]] bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
                            const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta, float* c,
                            std::size_t ldc) {
-  if (!suits(trans_b, m, n, k, alpha, beta)) return false;
+  if (!wanted() || !detail::runs_libxsmm(trans_a, trans_b, m, n, k, alpha, beta, detail::l2_cache_bytes())) return false;
   // B as libxsmm reads it: [K, N] row-major; a transposed B is copied into that layout once per product.
   thread_local std::vector<float> transposed_b;
   const float* b_kn = b;
   std::size_t ld_b = ldb;
   if (trans_b == Trans::Yes) {  // b is [N, K] with row stride ldb
     transposed_b.resize(k * n);
-    for (std::size_t j = 0; j < n; ++j)
-      for (std::size_t p = 0; p < k; ++p) transposed_b[p * n + j] = b[j * ldb + p];
+    transpose_b(b, ldb, n, k, transposed_b.data());
     b_kn = transposed_b.data();
     ld_b = n;
   }
@@ -293,12 +337,36 @@ std::string describe() {
     return kernel_line();  // float64 products all run on OpenBLAS
   } else {
     if (!jit::wanted()) return kernel_line() + "; libxsmm off (QKV_GEMM=openblas)";
-    return kernel_line() + "; products of at most " + std::to_string(jit::max_columns) + " columns: libxsmm " +
+    return kernel_line() + "; small products (at most 512 columns, B within " +
+           std::to_string(detail::l2_cache_bytes() / 2 / 1024) + " KiB, half this core's L2): libxsmm " +
            LIBXSMM_VERSION + " JIT, " + libxsmm_get_target_arch() + " kernels";
   }
 }
 
 namespace detail {
+
+bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta,
+                  std::size_t l2_bytes) {
+  if (!(beta == 0.0f || beta == 1.0f) || (alpha != 1.0f && beta != 0.0f)) return false;  // alpha: applied to C after
+  if (n > 512 || k > 4096) return false;
+  // Each 64-row tile of C reads all of op(B): beyond half of L2 it comes from L3 every time.
+  if (k * n * sizeof(float) > l2_bytes / 2) return false;
+  // A transposed B is copied once per product: not worth it for a few rows of C; and above 384
+  // columns OpenBLAS's packed kernel was faster even so.
+  if (trans_b == Trans::Yes && (m < 16 || n > 384)) return false;
+  // A transposed A is read down its columns, k rows apart by m floats: fine for short columns
+  // (K ≤ 256), for few of them (M ≤ 64), or for narrow products on a modest stride.
+  if (trans_a == Trans::Yes && !(k <= 256 || m <= 64 || (m <= 384 && n <= 128))) return false;
+  return true;
+}
+
+std::size_t l2_cache_bytes() {
+  static const std::size_t bytes = [] {
+    const long reported = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return reported > 0 ? static_cast<std::size_t>(reported) : std::size_t{1} << 20;
+  }();
+  return bytes;
+}
 
 Isa cpu_isa() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))

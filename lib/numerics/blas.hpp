@@ -13,10 +13,10 @@ namespace qkv::blas {
 enum class Trans : bool { No = false, Yes = true };
 
 /// C[M, N] = alpha * op(A)[M, K] * op(B)[K, N] + beta * C, row-major, where op transposes
-/// when asked. `lda`, `ldb`, `ldc` are the row strides of A, B and C as stored. In float32, a
-/// product with at most 512 columns (alpha 1, or beta 0; beta 0 or 1) runs libxsmm's run-time
-/// generated kernels, tiles of 64 rows of C, a transposed B copied once; the rest, and every
-/// float64 product, run OpenBLAS, transposed operands read in place. QKV_GEMM=openblas sends
+/// when asked. `lda`, `ldb`, `ldc` are the row strides of A, B and C as stored. In float32, the
+/// small products detail::runs_libxsmm picks run libxsmm's run-time generated kernels, tiles of
+/// 64 rows of C, a transposed B copied once; the rest, and every float64 product, run OpenBLAS,
+/// transposed operands read in place. QKV_GEMM=openblas sends
 /// every product to OpenBLAS. Big products are split over qkv's threads
 /// (parallel::set_num_threads) by blocks of C's rows — whole libxsmm tiles, or blocks aligned to
 /// OpenBLAS's tiles — which leaves every element's value unchanged: the same bits at any thread
@@ -47,6 +47,17 @@ std::string kernel_name();
 std::string describe();
 
 namespace detail {
+
+/// Whether a float32 product runs libxsmm's kernels (unless QKV_GEMM=openblas), on a core with
+/// `l2_bytes` of L2: beta 0 or 1 (alpha 1 unless beta is 0), at most 512 columns and K ≤ 4096,
+/// op(B) within half of L2; a transposed B with at least 16 rows of C and at most 384 columns; a
+/// transposed A when K ≤ 256, M ≤ 64, or M ≤ 384 with at most 128 columns. Measured over 630
+/// shapes (bench/README.md, "Which products libxsmm runs").
+bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta,
+                  std::size_t l2_bytes);
+
+/// This core's L2 cache size as the C library reports it (1 MiB when it cannot tell).
+std::size_t l2_cache_bytes();
 
 /// The widest vector instructions a CPU (and its OS) lets a kernel use.
 enum class Isa { Sse, Avx, Avx2, Avx512 };

@@ -119,9 +119,14 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
     return;
   }
   Rng rng(13);
-  int compared = 0;
+  int compared = 0, whole_products = 0;
   for (const GemmCase& g : small_product_cases()) {
-    if (g.m != 150 || g.n > 512) continue;  // the products libxsmm runs
+    // The products libxsmm runs, whole and in each part (a part of 22 rows has the same B).
+    if (g.m != 150 || !blas::detail::runs_libxsmm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, g.beta,
+                                                   blas::detail::l2_cache_bytes()) ||
+        !blas::detail::runs_libxsmm(g.trans_a, g.trans_b, 22, g.n, g.k, g.alpha, g.beta, blas::detail::l2_cache_bytes()))
+      continue;
+    ++whole_products;
     const GemmOperands x(g, rng);
     std::vector<real> whole = x.start;
     blas::gemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, x.a.data(), x.lda, x.b.data(), x.ldb, g.beta, whole.data(),
@@ -139,7 +144,72 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
       ++compared;
     }
   }
-  CHECK(compared == 5 * 3 * 4 * 3 * 4);
+  CHECK(compared == 4 * whole_products);
+  // Of the 150-row cases (5 widths up to 512 × 3 depths × 4 transposes × 3 alpha/beta), most run libxsmm.
+  CHECK(whole_products >= 100);
+}
+
+TEST_CASE("float32: which products run libxsmm (the rule measured in bench/README.md)") {
+  using blas::Trans;
+  const std::size_t l2 = std::size_t{2} << 20;  // the AVX-512 Xeon the rule was measured on: 2 MiB
+  const auto runs = [&](Trans ta, Trans tb, std::size_t m, std::size_t n, std::size_t k) {
+    return blas::detail::runs_libxsmm(ta, tb, m, n, k, 1.0f, 0.0f, l2);
+  };
+  // transformer-tiny's products: x · Wᵀ, dY · W, and the weight gradients dYᵀ · X (K = 1536 rows)
+  CHECK(runs(Trans::No, Trans::Yes, 1536, 192, 64));
+  CHECK(runs(Trans::No, Trans::No, 1536, 64, 256));
+  CHECK(runs(Trans::Yes, Trans::No, 192, 64, 1536));
+  CHECK(runs(Trans::Yes, Trans::No, 64, 64, 1536));
+  // one head's scores and weights · V
+  CHECK(runs(Trans::No, Trans::Yes, 24, 24, 16));
+  CHECK(runs(Trans::No, Trans::No, 24, 16, 24));
+  // OpenBLAS: more than 512 columns; B beyond half of L2 (512 × 1024 floats = 2 MiB)
+  CHECK_FALSE(runs(Trans::No, Trans::No, 1024, 768, 256));
+  CHECK_FALSE(runs(Trans::No, Trans::No, 1024, 512, 1024));
+  CHECK(runs(Trans::No, Trans::No, 1024, 256, 1024));  // 1 MiB: just within
+  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1024, 256, 1024, 1.0f, 0.0f, std::size_t{1} << 20));
+  // a transposed B: not for fewer than 16 rows, nor above 384 columns (transformer-small's vocabulary product)
+  CHECK_FALSE(runs(Trans::No, Trans::Yes, 8, 64, 64));
+  CHECK_FALSE(runs(Trans::No, Trans::Yes, 1024, 512, 256));
+  CHECK(runs(Trans::No, Trans::Yes, 64, 384, 128));
+  // a transposed A: transformer-small's weight gradients (K = 1024, 256 columns) stay on OpenBLAS
+  CHECK_FALSE(runs(Trans::Yes, Trans::No, 1024, 256, 1024));
+  CHECK_FALSE(runs(Trans::Yes, Trans::No, 256, 256, 1024));
+  CHECK(runs(Trans::Yes, Trans::No, 1024, 256, 256));  // short columns
+  CHECK(runs(Trans::Yes, Trans::No, 64, 256, 1024));   // few of them
+  // alpha and beta libxsmm's kernels cannot take
+  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 0.5f, 1.0f, l2));
+  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 1.0f, 0.5f, l2));
+  CHECK(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 0.5f, 0.0f, l2));
+}
+
+TEST_CASE("float32: a transposed B is copied exactly, on every edge of the 8×8 blocks") {
+  // The copy into libxsmm's layout must not change a bit: the product with a transposed B equals
+  // the product with the same B stored transposed, for widths and depths on and off multiples of 8.
+  const char* choice = std::getenv("QKV_GEMM");
+  if (choice != nullptr && std::string(choice) == "openblas") {
+    MESSAGE("skipped: QKV_GEMM=openblas (OpenBLAS reads a transposed B in place, with other bits)");
+    return;
+  }
+  Rng rng(14);
+  int compared = 0;
+  for (std::size_t n : {8u, 13u, 40u, 64u, 100u})
+    for (std::size_t k : {7u, 8u, 33u, 64u, 130u}) {
+      const std::size_t m = 32;
+      if (!blas::detail::runs_libxsmm(blas::Trans::No, blas::Trans::Yes, m, n, k, 1.0f, 0.0f,
+                                      blas::detail::l2_cache_bytes()))
+        continue;
+      std::vector<real> a(m * k), b_nk(n * k), b_kn(k * n), c_t(m * n), c_n(m * n);
+      for (real& x : a) x = real(rng.uniform()) - real(0.5);
+      for (real& x : b_nk) x = real(rng.uniform()) - real(0.5);
+      for (std::size_t j = 0; j < n; ++j)
+        for (std::size_t p = 0; p < k; ++p) b_kn[p * n + j] = b_nk[j * k + p];
+      blas::gemm(blas::Trans::No, blas::Trans::Yes, m, n, k, 1.0f, a.data(), k, b_nk.data(), k, 0.0f, c_t.data(), n);
+      blas::gemm(blas::Trans::No, blas::Trans::No, m, n, k, 1.0f, a.data(), k, b_kn.data(), n, 0.0f, c_n.data(), n);
+      CHECK_MESSAGE(std::memcmp(c_t.data(), c_n.data(), c_t.size() * sizeof(real)) == 0, "n=" << n << " k=" << k);
+      ++compared;
+    }
+  CHECK(compared == 25);
 }
 
 TEST_CASE("float32: the kernel line says what runs the small products") {
@@ -149,6 +219,8 @@ TEST_CASE("float32: the kernel line says what runs the small products") {
   const char* choice = std::getenv("QKV_GEMM");
   if (choice != nullptr && std::string(choice) == "openblas")
     CHECK(line.find("; libxsmm off (QKV_GEMM=openblas)") != std::string::npos);
-  else
-    CHECK(line.find("; products of at most 512 columns: libxsmm 1.") != std::string::npos);
+  else {
+    CHECK(line.find("; small products (at most 512 columns, B within ") != std::string::npos);
+    CHECK(line.find(" KiB, half this core's L2): libxsmm 1.") != std::string::npos);
+  }
 }

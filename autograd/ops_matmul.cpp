@@ -176,17 +176,13 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
   out_shape.back() = out_features;
   Array out = Array::from_shape(out_shape);
   real* po = out.data();
-  if (bias.defined()) {
-    // Every row starts as the bias; the gemm adds x Wᵀ to it (beta 1).
-    const real* pb = bias.value().data();
-    parallel::for_chunks(rows, std::max<std::size_t>(1, parallel::min_elements_per_chunk / out_features),
-                         [&](std::size_t first, std::size_t last) {
-      for (std::size_t r = first; r < last; ++r) std::copy(pb, pb + out_features, po + r * out_features);
-    });
-  }
-  // out[rows, out] (+)= x[rows, in] · W[out, in]ᵀ
-  blas::gemm(Trans::No, Trans::Yes, rows, out_features, in_features, 1, x.value().data(), in_features,
-             weight.value().data(), in_features, bias.defined() ? 1 : 0, po, out_features);
+  // out[rows, out] = x[rows, in] · W[out, in]ᵀ (+ bias on every row)
+  if (bias.defined())
+    blas::gemm_plus_bias(Trans::No, Trans::Yes, rows, out_features, in_features, x.value().data(), in_features,
+                         weight.value().data(), in_features, bias.value().data(), po, out_features);
+  else
+    blas::gemm(Trans::No, Trans::Yes, rows, out_features, in_features, 1, x.value().data(), in_features,
+               weight.value().data(), in_features, 0, po, out_features);
 
   std::vector<Variable> inputs{x, weight};
   if (bias.defined()) inputs.push_back(bias);

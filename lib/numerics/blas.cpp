@@ -210,8 +210,11 @@ libxsmm_smmfunction kernel(std::size_t n, std::size_t rows, std::size_t k, std::
 }
 
 /// Rows [begin, end) of C, in tiles of tile_rows; false (nothing written) if a kernel is missing.
+/// With `bias` (beta 1), each tile's rows are set to it just before its kernel adds to them, while
+/// they are still in L1.
 bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std::size_t k, float alpha,
-           const float* a, std::size_t lda, const float* b_kn, std::size_t ld_b, float beta, float* c, std::size_t ldc) {
+           const float* a, std::size_t lda, const float* b_kn, std::size_t ld_b, float beta, const float* bias, float* c,
+           std::size_t ldc) {
   const std::size_t full_rows = std::min(tile_rows, end - begin), last_rows = (end - begin) % tile_rows;
   const libxsmm_smmfunction full = kernel(n, full_rows, k, ld_b, trans_a, lda, ldc, beta);
   const libxsmm_smmfunction last = last_rows == 0 || last_rows == full_rows ? full
@@ -220,6 +223,8 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
   for (std::size_t row = begin; row < end; row += tile_rows) {
     const float* a_rows = trans_a == Trans::Yes ? a + row : a + row * lda;  // op(A)'s rows [row, row + tile)
     float* c_rows = c + row * ldc;
+    if (bias != nullptr)
+      for (std::size_t i = 0; i < std::min(tile_rows, end - row); ++i) std::copy_n(bias, n, c_rows + i * ldc);
     (end - row >= tile_rows ? full : last)(b_kn, a_rows, c_rows);
     if (alpha != 1.0f)  // beta is 0 here (runs_libxsmm): C = alpha · (the in-order sum), as BLAS defines it
       for (std::size_t i = 0; i < std::min(tile_rows, end - row); ++i)
@@ -230,9 +235,10 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
 
 // Each precision's build calls one of the two overloads: maybe_unused keeps the other quiet.
 /// The product through libxsmm when it suits (false: nothing was written, OpenBLAS computes it).
+/// `bias` (with beta 1): C's rows start as it, as gemm_plus_bias says.
 [[maybe_unused]] bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
-                           const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta, float* c,
-                           std::size_t ldc) {
+                           const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta,
+                           const float* bias, float* c, std::size_t ldc) {
   if (!wanted() || !detail::runs_libxsmm(trans_a, trans_b, m, n, k, alpha, beta, detail::l2_cache_bytes())) return false;
   // B as libxsmm reads it: [K, N] row-major; a transposed B is copied into that layout once per product.
   thread_local std::vector<float> transposed_b;
@@ -248,15 +254,15 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
   const bool share = parallel::num_threads() > 1 && !parallel::in_parallel_region() &&
                      m * n * k >= parallel_gemm_work && tile_count >= 2;
   if (!share) {
-    if (tiles(trans_a, 0, m, n, k, alpha, a, lda, b_kn, ld_b, beta, c, ldc)) return true;
+    if (tiles(trans_a, 0, m, n, k, alpha, a, lda, b_kn, ld_b, beta, bias, c, ldc)) return true;
   } else {
     // Every kernel a chunk needs is generated first, so that no chunk can fail half-way.
     const std::size_t last_rows = m % tile_rows;
     if (kernel(n, tile_rows, k, ld_b, trans_a, lda, ldc, beta) != nullptr &&
         (last_rows == 0 || kernel(n, last_rows, k, ld_b, trans_a, lda, ldc, beta) != nullptr)) {
       parallel::for_chunks(tile_count, 1, [&](std::size_t first, std::size_t last) {
-        tiles(trans_a, first * tile_rows, std::min(m, last * tile_rows), n, k, alpha, a, lda, b_kn, ld_b, beta, c,
-              ldc);
+        tiles(trans_a, first * tile_rows, std::min(m, last * tile_rows), n, k, alpha, a, lda, b_kn, ld_b, beta, bias,
+              c, ldc);
       });
       return true;
     }
@@ -266,7 +272,7 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
 
 /// float64 (gradient checks) stays on OpenBLAS.
 [[maybe_unused]] bool gemm(Trans, Trans, std::size_t, std::size_t, std::size_t, double, const double*, std::size_t,
-                           const double*, std::size_t, double, double*, std::size_t) {
+                           const double*, std::size_t, double, const double*, double*, std::size_t) {
   return false;
 }
 
@@ -284,7 +290,7 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
       for (std::size_t j = 0; j < n; ++j) c[i * ldc + j] = beta == real(0) ? real(0) : beta * c[i * ldc + j];
     return;
   }
-  if (jit::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
+  if (jit::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, nullptr, c, ldc)) return;
   // Each thread computes its own block of C's rows: every element of C is still one dot product
   // over K in OpenBLAS's order, on the same code path and at the same place in its tiles, so the
   // split changes no bits (tested). A product with fewer than two chunks' worth of rows runs on
@@ -306,6 +312,18 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
     gemm_typed(CblasRowMajor, to_cblas(trans_a), to_cblas(trans_b), to_int(end - begin), to_int(n), to_int(k), alpha,
                a_rows, to_int(lda), b, to_int(ldb), beta, c + begin * ldc, to_int(ldc));
   });
+}
+
+void gemm_plus_bias(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, const real* a,
+                    std::size_t lda, const real* b, std::size_t ldb, const real* bias, real* c, std::size_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k > 0 && jit::gemm(trans_a, trans_b, m, n, k, real(1), a, lda, b, ldb, real(1), bias, c, ldc)) return;
+  // Every row starts as the bias; the product adds op(A)·op(B) to it (beta 1).
+  parallel::for_chunks(m, std::max<std::size_t>(1, parallel::min_elements_per_chunk / n),
+                       [&](std::size_t first, std::size_t last) {
+    for (std::size_t r = first; r < last; ++r) std::copy_n(bias, n, c + r * ldc);
+  });
+  gemm(trans_a, trans_b, m, n, k, real(1), a, lda, b, ldb, real(1), c, ldc);
 }
 
 void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c) {

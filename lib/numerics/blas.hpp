@@ -25,6 +25,12 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
           const real* a, std::size_t lda, const real* b, std::size_t ldb, real beta, real* c,
           std::size_t ldc);
 
+/// C[M, N] = op(A) · op(B) + bias[N] added to every row: a linear layer's forward. The same bits
+/// as setting C's rows to the bias and calling gemm with beta 1; on libxsmm's path each tile's
+/// rows are set just before its kernel runs, while they are in L1, not in one pass before.
+void gemm_plus_bias(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, const real* a,
+                    std::size_t lda, const real* b, std::size_t ldb, const real* bias, real* c, std::size_t ldc);
+
 /// Single-precision gemm whatever `real` is; the benchmarks measure BLAS's peak with it.
 void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c);
 

@@ -13,6 +13,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cctype>
@@ -118,7 +119,7 @@ void gemm_typed(Args... args) requires std::is_same_v<real, double> { cblas_dgem
 // libxsmm generates, at run time and for this CPU's vector width, a kernel for each (columns,
 // rows, depth) that reads the operands where they are. Without packing it does no cache blocking
 // either: every 64-row tile of C streams all of op(B), and a transposed A is read down its
-// columns. Swept over 630 shapes on an AVX-512 Xeon (bench/README.md, "Which products libxsmm
+// columns. Swept over 390 shapes on an AVX-512 Xeon (bench/README.md, "Which products libxsmm
 // runs"), libxsmm was 1.2–1.6× faster where B fits in half of L2 and, for a transposed A, where K
 // or A's rows are few; elsewhere OpenBLAS was up to 3× faster. detail::runs_libxsmm holds that rule.
 //
@@ -196,17 +197,43 @@ void transpose_b(const float* b, std::size_t ldb, std::size_t n, std::size_t k, 
     for (std::size_t p = j < n_blocked ? k_blocked : 0; p < k; ++p) out[p * n + j] = b[j * ldb + p];
 }
 
-/// The kernel for one tile of `rows` rows, or null when libxsmm cannot generate it. Row-major
-/// C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: libxsmm's first operand is B (read as
-/// stored, [K, N] row-major after any transpose), its second A (transposed in place if asked).
-libxsmm_smmfunction kernel(std::size_t n, std::size_t rows, std::size_t k, std::size_t ld_b, Trans trans_a,
-                           std::size_t lda, std::size_t ldc, float beta) {
+/// libxsmm's kernel for one tile of `rows` rows from its registry (generated on first use), or null
+/// when libxsmm cannot generate it. Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ:
+/// libxsmm's first operand is B (read as stored, [K, N] row-major after any transpose), its second
+/// A (transposed in place if asked).
+libxsmm_smmfunction dispatch(std::size_t n, std::size_t rows, std::size_t k, std::size_t ld_b, Trans trans_a,
+                             std::size_t lda, std::size_t ldc, float beta) {
   const libxsmm_blasint m_ = static_cast<libxsmm_blasint>(n), n_ = static_cast<libxsmm_blasint>(rows),
                         k_ = static_cast<libxsmm_blasint>(k), lda_ = static_cast<libxsmm_blasint>(ld_b),
                         ldb_ = static_cast<libxsmm_blasint>(lda), ldc_ = static_cast<libxsmm_blasint>(ldc);
   const float one = 1.0f;
   const int flags = trans_a == Trans::Yes ? LIBXSMM_GEMM_FLAG_TRANS_B : LIBXSMM_GEMM_FLAG_NONE;
   return libxsmm_smmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &one, &beta, &flags, nullptr);
+}
+
+/// dispatch(...), remembered: the last few kernels this thread used are found without libxsmm.
+libxsmm_smmfunction kernel(std::size_t n, std::size_t rows, std::size_t k, std::size_t ld_b, Trans trans_a,
+                           std::size_t lda, std::size_t ldc, float beta) {
+  // The last few kernels this thread used: a batched matmul asks for one shape once per head,
+  // thousands of times a step, and libxsmm's own registry lookup costs more than this scan.
+  struct Recent {
+    std::array<std::size_t, 6> shape{};
+    bool transposed_a = false;
+    float beta = 0;
+    libxsmm_smmfunction kernel = nullptr;
+  };
+  thread_local std::array<Recent, 8> recent{};
+  thread_local std::size_t next_slot = 0;
+  const std::array<std::size_t, 6> shape{n, rows, k, ld_b, lda, ldc};
+  for (const Recent& r : recent)
+    if (r.kernel != nullptr && r.shape == shape && r.transposed_a == (trans_a == Trans::Yes) && r.beta == beta)
+      return r.kernel;
+  const libxsmm_smmfunction found = dispatch(n, rows, k, ld_b, trans_a, lda, ldc, beta);
+  if (found != nullptr) {
+    recent[next_slot] = {shape, trans_a == Trans::Yes, beta, found};
+    next_slot = (next_slot + 1) % recent.size();
+  }
+  return found;
 }
 
 /// Rows [begin, end) of C, in tiles of tile_rows; false (nothing written) if a kernel is missing.
@@ -369,9 +396,9 @@ bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, st
   if (n > 512 || k > 4096) return false;
   // Each 64-row tile of C reads all of op(B): beyond half of L2 it comes from L3 every time.
   if (k * n * sizeof(float) > l2_bytes / 2) return false;
-  // A transposed B is copied once per product: not worth it for a few rows of C; and above 384
+  // A transposed B is copied once per product: not worth it below 24 rows of C; and above 384
   // columns OpenBLAS's packed kernel was faster even so.
-  if (trans_b == Trans::Yes && (m < 16 || n > 384)) return false;
+  if (trans_b == Trans::Yes && (m < 24 || n > 384)) return false;
   // A transposed A is read down its columns, k rows apart by m floats: fine for short columns
   // (K ≤ 256), for few of them (M ≤ 64), or for narrow products on a modest stride.
   if (trans_a == Trans::Yes && !(k <= 256 || m <= 64 || (m <= 384 && n <= 128))) return false;

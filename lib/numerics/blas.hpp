@@ -56,8 +56,8 @@ namespace detail {
 
 /// Whether a float32 product runs libxsmm's kernels (unless QKV_GEMM=openblas), on a core with
 /// `l2_bytes` of L2: beta 0 or 1 (alpha 1 unless beta is 0), at most 512 columns and K ≤ 4096,
-/// op(B) within half of L2; a transposed B with at least 16 rows of C and at most 384 columns; a
-/// transposed A when K ≤ 256, M ≤ 64, or M ≤ 384 with at most 128 columns. Measured over 630
+/// op(B) within half of L2; a transposed B with at least 24 rows of C and at most 384 columns; a
+/// transposed A when K ≤ 256, M ≤ 64, or M ≤ 384 with at most 128 columns. Measured over 390
 /// shapes (bench/README.md, "Which products libxsmm runs").
 bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta,
                   std::size_t l2_bytes);

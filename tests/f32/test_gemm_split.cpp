@@ -121,11 +121,12 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
   Rng rng(13);
   int compared = 0, whole_products = 0;
   for (const GemmCase& g : small_product_cases()) {
-    // The products libxsmm runs, whole and in each part (a part of 22 rows has the same B).
-    if (g.m != 150 || !blas::detail::runs_libxsmm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, g.beta,
-                                                   blas::detail::l2_cache_bytes()) ||
-        !blas::detail::runs_libxsmm(g.trans_a, g.trans_b, 22, g.n, g.k, g.alpha, g.beta, blas::detail::l2_cache_bytes()))
-      continue;
+    // The products libxsmm runs whole; below, the parts it runs too (OpenBLAS makes no such promise).
+    const auto on_libxsmm = [&](std::size_t rows) {
+      return blas::detail::runs_libxsmm(g.trans_a, g.trans_b, rows, g.n, g.k, g.alpha, g.beta,
+                                        blas::detail::l2_cache_bytes());
+    };
+    if (g.m != 150 || !on_libxsmm(g.m)) continue;
     ++whole_products;
     const GemmOperands x(g, rng);
     std::vector<real> whole = x.start;
@@ -133,6 +134,7 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
                g.n);
     for (auto [first, rows] : {std::pair{std::size_t{0}, std::size_t{64}}, std::pair{std::size_t{64}, std::size_t{86}},
                                std::pair{std::size_t{128}, std::size_t{22}}, std::pair{std::size_t{0}, std::size_t{128}}}) {
+      if (!on_libxsmm(rows)) continue;
       std::vector<real> part(x.start.begin() + std::ptrdiff_t(first * g.n),
                              x.start.begin() + std::ptrdiff_t((first + rows) * g.n));
       const real* a_rows = g.trans_a == blas::Trans::Yes ? x.a.data() + first : x.a.data() + first * x.lda;
@@ -144,9 +146,10 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
       ++compared;
     }
   }
-  CHECK(compared == 4 * whole_products);
-  // Of the 150-row cases (5 widths up to 512 × 3 depths × 4 transposes × 3 alpha/beta), most run libxsmm.
+  // Of the 150-row cases (5 widths up to 512 × 3 depths × 4 transposes × 3 alpha/beta), most run
+  // libxsmm, and so do most of their parts (a transposed B's 22-row part does not).
   CHECK(whole_products >= 100);
+  CHECK(compared >= 3 * whole_products);
 }
 
 TEST_CASE("float32: which products run libxsmm (the rule measured in bench/README.md)") {
@@ -168,8 +171,8 @@ TEST_CASE("float32: which products run libxsmm (the rule measured in bench/READM
   CHECK_FALSE(runs(Trans::No, Trans::No, 1024, 512, 1024));
   CHECK(runs(Trans::No, Trans::No, 1024, 256, 1024));  // 1 MiB: just within
   CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1024, 256, 1024, 1.0f, 0.0f, std::size_t{1} << 20));
-  // a transposed B: not for fewer than 16 rows, nor above 384 columns (transformer-small's vocabulary product)
-  CHECK_FALSE(runs(Trans::No, Trans::Yes, 8, 64, 64));
+  // a transposed B: not for fewer than 24 rows, nor above 384 columns (transformer-small's vocabulary product)
+  CHECK_FALSE(runs(Trans::No, Trans::Yes, 16, 64, 64));
   CHECK_FALSE(runs(Trans::No, Trans::Yes, 1024, 512, 256));
   CHECK(runs(Trans::No, Trans::Yes, 64, 384, 128));
   // a transposed A: transformer-small's weight gradients (K = 1024, 256 columns) stay on OpenBLAS

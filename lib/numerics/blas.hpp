@@ -48,7 +48,8 @@ std::string kernel_name();
 
 /// One line for logs: the library, the kernel and who chose it, and (float32) what runs the small
 /// products, e.g. "OpenBLAS 0.3.21, SkylakeX kernel (chosen by qkv: OpenBLAS picked Prescott for
-/// this CPU, which has AVX-512); products of at most 512 columns: libxsmm 1.17 JIT, skx kernels".
+/// this CPU, which has AVX-512); small products (at most 512 columns, B within 1024 KiB, half this
+/// core's L2): libxsmm 1.17 JIT, skx kernels".
 /// Throws qkv::Error naming QKV_GEMM when it holds neither "auto" nor "openblas".
 std::string describe();
 

@@ -85,6 +85,14 @@ std::vector<GemmCase> small_product_cases() {
   return cases;
 }
 
+/// QKV_GEMM=openblas (a ctest case runs this file so): says why a libxsmm-only test is skipped.
+bool libxsmm_turned_off(const char* why) {
+  const char* choice = std::getenv("QKV_GEMM");
+  if (choice == nullptr || std::string(choice) != "openblas") return false;
+  MESSAGE("skipped: QKV_GEMM=openblas (" << std::string(why) << ")");
+  return true;
+}
+
 }  // namespace
 
 TEST_CASE("float32: gemm agrees with a float64 sum on every path (libxsmm's small products and OpenBLAS's)") {
@@ -113,11 +121,7 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
   // kernel whatever else is computed. (Not any cut: libxsmm generates another kernel for another
   // tile height, and a 16-row product's rows can differ in the last bit from the same rows of a
   // 64-row tile — seen at 200 columns.)
-  const char* choice = std::getenv("QKV_GEMM");
-  if (choice != nullptr && std::string(choice) == "openblas") {
-    MESSAGE("skipped: QKV_GEMM=openblas (OpenBLAS's small-product paths make no such promise)");
-    return;
-  }
+  if (libxsmm_turned_off("OpenBLAS's small-product paths make no such promise")) return;
   Rng rng(13);
   int compared = 0, whole_products = 0;
   for (const GemmCase& g : small_product_cases()) {
@@ -189,11 +193,7 @@ TEST_CASE("float32: which products run libxsmm (the rule measured in bench/READM
 TEST_CASE("float32: a transposed B is copied exactly, on every edge of the 8×8 blocks") {
   // The copy into libxsmm's layout must not change a bit: the product with a transposed B equals
   // the product with the same B stored transposed, for widths and depths on and off multiples of 8.
-  const char* choice = std::getenv("QKV_GEMM");
-  if (choice != nullptr && std::string(choice) == "openblas") {
-    MESSAGE("skipped: QKV_GEMM=openblas (OpenBLAS reads a transposed B in place, with other bits)");
-    return;
-  }
+  if (libxsmm_turned_off("OpenBLAS reads a transposed B in place, with other bits")) return;
   Rng rng(14);
   int compared = 0;
   for (std::size_t n : {8u, 13u, 40u, 64u, 100u})

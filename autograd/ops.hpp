@@ -90,6 +90,9 @@ Variable permute(const Variable& x, const std::vector<std::size_t>& order);
 /// [B, T, H·d] -> [B, H, T, d]: multi-head attention's split into heads, in one copy (the
 /// same as permute(reshape(x, {B, T, H, d}), {0, 2, 1, 3}), which copies twice).
 Variable split_heads(const Variable& x, std::size_t heads);
+/// The same for `columns` of x [B, T, C] from `first_column`: one block of a stacked q, k, v
+/// projection split into heads without slicing it out first.
+Variable split_heads(const Variable& x, std::size_t heads, std::size_t first_column, std::size_t columns);
 /// [B, H, T, d] -> [B, T, H·d]: the heads joined back, in one copy.
 Variable merge_heads(const Variable& x);
 /// Elements [start, end) along `axis`.

@@ -236,21 +236,84 @@ Variable permute(const Variable& x, const std::vector<std::size_t>& order) {
   return permuted("permute", x, shape, order, {});
 }
 
+namespace {
+
+/// Between rows [B, T, row_stride] (a block of H·d columns from `first_column`) and heads
+/// [B, H, T, d]: one run of d floats per (b, h, t). The generic strided walk costs more per
+/// run than these short copies do.
+struct HeadLayout {
+  std::size_t batch, steps, heads, head_dim, row_stride, first_column;
+  std::size_t row_offset(std::size_t b, std::size_t t, std::size_t h) const {
+    return (b * steps + t) * row_stride + first_column + h * head_dim;
+  }
+  std::size_t head_offset(std::size_t b, std::size_t t, std::size_t h) const {
+    return ((b * heads + h) * steps + t) * head_dim;
+  }
+};
+
+enum class Towards { Heads, Rows };
+
+/// Copies (or adds) every d-float run from one layout to the other, split over threads by (b, t).
+void move_heads(const HeadLayout& l, const real* from, real* to, Towards towards, Mode mode) {
+  const std::size_t width = l.heads * l.head_dim;
+  parallel::for_chunks(l.batch * l.steps, std::max<std::size_t>(1, parallel::min_elements_per_chunk / width),
+                       [&](std::size_t first, std::size_t last) {
+    for (std::size_t bt = first; bt < last; ++bt) {
+      const std::size_t b = bt / l.steps, t = bt % l.steps;
+      for (std::size_t h = 0; h < l.heads; ++h) {
+        const std::size_t row = l.row_offset(b, t, h), head = l.head_offset(b, t, h);
+        const real* s = from + (towards == Towards::Heads ? row : head);
+        real* d = to + (towards == Towards::Heads ? head : row);
+        if (mode == Mode::Assign) std::copy_n(s, l.head_dim, d);
+        else
+          for (std::size_t i = 0; i < l.head_dim; ++i) d[i] += s[i];
+      }
+    }
+  });
+}
+
+}  // namespace
+
 Variable split_heads(const Variable& x, std::size_t heads) {
   const Shape shape = x.shape();
   check_shape(shape.size() == 3 && heads > 0 && shape[2] % heads == 0, "split_heads", [&] {
     return "needs [B, T, E] with E divisible by the " + std::to_string(heads) + " heads, got " + to_string(shape);
   });
-  const std::size_t batch = shape[0], steps = shape[1], head_dim = shape[2] / heads;
-  // Read as [B, T, H, d], written as [B, H, T, d].
-  return permuted("split_heads", x, {batch, steps, heads, head_dim}, {0, 2, 1, 3}, {});
+  return split_heads(x, heads, 0, shape[2]);
+}
+
+Variable split_heads(const Variable& x, std::size_t heads, std::size_t first_column, std::size_t columns) {
+  const Shape shape = x.shape();
+  check_shape(shape.size() == 3 && heads > 0 && columns % heads == 0 && first_column + columns <= shape[2],
+              "split_heads", [&] {
+    return "needs [B, T, C] with columns [" + std::to_string(first_column) + ", " +
+           std::to_string(first_column + columns) + ") inside C and divisible by the " + std::to_string(heads) +
+           " heads, got " + to_string(shape);
+  });
+  const HeadLayout layout{shape[0], shape[1], heads, columns / heads, shape[2], first_column};
+  Array out = Array::from_shape({layout.batch, heads, layout.steps, layout.head_dim});  // [B, H, T, d]
+  move_heads(layout, x.value().data(), out.data(), Towards::Heads, Mode::Assign);
+  const bool whole = first_column == 0 && columns == shape[2];
+  return make_op("split_heads", std::move(out), {x}, [layout, whole](const Array& g, const Array&, std::span<Variable> in) {
+    if (whole) {  // g reaches every slot of x: a fresh buffer is written, not zeroed first
+      const GradientOut dx = in[0].gradient_out();
+      move_heads(layout, g.data(), dx.data, Towards::Rows, dx.accumulate ? Mode::Add : Mode::Assign);
+    } else {  // only this block's columns: the rest of x's gradient comes from the other blocks
+      move_heads(layout, g.data(), in[0].grad_buffer().data(), Towards::Rows, Mode::Add);
+    }
+  });
 }
 
 Variable merge_heads(const Variable& x) {
   const Shape shape = x.shape();
   check_shape(shape.size() == 4, "merge_heads", [&] { return "needs [B, H, T, d], got " + to_string(shape); });
-  // Written as [B, T, H, d], labelled [B, T, H·d].
-  return permuted("merge_heads", x, shape, {0, 2, 1, 3}, {shape[0], shape[2], shape[1] * shape[3]});
+  const HeadLayout layout{shape[0], shape[2], shape[1], shape[3], shape[1] * shape[3], 0};
+  Array out = Array::from_shape({layout.batch, layout.steps, layout.row_stride});  // [B, T, H·d]
+  move_heads(layout, x.value().data(), out.data(), Towards::Rows, Mode::Assign);
+  return make_op("merge_heads", std::move(out), {x}, [layout](const Array& g, const Array&, std::span<Variable> in) {
+    const GradientOut dx = in[0].gradient_out();  // every slot of x: written when fresh
+    move_heads(layout, g.data(), dx.data, Towards::Heads, dx.accumulate ? Mode::Add : Mode::Assign);
+  });
 }
 
 Variable slice(const Variable& x, long axis, std::size_t start, std::size_t end) {

@@ -315,17 +315,28 @@ MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, cons
   check_inputs(query, key, value, embed_dim_);
   Variable q, k, v;  // q [B, H, T, d]; k, v [B, H_kv, T, d]
   if (query.id() == key.id() && key.id() == value.id()) {
-    // Self-attention: one gemm against the stacked weight (two when grouped), then cut.
+    // Self-attention: one gemm against the stacked weight (two when grouped), each block then
+    // split into heads where it lies.
     const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
-    std::vector<Variable> parts;
+    Variable queries, keys_values;  // [B, T, E]; [B, T, 2·H_kv·d] (k's block first)
+    std::size_t kv_first = 0;
     if (in_proj_weight_.defined()) {
-      parts = split(project_blocks(query, 0, 3), {embed, embed, embed}, -1);  // [B, T, E] each
+      queries = keys_values = project_blocks(query, 0, 3);  // [B, T, 3E]
+      kv_first = embed;
     } else {
-      parts = split(project_blocks(query, 1, 3), {kv, kv}, -1);  // [B, T, H_kv·d] each
-      parts.insert(parts.begin(), project_blocks(query, 0, 1));   // [B, T, E]
+      queries = project_blocks(query, 0, 1);      // [B, T, E]
+      keys_values = project_blocks(query, 1, 3);  // [B, T, 2·H_kv·d]
     }
-    q = normalize_head(split_heads(parts[0], num_heads_), 0), k = normalize_head(split_heads(parts[1], num_kv_heads_), 1),
-    v = split_heads(parts[2], num_kv_heads_);
+    q = normalize_head(split_heads(queries, num_heads_, 0, embed), 0);
+    k = normalize_head(split_heads(keys_values, num_kv_heads_, kv_first, kv), 1);
+    v = split_heads(keys_values, num_kv_heads_, kv_first + kv, kv);
+  } else if (key.id() == value.id()) {
+    // Cross-attention over one memory: k and v from one gemm against their stacked rows.
+    const std::size_t kv = num_kv_heads_ * head_dim();
+    const Variable keys_values = project_blocks(key, 1, 3);  // [B, Tk, 2·H_kv·d]
+    q = project(query, 0);
+    k = normalize_head(split_heads(keys_values, num_kv_heads_, 0, kv), 1);
+    v = split_heads(keys_values, num_kv_heads_, kv, kv);
   } else {
     q = project(query, 0), k = project(key, 1), v = project(value, 2);
   }

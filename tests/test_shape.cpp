@@ -194,3 +194,26 @@ TEST_CASE("split_heads and merge_heads equal the reshape + permute they replace,
                        ShapeError);
   CHECK_THROWS_WITH_AS(merge_heads(x), doctest::Contains("merge_heads: needs [B, H, T, d], got [2, 3, 8]"), ShapeError);
 }
+
+TEST_CASE("split_heads of a column block equals slicing the block out first, and its gradients add up") {
+  // Multi-head attention splits q, k and v out of one stacked projection [B, T, 3E] this way.
+  const Variable x(random_array({2, 3, 12}, 72));  // [B, T, 3·H·d] with H = 2, d = 2
+  for (std::size_t first : {0u, 4u, 8u}) {
+    const Variable block = split_heads(x, 2, first, 4);
+    CHECK(block.shape() == Shape{2, 2, 3, 2});
+    CHECK(max_abs_diff(block.value(), split_heads(slice(x, -1, first, first + 4), 2).value()) == 0);
+  }
+  // All three blocks of one input, as attention uses them: each adds its columns' gradient.
+  QKV_CHECK_GRADIENTS(
+      [](const auto& in) {
+        return split_heads(in[0], 2, 0, 4) * split_heads(in[0], 2, 4, 4) + split_heads(in[0], 2, 8, 4);
+      },
+      {Variable(x.value())});
+  // One block alone: the other columns' gradient stays zero.
+  QKV_CHECK_GRADIENTS([](const auto& in) { return split_heads(in[0], 2, 4, 4); }, {Variable(x.value())});
+  CHECK_THROWS_WITH_AS(split_heads(x, 2, 10, 4),
+                       doctest::Contains("split_heads: needs [B, T, C] with columns [10, 14) inside C and divisible "
+                                         "by the 2 heads, got [2, 3, 12]"),
+                       ShapeError);
+  CHECK_THROWS_WITH_AS(split_heads(x, 3, 0, 4), doctest::Contains("divisible by the 3 heads"), ShapeError);
+}

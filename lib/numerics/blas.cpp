@@ -13,7 +13,6 @@
 #endif
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <chrono>
 #include <cctype>
@@ -178,10 +177,7 @@ __attribute__((target("avx2"))) void transpose_8x8(const float* in, std::size_t 
 void transpose_b(const float* b, std::size_t ldb, std::size_t n, std::size_t k, float* out) {
   std::size_t n_blocked = 0, k_blocked = 0;
 #if defined(QKV_BLAS_AVX_TRANSPOSE)
-  static const bool avx2 = [] {
-    __builtin_cpu_init();  // GCC fills its cpuid record in a constructor; a static initialiser may come first
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
+  static const bool avx2 = detail::cpu_isa() >= detail::Isa::Avx2;
   if (avx2) {
     n_blocked = n / 8 * 8;
     k_blocked = k / 8 * 8;
@@ -201,39 +197,14 @@ void transpose_b(const float* b, std::size_t ldb, std::size_t n, std::size_t k, 
 /// when libxsmm cannot generate it. Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ:
 /// libxsmm's first operand is B (read as stored, [K, N] row-major after any transpose), its second
 /// A (transposed in place if asked).
-libxsmm_smmfunction dispatch(std::size_t n, std::size_t rows, std::size_t k, std::size_t ld_b, Trans trans_a,
-                             std::size_t lda, std::size_t ldc, float beta) {
+libxsmm_smmfunction kernel(std::size_t n, std::size_t rows, std::size_t k, std::size_t ld_b, Trans trans_a,
+                           std::size_t lda, std::size_t ldc, float beta) {
   const libxsmm_blasint m_ = static_cast<libxsmm_blasint>(n), n_ = static_cast<libxsmm_blasint>(rows),
                         k_ = static_cast<libxsmm_blasint>(k), lda_ = static_cast<libxsmm_blasint>(ld_b),
                         ldb_ = static_cast<libxsmm_blasint>(lda), ldc_ = static_cast<libxsmm_blasint>(ldc);
   const float one = 1.0f;
   const int flags = trans_a == Trans::Yes ? LIBXSMM_GEMM_FLAG_TRANS_B : LIBXSMM_GEMM_FLAG_NONE;
   return libxsmm_smmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &one, &beta, &flags, nullptr);
-}
-
-/// dispatch(...), remembered: the last few kernels this thread used are found without libxsmm.
-libxsmm_smmfunction kernel(std::size_t n, std::size_t rows, std::size_t k, std::size_t ld_b, Trans trans_a,
-                           std::size_t lda, std::size_t ldc, float beta) {
-  // The last few kernels this thread used: a batched matmul asks for one shape once per head,
-  // thousands of times a step, and libxsmm's own registry lookup costs more than this scan.
-  struct Recent {
-    std::array<std::size_t, 6> shape{};
-    bool transposed_a = false;
-    float beta = 0;
-    libxsmm_smmfunction kernel = nullptr;
-  };
-  thread_local std::array<Recent, 8> recent{};
-  thread_local std::size_t next_slot = 0;
-  const std::array<std::size_t, 6> shape{n, rows, k, ld_b, lda, ldc};
-  for (const Recent& r : recent)
-    if (r.kernel != nullptr && r.shape == shape && r.transposed_a == (trans_a == Trans::Yes) && r.beta == beta)
-      return r.kernel;
-  const libxsmm_smmfunction found = dispatch(n, rows, k, ld_b, trans_a, lda, ldc, beta);
-  if (found != nullptr) {
-    recent[next_slot] = {shape, trans_a == Trans::Yes, beta, found};
-    next_slot = (next_slot + 1) % recent.size();
-  }
-  return found;
 }
 
 /// Rows [begin, end) of C, in tiles of tile_rows; false (nothing written) if a kernel is missing.

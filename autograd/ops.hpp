@@ -17,6 +17,7 @@
 //   check_arg with a lambda) when they run per element or on a hot path.
 // - Every tensor line that is not obvious carries its shape in a comment: `// [B, T, D]`.
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -114,6 +115,19 @@ Variable matmul(const Variable& a, const Variable& b, Trans transpose_a = Trans:
 /// x Wᵀ + b over the last dim of x: [..., in] x [out, in] -> [..., out], one gemm for all the
 /// leading dims. `bias` ([out]) may be undefined.
 Variable linear(const Variable& x, const Variable& weight, const Variable& bias);
+/// A weight W [out, in] with Wᵀ [in, out] laid out once, for a loop that applies the same
+/// weight at every step (a recurrent cell, a decoder's query projection): linear over it runs
+/// the plain product, where x Wᵀ makes the gemm copy the transposed W at each call (a quarter of
+/// a [64, 128] x [128, 384] product's time here). A snapshot of the value: prepare it again
+/// once the weight has changed (the models prepare theirs in each forward).
+struct PreparedWeight {
+  Variable weight;                          // [out, in]; gradients flow to it
+  std::shared_ptr<const Array> transposed;  // [in, out], a copy of its value
+};
+PreparedWeight prepare_weight(const Variable& weight);
+/// linear(x, prepared.weight, bias), the forward product read from the transposed copy. The
+/// same values; the same bits wherever both products run one kernel (libxsmm's, blas.hpp).
+Variable linear(const Variable& x, const PreparedWeight& weight, const Variable& bias);
 
 // ---- neural-network ops ----------------------------------------------------------------
 /// Rows of `weight` ([V, D]) picked by `indices` (any shape) -> [..., D]. The backward

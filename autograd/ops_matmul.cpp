@@ -160,7 +160,10 @@ Variable matmul(const Variable& a, const Variable& b, Trans ta, Trans tb, real s
   });
 }
 
-Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
+namespace {
+
+/// linear's checks, product and graph node; `transposed` (Wᵀ [in, out]) when prepared.
+Variable linear_impl(const Variable& x, const Variable& weight, const Array* transposed, const Variable& bias) {
   const Shape sx = x.shape(), sw = weight.shape();
   check_shape(sw.size() == 2, "linear", [&] { return "weight must be [out, in], got " + to_string(sw); });
   check_shape(!sx.empty() && sx.back() == sw[1], "linear", [&] {
@@ -176,16 +179,20 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
   out_shape.back() = out_features;
   Array out = Array::from_shape(out_shape);
   real* po = out.data();
-  // out[rows, out] = x[rows, in] · W[out, in]ᵀ (+ bias on every row)
+  // out[rows, out] = x[rows, in] · W[out, in]ᵀ (+ bias on every row), or · Wᵀ[in, out] as stored
+  const Trans trans_w = transposed ? Trans::No : Trans::Yes;
+  const real* pw = transposed ? transposed->data() : weight.value().data();
+  const std::size_t ldw = transposed ? out_features : in_features;
   if (bias.defined())
-    blas::gemm_plus_bias(Trans::No, Trans::Yes, rows, out_features, in_features, x.value().data(), in_features,
-                         weight.value().data(), in_features, bias.value().data(), po, out_features);
+    blas::gemm_plus_bias(Trans::No, trans_w, rows, out_features, in_features, x.value().data(), in_features, pw, ldw,
+                         bias.value().data(), po, out_features);
   else
-    blas::gemm(Trans::No, Trans::Yes, rows, out_features, in_features, 1, x.value().data(), in_features,
-               weight.value().data(), in_features, 0, po, out_features);
+    blas::gemm(Trans::No, trans_w, rows, out_features, in_features, 1, x.value().data(), in_features, pw, ldw, 0,
+               po, out_features);
 
   std::vector<Variable> inputs{x, weight};
   if (bias.defined()) inputs.push_back(bias);
+  // The backward reads W itself: dx = dy · W is the plain product already.
   return make_op("linear", std::move(out), std::move(inputs),
                  [rows, in_features, out_features](const Array& g, const Array&, std::span<Variable> in) {
     // A fresh gradient buffer is written with beta 0, one holding a gradient added to (beta 1).
@@ -202,6 +209,31 @@ Variable linear(const Variable& x, const Variable& weight, const Variable& bias)
     if (in.size() > 2 && in[2].requires_grad())  // db[out] += Σ_rows dy[rows, out]
       kernels::add_column_sums(g.data(), rows, out_features, in[2].grad_buffer().data());
   });
+}
+
+}  // namespace
+
+Variable linear(const Variable& x, const Variable& weight, const Variable& bias) {
+  return linear_impl(x, weight, nullptr, bias);
+}
+
+PreparedWeight prepare_weight(const Variable& weight) {
+  const Shape sw = weight.shape();
+  check_shape(sw.size() == 2, "prepare_weight", [&] { return "weight must be [out, in], got " + to_string(sw); });
+  const std::size_t out_features = sw[0], in_features = sw[1];
+  auto transposed = std::make_shared<Array>(Array::from_shape({in_features, out_features}));  // [in, out]
+  blas::transpose(out_features, in_features, weight.value().data(), in_features, transposed->data());
+  return {weight, std::move(transposed)};
+}
+
+Variable linear(const Variable& x, const PreparedWeight& weight, const Variable& bias) {
+  const Shape sw = weight.weight.shape();
+  const bool matches = weight.transposed && sw.size() == 2 && shape_of(*weight.transposed) == Shape{sw[1], sw[0]};
+  check_shape(matches, "linear", [&] {
+    return "the prepared weight's transposed copy must be [in, out] for weight " + to_string(sw) + ", got " +
+           (weight.transposed ? to_string(shape_of(*weight.transposed)) : std::string("none"));
+  });
+  return linear_impl(x, weight.weight, weight.transposed.get(), bias);
 }
 
 }  // namespace qkv

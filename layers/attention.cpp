@@ -262,9 +262,14 @@ AttentionOutput AdditiveAttention::forward(const Variable& queries, const Variab
   return forward_projected(queries, project_keys(keys), values, allowed);
 }
 
+std::optional<PreparedWeight> AdditiveAttention::prepare_query_weight() const {
+  if (int8_w_q_.active()) return std::nullopt;
+  return prepare_weight(w_q_);
+}
+
 AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, const Variable& projected_keys,
                                                      const Variable& values, const std::optional<BoolArray>& allowed,
-                                                     const IndexArray* key_rows) {
+                                                     const IndexArray* key_rows, const PreparedWeight* query_weight) {
   const Shape sq = queries.shape(), sk = projected_keys.shape(), sv = values.shape();
   // The messages are built only on failure: a decoder calls this at every time step.
   const auto shapes = [&] {
@@ -286,7 +291,10 @@ AttentionOutput AdditiveAttention::forward_projected(const Variable& queries, co
     });
   }
 
+  check_arg(!query_weight || (query_weight->weight.id() == w_q_.id() && !int8_w_q_.active()), "AdditiveAttention",
+            "the prepared query weight is not this layer's float W_q: prepare it with prepare_query_weight()");
   const Variable projected_queries = int8_w_q_.active() ? int8_w_q_.linear(queries, Variable(), "AdditiveAttention (int8)")
+                                     : query_weight     ? linear(queries, *query_weight, Variable())
                                                         : linear(queries, w_q_, Variable());  // [B, Tq, hidden]
   // Every query against every key, vᵀ tanh(W_q q + W_k k), in one fused op.
   Variable scores = key_rows ? additive_scores(projected_queries, projected_keys, *key_rows, v_)

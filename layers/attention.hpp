@@ -198,9 +198,14 @@ class AdditiveAttention : public Module {
   /// As forward, with keys already projected by project_keys. With `key_rows` [B], batch row b
   /// reads row key_rows[b] of projected_keys [N, Tk, hidden] and values [N, Tk, dv] (beam
   /// hypotheses sharing their sentence's encoder outputs); without, row b.
+  /// `query_weight`, when given, is W_q from prepare_query_weight(), made once for a decoder's
+  /// steps.
   AttentionOutput forward_projected(const Variable& queries, const Variable& projected_keys,
                                     const Variable& values, const std::optional<BoolArray>& allowed = std::nullopt,
-                                    const IndexArray* key_rows = nullptr);
+                                    const IndexArray* key_rows = nullptr, const PreparedWeight* query_weight = nullptr);
+  /// W_q transposed once (ops.hpp), valid until the weight next changes; none once int8 W_q runs
+  /// (quantize_int8), which has its own layout.
+  std::optional<PreparedWeight> prepare_query_weight() const;
   /// Int8 inference from now on for W_q and W_k (layers/quantized.hpp).
   Int8Report quantize_int8(const Int8Options& options = {});
 

@@ -19,10 +19,12 @@ Variable gru_step(const Variable& input_gates, const Variable& h, const Variable
 }
 
 /// gru_step with the input gates read in place: rows [first_row, first_row + B) of
-/// `input_gates` [R, 3H] plus `extra_input_gates` [B, 3H] if defined.
+/// `input_gates` [R, 3H] plus `extra_input_gates` [B, 3H] if defined. With `prepared`, W_hh
+/// comes transposed once for every step that applies it.
 Variable gru_step_rows(const Variable& input_gates, std::size_t first_row, const Variable& extra_input_gates,
-                       const Variable& h, const Variable& weight_hh, const Variable& bias_hh) {
-  const Variable hidden_gates = linear(h, weight_hh, bias_hh);  // [B, 3H]
+                       const Variable& h, const Variable& weight_hh, const PreparedWeight* prepared,
+                       const Variable& bias_hh) {
+  const Variable hidden_gates = prepared ? linear(h, *prepared, bias_hh) : linear(h, weight_hh, bias_hh);  // [B, 3H]
   return gru_cell_rows(input_gates, first_row, extra_input_gates, hidden_gates, h);  // [B, H]
 }
 
@@ -66,8 +68,11 @@ Variable GRUCell::forward(const Variable& x, const Variable& h) const {
   return gru_step(linear(x, weight_ih_, bias_ih_), state, weight_hh_, bias_hh_);
 }
 
+PreparedWeight GRUCell::prepare_hidden_weight() const { return prepare_weight(weight_hh_); }
+
 Variable GRUCell::forward_gate_rows(const Variable& input_gates, std::size_t first_row,
-                                    const Variable& extra_input_gates, const Variable& h) const {
+                                    const Variable& extra_input_gates, const Variable& h,
+                                    const PreparedWeight* hidden_weight) const {
   const Shape sg = input_gates.shape();
   const bool fits = sg.size() == 2 && sg[1] == 3 * hidden_size_ && h.defined() && h.rank() == 2 &&
                     h.dim(1) == hidden_size_ && first_row + h.dim(0) <= sg[0];
@@ -78,7 +83,9 @@ Variable GRUCell::forward_gate_rows(const Variable& input_gates, std::size_t fir
              " + batch) and the hidden state [batch, " + std::to_string(hidden_size_) + "], got " +
              (h.defined() ? to_string(h.shape()) : std::string("none"));
     });
-  return gru_step_rows(input_gates, first_row, extra_input_gates, h, weight_hh_, bias_hh_);
+  check_arg(!hidden_weight || hidden_weight->weight.id() == weight_hh_.id(), describe().c_str(),
+            "the prepared hidden weight is not this cell's weight_hh: prepare it with prepare_hidden_weight()");
+  return gru_step_rows(input_gates, first_row, extra_input_gates, h, weight_hh_, hidden_weight, bias_hh_);
 }
 
 // ---- GRU ----------------------------------------------------------------------------------
@@ -180,11 +187,12 @@ GRUOutput GRU::run(const Variable& input, const std::vector<std::size_t>* length
       const Variable input_gates = linear(flat_input, w.weight_ih, w.bias_ih);
       Variable h = h0.defined() ? squeeze(slice(h0, 0, index, index + 1), 0)
                                 : Variable(zeros({batch, hidden}));  // [B, H]
+      const PreparedWeight weight_hh = prepare_weight(w.weight_hh);  // transposed once for every step
       std::vector<Variable> outputs(steps);
       for (std::size_t s = 0; s < steps; ++s) {
         const std::size_t t = direction == 0 ? s : steps - 1 - s;
         // Step t's input gates are rows [t·B, (t + 1)·B) of input_gates, read in place.
-        const Variable next = gru_step_rows(input_gates, t * batch, Variable(), h, w.weight_hh, w.bias_hh);  // [B, H]
+        const Variable next = gru_step_rows(input_gates, t * batch, Variable(), h, w.weight_hh, &weight_hh, w.bias_hh);  // [B, H]
         if (all_valid[t]) {
           h = next;
           outputs[t] = h;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "autograd/ops.hpp"
 #include "layers/module.hpp"
 #include "layers/normalization.hpp"
 #include "lib/numerics/rng.hpp"
@@ -32,9 +33,13 @@ class GRUCell : public Module {
   /// whose input is partly known for every step up front (the target embeddings) projects that
   /// part for all steps in one gemm. This step's gates are rows [first_row, first_row + B) of
   /// `input_gates` [R, 3H], plus `extra_input_gates` [B, 3H] when defined (the part that is not
-  /// known up front), read in place (gru_cell_rows). `h` [B, H] is required.
+  /// known up front), read in place (gru_cell_rows). `h` [B, H] is required. `hidden_weight`,
+  /// when given, is this cell's W_hh from prepare_hidden_weight(), made once for all the steps
+  /// of a forward; without it each step's product reads W_hh transposed (cheaper for one step).
   Variable forward_gate_rows(const Variable& input_gates, std::size_t first_row, const Variable& extra_input_gates,
-                             const Variable& h) const;
+                             const Variable& h, const PreparedWeight* hidden_weight = nullptr) const;
+  /// W_hh transposed once (ops.hpp): valid until the weight next changes.
+  PreparedWeight prepare_hidden_weight() const;
   const Variable& weight_ih() const { return weight_ih_; }  // [3H, I]
   const Variable& bias_ih() const { return bias_ih_; }      // [3H], undefined without bias
   Variable operator()(const Variable& x, const Variable& h = {}) const { return forward(x, h); }

@@ -224,6 +224,19 @@ TEST_CASE("AdditiveAttention: v·tanh(W_q q + W_k k) by hand, and precomputed ke
   CHECK(projected.shape() == Shape{2, 4, 4});
   const AttentionOutput again = attention.forward_projected(Variable(q), projected, Variable(v), allowed);
   CHECK(max_abs_diff(again.output.value(), out.output.value()) == 0);
+  // W_q transposed once, as a decoder does for its steps: the same output; another layer's is refused.
+  const std::optional<PreparedWeight> query_weight = attention.prepare_query_weight();
+  REQUIRE(query_weight.has_value());
+  const AttentionOutput prepared =
+      attention.forward_projected(Variable(q), projected, Variable(v), allowed, nullptr, &*query_weight);
+  CHECK(max_abs_diff(prepared.output.value(), out.output.value()) < 1e-14);
+  Rng other_rng(1);
+  AdditiveAttention other(3, 2, 4, other_rng);
+  const std::optional<PreparedWeight> not_its_own = other.prepare_query_weight();
+  CHECK_THROWS_WITH_AS(attention.forward_projected(Variable(q), projected, Variable(v), allowed, nullptr, &*not_its_own),
+                       "AdditiveAttention: the prepared query weight is not this layer's float W_q: prepare it with "
+                       "prepare_query_weight()",
+                       Error);
 }
 
 TEST_CASE("AdditiveAttention: gradients w.r.t. inputs and W_q, W_k, v, fully masked rows included") {

@@ -40,6 +40,27 @@ TEST_CASE("GRUCell matches PyTorch: output and gradients") {
   check_close(h.grad(), fixture, "gru_cell.grad.hidden");
 }
 
+TEST_CASE("GRUCell: forward_gate_rows over a prepared W_hh gives its values and gradients, another's is refused") {
+  Rng rng(7);
+  GRUCell cell(3, 4, rng), other(3, 4, rng);
+  const Variable gates(random_array({6, 12}, 8)), extra(random_array({2, 12}, 9)), h(random_array({2, 4}, 10));
+  const PreparedWeight prepared = cell.prepare_hidden_weight();
+  CHECK(max_abs_diff(cell.forward_gate_rows(gates, 2, extra, h, &prepared).value(),
+                     cell.forward_gate_rows(gates, 2, extra, h).value()) < 1e-14);
+  QKV_CHECK_GRADIENTS(
+      [&](const auto& x) {
+        const PreparedWeight fresh = cell.prepare_hidden_weight();  // of the perturbed W_hh
+        return cell.forward_gate_rows(x[0], 2, x[1], x[2], &fresh);
+      },
+      {Variable(random_array({6, 12}, 11)), Variable(random_array({2, 12}, 12)), Variable(random_array({2, 4}, 13))},
+      cell.named_parameters());
+  const PreparedWeight not_its_own = other.prepare_hidden_weight();
+  CHECK_THROWS_WITH_AS(cell.forward_gate_rows(gates, 2, extra, h, &not_its_own),
+                       "GRUCell(3, 4): the prepared hidden weight is not this cell's weight_hh: prepare it with "
+                       "prepare_hidden_weight()",
+                       Error);
+}
+
 TEST_CASE("GRUCell: names, initialisation, gradcheck, zero initial state") {
   Rng rng(2);
   GRUCell cell(3, 4, rng);

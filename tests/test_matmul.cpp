@@ -157,6 +157,29 @@ TEST_CASE("linear gradients with and without bias") {
                       {Variable(random_array({3, 4}, 313))}, {{"weight", weight}, {"bias", b}});
 }
 
+TEST_CASE("linear over a prepared weight: linear's values and gradients, and bad copies refused") {
+  const Array x = random_array({2, 3, 4}, 320);
+  const Array w = random_array({5, 4}, 321);
+  const Array bias = random_array({5}, 322);
+  const PreparedWeight prepared = prepare_weight(Variable(w));
+  CHECK(shape_of(*prepared.transposed) == Shape{4, 5});
+  CHECK(max_abs_diff(linear(Variable(x), prepared, Variable(bias)).value(),
+                     linear(Variable(x), Variable(w), Variable(bias)).value()) < 1e-14);
+  // Prepared inside the function, so each perturbed weight is transposed afresh.
+  QKV_CHECK_GRADIENTS([](const auto& in) { return linear(in[0], prepare_weight(in[1]), in[2]); },
+                      {Variable(x), Variable(w), Variable(bias)});
+  QKV_CHECK_GRADIENTS([](const auto& in) { return linear(in[0], prepare_weight(in[1]), Variable()); },
+                      {Variable(x), Variable(w)});
+  CHECK_THROWS_WITH_AS(prepare_weight(Variable(zeros({3}))), "prepare_weight: weight must be [out, in], got [3]",
+                       ShapeError);
+  const PreparedWeight wrong{Variable(w), std::make_shared<const Array>(zeros({5, 4}))};
+  CHECK_THROWS_WITH_AS(linear(Variable(x), wrong, Variable()),
+                       "linear: the prepared weight's transposed copy must be [in, out] for weight [5, 4], got [5, 4]",
+                       ShapeError);
+  CHECK_THROWS_WITH_AS(linear(Variable(zeros({2, 5})), prepared, Variable()),
+                       "linear: input [2, 5] does not end in the weight's input size 4 (weight [5, 4])", ShapeError);
+}
+
 TEST_CASE("bad matmul shapes throw naming the op and both shapes") {
   const Variable a(zeros({2, 3})), b(zeros({4, 5}));
   CHECK_THROWS_WITH_AS(matmul(a, b), "matmul: cannot multiply [2, 3] by [4, 5]: inner dimensions 3 and 4 differ",

@@ -324,6 +324,20 @@ void gemm_plus_bias(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, 
   gemm(trans_a, trans_b, m, n, k, real(1), a, lda, b, ldb, real(1), c, ldc);
 }
 
+namespace {
+[[maybe_unused]] void transpose_typed(std::size_t rows, std::size_t cols, const float* in, std::size_t ld_in, float* out) {
+  jit::transpose_b(in, ld_in, rows, cols, out);
+}
+[[maybe_unused]] void transpose_typed(std::size_t rows, std::size_t cols, const double* in, std::size_t ld_in, double* out) {
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) out[c * rows + r] = in[r * ld_in + c];
+}
+}  // namespace
+
+void transpose(std::size_t rows, std::size_t cols, const real* in, std::size_t ld_in, real* out) {
+  transpose_typed(rows, cols, in, ld_in, out);
+}
+
 void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, to_int(m), to_int(n), to_int(k), 1.0f, a,
               to_int(k), b, to_int(n), 0.0f, c, to_int(n));

@@ -31,6 +31,11 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
 void gemm_plus_bias(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, const real* a,
                     std::size_t lda, const real* b, std::size_t ldb, const real* bias, real* c, std::size_t ldc);
 
+/// out [cols, rows] (row stride rows) = the transpose of `in` [rows, cols] (row stride ld_in): the
+/// copy gemm makes of a transposed operand for libxsmm, in 8×8 AVX2 register blocks where the
+/// CPU has them (float32), element by element otherwise.
+void transpose(std::size_t rows, std::size_t cols, const real* in, std::size_t ld_in, real* out);
+
 /// Single-precision gemm whatever `real` is; the benchmarks measure BLAS's peak with it.
 void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c);
 

@@ -225,15 +225,19 @@ BahdanauModel::InputWeights BahdanauModel::split_input_weights() const {
 }
 
 BahdanauModel::StepResult BahdanauModel::step(BahdanauState& state, const Variable& embedding_gates,
-                                               std::size_t first_row, const Variable& context_weight) {
+                                               std::size_t first_row, const Variable& context_weight,
+                                               const PreparedStepWeights* prepared) {
   const Variable query = unsqueeze(state.hidden.back(), 1);  // [B, 1, H]
+  const PreparedWeight* query_weight = prepared && prepared->query ? &*prepared->query : nullptr;
   const AttentionOutput attended =
       attention_->forward_projected(query, state.projected_keys, state.encoder_outputs, state.allowed,
-                                    &state.sentence_of_row);
+                                    &state.sentence_of_row, query_weight);
   // W_ih [y; c] + b_ih = (W_e y + b_ih) + W_c c: the embedding half comes precomputed.
-  const Variable context = squeeze(attended.output, 1);                             // [B, D·H]
-  const Variable context_gates = linear(context, context_weight, Variable());       // [B, 3H]
-  state.hidden[0] = decoder_[0]->forward_gate_rows(embedding_gates, first_row, context_gates, state.hidden[0]);  // [B, H]
+  const Variable context = squeeze(attended.output, 1);  // [B, D·H]
+  const Variable context_gates = prepared ? linear(context, prepared->context, Variable())
+                                          : linear(context, context_weight, Variable());  // [B, 3H]
+  state.hidden[0] = decoder_[0]->forward_gate_rows(embedding_gates, first_row, context_gates, state.hidden[0],
+                                                   prepared ? &prepared->hidden : nullptr);  // [B, H]
   for (std::size_t layer = 1; layer < decoder_.size(); ++layer)
     state.hidden[layer] = decoder_[layer]->forward(drop(state.hidden[layer - 1]), state.hidden[layer]);  // [B, H]
   return {attended.weights, context};  // [B, 1, S], [B, D·H]
@@ -267,8 +271,10 @@ Seq2SeqOutput BahdanauModel::forward(const IndexArray& source, const IndexArray&
   std::vector<Variable> top_states(steps);  // T x [B, H_dec]
   std::vector<Variable> contexts(steps);    // T x [B, D·H]
   Array weights = Array::from_shape({batch, steps, source_steps});  // [B, T, S]
+  const PreparedStepWeights prepared{prepare_weight(input_weights.context), decoder_[0]->prepare_hidden_weight(),
+                                     attention_->prepare_query_weight()};
   for (std::size_t t = 0; t < steps; ++t) {
-    const StepResult stepped = step(state, embedding_gates, t * batch, input_weights.context);
+    const StepResult stepped = step(state, embedding_gates, t * batch, input_weights.context, &prepared);
     const Variable& step_weights = stepped.weights;  // [B, 1, S]
     top_states[t] = state.hidden.back();
     contexts[t] = stepped.context;
@@ -298,7 +304,7 @@ StepOutput BahdanauModel::decode_step(DecoderState& state, const IndexArray& pre
   const InputWeights input_weights = split_input_weights();
   const Variable embedded = drop(target_embedding_->forward(previous_tokens));                 // [B, E]
   const Variable embedding_gates = linear(embedded, input_weights.embedding, decoder_[0]->bias_ih());  // [B, 3H_dec]
-  const StepResult stepped = step(*bahdanau, embedding_gates, 0, input_weights.context);
+  const StepResult stepped = step(*bahdanau, embedding_gates, 0, input_weights.context, nullptr);
   const Variable& step_weights = stepped.weights;  // [B, 1, S]
   StepOutput result;
   result.logits = output_->forward(readout(bahdanau->hidden.back(), stepped.context, embedded));  // [B, V]

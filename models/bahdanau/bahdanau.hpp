@@ -137,8 +137,15 @@ class BahdanauModel : public Seq2SeqModel {
   /// W_e embedding(y) + b_ih, as rows [first_row, first_row + B) of `embedding_gates` [R, 3H_dec]
   /// (`forward` computes them for all steps at once, read in place): updates state.hidden and
   /// returns the attention weights and the context the step read.
+  /// The weights every step applies, transposed once (ops.hpp's PreparedWeight): a teacher-forced
+  /// forward prepares them for its T steps; decode_step, one step a call, reads them as stored.
+  struct PreparedStepWeights {
+    PreparedWeight context;               // W_c
+    PreparedWeight hidden;                // the bottom cell's W_hh
+    std::optional<PreparedWeight> query;  // the attention's W_q, none when int8
+  };
   StepResult step(BahdanauState& state, const Variable& embedding_gates, std::size_t first_row,
-                  const Variable& context_weight);
+                  const Variable& context_weight, const PreparedStepWeights* prepared);
   /// What the output layer reads, [..., H_dec] or [..., H_dec + D·H + E] ("deep").
   Variable readout(const Variable& top_state, const Variable& context, const Variable& embedded) const;
   /// Throws ShapeError naming the model unless source is [B, S] (B, S > 0) and lengths [B] lie in

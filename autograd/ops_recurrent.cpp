@@ -43,11 +43,17 @@ Variable additive_scores_impl(const Variable& queries, const Variable& keys, con
   // A copy, kept alive by the backward, which reads the rows again.
   auto saved_rows = key_rows ? std::make_shared<IndexArray>(*key_rows) : nullptr;
   const std::int64_t* rows = saved_rows ? saved_rows->data() : nullptr;
-  // tanh(q + k) for every pair, kept for the backward: [B, Tq, Tk, A]
-  auto features = std::make_shared<Array>(Array::from_shape({batch, query_count, key_count, hidden}));
+  // tanh(q + k) for every pair, kept for the backward: [B, Tq, Tk, A]. Not when no backward
+  // can run (no grad mode, or no input needs one): a decoding step would write and drop it.
+  const bool backward_can_run =
+      is_grad_enabled() && (queries.requires_grad() || keys.requires_grad() || v.requires_grad());
+  auto features = backward_can_run
+                      ? std::make_shared<Array>(Array::from_shape({batch, query_count, key_count, hidden}))
+                      : nullptr;
   Array scores = Array::from_shape({batch, query_count, key_count});  // [B, Tq, Tk]
   kernels::additive_scores_forward(queries.value().data(), keys.value().data(), rows, v.value().data(), batch,
-                                   query_count, key_count, hidden, features->data(), scores.data());
+                                   query_count, key_count, hidden, features ? features->data() : nullptr,
+                                   scores.data());
   return make_op("additive_scores", std::move(scores), {queries, keys, v},
                  [features, saved_rows, batch, query_count, key_count, hidden](const Array& g, const Array&,
                                                                                std::span<Variable> in) {

@@ -38,6 +38,7 @@ QKV_SIMD_CLONES
 void additive_scores_forward(const real* queries, const real* keys, const std::int64_t* key_rows, const real* v,
                              std::size_t batch, std::size_t query_count, std::size_t key_count, std::size_t hidden,
                              real* features, real* scores) {
+  std::vector<real> feature_row(features ? 0 : hidden);  // the one row reused when none are kept [A]
   for (std::size_t b = 0; b < batch; ++b) {
     const std::size_t key_row = key_rows ? static_cast<std::size_t>(key_rows[b]) : b;
     for (std::size_t i = 0; i < query_count; ++i) {
@@ -45,7 +46,7 @@ void additive_scores_forward(const real* queries, const real* keys, const std::i
       for (std::size_t j = 0; j < key_count; ++j) {
         const real* __restrict k = keys + (key_row * key_count + j) * hidden;  // [A]
         const std::size_t row = (b * query_count + i) * key_count + j;
-        real* __restrict f = features + row * hidden;                       // [A]
+        real* __restrict f = features ? features + row * hidden : feature_row.data();  // [A]
         for (std::size_t a = 0; a < hidden; ++a) f[a] = tanh_of(q[a] + k[a]);
         scores[row] = dot_in_lanes(v, f, hidden);
       }

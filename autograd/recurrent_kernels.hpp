@@ -22,6 +22,7 @@ namespace qkv::kernels {
 /// backward. One pass instead of a broadcast add, a tanh and a product, each over [B, Tq, Tk, A].
 /// `key_rows` [B], when not null, picks the keys of batch row b as keys[key_rows[b]] (keys then
 /// [N, Tk, A], rows of one sentence's beam hypotheses sharing them); null means key row b.
+/// `features` null keeps none (no backward will run: decoding).
 void additive_scores_forward(const real* queries, const real* keys, const std::int64_t* key_rows, const real* v,
                              std::size_t batch, std::size_t query_count, std::size_t key_count, std::size_t hidden,
                              real* features, real* scores);

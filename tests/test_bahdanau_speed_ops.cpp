@@ -82,6 +82,42 @@ TEST_CASE("additive_scores: a width past one vector block matches the compositio
                        Variable(random_array({19}, 46))});
 }
 
+TEST_CASE("additive_scores: gradients of several queries, of one variable as queries and keys, and without the keys' gradient") {
+  // Two queries per row: each query's gradient sums over the keys, each key's over the queries.
+  QKV_CHECK_GRADIENTS([](const auto& in) { return additive_scores(in[0], in[1], in[2]); },
+                      {Variable(random_array({2, 2, 19}, 47)), Variable(random_array({2, 3, 19}, 48)),
+                       Variable(random_array({19}, 49))});
+  // Self-scoring: queries and keys are one variable, so both halves add into one buffer.
+  QKV_CHECK_GRADIENTS([](const auto& in) { return additive_scores(in[0], in[0], in[1]); },
+                      {Variable(random_array({2, 3, 19}, 40)), Variable(random_array({19}, 50))});
+  // Keys that need no gradient (the kernel's other loop): q's and v's as the composition gives.
+  const Array q_value = random_array({2, 2, 19}, 61), k_value = random_array({2, 5, 19}, 62),
+              v_value = random_array({19}, 63), upstream = random_array({2, 2, 5}, 64);
+  Variable q(q_value, true), k(k_value, false), v(v_value, true);
+  const std::vector<Array> fused = gradients_of(additive_scores(q, k, v), upstream, {q, v});
+  const Variable features = tanh(unsqueeze(q, 2) + unsqueeze(k, 1));  // [2, 2, 5, 19]
+  const std::vector<Array> composed =
+      gradients_of(squeeze(linear(features, reshape(v, {1, 19}), Variable()), -1), upstream, {q, v});
+  CHECK(max_abs_diff(fused[0], composed[0]) < 1e-12);
+  CHECK(max_abs_diff(fused[1], composed[1]) < 1e-12);
+  CHECK_FALSE(k.requires_grad());
+}
+
+TEST_CASE("additive_scores: without a backward to come (no grad mode, no input needing one) the same scores") {
+  const Array q_value = random_array({3, 1, 19}, 65), k_value = random_array({3, 7, 19}, 66),
+              v_value = random_array({19}, 67);
+  const Variable q(q_value, true), k(k_value, true), v(v_value, true);
+  const Array kept = additive_scores(q, k, v).value();  // the features kept for the backward
+  Array unneeded, no_grad;
+  unneeded = additive_scores(Variable(q_value), Variable(k_value), Variable(v_value)).value();
+  {
+    NoGradGuard decoding;
+    no_grad = additive_scores(q, k, v).value();
+  }
+  CHECK(max_abs_diff(kept, unneeded) == 0);
+  CHECK(max_abs_diff(kept, no_grad) == 0);
+}
+
 TEST_CASE("gru_cell: gradients written into fresh buffers and added into used ones agree with gradcheck") {
   // Every gradient buffer fresh when gru_cell's backward runs (written, not added).
   QKV_CHECK_GRADIENTS([](const auto& in) { return gru_cell(in[0], in[1], in[2]); },

@@ -228,6 +228,13 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
       for (std::size_t i = 0; i < std::min(tile_rows, end - row); ++i)
         for (std::size_t j = 0; j < n; ++j) c_rows[i * ldc + j] *= alpha;
   }
+  // libxsmm's kernels return with the upper halves of the vector registers dirty (no
+  // vzeroupper): until they are cleared, every SSE instruction of the code compiled for baseline
+  // x86-64 — the rest of qkv, libm's exp — pays a state transition or a merge on Intel cores.
+  // These kernels exist only on CPUs with AVX, so the instruction is there.
+#if defined(__x86_64__)
+  __asm__ volatile("vzeroupper" ::: "memory");
+#endif
   return true;
 }
 

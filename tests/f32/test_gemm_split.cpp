@@ -7,8 +7,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include "lib/numerics/blas.hpp"
 #include "lib/numerics/parallel.hpp"
@@ -287,3 +292,39 @@ TEST_CASE("float32: linear over a prepared weight has the bits of linear where l
     }
   CHECK(compared == 6);
 }
+
+#if defined(__x86_64__)
+namespace {
+/// Bit 2 of XINUSE (XGETBV with ECX = 1): the AVX state — the upper halves of ymm0–15 — is not
+/// in its initial, zeroed configuration. nullopt where the CPU cannot report it.
+std::optional<bool> upper_halves_dirty() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(0xd, 1, &eax, &ebx, &ecx, &edx) || (eax & (1u << 2)) == 0) return std::nullopt;
+  unsigned low = 0, high = 0;
+  __asm__ volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(1));
+  return (low & (1u << 2)) != 0;
+}
+}  // namespace
+
+TEST_CASE("float32: a product on libxsmm's kernels returns with the vector registers' upper halves clean") {
+  // Left dirty, every SSE instruction after it (baseline-compiled code, libm's exp) pays a state
+  // transition or a merge on Intel cores: beam decoding ran 2.7x slower (bench/README.md).
+  if (libxsmm_turned_off("no libxsmm kernel runs")) return;
+  const std::size_t m = 64, n = 128, k = 128;
+  if (!blas::detail::runs_libxsmm(blas::Trans::No, blas::Trans::No, m, n, k, 1.0f, 0.0f,
+                                  blas::detail::l2_cache_bytes())) {
+    MESSAGE("skipped: this CPU runs no libxsmm kernels");
+    return;
+  }
+  if (!upper_halves_dirty().has_value()) {
+    MESSAGE("skipped: this CPU does not report XINUSE (XGETBV 1)");
+    return;
+  }
+  std::vector<real> a(m * k, 0.5f), b(k * n, 0.25f), c(m * n);
+  parallel::set_num_threads(1);
+  blas::gemm(blas::Trans::No, blas::Trans::No, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+  const bool dirty = *upper_halves_dirty();
+  CHECK(c[0] == 0.5f * 0.25f * real(k));
+  CHECK_FALSE(dirty);
+}
+#endif

@@ -21,6 +21,7 @@
 #include <optional>
 #include <vector>
 
+#include "autograd/attention_kernels.hpp"
 #include "autograd/block_sparse_kernels.hpp"
 #include "autograd/variable.hpp"
 #include "lib/numerics/blas.hpp"
@@ -181,6 +182,29 @@ Variable masked_fill(const Variable& x, const BoolArray& mask, real value);
 /// Rotates x [..., T, d] (positions start, start+1, ...) pair by pair as RoPE does
 /// (RotaryPositionEncoding). A fused op: the backward is the inverse rotation.
 Variable rotary_embedding(const Variable& x, std::size_t start, real base = 10000);
+
+// ---- dense attention on heads where they lie (ops_attention.cpp) --------------------------
+/// One of attention's q, k or v without its copy into [B, H, T, d]: `heads` heads of `head_dim`
+/// floats at each of `steps` steps of every sentence of `tensor`, where `at` says.
+struct HeadView {
+  Variable tensor;
+  std::size_t heads = 0, steps = 0, head_dim = 0;
+  kernels::HeadStrides at;
+};
+/// The heads in columns [first_column, first_column + columns) of rows [B, T, C] — one block of
+/// a stacked q, k, v projection, as split_heads(rows, heads, first_column, columns) would split it.
+HeadView head_view_of_rows(const Variable& rows, std::size_t heads, std::size_t first_column, std::size_t columns);
+/// The heads of x [B, H, T, d] (a KV cache's keys or values).
+HeadView head_view(const Variable& x);
+/// Attention weights [B, H, Tq, Tk] = masked_softmax(matmul(q, k, No, Yes, scale), allowed) for
+/// the heads q [B, H, Tq, d] and k [B, H_kv, Tk, d] (query head h reads key head h / (H / H_kv)),
+/// without forming either in [B, H, T, d] or the scores; `allowed` broadcasts to
+/// [B, H, Tq, Tk] (nullopt: every key). Bits: autograd/attention_kernels.hpp.
+Variable attention_weights(const HeadView& q, const HeadView& k, const std::optional<BoolArray>& allowed, real scale);
+/// merge_heads(matmul(dropout(weights, p, training, rng), v)) -> [B, Tq, H·d] for weights
+/// [B, H, Tq, Tk] and the heads v [B, H_kv, Tk, d], without the dropped-out weights, the heads or
+/// the per-head outputs in between: the same mask (and draw from `rng`), values and gradients.
+Variable attend_values(const Variable& weights, const HeadView& v, real p, bool training, Rng& rng);
 
 // ---- block-sparse attention (ops_block_sparse.cpp) -------------------------------------
 /// softmax(scale · q kᵀ) v over the pairs `layout` allows (autograd/block_sparse_kernels.hpp;

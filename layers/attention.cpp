@@ -221,6 +221,19 @@ AttentionOutput DotProductAttention::forward(const Variable& queries, const Vari
   return {output, weights};
 }
 
+bool DotProductAttention::fuses(const AttentionPositionEncoding* positions) const {
+  return positions == nullptr && scale_.kind != ScoreScale::Kind::learned_temperature && !scale_.depends_on_length() &&
+         !observed();
+}
+
+AttentionOutput DotProductAttention::forward_heads(const HeadView& q, const HeadView& k, const HeadView& v,
+                                                   const std::optional<BoolArray>& allowed) {
+  check_arg(fuses(nullptr), "DotProductAttention",
+            "forward_heads needs a constant scale and no hook or observer (fuses()); use forward");
+  const Variable weights = attention_weights(q, k, allowed, scale_factor(q.head_dim));  // [B, H, Tq, Tk]
+  return {dropout_->forward_attend(weights, v), weights};                              // [B, Tq, H·d]
+}
+
 // ---- additive attention ------------------------------------------------------------------
 
 AdditiveAttention::AdditiveAttention(std::size_t query_size, std::size_t key_size, std::size_t hidden_size, Rng& rng,

@@ -166,6 +166,15 @@ class DotProductAttention : public Module {
     return !scores_point_.empty() || !weights_point_.empty() || !output_point_.empty() ||
            AttentionObserver::current() != nullptr;
   }
+  /// True when forward_heads computes what forward would: no position encoding inside the
+  /// attention, a constant scale, nothing observing (observed()).
+  bool fuses(const AttentionPositionEncoding* positions) const;
+  /// forward for heads read where they lie — q [B, H, Tq, d], k and v [B, H_kv, Tk, d] as views
+  /// (autograd/ops.hpp: attention_weights, then attend_values with this layer's dropout) — with
+  /// the output's heads already merged, [B, Tq, H·d], and the weights [B, H, Tq, Tk]. The same
+  /// values, gradients and dropout draws as forward on the split heads; only when fuses().
+  AttentionOutput forward_heads(const HeadView& q, const HeadView& k, const HeadView& v,
+                                const std::optional<BoolArray>& allowed);
 
  private:
   ScoreScale scale_;

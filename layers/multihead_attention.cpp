@@ -310,62 +310,89 @@ Variable evict_middle(const Variable& x, const KVCacheLimit& limit) {
 
 }  // namespace
 
+bool MultiheadAttention::reads_heads_in_place() const {
+  return !q_norm_ && memory_slots_ == 0 && !block_sparse_ && attention_->fuses(positions_.get());
+}
+
+MultiheadAttentionOutput MultiheadAttention::attend_in_place(const HeadView& q, const HeadView& k, const HeadView& v,
+                                                             const AttentionMask& mask, std::size_t query_start) {
+  const std::optional<BoolArray> allowed = resolve_mask(mask, q.tensor.dim(0), num_heads_, q.steps, k.steps, query_start);
+  const AttentionOutput attended = attention_->forward_heads(q, k, v, allowed);  // [B, Tq, E], [B, H, Tq, Tk]
+  Variable output = out_proj_->forward(attended.output);                         // [B, Tq, E]
+  output_point_(output);
+  return {output, attended.weights};
+}
+
 MultiheadAttentionOutput MultiheadAttention::forward(const Variable& query, const Variable& key, const Variable& value,
                                                      const AttentionMask& mask, KVCache* cache) {
   check_inputs(query, key, value, embed_dim_);
-  Variable q, k, v;  // q [B, H, T, d]; k, v [B, H_kv, T, d]
+  // q, k and v as blocks of columns of the projections' rows [B, T, C]: split into heads
+  // [B, H, T, d] (H_kv for k and v) where attention needs them so, read in place otherwise.
+  struct Block {
+    Variable rows;
+    std::size_t first_column, columns, heads;
+  };
+  const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
+  Block q_block, k_block, v_block;
   if (query.id() == key.id() && key.id() == value.id()) {
-    // Self-attention: one gemm against the stacked weight (two when grouped), each block then
-    // split into heads where it lies.
-    const std::size_t embed = embed_dim_, kv = num_kv_heads_ * head_dim();
-    Variable queries, keys_values;  // [B, T, E]; [B, T, 2·H_kv·d] (k's block first)
-    std::size_t kv_first = 0;
+    // Self-attention: one gemm against the stacked weight (two when grouped).
     if (in_proj_weight_.defined()) {
-      queries = keys_values = project_blocks(query, 0, 3);  // [B, T, 3E]
-      kv_first = embed;
+      const Variable stacked = project_blocks(query, 0, 3);  // [B, T, 3E]
+      q_block = {stacked, 0, embed, num_heads_};
+      k_block = {stacked, embed, kv, num_kv_heads_};
+      v_block = {stacked, embed + kv, kv, num_kv_heads_};
     } else {
-      queries = project_blocks(query, 0, 1);      // [B, T, E]
-      keys_values = project_blocks(query, 1, 3);  // [B, T, 2·H_kv·d]
+      const Variable keys_values = project_blocks(query, 1, 3);  // [B, T, 2·H_kv·d]
+      q_block = {project_blocks(query, 0, 1), 0, embed, num_heads_};
+      k_block = {keys_values, 0, kv, num_kv_heads_};
+      v_block = {keys_values, kv, kv, num_kv_heads_};
     }
-    q = normalize_head(split_heads(queries, num_heads_, 0, embed), 0);
-    k = normalize_head(split_heads(keys_values, num_kv_heads_, kv_first, kv), 1);
-    v = split_heads(keys_values, num_kv_heads_, kv_first + kv, kv);
   } else if (key.id() == value.id()) {
     // Cross-attention over one memory: k and v from one gemm against their stacked rows.
-    const std::size_t kv = num_kv_heads_ * head_dim();
     const Variable keys_values = project_blocks(key, 1, 3);  // [B, Tk, 2·H_kv·d]
-    q = project(query, 0);
-    k = normalize_head(split_heads(keys_values, num_kv_heads_, 0, kv), 1);
-    v = split_heads(keys_values, num_kv_heads_, kv, kv);
+    q_block = {project_blocks(query, 0, 1), 0, embed, num_heads_};
+    k_block = {keys_values, 0, kv, num_kv_heads_};
+    v_block = {keys_values, kv, kv, num_kv_heads_};
   } else {
-    q = project(query, 0), k = project(key, 1), v = project(value, 2);
+    q_block = {project_blocks(query, 0, 1), 0, embed, num_heads_};
+    k_block = {project_blocks(key, 1, 2), 0, kv, num_kv_heads_};
+    v_block = {project_blocks(value, 2, 3), 0, kv, num_kv_heads_};
+  }
+  const auto split = [&](const Block& b, std::size_t block) {
+    return normalize_head(split_heads(b.rows, b.heads, b.first_column, b.columns), block);  // [B, H or H_kv, T, d]
+  };
+  const auto in_place = [](const Block& b) { return head_view_of_rows(b.rows, b.heads, b.first_column, b.columns); };
+  const bool read_in_place = reads_heads_in_place();
+  if (!cache) {
+    if (read_in_place) return attend_in_place(in_place(q_block), in_place(k_block), in_place(v_block), mask, 0);
+    return attend(split(q_block, 0), split(k_block, 1), split(v_block, 2), mask, 0);
   }
 
-  std::size_t query_start = 0;
-  if (cache) {
-    const std::size_t fresh = k.dim(2);
-    if (cache->length() > 0) {
-      check_shape(cache->keys.dim(0) == q.dim(0) && cache->keys.dim(1) == num_kv_heads_, kLayer, [&] {
-        return "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " +
-               input_shapes(query, key, value, embed_dim_) +
-               (num_kv_heads_ == num_heads_ ? "" : " and " + std::to_string(num_kv_heads_) + " key/value heads");
-      });
-      k = concat({cache->keys, k}, 2);    // [B, H_kv, past + Tk_new, d]
-      v = concat({cache->values, v}, 2);  // [B, H_kv, past + Tk_new, d]
-    }
-    if (cache->limit.limited()) {
-      check_arg(fresh <= cache->limit.window, kLayer, [&] {
-        return "a KV cache window of " + std::to_string(cache->limit.window) + " steps cannot take " +
-               std::to_string(fresh) + " new steps at once";
-      });
-      k = evict_middle(k, cache->limit), v = evict_middle(v, cache->limit);  // [B, H_kv, <= S + W, d]
-    }
-    cache->keys = k;
-    cache->values = v;
-    // The new steps are the cache's last: positions and the causal mask count within the cache.
-    query_start = k.dim(2) - fresh;
+  // The cache holds keys and values split into heads: the new steps are appended to them.
+  Variable k = split(k_block, 1), v = split(v_block, 2);  // [B, H_kv, Tk_new, d]
+  const std::size_t fresh = k.dim(2);
+  if (cache->length() > 0) {
+    check_shape(cache->keys.dim(0) == query.dim(0) && cache->keys.dim(1) == num_kv_heads_, kLayer, [&] {
+      return "the KV cache holds keys " + to_string(cache->keys.shape()) + " but this call has " +
+             input_shapes(query, key, value, embed_dim_) +
+             (num_kv_heads_ == num_heads_ ? "" : " and " + std::to_string(num_kv_heads_) + " key/value heads");
+    });
+    k = concat({cache->keys, k}, 2);    // [B, H_kv, past + Tk_new, d]
+    v = concat({cache->values, v}, 2);  // [B, H_kv, past + Tk_new, d]
   }
-  return attend(q, k, v, mask, query_start);
+  if (cache->limit.limited()) {
+    check_arg(fresh <= cache->limit.window, kLayer, [&] {
+      return "a KV cache window of " + std::to_string(cache->limit.window) + " steps cannot take " +
+             std::to_string(fresh) + " new steps at once";
+    });
+    k = evict_middle(k, cache->limit), v = evict_middle(v, cache->limit);  // [B, H_kv, <= S + W, d]
+  }
+  cache->keys = k;
+  cache->values = v;
+  // The new steps are the cache's last: positions and the causal mask count within the cache.
+  const std::size_t query_start = k.dim(2) - fresh;
+  if (read_in_place) return attend_in_place(in_place(q_block), head_view(k), head_view(v), mask, query_start);
+  return attend(split(q_block, 0), k, v, mask, query_start);
 }
 
 Int8Report MultiheadAttention::quantize_int8(const Int8Options& options) {
@@ -404,6 +431,9 @@ MultiheadAttentionOutput MultiheadAttention::attend_to_memory(const Variable& qu
   check_shape(memory.keys.dim(0) == query.dim(0) && memory.keys.dim(1) == num_kv_heads_, kLayer,
               "the memory holds keys " + to_string(memory.keys.shape()) + " but the query is " +
                   to_string(query.shape()) + " (embed_dim " + std::to_string(embed_dim_) + ")");
+  if (reads_heads_in_place())
+    return attend_in_place(head_view_of_rows(project_blocks(query, 0, 1), num_heads_, 0, embed_dim_),
+                           head_view(memory.keys), head_view(memory.values), mask, 0);
   return attend(project(query, 0), memory.keys, memory.values, mask, 0);
 }
 

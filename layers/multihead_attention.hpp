@@ -162,6 +162,14 @@ class MultiheadAttention : public Module {
   /// memory slots appended), then the output projection.
   MultiheadAttentionOutput attend(const Variable& q, const Variable& k, const Variable& v, const AttentionMask& mask,
                                   std::size_t query_start);
+  /// True when attention can read the heads where the projections left them
+  /// (DotProductAttention::forward_heads): nothing between the projection and the scores (no
+  /// QK-norm, no position encoding inside attention), no memory slots, no block-sparse pattern,
+  /// a constant scale and nothing observing.
+  bool reads_heads_in_place() const;
+  /// attend's result for q, k, v read where they lie, without splitting or merging heads.
+  MultiheadAttentionOutput attend_in_place(const HeadView& q, const HeadView& k, const HeadView& v,
+                                           const AttentionMask& mask, std::size_t query_start);
 
   std::size_t embed_dim_, num_heads_, num_kv_heads_, memory_slots_;
   Variable in_proj_weight_, in_proj_bias_;  // multi-head attention: [3E, E], [3E]

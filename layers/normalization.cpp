@@ -48,4 +48,8 @@ Variable Dropout::forward_relu(const Variable& x, std::size_t batch_axis) {
   return relu_dropout(x, p_, is_training(), rng_, batch_axis);
 }
 
+Variable Dropout::forward_attend(const Variable& weights, const HeadView& v) {
+  return attend_values(weights, v, p_, is_training(), rng_);
+}
+
 }  // namespace qkv

@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <string>
 
+#include "autograd/ops.hpp"
 #include "layers/module.hpp"
 #include "lib/numerics/rng.hpp"
 
@@ -56,6 +57,9 @@ class Dropout : public Module {
   Variable operator()(const Variable& x) { return forward(x); }
   /// forward(relu(x)) as one fused op (relu_dropout): the same mask, values and gradients.
   Variable forward_relu(const Variable& x, std::size_t batch_axis = 0);
+  /// merge_heads(matmul(forward(weights), v)) as one fused op (attend_values): the same mask,
+  /// values and gradients, for attention weights [B, H, Tq, Tk] and values v read where they lie.
+  Variable forward_attend(const Variable& weights, const HeadView& v);
 
   real p() const { return p_; }
   /// "Dropout(p=0.1)", the prefix of this layer's error messages.

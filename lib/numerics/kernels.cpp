@@ -139,6 +139,8 @@ QKV_SIMD_CLONES void log_softmax_backward_chunk(const real* grad_y, const real* 
 /// a loop of their own (it vectorises) and summed in a second one, in order and in double: a
 /// single loop doing both ran the exps one at a time, behind the serial sum. Every value is the
 /// one the fused loop gave.
+}  // namespace
+
 QKV_SIMD_CLONES void masked_softmax_row(const real* x, const bool* allowed, std::size_t keep_step, std::size_t count,
                                         real* y) {
   // The mask read as bytes: GCC does not vectorise loads of bool.
@@ -179,7 +181,13 @@ QKV_SIMD_CLONES void masked_softmax_row(const real* x, const bool* allowed, std:
   for (std::size_t i = 0; i < count; ++i) y[i] *= inverse_total;
 }
 
-}  // namespace
+void softmax_rows(const real* x, real* y, std::size_t rows, std::size_t count) {
+  softmax_chunk(x, y, AxisSplit{rows, count, 1});
+}
+
+void softmax_backward_row(const real* grad_y, const real* y, std::size_t count, GradientOut grad_x) {
+  softmax_backward_chunk(grad_y, y, grad_x.data, AxisSplit{1, count, 1}, grad_x.accumulate);
+}
 
 // ---- softmax ------------------------------------------------------------------------------
 
@@ -546,6 +554,7 @@ QKV_SIMD_CLONES_AVX512 void dropout_chunk(const real* x, real keep_scale, std::u
     keep_pairs[2 * p + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
   }
   if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((bits_of_pair(pairs_end) & 0xffffffffULL) >= threshold);
+  if (y == nullptr) return;  // the mask only (dropout_mask)
   if (relu_first)  // relu's value, v > 0 ? v : 0, then the dropout's product, as the two ops form them
     for (std::size_t i = first; i < last; ++i) y[i] = (x[i] > 0 ? x[i] : real(0)) * (keep_scale * static_cast<real>(keep[i]));
   else
@@ -596,6 +605,10 @@ void dropout_forward_with(const real* x, real p, Rng& rng, std::size_t count, st
 
 void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {
   dropout_forward_with(x, p, rng, count, keep, y, false);
+}
+
+void dropout_mask(real p, Rng& rng, std::size_t count, std::uint8_t* keep) {
+  dropout_forward_with(nullptr, p, rng, count, keep, nullptr, false);
 }
 
 void relu_dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {

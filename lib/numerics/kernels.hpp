@@ -40,6 +40,15 @@ void log_softmax_backward(const real* grad_y, const real* y, real* grad_x, AxisS
 /// entries get 0; a row with nothing allowed gets 0 everywhere. Its backward is
 /// softmax_backward over the last axis.
 void masked_softmax_forward(const real* x, const bool* allowed, const Shape& shape, const Shape& mask_strides, real* y);
+/// softmax_forward over the last axis of `rows` contiguous rows of `count`, serially (x may be y):
+/// for fused kernels, so that their weights are softmax_forward's bits.
+void softmax_rows(const real* x, real* y, std::size_t rows, std::size_t count);
+/// One row of masked_softmax_forward: `count` scores x, the mask read with stride `keep_step`
+/// (0: one flag for the whole row). Serial; for fused kernels that form a row themselves
+/// (autograd/attention_kernels.cpp), so that their weights are masked_softmax_forward's bits.
+void masked_softmax_row(const real* x, const bool* allowed, std::size_t keep_step, std::size_t count, real* y);
+/// One row of softmax_backward: grad_x (+)= y ⊙ (grad_y - Σ grad_y ⊙ y), the sum in double.
+void softmax_backward_row(const real* grad_y, const real* y, std::size_t count, GradientOut grad_x);
 
 // ---- cross-entropy: log-softmax + NLL fused over rows of C classes --------------------------
 // Targets must already be validated: each is in [0, C) or equals `ignore_index`.
@@ -109,6 +118,9 @@ void embedding_backward(const real* grad_out, const std::int64_t* indices, std::
 /// number of threads) into `keep` (1 or 0, a byte each: a quarter of a float mask's memory
 /// traffic) and writes y = x · keep / (1 - p). Requires 0 <= p < 1.
 void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y);
+/// Only the mask dropout_forward would draw (the same draw from `rng`, the same bytes), for a
+/// fused kernel that applies it itself. Requires 0 < p < 1.
+void dropout_mask(real p, Rng& rng, std::size_t count, std::uint8_t* keep);
 /// Data parallelism (train/distributed.hpp): this process holds rows [first_row, first_row +
 /// rows) of a global batch of `global_rows`. While a ScopedBatchShard lives on the thread that
 /// runs the forward pass, the dropout op draws each element's decision from the element's index

@@ -164,17 +164,14 @@ QKV_SIMD_CLONES void masked_softmax_row(const real* x, const bool* allowed, std:
     return;
   }
   // exp of a masked score is computed and dropped (the select vectorises; a branch would not).
-  // vector_math::exp saturates instead of overflowing, so no inf appears even then.
+  // vector_math::exp saturates instead of overflowing, so no inf appears even then. The exps
+  // get a loop of floats alone: with the mask's bytes in it GCC vectorised 16 at a time and
+  // left a row of 24 keys (transformer-tiny) 8 scalar exps.
+  for (std::size_t i = 0; i < count; ++i) y[i] = exp_of(x[i] - largest);
   if (keep_step == 1)
-    for (std::size_t i = 0; i < count; ++i) {
-      const real e = exp_of(x[i] - largest);
-      y[i] = keep[i] != 0 ? e : real(0);
-    }
+    for (std::size_t i = 0; i < count; ++i) y[i] = keep[i] != 0 ? y[i] : real(0);
   else
-    for (std::size_t i = 0; i < count; ++i) {
-      const real e = exp_of(x[i] - largest);
-      y[i] = keep[i * keep_step] != 0 ? e : real(0);
-    }
+    for (std::size_t i = 0; i < count; ++i) y[i] = keep[i * keep_step] != 0 ? y[i] : real(0);
   double total = 0;
   for (std::size_t i = 0; i < count; ++i) total += double(y[i]);
   const real inverse_total = real(1.0 / total);

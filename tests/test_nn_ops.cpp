@@ -242,6 +242,26 @@ TEST_CASE("dropout: seeded masks, scaling, eval and the p edge cases") {
   }
 }
 
+TEST_CASE("dropout: both halves of a hash drop p, neighbours independently") {
+  // dropout_forward decides elements 2j and 2j + 1 from the halves of one SplitMix64 output: each
+  // position must drop p, and neighbours (same hash or not) must not agree more than chance.
+  const std::size_t count = 1000003;  // odd: the last hash is used in part
+  const Array ones = full({count}, 1);
+  Rng rng(77);
+  const real p = real(0.1);
+  const Array y = dropout(Variable(ones), p, true, rng).value();
+  double dropped[4] = {}, both_dropped[4] = {};
+  for (std::size_t i = 0; i < count; ++i) {
+    dropped[i % 4] += y(i) == 0;
+    if (i + 1 < count) both_dropped[i % 4] += y(i) == 0 && y(i + 1) == 0;
+  }
+  for (std::size_t lane = 0; lane < 4; ++lane) {
+    CAPTURE(lane);
+    CHECK(std::abs(dropped[lane] / (count / 4.0) - 0.1) < 0.003);  // σ ≈ 0.0006
+    CHECK(std::abs(both_dropped[lane] / (count / 4.0) - 0.01) < 0.001);  // σ ≈ 0.0002
+  }
+}
+
 TEST_CASE("relu_dropout is dropout(relu(x)) bit for bit: values, mask, gradients, eval mode") {
   const Array x = random_array({7, 50}, 21, 2);
   const Array grad = random_array({7, 50}, 22);

@@ -175,6 +175,11 @@ Variable dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t
 /// (bit for bit) without the [..., F] relu output in between — the feed-forward block's
 /// activation and dropout.
 Variable relu_dropout(const Variable& x, real p, bool training, Rng& rng, std::size_t batch_axis = 0);
+/// residual + dropout(x, p, training, rng, batch_axis), fused when the two have one shape: the
+/// same mask, values and gradients (bit for bit) without the dropped-out x in between — a
+/// residual connection around a sublayer whose output is dropped out.
+Variable add_dropout(const Variable& residual, const Variable& x, real p, bool training, Rng& rng,
+                     std::size_t batch_axis = 0);
 /// condition ? a : b, elementwise with broadcasting of all three.
 Variable where(const BoolArray& condition, const Variable& a, const Variable& b);
 /// x with `value` wherever `mask` is true (mask broadcasts to x).

@@ -268,6 +268,23 @@ Variable relu_dropout(const Variable& x, real p, bool training, Rng& rng, std::s
   });
 }
 
+Variable add_dropout(const Variable& residual, const Variable& x, real p, bool training, Rng& rng,
+                     std::size_t batch_axis) {
+  check_range("add_dropout", "probability p", p, 0, 1, true);  // NaN fails too
+  // What the fused kernel does not cover is the two ops themselves: no mask, all dropped, a batch
+  // shard's global indices, or shapes that broadcast.
+  if (!training || p == 0 || p == 1 || kernels::current_batch_shard() || residual.shape() != x.shape())
+    return residual + dropout(x, p, training, rng, batch_axis);
+  const std::size_t count = x.numel();
+  const std::shared_ptr<std::uint8_t[]> keep(new std::uint8_t[count]);  // 1 kept, 0 dropped; every byte written
+  Array y = Array::from_shape(x.shape());
+  kernels::add_dropout_forward(residual.value().data(), x.value().data(), p, rng, count, keep.get(), y.data());
+  return make_op("add_dropout", std::move(y), {residual, x}, [keep, p](const Array& g, const Array&, std::span<Variable> in) {
+    if (in[0].requires_grad()) in[0].add_grad(g);  // the sum's gradient: g itself
+    if (in[1].requires_grad()) kernels::dropout_backward(g.data(), keep.get(), p, g.size(), in[1].gradient_out());
+  });
+}
+
 Variable where(const BoolArray& condition, const Variable& a, const Variable& b) {
   return select("where", condition, a, b);
 }

@@ -48,6 +48,10 @@ Variable Dropout::forward_relu(const Variable& x, std::size_t batch_axis) {
   return relu_dropout(x, p_, is_training(), rng_, batch_axis);
 }
 
+Variable Dropout::forward_add(const Variable& residual, const Variable& x, std::size_t batch_axis) {
+  return add_dropout(residual, x, p_, is_training(), rng_, batch_axis);
+}
+
 Variable Dropout::forward_attend(const Variable& weights, const HeadView& v) {
   return attend_values(weights, v, p_, is_training(), rng_);
 }

@@ -60,6 +60,8 @@ class Dropout : public Module {
   /// merge_heads(matmul(forward(weights), v)) as one fused op (attend_values): the same mask,
   /// values and gradients, for attention weights [B, H, Tq, Tk] and values v read where they lie.
   Variable forward_attend(const Variable& weights, const HeadView& v);
+  /// residual + forward(x) as one fused op (add_dropout): the same mask, values and gradients.
+  Variable forward_add(const Variable& residual, const Variable& x, std::size_t batch_axis = 0);
 
   real p() const { return p_; }
   /// "Dropout(p=0.1)", the prefix of this layer's error messages.

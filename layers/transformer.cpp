@@ -111,22 +111,23 @@ std::string TransformerEncoderLayer::describe() const { return describe_layer("T
 TransformerLayerOutput TransformerEncoderLayer::forward(const Variable& x, const AttentionMask& mask) {
   check_sequence(x, options_.d_model, describe(), "the input");
   Variable weights;  // [B, H, S, S]
-  const auto self_attention_block = [&](const Variable& in) {
+  // Each block returns residual + its dropped-out output, the sum and the dropout one op (add_dropout).
+  const auto self_attention_block = [&](const Variable& residual, const Variable& in) {
     MultiheadAttentionOutput attended = self_attn_->forward(in, mask);
     weights = attended.weights;
-    return dropout1_->forward(attended.output);  // [B, S, D]
+    return dropout1_->forward_add(residual, attended.output);  // [B, S, D]
   };
-  const auto feed_forward_block = [&](const Variable& in) {
+  const auto feed_forward_block = [&](const Variable& residual, const Variable& in) {
     const Variable hidden = activate_then_drop(linear1_->forward(in), options_.activation, *dropout_);  // [B, S, F]
-    return dropout2_->forward(linear2_->forward(hidden));                                            // [B, S, D]
+    return dropout2_->forward_add(residual, linear2_->forward(hidden));                              // [B, S, D]
   };
   Variable y = x;  // [B, S, D]
   if (options_.norm_first) {
-    y = y + self_attention_block(norm1_->forward(y));
-    y = y + feed_forward_block(norm2_->forward(y));
+    y = self_attention_block(y, norm1_->forward(y));
+    y = feed_forward_block(y, norm2_->forward(y));
   } else {
-    y = norm1_->forward(y + self_attention_block(y));
-    y = norm2_->forward(y + feed_forward_block(y));
+    y = norm1_->forward(self_attention_block(y, y));
+    y = norm2_->forward(feed_forward_block(y, y));
   }
   return {y, weights, Variable()};
 }
@@ -159,29 +160,30 @@ std::string TransformerDecoderLayer::describe() const { return describe_layer("T
 TransformerLayerOutput TransformerDecoderLayer::run(const Variable& target, const Attend& self_attention,
                                                     const Attend& cross_attention) {
   TransformerLayerOutput result;
-  const auto self_attention_block = [&](const Variable& in) {
+  // Each block returns residual + its dropped-out output, the sum and the dropout one op (add_dropout).
+  const auto self_attention_block = [&](const Variable& residual, const Variable& in) {
     MultiheadAttentionOutput attended = self_attention(in);
-    result.self_attention = attended.weights;     // [B, H, T, T_keys]
-    return dropout1_->forward(attended.output);  // [B, T, D]
+    result.self_attention = attended.weights;                   // [B, H, T, T_keys]
+    return dropout1_->forward_add(residual, attended.output);  // [B, T, D]
   };
-  const auto cross_attention_block = [&](const Variable& in) {
+  const auto cross_attention_block = [&](const Variable& residual, const Variable& in) {
     MultiheadAttentionOutput attended = cross_attention(in);
-    result.cross_attention = attended.weights;    // [B, H, T, S]
-    return dropout2_->forward(attended.output);  // [B, T, D]
+    result.cross_attention = attended.weights;                  // [B, H, T, S]
+    return dropout2_->forward_add(residual, attended.output);  // [B, T, D]
   };
-  const auto feed_forward_block = [&](const Variable& in) {
+  const auto feed_forward_block = [&](const Variable& residual, const Variable& in) {
     const Variable hidden = activate_then_drop(linear1_->forward(in), options_.activation, *dropout_);  // [B, T, F]
-    return dropout3_->forward(linear2_->forward(hidden));                                            // [B, T, D]
+    return dropout3_->forward_add(residual, linear2_->forward(hidden));                              // [B, T, D]
   };
   Variable y = target;  // [B, T, D]
   if (options_.norm_first) {
-    y = y + self_attention_block(norm1_->forward(y));
-    y = y + cross_attention_block(norm2_->forward(y));
-    y = y + feed_forward_block(norm3_->forward(y));
+    y = self_attention_block(y, norm1_->forward(y));
+    y = cross_attention_block(y, norm2_->forward(y));
+    y = feed_forward_block(y, norm3_->forward(y));
   } else {
-    y = norm1_->forward(y + self_attention_block(y));
-    y = norm2_->forward(y + cross_attention_block(y));
-    y = norm3_->forward(y + feed_forward_block(y));
+    y = norm1_->forward(self_attention_block(y, y));
+    y = norm2_->forward(cross_attention_block(y, y));
+    y = norm3_->forward(feed_forward_block(y, y));
   }
   result.output = y;
   return result;

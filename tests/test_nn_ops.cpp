@@ -294,6 +294,39 @@ TEST_CASE("relu_dropout gradients (the same mask in every evaluation)") {
   }, {Variable(x)});
 }
 
+TEST_CASE("add_dropout is residual + dropout(x) bit for bit: values, mask, gradients, the unfused cases") {
+  const Array r = random_array({7, 50}, 24), x = random_array({7, 50}, 25, 2), grad = random_array({7, 50}, 26);
+  Rng fused_rng(6), composed_rng(6);
+  const Variable fused_r(r, true), fused_x(x, true), composed_r(r, true), composed_x(x, true);
+  const Variable fused = add_dropout(fused_r, fused_x, 0.3, true, fused_rng);
+  const Variable composed = composed_r + dropout(composed_x, 0.3, true, composed_rng);
+  CHECK(max_abs_diff(fused.value(), composed.value()) == 0);
+  CHECK(fused_rng.next_u64() == composed_rng.next_u64());  // one draw each
+  backward_with(fused, grad);
+  backward_with(composed, grad);
+  CHECK(max_abs_diff(fused_r.grad(), composed_r.grad()) == 0);
+  CHECK(max_abs_diff(fused_x.grad(), composed_x.grad()) == 0);
+  // The mask matters: some elements are the residual alone.
+  std::size_t residual_only = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) residual_only += fused.value().data()[i] == r.data()[i];
+  CHECK(residual_only > 0);
+  // Eval, p = 1 and a residual that broadcasts are the two ops themselves.
+  Rng a(7), b(7);
+  CHECK(max_abs_diff(add_dropout(Variable(r), Variable(x), 0.3, false, a).value(), r + x) == 0);
+  CHECK(max_abs_diff(add_dropout(Variable(r), Variable(x), 1, true, a).value(), r) == 0);
+  const Array row = random_array({50}, 27);
+  CHECK(max_abs_diff(add_dropout(Variable(row), Variable(x), 0.3, true, a).value(),
+                     (Variable(row) + dropout(Variable(x), 0.3, true, b)).value()) == 0);
+  CHECK_THROWS_AS(add_dropout(Variable(r), Variable(x), -0.5, true, a), Error);
+}
+
+TEST_CASE("add_dropout gradients (the same mask in every evaluation)") {
+  QKV_CHECK_GRADIENTS([](const auto& in) {
+    Rng rng(9);
+    return add_dropout(in[0], in[1], 0.25, true, rng);
+  }, {Variable(random_array({4, 9}, 28)), Variable(random_array({4, 9}, 29))});
+}
+
 // ---- gradients -------------------------------------------------------------------------------
 
 TEST_CASE("softmax and log_softmax gradients on axis 0, 1 and -1") {

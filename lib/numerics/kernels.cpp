@@ -535,10 +535,14 @@ namespace {
 /// Elements [first, last) (first even) of a dropout mask drawn from `key`: element i keeps
 /// when its 32-bit uniform is at or above `threshold`, the uniforms of elements 2j and 2j + 1
 /// being the two halves of SplitMix64's output j for the seed `key` (a counter-based stream).
-/// With `relu_first`, relu(x) is what gets dropped out (relu_dropout_forward).
+/// With `relu_first`, relu(x) is what gets dropped out (relu_dropout_forward); with `residual`,
+/// y = residual + the dropped-out x (add_dropout_forward).
+/// No contraction here: residual + x · scale must round the product and then the sum, as the
+/// dropout op and the add op do, not fuse them into one multiply-add.
+__attribute__((optimize("fp-contract=off")))
 QKV_SIMD_CLONES_AVX512 void dropout_chunk(const real* x, real keep_scale, std::uint64_t key, std::uint64_t threshold,
                                    std::size_t first, std::size_t last, std::uint8_t* keep, real* y,
-                                   bool relu_first = false) {
+                                   bool relu_first = false, const real* residual = nullptr) {
   const auto bits_of_pair = [&](std::size_t i) { return splitmix64_mix(key + (i / 2) * splitmix64_increment); };
   const std::size_t pairs_end = first + (last - first) / 2 * 2;
   // Counted in pairs from a 64-bit counter: the loop then vectorises (AVX2 emulates the 64-bit
@@ -554,6 +558,8 @@ QKV_SIMD_CLONES_AVX512 void dropout_chunk(const real* x, real keep_scale, std::u
   if (y == nullptr) return;  // the mask only (dropout_mask)
   if (relu_first)  // relu's value, v > 0 ? v : 0, then the dropout's product, as the two ops form them
     for (std::size_t i = first; i < last; ++i) y[i] = (x[i] > 0 ? x[i] : real(0)) * (keep_scale * static_cast<real>(keep[i]));
+  else if (residual)  // the dropout's product, then the sum, as the two ops form them
+    for (std::size_t i = first; i < last; ++i) y[i] = residual[i] + x[i] * (keep_scale * static_cast<real>(keep[i]));
   else
     for (std::size_t i = first; i < last; ++i) y[i] = x[i] * (keep_scale * static_cast<real>(keep[i]));
 }
@@ -583,7 +589,7 @@ QKV_SIMD_CLONES void dropout_backward_chunk(const real* grad_y, const std::uint8
 namespace {
 
 void dropout_forward_with(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y,
-                          bool relu_first) {
+                          bool relu_first, const real* residual = nullptr) {
   // Scaling the kept elements by 1/(1-p) keeps the expected value, so eval needs no rescale.
   const real keep_scale = real(1) / (real(1) - p);
   // Counter-based: one draw from `rng` keys the whole mask, and element i's decision is a hash
@@ -594,7 +600,7 @@ void dropout_forward_with(const real* x, real p, Rng& rng, std::size_t count, st
   // Chunks start at even elements, so that both halves of a hash land in one chunk.
   const std::size_t pairs = (count + 1) / 2;
   parallel::for_chunks(pairs, parallel::min_elements_per_chunk / 2, [&](std::size_t first, std::size_t last) {
-    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y, relu_first);
+    dropout_chunk(x, keep_scale, key, threshold, 2 * first, std::min(count, 2 * last), keep, y, relu_first, residual);
   });
 }
 
@@ -606,6 +612,11 @@ void dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::ui
 
 void dropout_mask(real p, Rng& rng, std::size_t count, std::uint8_t* keep) {
   dropout_forward_with(nullptr, p, rng, count, keep, nullptr, false);
+}
+
+void add_dropout_forward(const real* residual, const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep,
+                         real* y) {
+  dropout_forward_with(x, p, rng, count, keep, y, false, residual);
 }
 
 void relu_dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y) {

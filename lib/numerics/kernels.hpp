@@ -147,6 +147,10 @@ void dropout_forward_shard(const real* x, real p, Rng& rng, const BatchShard& sh
                            std::size_t row_elements, std::uint8_t* keep, real* y);
 /// grad_x (+)= grad_y · keep / (1 - p).
 void dropout_backward(const real* grad_y, const std::uint8_t* keep, real p, std::size_t count, GradientOut grad_x);
+/// y = residual + dropout_forward(x): the same mask and values as dropout_forward then the sum,
+/// without the dropped-out x in between (a residual connection's add and its sublayer's dropout).
+void add_dropout_forward(const real* residual, const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep,
+                         real* y);
 /// dropout_forward of relu(x) without forming relu(x): y = (x > 0 ? x : 0) · keep / (1 - p), the
 /// same mask and values as relu then dropout_forward with the same `rng`.
 void relu_dropout_forward(const real* x, real p, Rng& rng, std::size_t count, std::uint8_t* keep, real* y);

@@ -242,6 +242,26 @@ TEST_CASE("dropout: seeded masks, scaling, eval and the p edge cases") {
   }
 }
 
+TEST_CASE("dropout: element i's decision is the documented hash of the one draw and i") {
+  // kernels.hpp: element i keeps when its 32-bit uniform (the low half of SplitMix64's output
+  // i / 2 for the drawn key when i is even, the high half when odd) is at least ceil(p · 2^32).
+  for (const real p : {real(0.1), real(0.5), real(0.999)}) {
+    CAPTURE(p);
+    const std::size_t count = 10001;
+    Rng rng(31), copy(31);
+    const Array y = dropout(Variable(full({count}, 1)), p, true, rng).value();
+    const std::uint64_t key = copy.next_u64();
+    const auto threshold = static_cast<std::uint64_t>(std::ceil(double(p) * 0x1.0p32));
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::uint64_t bits = splitmix64_mix(key + (i / 2) * splitmix64_increment);
+      const std::uint64_t u = i % 2 == 0 ? (bits & 0xffffffffULL) : (bits >> 32);
+      wrong += (u >= threshold) != (y(i) != 0);
+    }
+    CHECK(wrong == 0);
+  }
+}
+
 TEST_CASE("dropout: both halves of a hash drop p, neighbours independently") {
   // dropout_forward decides elements 2j and 2j + 1 from the halves of one SplitMix64 output: each
   // position must drop p, and neighbours (same hash or not) must not agree more than chance.

@@ -1,7 +1,9 @@
 #include "lib/numerics/kernels.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -549,10 +551,28 @@ QKV_SIMD_CLONES_AVX512 void dropout_chunk(const real* x, real keep_scale, std::u
   // multiplies with 32-bit ones, AVX-512 has them).
   const std::uint64_t first_pair = first / 2, pair_count = (pairs_end - first) / 2;
   std::uint8_t* keep_pairs = keep + first;
-  for (std::uint64_t p = 0; p < pair_count; ++p) {
-    const std::uint64_t bits = splitmix64_mix(key + (first_pair + p) * splitmix64_increment);
-    keep_pairs[2 * p] = static_cast<std::uint8_t>((bits & 0xffffffffULL) >= threshold);
-    keep_pairs[2 * p + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
+  if constexpr (std::endian::native == std::endian::little) {
+    // A block of hashes, then their 32-bit halves compared as 32-bit lanes, low half first: the
+    // same decisions as taking each half apart, without widening every comparison to 64 bits
+    // and packing the results back into bytes (which cost as much as the hash).
+    constexpr std::size_t block = 32;
+    std::uint64_t hashes[block];
+    std::uint32_t halves[2 * block];
+    const bool drop_all = threshold > 0xffffffffULL;  // p within 2^-32 of 1
+    const auto low_threshold = static_cast<std::uint32_t>(drop_all ? 0 : threshold);
+    for (std::uint64_t start = 0; start < pair_count; start += block) {
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, pair_count - start));
+      for (std::size_t p = 0; p < n; ++p) hashes[p] = splitmix64_mix(key + (first_pair + start + p) * splitmix64_increment);
+      std::memcpy(halves, hashes, n * sizeof(std::uint64_t));
+      std::uint8_t* to = keep_pairs + 2 * start;
+      for (std::size_t e = 0; e < 2 * n; ++e) to[e] = static_cast<std::uint8_t>(!drop_all && halves[e] >= low_threshold);
+    }
+  } else {
+    for (std::uint64_t p = 0; p < pair_count; ++p) {
+      const std::uint64_t bits = splitmix64_mix(key + (first_pair + p) * splitmix64_increment);
+      keep_pairs[2 * p] = static_cast<std::uint8_t>((bits & 0xffffffffULL) >= threshold);
+      keep_pairs[2 * p + 1] = static_cast<std::uint8_t>((bits >> 32) >= threshold);
+    }
   }
   if (pairs_end < last) keep[pairs_end] = static_cast<std::uint8_t>((bits_of_pair(pairs_end) & 0xffffffffULL) >= threshold);
   if (y == nullptr) return;  // the mask only (dropout_mask)

@@ -224,17 +224,19 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
     if (bias != nullptr)
       for (std::size_t i = 0; i < std::min(tile_rows, end - row); ++i) std::copy_n(bias, n, c_rows + i * ldc);
     (end - row >= tile_rows ? full : last)(b_kn, a_rows, c_rows);
+    // libxsmm's kernels return with the upper halves of the vector registers dirty (no
+    // vzeroupper): until they are cleared, every SSE instruction of the code compiled for
+    // baseline x86-64 — this loop's own alpha and bias code, the rest of qkv, libm's exp — pays
+    // a state merge on Intel cores. Cleared after every kernel, not after the last only: the
+    // scale loop below ran at a fraction of its speed between two tiles. These kernels exist only
+    // on CPUs with AVX, so the instruction is there.
+#if defined(__x86_64__)
+    __asm__ volatile("vzeroupper" ::: "memory");
+#endif
     if (alpha != 1.0f)  // beta is 0 here (runs_libxsmm): C = alpha · (the in-order sum), as BLAS defines it
       for (std::size_t i = 0; i < std::min(tile_rows, end - row); ++i)
         for (std::size_t j = 0; j < n; ++j) c_rows[i * ldc + j] *= alpha;
   }
-  // libxsmm's kernels return with the upper halves of the vector registers dirty (no
-  // vzeroupper): until they are cleared, every SSE instruction of the code compiled for baseline
-  // x86-64 — the rest of qkv, libm's exp — pays a state transition or a merge on Intel cores.
-  // These kernels exist only on CPUs with AVX, so the instruction is there.
-#if defined(__x86_64__)
-  __asm__ volatile("vzeroupper" ::: "memory");
-#endif
   return true;
 }
 

@@ -48,6 +48,15 @@ QKV_SIMD_CLONES void dropped_out(const real* weights, const std::uint8_t* keep, 
   for (std::size_t i = 0; i < count; ++i) a[i] = weights[i] * (keep_scale * static_cast<real>(keep[i]));
 }
 
+/// The a one head multiplies v by, from element `offset` of the [B, H, Tq, Tk] weights: the
+/// weights themselves without a dropout mask, their dropped-out copy in `scratch` with one.
+const real* attended_head(const real* weights, const std::uint8_t* keep, real keep_scale, std::size_t offset,
+                          std::size_t count, std::vector<real>& scratch) {
+  if (keep == nullptr) return weights + offset;
+  dropped_out(weights + offset, keep + offset, keep_scale, count, scratch.data());
+  return scratch.data();
+}
+
 }  // namespace
 
 // Each head's products are the ones the unfused ops run — blas::gemm on the same operands, read
@@ -112,12 +121,7 @@ void attend_values_forward(const AttentionDims& dims, const real* weights, const
     std::vector<real> attended(keep ? Tq * Tk : 0);  // [Tq, Tk]
     const real* v_head = head_start(v, v_at, b, g);
     for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
-      const std::size_t head_weights = (b * dims.heads + h) * Tq * Tk;
-      const real* a = weights + head_weights;
-      if (keep) {
-        dropped_out(a, keep + head_weights, keep_scale, Tq * Tk, attended.data());
-        a = attended.data();
-      }
+      const real* a = attended_head(weights, keep, keep_scale, (b * dims.heads + h) * Tq * Tk, Tq * Tk, attended);
       blas::gemm(Trans::No, Trans::No, Tq, d, Tk, 1, a, Tk, v_head, v_at.step, 0, out + b * Tq * out_row + h * d,
                  out_row);
     }
@@ -130,7 +134,7 @@ void attend_values_backward(const AttentionDims& dims, const real* grad_out, con
   const std::size_t group = group_of(dims), Tq = dims.queries, Tk = dims.keys, d = dims.head_dim;
   const std::size_t out_row = dims.heads * d;
   for_units(dims, [&](std::size_t b, std::size_t g) {
-    std::vector<real> attended(keep ? Tq * Tk : 0);  // [Tq, Tk]
+    std::vector<real> attended(keep ? Tq * Tk : 0), grad_attended(keep ? Tq * Tk : 0);  // [Tq, Tk] each
     const real* v_head = head_start(v, v_at, b, g);
     for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
       const std::size_t head_weights = (b * dims.heads + h) * Tq * Tk;
@@ -139,23 +143,19 @@ void attend_values_backward(const AttentionDims& dims, const real* grad_out, con
         real* to = grad_weights.data + head_weights;
         if (keep) {
           blas::gemm(Trans::No, Trans::Yes, Tq, Tk, d, 1, grad_head_out, out_row, v_head, v_at.step, 0,
-                     attended.data(), Tk);
+                     grad_attended.data(), Tk);
           const std::uint8_t* head_keep = keep + head_weights;
           if (grad_weights.accumulate)
-            for (std::size_t i = 0; i < Tq * Tk; ++i) to[i] += attended[i] * (keep_scale * static_cast<real>(head_keep[i]));
+            for (std::size_t i = 0; i < Tq * Tk; ++i) to[i] += grad_attended[i] * (keep_scale * static_cast<real>(head_keep[i]));
           else
-            for (std::size_t i = 0; i < Tq * Tk; ++i) to[i] = attended[i] * (keep_scale * static_cast<real>(head_keep[i]));
+            for (std::size_t i = 0; i < Tq * Tk; ++i) to[i] = grad_attended[i] * (keep_scale * static_cast<real>(head_keep[i]));
         } else {
           blas::gemm(Trans::No, Trans::Yes, Tq, Tk, d, 1, grad_head_out, out_row, v_head, v_at.step,
                      grad_weights.beta(), to, Tk);
         }
       }
-      if (grad_v) {  // dv = aᵀ grad
-        const real* a = weights + head_weights;
-        if (keep) {
-          dropped_out(a, keep + head_weights, keep_scale, Tq * Tk, attended.data());
-          a = attended.data();
-        }
+      if (grad_v) {  // dv += aᵀ grad
+        const real* a = attended_head(weights, keep, keep_scale, head_weights, Tq * Tk, attended);
         blas::gemm(Trans::Yes, Trans::No, Tk, d, Tq, 1, a, Tk, grad_head_out, out_row, 1, head_start(grad_v, v_at, b, g),
                    v_at.step);
       }

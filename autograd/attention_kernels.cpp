@@ -27,10 +27,13 @@ std::size_t units_per_chunk(const AttentionDims& dims) {
   return std::max<std::size_t>(1, parallel::min_elements_per_chunk / weights_per_unit);
 }
 
+/// unit(b, g, scratch) for every unit, `scratch` holding `scratch_floats` floats of the chunk's
+/// own (allocated once a chunk, not once a unit).
 template <class Unit>
-void for_units(const AttentionDims& dims, const Unit& unit) {
+void for_units(const AttentionDims& dims, std::size_t scratch_floats, const Unit& unit) {
   parallel::for_chunks(dims.batch * dims.kv_heads, units_per_chunk(dims), [&](std::size_t first, std::size_t last) {
-    for (std::size_t u = first; u < last; ++u) unit(u / dims.kv_heads, u % dims.kv_heads);
+    std::vector<real> scratch(scratch_floats);
+    for (std::size_t u = first; u < last; ++u) unit(u / dims.kv_heads, u % dims.kv_heads, scratch.data());
   });
 }
 
@@ -51,10 +54,10 @@ QKV_SIMD_CLONES void dropped_out(const real* weights, const std::uint8_t* keep, 
 /// The a one head multiplies v by, from element `offset` of the [B, H, Tq, Tk] weights: the
 /// weights themselves without a dropout mask, their dropped-out copy in `scratch` with one.
 const real* attended_head(const real* weights, const std::uint8_t* keep, real keep_scale, std::size_t offset,
-                          std::size_t count, std::vector<real>& scratch) {
+                          std::size_t count, real* scratch) {
   if (keep == nullptr) return weights + offset;
-  dropped_out(weights + offset, keep + offset, keep_scale, count, scratch.data());
-  return scratch.data();
+  dropped_out(weights + offset, keep + offset, keep_scale, count, scratch);
+  return scratch;
 }
 
 }  // namespace
@@ -68,7 +71,7 @@ void attention_weights_forward(const AttentionDims& dims, const real* q, HeadStr
                                HeadStrides k_at, const bool* allowed, const Shape& mask_strides, real scale,
                                real* weights) {
   const std::size_t group = group_of(dims), Tq = dims.queries, Tk = dims.keys, d = dims.head_dim;
-  for_units(dims, [&](std::size_t b, std::size_t g) {
+  for_units(dims, 0, [&](std::size_t b, std::size_t g, real*) {
     const real* k_head = head_start(k, k_at, b, g);  // [Tk, d], rows k_at.step apart
     for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
       real* head_weights = weights + (b * dims.heads + h) * Tq * Tk;  // [Tq, Tk]: the scores, then the weights
@@ -90,24 +93,23 @@ void attention_weights_backward(const AttentionDims& dims, const real* grad_weig
                                 const real* q, HeadStrides q_at, const real* k, HeadStrides k_at, real scale,
                                 real* grad_q, real* grad_k) {
   const std::size_t group = group_of(dims), Tq = dims.queries, Tk = dims.keys, d = dims.head_dim;
-  for_units(dims, [&](std::size_t b, std::size_t g) {
-    std::vector<real> grad_scores(Tq * Tk);  // [Tq, Tk]
+  for_units(dims, Tq * Tk, [&](std::size_t b, std::size_t g, real* grad_scores) {  // grad_scores [Tq, Tk]
     const real* k_head = head_start(k, k_at, b, g);
     for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
       const std::size_t head_weights = (b * dims.heads + h) * Tq * Tk;
       for (std::size_t i = 0; i < Tq; ++i)
         softmax_backward_row(grad_weights + head_weights + i * Tk, weights + head_weights + i * Tk, Tk,
-                             GradientOut{grad_scores.data() + i * Tk, false});
+                             GradientOut{grad_scores + i * Tk, false});
       // The scale goes into dS rather than into the products: a gemm adds into the heads in
       // place only with alpha 1 (blas.cpp). For a power-of-two scale (1/√d_k at d_k = 4^n) the
       // product is exact, and the bits are the unfused ops'.
       if (scale != real(1))
-        for (real& value : grad_scores) value *= scale;
+        for (std::size_t i = 0; i < Tq * Tk; ++i) grad_scores[i] *= scale;
       if (grad_q != nullptr)  // dq += dS k
-        blas::gemm(Trans::No, Trans::No, Tq, d, Tk, 1, grad_scores.data(), Tk, k_head, k_at.step, 1,
+        blas::gemm(Trans::No, Trans::No, Tq, d, Tk, 1, grad_scores, Tk, k_head, k_at.step, 1,
                    head_start(grad_q, q_at, b, h), q_at.step);
       if (grad_k != nullptr)  // dk += dSᵀ q
-        blas::gemm(Trans::Yes, Trans::No, Tk, d, Tq, 1, grad_scores.data(), Tk, head_start(q, q_at, b, h), q_at.step,
+        blas::gemm(Trans::Yes, Trans::No, Tk, d, Tq, 1, grad_scores, Tk, head_start(q, q_at, b, h), q_at.step,
                    1, head_start(grad_k, k_at, b, g), k_at.step);
     }
   });
@@ -117,8 +119,7 @@ void attend_values_forward(const AttentionDims& dims, const real* weights, const
                            real keep_scale, const real* v, HeadStrides v_at, real* out) {
   const std::size_t group = group_of(dims), Tq = dims.queries, Tk = dims.keys, d = dims.head_dim;
   const std::size_t out_row = dims.heads * d;
-  for_units(dims, [&](std::size_t b, std::size_t g) {
-    std::vector<real> attended(keep ? Tq * Tk : 0);  // [Tq, Tk]
+  for_units(dims, keep ? Tq * Tk : 0, [&](std::size_t b, std::size_t g, real* attended) {  // attended [Tq, Tk]
     const real* v_head = head_start(v, v_at, b, g);
     for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
       const real* a = attended_head(weights, keep, keep_scale, (b * dims.heads + h) * Tq * Tk, Tq * Tk, attended);
@@ -133,8 +134,9 @@ void attend_values_backward(const AttentionDims& dims, const real* grad_out, con
                             GradientOut grad_weights, real* grad_v) {
   const std::size_t group = group_of(dims), Tq = dims.queries, Tk = dims.keys, d = dims.head_dim;
   const std::size_t out_row = dims.heads * d;
-  for_units(dims, [&](std::size_t b, std::size_t g) {
-    std::vector<real> attended(keep ? Tq * Tk : 0), grad_attended(keep ? Tq * Tk : 0);  // [Tq, Tk] each
+  for_units(dims, keep ? 2 * Tq * Tk : 0, [&](std::size_t b, std::size_t g, real* scratch) {
+    real* attended = scratch;                  // [Tq, Tk]
+    real* grad_attended = keep ? scratch + Tq * Tk : nullptr;  // [Tq, Tk]
     const real* v_head = head_start(v, v_at, b, g);
     for (std::size_t h = g * group; h < (g + 1) * group; ++h) {
       const std::size_t head_weights = (b * dims.heads + h) * Tq * Tk;
@@ -143,7 +145,7 @@ void attend_values_backward(const AttentionDims& dims, const real* grad_out, con
         real* to = grad_weights.data + head_weights;
         if (keep) {
           blas::gemm(Trans::No, Trans::Yes, Tq, Tk, d, 1, grad_head_out, out_row, v_head, v_at.step, 0,
-                     grad_attended.data(), Tk);
+                     grad_attended, Tk);
           const std::uint8_t* head_keep = keep + head_weights;
           if (grad_weights.accumulate)
             for (std::size_t i = 0; i < Tq * Tk; ++i) to[i] += grad_attended[i] * (keep_scale * static_cast<real>(head_keep[i]));

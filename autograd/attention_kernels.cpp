@@ -1,7 +1,6 @@
 #include "autograd/attention_kernels.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "lib/numerics/blas.hpp"

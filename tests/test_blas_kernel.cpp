@@ -3,6 +3,7 @@
 // values do not depend on the kernel beyond rounding nor on the thread count at all.
 // Not a timing test: the speed is measured by `qkv-bench --sgemm` (bench/README.md).
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,62 @@ TEST_CASE("forced_core_note names the wider kernel a forced core leaves unused, 
   CHECK(!forced_core_note("Cooperlake", Isa::Avx512).has_value());
   CHECK(!forced_core_note("Haswell", Isa::Avx2).has_value());
   CHECK(!forced_core_note("SomeFutureCore", Isa::Avx512).has_value());  // unknown: OpenBLAS knows best
+}
+
+TEST_CASE("forced_core_why keeps the user's core, and says when OpenBLAS did not know the name") {
+  using blas::detail::forced_core_why;
+  CHECK(forced_core_why("Zen", "Zen", Isa::Avx2) == "set by OPENBLAS_CORETYPE=Zen");
+  CHECK(forced_core_why("haswell", "Haswell", Isa::Avx2) == "set by OPENBLAS_CORETYPE=haswell");  // no case
+  // OpenBLAS prints "Core not found" and runs its own pick: the line names what runs.
+  CHECK(forced_core_why("", "Haswell", Isa::Avx2) ==
+        "set by OPENBLAS_CORETYPE= (empty), not a core name OpenBLAS knows: it fell back to Haswell");
+  CHECK(forced_core_why("Skylake", "Prescott", Isa::Avx512) ==
+        "set by OPENBLAS_CORETYPE=Skylake, not a core name OpenBLAS knows: it fell back to Prescott; this CPU has "
+        "AVX-512, whose SkylakeX kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose");
+}
+
+TEST_CASE("unrunnable_core_error refuses kernels wider than the CPU, and nothing else") {
+  using blas::detail::unrunnable_core_error;
+  CHECK(unrunnable_core_error("SkylakeX", "SkylakeX", Isa::Avx2) ==
+        "OPENBLAS_CORETYPE=SkylakeX makes OpenBLAS run its SkylakeX kernels, which need AVX-512; this CPU has AVX2, "
+        "so the first matrix product would stop the program with an illegal instruction. Unset OPENBLAS_CORETYPE "
+        "to let qkv choose, or name a core this CPU runs (Haswell or Zen)");
+  CHECK(unrunnable_core_error("zen", "Zen", Isa::Avx)->find("need AVX2; this CPU has AVX") != std::string::npos);
+  CHECK(!unrunnable_core_error("Cooperlake", "Cooperlake", Isa::Avx512));
+  CHECK(!unrunnable_core_error("Haswell", "Haswell", Isa::Avx512));  // narrower: runs (and gets a note)
+  CHECK(!unrunnable_core_error("Prescott", "Prescott", Isa::Sse));
+  CHECK(!unrunnable_core_error("SomeFutureCore", "SomeFutureCore", Isa::Sse));  // unknown: OpenBLAS knows best
+}
+
+TEST_CASE("a forced core this CPU cannot run is refused by name at the first product, not by SIGILL") {
+  const blas::detail::Isa cpu = blas::detail::cpu_isa();
+  if (cpu == Isa::Avx512) {
+    MESSAGE("skipped: this CPU runs every OpenBLAS 0.3.21 x86-64 kernel (the refusal is checked on AVX2 hosts)");
+    return;
+  }
+  const std::string original = blas::kernel_name();
+  const char* set = std::getenv("OPENBLAS_CORETYPE");
+  const std::optional<std::string> previous = set ? std::optional<std::string>(set) : std::nullopt;
+  // As if the environment had said SkylakeX at load: OpenBLAS installs kernels this CPU lacks.
+  REQUIRE(blas::detail::select_openblas_core("SkylakeX"));
+  setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+  const std::string line = blas::detail::choose_kernel();
+  CAPTURE(line);
+  CHECK(line.find("SkylakeX kernel (set by OPENBLAS_CORETYPE=SkylakeX; refused: this CPU has") != std::string::npos);
+  std::vector<real> a(64 * 64, real(1)), c(64 * 64);
+  // Small (libxsmm's) and large (OpenBLAS's) products alike: no size decides whether it runs.
+  for (const std::size_t n : {std::size_t{8}, std::size_t{64}})
+    CHECK_THROWS_WITH(blas::gemm(blas::Trans::No, blas::Trans::No, n, n, n, real(1), a.data(), n, a.data(), n, real(0),
+                                 c.data(), n),
+                      doctest::Contains("OPENBLAS_CORETYPE=SkylakeX makes OpenBLAS run its SkylakeX kernels"));
+  CHECK_THROWS_WITH(blas::sgemm_rate(64, 1), doctest::Contains("illegal instruction"));
+
+  REQUIRE(blas::detail::select_openblas_core(original.c_str()));
+  if (previous) setenv("OPENBLAS_CORETYPE", previous->c_str(), 1);
+  else unsetenv("OPENBLAS_CORETYPE");
+  blas::detail::choose_kernel();
+  CHECK(blas::kernel_name() == original);
+  CHECK(product(96, 80, 72, 1).size() == 96 * 80);  // runs again
 }
 
 TEST_CASE("the kernel chosen at start-up uses what the CPU has, unless OPENBLAS_CORETYPE says otherwise") {

@@ -106,6 +106,17 @@ std::size_t chunk_work_floor(Trans trans_a, Trans trans_b, std::size_t n, real a
 
 CBLAS_TRANSPOSE to_cblas(Trans trans) { return trans == Trans::Yes ? CblasTrans : CblasNoTrans; }
 blasint to_int(std::size_t value) { return static_cast<blasint>(value); }
+// Set before main when OPENBLAS_CORETYPE names kernels this CPU cannot execute: every OpenBLAS
+// product (libxsmm's too, so that no product size decides) then refuses with this message, where the kernel would stop the program with SIGILL.
+std::string& unrunnable_core_message() {
+  static std::string message;
+  return message;
+}
+std::atomic<bool> core_unrunnable{false};
+void refuse_unrunnable_core() {
+  if (core_unrunnable.load(std::memory_order_relaxed)) throw Error(unrunnable_core_message());
+}
+
 // One name for both precisions, so gemm() compiles whichever `real` is.
 template <class... Args>
 void gemm_typed(Args... args) requires std::is_same_v<real, float> { cblas_sgemm(args...); }
@@ -290,6 +301,7 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
 void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, real alpha,
           const real* a, std::size_t lda, const real* b, std::size_t ldb, real beta, real* c,
           std::size_t ldc) {
+  refuse_unrunnable_core();
   if (m == 0 || n == 0) return;
   if (k == 0) {
     // BLAS leaves C untouched when K is 0 only for beta = 1; make the empty sum explicit.
@@ -323,6 +335,7 @@ void gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_
 
 void gemm_plus_bias(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, const real* a,
                     std::size_t lda, const real* b, std::size_t ldb, const real* bias, real* c, std::size_t ldc) {
+  refuse_unrunnable_core();
   if (m == 0 || n == 0) return;
   if (k > 0 && jit::gemm(trans_a, trans_b, m, n, k, real(1), a, lda, b, ldb, real(1), bias, c, ldc)) return;
   // Every row starts as the bias; the product adds op(A)·op(B) to it (beta 1).
@@ -348,6 +361,7 @@ void transpose(std::size_t rows, std::size_t cols, const real* in, std::size_t l
 }
 
 void sgemm(std::size_t m, std::size_t n, std::size_t k, const float* a, const float* b, float* c) {
+  refuse_unrunnable_core();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, to_int(m), to_int(n), to_int(k), 1.0f, a,
               to_int(k), b, to_int(n), 0.0f, c, to_int(n));
 }
@@ -453,6 +467,52 @@ std::optional<std::string> forced_core_note(std::string_view openblas_core, Isa 
          " kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose";
 }
 
+namespace {
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Sse: return "SSE";
+    case Isa::Avx: return "AVX";
+    case Isa::Avx2: return "AVX2";
+    case Isa::Avx512: return "AVX-512";
+  }
+  return "?";
+}
+const char* core_for(Isa isa) {
+  switch (isa) {
+    case Isa::Sse: return "Prescott";
+    case Isa::Avx: return "Sandybridge";
+    case Isa::Avx2: return "Haswell or Zen";
+    case Isa::Avx512: return "SkylakeX";
+  }
+  return "?";
+}
+bool same_name(std::string_view x, std::string_view y) {
+  return std::equal(x.begin(), x.end(), y.begin(), y.end(), [](char a, char b) {
+    return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+  });
+}
+}  // namespace
+
+std::optional<std::string> unrunnable_core_error(std::string_view forced, std::string_view openblas_core, Isa cpu) {
+  const std::optional<Isa> needs = core_isa(openblas_core);
+  if (!needs || *needs <= cpu) return std::nullopt;
+  return "OPENBLAS_CORETYPE=" + std::string(forced) + " makes OpenBLAS run its " + std::string(openblas_core) +
+         " kernels, which need " + isa_name(*needs) + "; this CPU has " + isa_name(cpu) +
+         ", so the first matrix product would stop the program with an illegal instruction. Unset "
+         "OPENBLAS_CORETYPE to let qkv choose, or name a core this CPU runs (" + core_for(cpu) + ")";
+}
+
+std::string forced_core_why(std::string_view forced, std::string_view openblas_core, Isa cpu) {
+  std::string why = "set by OPENBLAS_CORETYPE=" + std::string(forced);
+  // OpenBLAS matches the name without case; any other value it reports as "Core not found" and
+  // replaces with its own pick, which the line must not pass off as the user's.
+  if (!same_name(forced, openblas_core))
+    why += std::string(forced.empty() ? " (empty)" : "") + ", not a core name OpenBLAS knows: it fell back to " +
+           std::string(openblas_core);
+  if (const std::optional<std::string> note = forced_core_note(openblas_core, cpu)) why += "; " + *note;
+  return why;
+}
+
 bool select_openblas_core(const char* core) {
   if (gotoblas_dynamic_init == nullptr || gotoblas_dynamic_quit == nullptr) return false;
   const char* set = std::getenv("OPENBLAS_CORETYPE");
@@ -472,9 +532,15 @@ std::string choose_kernel() {
   config >> library >> version;
   const std::string picked = kernel_name();
   std::string why;
+  bool refused = false;
   if (const char* forced = std::getenv("OPENBLAS_CORETYPE")) {
-    why = std::string("set by OPENBLAS_CORETYPE=") + forced;  // the user's choice is never overridden
-    if (const std::optional<std::string> note = forced_core_note(picked, cpu_isa())) why += "; " + *note;
+    why = forced_core_why(forced, picked, cpu_isa());  // the user's choice is never overridden
+    // ... nor run where it cannot: refused by name at the first product instead of SIGILL.
+    if (const std::optional<std::string> error = unrunnable_core_error(forced, picked, cpu_isa())) {
+      unrunnable_core_message() = *error;
+      refused = true;
+      why += "; refused: this CPU has " + std::string(isa_name(cpu_isa()));
+    }
   } else if (const std::optional<std::string> better = better_core(picked, cpu_isa());
              better && select_openblas_core(better->c_str())) {
     why = "chosen by qkv: OpenBLAS picked " + picked + " for this CPU, which has " +
@@ -482,6 +548,7 @@ std::string choose_kernel() {
   } else {
     why = "chosen by OpenBLAS";
   }
+  core_unrunnable.store(refused, std::memory_order_relaxed);
   split_block.store(split_block_for(kernel_name()), std::memory_order_relaxed);
   kernel_line() = library + " " + version + ", " + kernel_name() + " kernel (" + why + ")";
   return kernel_line();

@@ -90,6 +90,16 @@ std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu);
 /// SkylakeX kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose"; else nullopt.
 std::optional<std::string> forced_core_note(std::string_view openblas_core, Isa cpu);
 
+/// The describe() reason for a core the environment forced: "set by OPENBLAS_CORETYPE=<forced>",
+/// saying so when OpenBLAS did not know the name and fell back to `openblas_core`, and adding
+/// forced_core_note's note.
+std::string forced_core_why(std::string_view forced, std::string_view openblas_core, Isa cpu);
+
+/// When a forced core's kernels need a wider ISA than this CPU has (SkylakeX on an AVX2 CPU),
+/// the error every OpenBLAS product then throws instead of dying of an illegal instruction;
+/// nullopt when the CPU runs them or qkv does not know the core.
+std::optional<std::string> unrunnable_core_error(std::string_view forced, std::string_view openblas_core, Isa cpu);
+
 /// Re-runs OpenBLAS's dispatch (DYNAMIC_ARCH) as if OPENBLAS_CORETYPE=`core` had been set at
 /// load, without leaving the variable set. Only while no BLAS call is running. False when this
 /// OpenBLAS has no run-time dispatch; then nothing changes.

@@ -106,8 +106,9 @@ std::size_t chunk_work_floor(Trans trans_a, Trans trans_b, std::size_t n, real a
 
 CBLAS_TRANSPOSE to_cblas(Trans trans) { return trans == Trans::Yes ? CblasTrans : CblasNoTrans; }
 blasint to_int(std::size_t value) { return static_cast<blasint>(value); }
-// Set before main when OPENBLAS_CORETYPE names kernels this CPU cannot execute: every OpenBLAS
-// product (libxsmm's too, so that no product size decides) then refuses with this message, where the kernel would stop the program with SIGILL.
+// Set before main (by choose_kernel) when OPENBLAS_CORETYPE names kernels this CPU cannot
+// execute: every product then throws this message where the kernel would die of SIGILL —
+// libxsmm's products too, so that no product size decides whether a program runs.
 std::string& unrunnable_core_message() {
   static std::string message;
   return message;

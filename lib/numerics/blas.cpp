@@ -451,23 +451,6 @@ std::optional<Isa> core_isa(std::string_view openblas_core) {
   return std::nullopt;
 }
 
-std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu) {
-  const std::optional<Isa> current = core_isa(openblas_core);
-  if (!current) return std::nullopt;  // a core newer than qkv knows: OpenBLAS knows best
-  if (cpu == Isa::Avx512 && *current < Isa::Avx512) return "SkylakeX";
-  if (cpu >= Isa::Avx2 && *current < Isa::Avx2) return "Haswell";
-  return std::nullopt;
-}
-
-std::optional<std::string> forced_core_note(std::string_view openblas_core, Isa cpu) {
-  const std::optional<std::string> better = better_core(openblas_core, cpu);
-  if (!better) return std::nullopt;
-  // A note, not a switch: the environment's choice stands, but a user who set it for another
-  // machine (or inherited it) learns that this CPU can run wider kernels.
-  return std::string("this CPU has ") + (cpu == Isa::Avx512 ? "AVX-512" : "AVX2") + ", whose " + *better +
-         " kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose";
-}
-
 namespace {
 const char* isa_name(Isa isa) {
   switch (isa) {
@@ -493,6 +476,23 @@ bool same_name(std::string_view x, std::string_view y) {
   });
 }
 }  // namespace
+
+std::optional<std::string> better_core(std::string_view openblas_core, Isa cpu) {
+  const std::optional<Isa> current = core_isa(openblas_core);
+  if (!current) return std::nullopt;  // a core newer than qkv knows: OpenBLAS knows best
+  if (cpu == Isa::Avx512 && *current < Isa::Avx512) return "SkylakeX";
+  if (cpu >= Isa::Avx2 && *current < Isa::Avx2) return "Haswell";
+  return std::nullopt;
+}
+
+std::optional<std::string> forced_core_note(std::string_view openblas_core, Isa cpu) {
+  const std::optional<std::string> better = better_core(openblas_core, cpu);
+  if (!better) return std::nullopt;
+  // A note, not a switch: the environment's choice stands, but a user who set it for another
+  // machine (or inherited it) learns that this CPU can run wider kernels.
+  return std::string("this CPU has ") + isa_name(cpu) + ", whose " + *better +
+         " kernel may be faster: unset OPENBLAS_CORETYPE to let qkv choose";
+}
 
 std::optional<std::string> unrunnable_core_error(std::string_view forced, std::string_view openblas_core, Isa cpu) {
   const std::optional<Isa> needs = core_isa(openblas_core);
@@ -545,7 +545,7 @@ std::string choose_kernel() {
   } else if (const std::optional<std::string> better = better_core(picked, cpu_isa());
              better && select_openblas_core(better->c_str())) {
     why = "chosen by qkv: OpenBLAS picked " + picked + " for this CPU, which has " +
-          (cpu_isa() == Isa::Avx512 ? "AVX-512" : "AVX2");
+          isa_name(cpu_isa());
   } else {
     why = "chosen by OpenBLAS";
   }

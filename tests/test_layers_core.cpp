@@ -353,7 +353,9 @@ TEST_CASE("Module: save then load into a differently initialised module gives th
   std::filesystem::remove(path);
   const auto a = saved.state_dict(), b = loaded.state_dict();
   REQUIRE(a.size() == b.size());
-  for (const auto& [name, value] : a) {
+  for (const auto& entry : a) {
+    const auto& name = entry.first;
+    const auto& value = entry.second;
     INFO(name);
     CHECK(max_abs_diff(value, b.at(name)) == 0);
   }

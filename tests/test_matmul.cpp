@@ -208,7 +208,9 @@ TEST_CASE("bad linear shapes throw naming the op and the shapes") {
 TEST_CASE("matmul with a scale equals the scaled product, and its gradients check") {
   // Folded ([B, M, K] x [K, N]), batched and broadcast products, transposed or not.
   const std::vector<std::pair<Shape, Shape>> shapes = {{{2, 3, 4}, {4, 5}}, {{2, 3, 4}, {2, 4, 5}}, {{3, 4}, {2, 4, 5}}};
-  for (const auto& [sa, sb] : shapes) {
+  for (const auto& shape_pair : shapes) {
+    const Shape& sa = shape_pair.first;
+    const Shape& sb = shape_pair.second;
     CAPTURE(to_string(sa));
     CAPTURE(to_string(sb));
     const Variable a(random_array(sa, 401)), b(random_array(sb, 402));

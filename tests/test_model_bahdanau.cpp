@@ -113,7 +113,7 @@ TEST_CASE("Bahdanau: parameter names and which initial-state path each config ta
   CHECK(bidirectional.kind() == "bahdanau");
 
   BahdanauModel direct(small_config(false, 2, 2));
-  for (const auto& [name, value] : direct.named_parameters()) CHECK_MESSAGE(name.rfind("bridge", 0) != 0, name);
+  for (const auto& named : direct.named_parameters()) CHECK_MESSAGE(named.first.rfind("bridge", 0) != 0, named.first);
   BahdanauModel bridged(small_config(false, 1, 2));
   CHECK(bridged.state_dict().count("bridge.weight") == 1);
 
@@ -295,7 +295,7 @@ TEST_CASE("Bahdanau: config JSON round trip rebuilds an identical model") {
   CHECK(rebuilt->bahdanau_config() == config);
   const auto a = model.state_dict(), b = rebuilt->state_dict();
   REQUIRE(a.size() == b.size());
-  for (const auto& [name, value] : a) CHECK_MESSAGE(max_abs_diff(value, b.at(name)) == 0, name);
+  for (const auto& entry : a) CHECK_MESSAGE(max_abs_diff(entry.second, b.at(entry.first)) == 0, entry.first);
 
   // Another seed, other weights.
   config.seed += 1;

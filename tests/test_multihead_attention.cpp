@@ -91,7 +91,9 @@ TEST_CASE("MultiheadAttention matches PyTorch: self, cross, key padding, causal"
       CHECK(diff(key.grad(), fixture.reals.at(name + ".grad.key")) < 1e-12);
       CHECK(diff(value.grad(), fixture.reals.at(name + ".grad.value")) < 1e-12);
     }
-    for (const auto& [parameter, variable] : mha->named_parameters()) {
+    for (const auto& named : mha->named_parameters()) {
+      const std::string& parameter = named.first;
+      const Variable& variable = named.second;
       CAPTURE(parameter);
       CHECK(diff(variable.grad(), fixture.reals.at(name + ".grad." + parameter)) < 1e-12);
     }

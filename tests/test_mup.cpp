@@ -209,7 +209,8 @@ TEST_CASE("mup: the groups are the weights with two width dimensions, the rest k
   CHECK(groups[0].weight_decay_multiplier == 2);
   const std::set<std::string> hidden(groups[0].parameters.begin(), groups[0].parameters.end());
   std::size_t expected = 0;
-  for (const auto& [name, parameter] : model.named_parameters()) {
+  for (const auto& named : model.named_parameters()) {
+    const std::string& name = named.first;
     CAPTURE(name);
     // By name: the attention projections and the feed-forward weights, nothing else.
     const bool matrix = name.ends_with("proj_weight") || name.ends_with("out_proj.weight") ||

@@ -65,7 +65,9 @@ TEST_CASE("optimizers match PyTorch over three steps, a parameter without gradie
   for (const auto& name : names) initial[name] = fixture.reals.at("init." + name);
 
   double worst = 0;
-  for (const auto& [config, make_optimizer] : fixture_configs()) {
+  for (const auto& named_config : fixture_configs()) {
+    const std::string& config = named_config.first;
+    const auto& make_optimizer = named_config.second;
     CAPTURE(config);
     std::vector<NamedVariable> parameters = make_parameters(initial);
     const std::unique_ptr<Optimizer> optimizer = make_optimizer(parameters);
@@ -76,7 +78,9 @@ TEST_CASE("optimizers match PyTorch over three steps, a parameter without gradie
         if (gradient != fixture.reals.end()) set_gradient(parameter, gradient->second);
       }
       optimizer->step();
-      for (const auto& [name, parameter] : parameters) {
+      for (const auto& named : parameters) {
+        const std::string& name = named.first;
+        const Variable& parameter = named.second;
         CAPTURE(name);
         const double difference =
             max_abs_diff(parameter.value(), fixture.reals.at(config + ".after." + std::to_string(step) + "." + name));
@@ -306,7 +310,9 @@ TEST_CASE("save, load into a fresh optimizer, and continue exactly as an uninter
       {"adam_weight_decay", fixture_configs()[6].second},
       {"adamw", fixture_configs()[7].second},
   };
-  for (const auto& [config, make_optimizer] : configs) {
+  for (const auto& named_config : configs) {
+    const std::string& config = named_config.first;
+    const auto& make_optimizer = named_config.second;
     CAPTURE(config);
     std::vector<NamedVariable> uninterrupted = make_parameters(initial);
     const auto reference = make_optimizer(uninterrupted);
@@ -333,7 +339,9 @@ TEST_CASE("save, load into a fresh optimizer, and continue exactly as an uninter
     const auto expected_state = reference->state();
     const auto resumed_state = after->state();
     REQUIRE(expected_state.size() == resumed_state.size());
-    for (const auto& [name, value] : expected_state) {
+    for (const auto& entry : expected_state) {
+      const auto& name = entry.first;
+      const auto& value = entry.second;
       CAPTURE(name);
       CHECK(max_abs_diff(resumed_state.at(name), value) == 0);
     }
@@ -418,7 +426,9 @@ TEST_CASE("a state that does not fit is reported whole and changes nothing") {
                        "\n  counters that are not whole numbers >= 0 (2): decoder.b.step = -1; step = 1.5;",
                        Error);
   const auto after = adam.state();
-  for (const auto& [name, value] : before) {
+  for (const auto& entry : before) {
+    const auto& name = entry.first;
+    const auto& value = entry.second;
     CAPTURE(name);
     CHECK(max_abs_diff(after.at(name), value) == 0);
   }

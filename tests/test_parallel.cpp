@@ -122,10 +122,12 @@ TEST_CASE("a gemm split over threads by rows gives the single-threaded result bi
   // product with fewer than 32 rows is split by columns instead, which keeps the value to
   // rounding but not necessarily to the bit.
   const std::size_t k = 131;
-  for (auto [ta, tb] : {std::pair{blas::Trans::No, blas::Trans::No}, std::pair{blas::Trans::Yes, blas::Trans::No},
-                        std::pair{blas::Trans::No, blas::Trans::Yes}, std::pair{blas::Trans::Yes, blas::Trans::Yes}}) {
-    for (auto [rows, columns] : {std::pair{std::size_t{203}, std::size_t{97}}, std::pair{std::size_t{97}, std::size_t{203}},
-                                 std::pair{std::size_t{20}, std::size_t{1000}}}) {
+  for (const auto& transposes : {std::pair{blas::Trans::No, blas::Trans::No}, std::pair{blas::Trans::Yes, blas::Trans::No},
+                                 std::pair{blas::Trans::No, blas::Trans::Yes}, std::pair{blas::Trans::Yes, blas::Trans::Yes}}) {
+    const blas::Trans ta = transposes.first, tb = transposes.second;
+    for (const auto& size : {std::pair{std::size_t{203}, std::size_t{97}}, std::pair{std::size_t{97}, std::size_t{203}},
+                             std::pair{std::size_t{20}, std::size_t{1000}}}) {
+      const std::size_t rows = size.first, columns = size.second;
       CAPTURE(rows);
       CAPTURE(int(ta));
       CAPTURE(int(tb));

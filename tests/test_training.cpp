@@ -321,7 +321,7 @@ TEST_CASE("trainer: resuming reproduces the losses of an uninterrupted run bit f
   // The final weights agree too.
   const auto a = load_checkpoint(straight_dir.string()).model->state_dict();
   const auto b = load_checkpoint(resumed_dir.string()).model->state_dict();
-  for (const auto& [name, value] : a) CHECK_MESSAGE(value == b.at(name), name);
+  for (const auto& entry : a) CHECK_MESSAGE(entry.second == b.at(entry.first), entry.first);
 
   std::ifstream metrics(resumed_dir / "metrics.jsonl");
   std::string line;
@@ -385,8 +385,8 @@ TEST_CASE("trainer: checkpoints round-trip, and a failed save leaves the previou
     CHECK(loaded.options.to_json() == trainer.options().to_json());
     CHECK(loaded.data == nlohmann::json{{"task", "reverse"}});
     CHECK(loaded.progress.step == 6);
-    for (const auto& [name, value] : trainer.model().state_dict())
-      CHECK_MESSAGE(value == loaded.model->state_dict().at(name), name);
+    for (const auto& entry : trainer.model().state_dict())
+      CHECK_MESSAGE(entry.second == loaded.model->state_dict().at(entry.first), entry.first);
   }  // the trainer's Checkpointer releases the directory here
 
   // A save that fails half-way (the optimizer file cannot be put in place) changes nothing in

@@ -137,9 +137,10 @@ TEST_CASE("Transformer layers and stacks match PyTorch: outputs and all gradient
     sum(output * Variable(fixture.reals.at(c.name + ".r"))).backward();
     CHECK(diff(source.grad(), fixture.reals.at(c.name + ".grad.source")) < 1e-5);
     if (c.decoder) CHECK(diff(target.grad(), fixture.reals.at(c.name + ".grad.target")) < 1e-5);
-    for (const auto& [parameter, variable] : module->named_parameters()) {
+    for (const auto& named : module->named_parameters()) {
+      const std::string& parameter = named.first;
       CAPTURE(parameter);
-      CHECK(diff(variable.grad(), fixture.reals.at(c.name + ".grad." + parameter)) < 1e-5);
+      CHECK(diff(named.second.grad(), fixture.reals.at(c.name + ".grad." + parameter)) < 1e-5);
     }
     MESSAGE(c.name << ": worst difference from PyTorch over the output and every gradient: " << worst);
   }

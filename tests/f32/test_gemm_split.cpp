@@ -141,8 +141,9 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
     std::vector<real> whole = x.start;
     blas::gemm(g.trans_a, g.trans_b, g.m, g.n, g.k, g.alpha, x.a.data(), x.lda, x.b.data(), x.ldb, g.beta, whole.data(),
                g.n);
-    for (auto [first, rows] : {std::pair{std::size_t{0}, std::size_t{64}}, std::pair{std::size_t{64}, std::size_t{86}},
-                               std::pair{std::size_t{128}, std::size_t{22}}, std::pair{std::size_t{0}, std::size_t{128}}}) {
+    for (const auto& part_rows : {std::pair{std::size_t{0}, std::size_t{64}}, std::pair{std::size_t{64}, std::size_t{86}},
+                                  std::pair{std::size_t{128}, std::size_t{22}}, std::pair{std::size_t{0}, std::size_t{128}}}) {
+      const std::size_t first = part_rows.first, rows = part_rows.second;
       if (!on_libxsmm(rows)) continue;
       std::vector<real> part(x.start.begin() + std::ptrdiff_t(first * g.n),
                              x.start.begin() + std::ptrdiff_t((first + rows) * g.n));

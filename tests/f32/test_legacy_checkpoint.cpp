@@ -57,7 +57,9 @@ Checkpoint load_legacy(const std::string& kind) {
   const TensorFile file = read_safetensors(legacy_checkpoint(kind) + "/model.safetensors");
   const auto state = checkpoint.model->state_dict();
   CHECK(state.size() == file.reals.size());
-  for (const auto& [name, value] : file.reals) {
+  for (const auto& entry : file.reals) {
+    const auto& name = entry.first;
+    const auto& value = entry.second;
     CAPTURE(name);
     REQUIRE(state.contains(name));
     CHECK(test::max_abs_diff(state.at(name), value) == 0);

@@ -30,7 +30,9 @@ void check_layer(Layer& layer, const TensorFile& fixture, const std::string& key
   CHECK(max_abs_diff(y.value(), fixture.reals.at(key + ".output")) < kTolerance);
   y.backward(fixture.reals.at(key + ".projection"));
   CHECK(max_abs_diff(x.grad(), fixture.reals.at(key + ".grad.input")) < kTolerance);
-  for (const auto& [name, variable] : layer.named_parameters()) {
+  for (const auto& named : layer.named_parameters()) {
+    const std::string& name = named.first;
+    const Variable& variable = named.second;
     CAPTURE(name);
     CHECK(max_abs_diff(variable.grad(), fixture.reals.at(key + ".grad." + name)) < kTolerance);
   }
@@ -72,7 +74,9 @@ TEST_CASE("float32: MultiheadAttention matches PyTorch within 1e-4 (self, cross,
                     sum(out.weights * Variable(fixture.reals.at(name + ".r_weights")));
     loss.backward();
     CHECK(max_abs_diff(query.grad(), fixture.reals.at(name + ".grad.query")) < kTolerance);
-    for (const auto& [parameter, variable] : mha.named_parameters()) {
+    for (const auto& named : mha.named_parameters()) {
+      const std::string& parameter = named.first;
+      const Variable& variable = named.second;
       CAPTURE(parameter);
       CHECK(max_abs_diff(variable.grad(), fixture.reals.at(name + ".grad." + parameter)) < kTolerance);
     }

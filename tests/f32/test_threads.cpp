@@ -62,7 +62,9 @@ StepsResult train_steps(const std::string& kind, const nlohmann::json& config, s
 void check_identical(const StepsResult& a, const StepsResult& b) {
   CHECK(a.losses == b.losses);
   REQUIRE(a.parameters.size() == b.parameters.size());
-  for (const auto& [name, value] : a.parameters) {
+  for (const auto& entry : a.parameters) {
+    const auto& name = entry.first;
+    const auto& value = entry.second;
     CAPTURE(name);
     CHECK(max_abs_diff(value, b.parameters.at(name)) == 0);
   }

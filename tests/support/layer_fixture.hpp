@@ -11,7 +11,8 @@ namespace qkv::test {
 /// Loads `<key>.<name>` for every parameter of `module` through load_state_dict (by name).
 inline void load_layer(Module& module, const TensorFile& fixture, const std::string& key) {
   std::map<std::string, Array> state;
-  for (const auto& [name, variable] : module.named_parameters()) {
+  for (const auto& named : module.named_parameters()) {
+    const std::string& name = named.first;
     const auto found = fixture.reals.find(key + "." + name);
     REQUIRE_MESSAGE(found != fixture.reals.end(), "fixture has no " << key << "." << name);
     state.emplace(name, found->second);

@@ -132,7 +132,8 @@ void gemm_typed(Args... args) requires std::is_same_v<real, double> { cblas_dgem
 // either: every 64-row tile of C streams all of op(B), and a transposed A is read down its
 // columns. Swept over 390 shapes on an AVX-512 Xeon (bench/README.md, "Which products libxsmm
 // runs"), libxsmm was 1.2–1.6× faster where B fits in half of L2 and, for a transposed A, where K
-// or A's rows are few; elsewhere OpenBLAS was up to 3× faster. detail::runs_libxsmm holds that rule.
+// or A's rows are few; elsewhere OpenBLAS was up to 3× faster. detail::runs_libxsmm holds that rule,
+// and the narrower one libxsmm's AVX2 kernels earned on a Zen 3.
 //
 // Bits: a libxsmm kernel sums every element of C over K in order, one fused multiply-add per
 // term, from 0 (beta = 0) or from C (beta = 1), whatever the tile it computes — so C's rows can
@@ -258,7 +259,9 @@ bool tiles(Trans trans_a, std::size_t begin, std::size_t end, std::size_t n, std
 [[maybe_unused]] bool gemm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha,
                            const float* a, std::size_t lda, const float* b, std::size_t ldb, float beta,
                            const float* bias, float* c, std::size_t ldc) {
-  if (!wanted() || !detail::runs_libxsmm(trans_a, trans_b, m, n, k, alpha, beta, detail::l2_cache_bytes())) return false;
+  if (!wanted() ||
+      !detail::runs_libxsmm(trans_a, trans_b, m, n, k, alpha, beta, detail::l2_cache_bytes(), detail::libxsmm_kernels()))
+    return false;
   // B as libxsmm reads it: [K, N] row-major; a transposed B is copied into that layout once per product.
   thread_local std::vector<float> transposed_b;
   const float* b_kn = b;
@@ -391,7 +394,9 @@ std::string describe() {
     return kernel_line();  // float64 products all run on OpenBLAS
   } else {
     if (!jit::wanted()) return kernel_line() + "; libxsmm off (QKV_GEMM=openblas)";
-    return kernel_line() + "; small products (at most 512 columns, B within " +
+    // The rule's outline (detail::runs_libxsmm); narrower kernels take only short sums.
+    const std::string narrower = detail::libxsmm_kernels() < detail::Isa::Avx512 ? "K at most 128, at most 256 columns" : "at most 512 columns";
+    return kernel_line() + "; small products (" + narrower + ", B within " +
            std::to_string(detail::l2_cache_bytes() / 2 / 1024) + " KiB, half this core's L2): libxsmm " +
            LIBXSMM_VERSION + " JIT, " + libxsmm_get_target_arch() + " kernels";
   }
@@ -400,7 +405,7 @@ std::string describe() {
 namespace detail {
 
 bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta,
-                  std::size_t l2_bytes) {
+                  std::size_t l2_bytes, Isa kernels) {
   if (!(beta == 0.0f || beta == 1.0f) || (alpha != 1.0f && beta != 0.0f)) return false;  // alpha: applied to C after
   if (n > 512 || k > 4096) return false;
   // Each 64-row tile of C reads all of op(B): beyond half of L2 it comes from L3 every time.
@@ -411,7 +416,29 @@ bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, st
   // A transposed A is read down its columns, k rows apart by m floats: fine for short columns
   // (K ≤ 256), for few of them (M ≤ 64), or for narrow products on a modest stride.
   if (trans_a == Trans::Yes && !(k <= 256 || m <= 64 || (m <= 384 && n <= 128))) return false;
+  if (kernels >= Isa::Avx512) return true;
+  // libxsmm's AVX2 (or narrower) kernels hold half as many floats per register, against OpenBLAS's AVX2 kernels
+  // (Zen, Haswell), which stay as good: on a Zen 3 (bench/README.md) libxsmm kept its lead only on
+  // short sums — from K = 192 OpenBLAS was up to 1.2× faster (1536×64×192), and at K = 128 with
+  // 384 columns (64×384×128, the Bahdanau decoder's gates) too.
+  if (k > 128) return false;
+  if (trans_a == Trans::No && trans_b == Trans::No) return n <= 256;
+  // The copy of a transposed B paid off only for the narrowest (1536×64×64: 1.4–1.6×; 1536×192×64: 0.7–0.9×).
+  if (trans_b == Trans::Yes && n > 64) return false;
+  // A transposed A (weight gradients): where C accumulates (beta 1) OpenBLAS skips the pass that
+  // zeroes C for beta 0, and led from 128 × 128 on (384×128×64: 0.88–0.91×); a head's 24 × 16 still gains.
+  if (trans_a == Trans::Yes && beta != 0.0f && m * n > 64 * 64) return false;
   return true;
+}
+
+Isa libxsmm_kernels() {
+  static const Isa isa = [] {
+    const int arch = libxsmm_get_target_archid();
+    if (arch >= LIBXSMM_X86_AVX512) return Isa::Avx512;
+    if (arch >= LIBXSMM_X86_AVX2) return Isa::Avx2;
+    return arch >= LIBXSMM_X86_AVX ? Isa::Avx : Isa::Sse;
+  }();
+  return isa;
 }
 
 std::size_t l2_cache_bytes() {

@@ -60,19 +60,26 @@ std::string describe();
 
 namespace detail {
 
+/// The widest vector instructions a CPU (and its OS) lets a kernel use.
+enum class Isa { Sse, Avx, Avx2, Avx512 };
+
 /// Whether a float32 product runs libxsmm's kernels (unless QKV_GEMM=openblas), on a core with
-/// `l2_bytes` of L2: beta 0 or 1 (alpha 1 unless beta is 0), at most 512 columns and K ≤ 4096,
-/// op(B) within half of L2; a transposed B with at least 24 rows of C and at most 384 columns; a
-/// transposed A when K ≤ 256, M ≤ 64, or M ≤ 384 with at most 128 columns. Measured over 390
-/// shapes (bench/README.md, "Which products libxsmm runs").
+/// `l2_bytes` of L2 where libxsmm generates `kernels` code: beta 0 or 1 (alpha 1 unless beta is
+/// 0), at most 512 columns and K ≤ 4096, op(B) within half of L2; a transposed B with at least 24
+/// rows of C and at most 384 columns; a transposed A when K ≤ 256, M ≤ 64, or M ≤ 384 with at
+/// most 128 columns (measured over 390 shapes on AVX-512, bench/README.md, "Which products libxsmm
+/// runs"). With AVX2 kernels (half the vector width), also K ≤ 128, and: at most 256 columns; a
+/// transposed B at most 64; a transposed A with beta 0 or C within 64 × 64 (measured on a Zen 3,
+/// bench/README.md, "libxsmm's AVX2 kernels").
 bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta,
-                  std::size_t l2_bytes);
+                  std::size_t l2_bytes, Isa kernels);
+
+/// The ISA of the kernels libxsmm generates here (libxsmm_get_target_archid: AVX-512 from its
+/// first AVX-512 target, AVX2 below; LIBXSMM_TARGET can lower it).
+Isa libxsmm_kernels();
 
 /// This core's L2 cache size as the C library reports it (1 MiB when it cannot tell).
 std::size_t l2_cache_bytes();
-
-/// The widest vector instructions a CPU (and its OS) lets a kernel use.
-enum class Isa { Sse, Avx, Avx2, Avx512 };
 
 /// This CPU's: AVX-512 means F, CD, DQ, BW and VL, which OpenBLAS's SkylakeX kernels use.
 Isa cpu_isa();

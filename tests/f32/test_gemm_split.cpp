@@ -133,7 +133,7 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
     // The products libxsmm runs whole; below, the parts it runs too (OpenBLAS makes no such promise).
     const auto on_libxsmm = [&](std::size_t rows) {
       return blas::detail::runs_libxsmm(g.trans_a, g.trans_b, rows, g.n, g.k, g.alpha, g.beta,
-                                        blas::detail::l2_cache_bytes());
+                                        blas::detail::l2_cache_bytes(), blas::detail::libxsmm_kernels());
     };
     if (g.m != 150 || !on_libxsmm(g.m)) continue;
     ++whole_products;
@@ -156,17 +156,19 @@ TEST_CASE("float32: C's rows cut at 64-row tile boundaries have the same bits as
       ++compared;
     }
   }
-  // Of the 150-row cases (5 widths up to 512 × 3 depths × 4 transposes × 3 alpha/beta), most run
-  // libxsmm, and so do most of their parts (a transposed B's 22-row part does not).
-  CHECK(whole_products >= 100);
+  // Of the 180 150-row cases (6 widths × 3 depths × 4 transposes × 3 alpha/beta), 82 run libxsmm
+  // with its AVX2 kernels (K ≤ 128 only) and more with AVX-512 ones; so do most of their parts (a
+  // transposed B's 22-row part does not).
+  CHECK(whole_products >= 80);
   CHECK(compared >= 3 * whole_products);
 }
 
 TEST_CASE("float32: which products run libxsmm (the rule measured in bench/README.md)") {
   using blas::Trans;
+  using blas::detail::Isa;
   const std::size_t l2 = std::size_t{2} << 20;  // the AVX-512 Xeon the rule was measured on: 2 MiB
   const auto runs = [&](Trans ta, Trans tb, std::size_t m, std::size_t n, std::size_t k) {
-    return blas::detail::runs_libxsmm(ta, tb, m, n, k, 1.0f, 0.0f, l2);
+    return blas::detail::runs_libxsmm(ta, tb, m, n, k, 1.0f, 0.0f, l2, Isa::Avx512);
   };
   // transformer-tiny's products: x · Wᵀ, dY · W, and the weight gradients dYᵀ · X (K = 1536 rows)
   CHECK(runs(Trans::No, Trans::Yes, 1536, 192, 64));
@@ -180,7 +182,8 @@ TEST_CASE("float32: which products run libxsmm (the rule measured in bench/READM
   CHECK_FALSE(runs(Trans::No, Trans::No, 1024, 768, 256));
   CHECK_FALSE(runs(Trans::No, Trans::No, 1024, 512, 1024));
   CHECK(runs(Trans::No, Trans::No, 1024, 256, 1024));  // 1 MiB: just within
-  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1024, 256, 1024, 1.0f, 0.0f, std::size_t{1} << 20));
+  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1024, 256, 1024, 1.0f, 0.0f, std::size_t{1} << 20,
+                                         Isa::Avx512));
   // a transposed B: not for fewer than 24 rows, nor above 384 columns (transformer-small's vocabulary product)
   CHECK_FALSE(runs(Trans::No, Trans::Yes, 16, 64, 64));
   CHECK_FALSE(runs(Trans::No, Trans::Yes, 1024, 512, 256));
@@ -191,9 +194,40 @@ TEST_CASE("float32: which products run libxsmm (the rule measured in bench/READM
   CHECK(runs(Trans::Yes, Trans::No, 1024, 256, 256));  // short columns
   CHECK(runs(Trans::Yes, Trans::No, 64, 256, 1024));   // few of them
   // alpha and beta libxsmm's kernels cannot take
-  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 0.5f, 1.0f, l2));
-  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 1.0f, 0.5f, l2));
-  CHECK(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 0.5f, 0.0f, l2));
+  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 0.5f, 1.0f, l2, Isa::Avx512));
+  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 1.0f, 0.5f, l2, Isa::Avx512));
+  CHECK(blas::detail::runs_libxsmm(Trans::No, Trans::No, 64, 64, 64, 0.5f, 0.0f, l2, Isa::Avx512));
+}
+
+TEST_CASE("float32: which products run libxsmm's AVX2 kernels (the narrower rule measured on a Zen 3)") {
+  using blas::Trans;
+  using blas::detail::Isa;
+  const std::size_t l2 = std::size_t{512} << 10;  // the Zen 3 the rule was measured on: 512 KiB
+  const auto runs = [&](Trans ta, Trans tb, std::size_t m, std::size_t n, std::size_t k, float beta) {
+    return blas::detail::runs_libxsmm(ta, tb, m, n, k, 1.0f, beta, l2, Isa::Avx2);
+  };
+  // Short sums, up to 256 columns: transformer-tiny's 1536×64×64 and 1536×256×64, a head's 24×16×24
+  CHECK(runs(Trans::No, Trans::No, 1536, 64, 64, 0.0f));
+  CHECK(runs(Trans::No, Trans::No, 1536, 256, 64, 0.0f));
+  CHECK(runs(Trans::No, Trans::No, 24, 16, 24, 1.0f));
+  CHECK(runs(Trans::No, Trans::No, 64, 128, 128, 0.0f));
+  // OpenBLAS from K = 192 (where AVX-512 kernels still run libxsmm), and beyond 256 columns
+  CHECK_FALSE(runs(Trans::No, Trans::No, 1536, 64, 192, 1.0f));
+  CHECK(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1536, 64, 192, 1.0f, 1.0f, l2, Isa::Avx512));
+  CHECK_FALSE(runs(Trans::No, Trans::No, 64, 384, 128, 1.0f));  // the Bahdanau decoder's gates
+  // A transposed B: the narrowest only
+  CHECK(runs(Trans::No, Trans::Yes, 1536, 64, 64, 1.0f));
+  CHECK(runs(Trans::No, Trans::Yes, 24, 24, 16, 0.0f));
+  CHECK_FALSE(runs(Trans::No, Trans::Yes, 1536, 192, 64, 1.0f));
+  CHECK_FALSE(runs(Trans::No, Trans::Yes, 1536, 64, 256, 1.0f));
+  // A transposed A: beta 0, or a small C when it accumulates
+  CHECK(runs(Trans::Yes, Trans::No, 384, 128, 64, 0.0f));
+  CHECK_FALSE(runs(Trans::Yes, Trans::No, 384, 128, 64, 1.0f));
+  CHECK(runs(Trans::Yes, Trans::No, 24, 16, 24, 1.0f));
+  CHECK_FALSE(runs(Trans::Yes, Trans::No, 64, 64, 1536, 0.0f));
+  // Narrower kernels than AVX2 (an AVX-only CPU) keep the narrower rule.
+  CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1536, 64, 192, 1.0f, 1.0f, l2, Isa::Avx));
+  CHECK(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1536, 64, 64, 1.0f, 1.0f, l2, Isa::Avx));
 }
 
 TEST_CASE("float32: a transposed B is copied exactly, on every edge of the 8×8 blocks") {
@@ -202,11 +236,13 @@ TEST_CASE("float32: a transposed B is copied exactly, on every edge of the 8×8 
   if (libxsmm_turned_off("OpenBLAS reads a transposed B in place, with other bits")) return;
   Rng rng(14);
   int compared = 0;
-  for (std::size_t n : {8u, 13u, 40u, 64u, 100u})
-    for (std::size_t k : {7u, 8u, 33u, 64u, 130u}) {
+  // Widths and depths within the AVX2 kernels' rule too (at most 64 columns, K ≤ 128), across
+  // the copy's 32 × 32 panels.
+  for (std::size_t n : {8u, 13u, 40u, 57u, 64u})
+    for (std::size_t k : {7u, 8u, 33u, 64u, 123u}) {
       const std::size_t m = 32;
       if (!blas::detail::runs_libxsmm(blas::Trans::No, blas::Trans::Yes, m, n, k, 1.0f, 0.0f,
-                                      blas::detail::l2_cache_bytes()))
+                                      blas::detail::l2_cache_bytes(), blas::detail::libxsmm_kernels()))
         continue;
       std::vector<real> a(m * k), b_nk(n * k), b_kn(k * n), c_t(m * n), c_n(m * n);
       for (real& x : a) x = real(rng.uniform()) - real(0.5);
@@ -229,7 +265,8 @@ TEST_CASE("float32: the kernel line says what runs the small products") {
   if (choice != nullptr && std::string(choice) == "openblas")
     CHECK(line.find("; libxsmm off (QKV_GEMM=openblas)") != std::string::npos);
   else {
-    CHECK(line.find("; small products (at most 512 columns, B within ") != std::string::npos);
+    CHECK(line.find("; small products (") != std::string::npos);
+    CHECK(line.find(" columns, B within ") != std::string::npos);
     CHECK(line.find(" KiB, half this core's L2): libxsmm 1.") != std::string::npos);
   }
 }
@@ -277,10 +314,10 @@ TEST_CASE("float32: linear over a prepared weight has the bits of linear where l
   Rng rng(17);
   int compared = 0;
   for (std::size_t rows : {24u, 64u, 100u})
-    for (std::size_t out_features : {128u, 384u}) {
+    for (std::size_t out_features : {64u, 128u, 384u}) {
       const std::size_t in_features = 128;
       if (!blas::detail::runs_libxsmm(blas::Trans::No, blas::Trans::Yes, rows, out_features, in_features, 1.0f, 1.0f,
-                                      blas::detail::l2_cache_bytes()))
+                                      blas::detail::l2_cache_bytes(), blas::detail::libxsmm_kernels()))
         continue;
       const Variable x(uniform({rows, in_features}, -1, 1, rng));
       const Variable w(uniform({out_features, in_features}, -1, 1, rng));
@@ -291,7 +328,7 @@ TEST_CASE("float32: linear over a prepared weight has the bits of linear where l
                     "rows=" << rows << " out=" << out_features);
       ++compared;
     }
-  CHECK(compared == 6);
+  CHECK(compared >= 3);  // 64 outputs run libxsmm with either kernels' rule; AVX-512's takes all 9
 }
 
 #if defined(__x86_64__)
@@ -313,7 +350,7 @@ TEST_CASE("float32: a product on libxsmm's kernels returns with the vector regis
   if (libxsmm_turned_off("no libxsmm kernel runs")) return;
   const std::size_t m = 64, n = 128, k = 128;
   if (!blas::detail::runs_libxsmm(blas::Trans::No, blas::Trans::No, m, n, k, 1.0f, 0.0f,
-                                  blas::detail::l2_cache_bytes())) {
+                                  blas::detail::l2_cache_bytes(), blas::detail::libxsmm_kernels())) {
     MESSAGE("skipped: this CPU runs no libxsmm kernels");
     return;
   }

@@ -55,9 +55,10 @@ export UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1
 # coverage (QKV_FUZZ), at -O1, the level the sanitizers' authors recommend. Against the GCC
 # sanitizer build and the separate clang build for the fuzzers it replaces: 7.9 minutes of
 # compiling instead of about 14.3 on a 2-core AMD EPYC (2026-12-04) — clang compiles this code in
-# about two thirds of GCC's time, and the fuzzers reuse the libraries. It also keeps the sources building
-# with Debian's clang, whose version 14 cannot capture a structured binding in a lambda (doctest's
-# CAPTURE, INFO and message arguments): the tests name such a value with a plain reference.
+# about two thirds of GCC's time, and the fuzzers reuse the libraries. It also keeps the sources
+# building with Debian's clang, whose version 14 cannot capture a structured binding in a lambda
+# (doctest's CAPTURE, INFO and message arguments): the tests name such a value with a plain
+# reference.
 # The example programs and the benchmark are left out of this pass (the valgrind run above
 # covers a qkv-train run; every library they use is built and tested here through the doctest
 # suites). The libraries and the test suites are unity builds here (QKV_UNITY_BUILD): the

@@ -394,9 +394,10 @@ std::string describe() {
     return kernel_line();  // float64 products all run on OpenBLAS
   } else {
     if (!jit::wanted()) return kernel_line() + "; libxsmm off (QKV_GEMM=openblas)";
-    // The rule's outline (detail::runs_libxsmm); narrower kernels take only short sums.
-    const std::string narrower = detail::libxsmm_kernels() < detail::Isa::Avx512 ? "K at most 128, at most 256 columns" : "at most 512 columns";
-    return kernel_line() + "; small products (" + narrower + ", B within " +
+    // The rule's outline (detail::runs_libxsmm): kernels narrower than AVX-512 take only short sums.
+    const std::string outline = detail::libxsmm_kernels() < detail::Isa::Avx512 ? "K at most 128, at most 256 columns"
+                                                                                : "at most 512 columns";
+    return kernel_line() + "; small products (" + outline + ", B within " +
            std::to_string(detail::l2_cache_bytes() / 2 / 1024) + " KiB, half this core's L2): libxsmm " +
            LIBXSMM_VERSION + " JIT, " + libxsmm_get_target_arch() + " kernels";
   }
@@ -417,16 +418,18 @@ bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, st
   // (K ≤ 256), for few of them (M ≤ 64), or for narrow products on a modest stride.
   if (trans_a == Trans::Yes && !(k <= 256 || m <= 64 || (m <= 384 && n <= 128))) return false;
   if (kernels >= Isa::Avx512) return true;
-  // libxsmm's AVX2 (or narrower) kernels hold half as many floats per register, against OpenBLAS's AVX2 kernels
-  // (Zen, Haswell), which stay as good: on a Zen 3 (bench/README.md) libxsmm kept its lead only on
-  // short sums — from K = 192 OpenBLAS was up to 1.2× faster (1536×64×192), and at K = 128 with
-  // 384 columns (64×384×128, the Bahdanau decoder's gates) too.
+  // libxsmm's AVX2 (or narrower) kernels hold half as many floats per register, against
+  // OpenBLAS's AVX2 kernels (Zen, Haswell), which stay as good: on a Zen 3 (bench/README.md)
+  // libxsmm kept its lead only on short sums — from K = 192 OpenBLAS was up to 1.2× faster
+  // (1536×64×192), and at K = 128 with 384 columns (64×384×128, the Bahdanau decoder's gates) too.
   if (k > 128) return false;
   if (trans_a == Trans::No && trans_b == Trans::No) return n <= 256;
-  // The copy of a transposed B paid off only for the narrowest (1536×64×64: 1.4–1.6×; 1536×192×64: 0.7–0.9×).
+  // The copy of a transposed B paid off only for the narrowest products (1536×64×64: 1.4–1.6×
+  // faster; 1536×192×64: 0.7–0.9×).
   if (trans_b == Trans::Yes && n > 64) return false;
-  // A transposed A (weight gradients): where C accumulates (beta 1) OpenBLAS skips the pass that
-  // zeroes C for beta 0, and led from 128 × 128 on (384×128×64: 0.88–0.91×); a head's 24 × 16 still gains.
+  // A transposed A (weight gradients): where C accumulates (beta 1), OpenBLAS has no pass that
+  // zeroes C (its cost at beta 0) and led from 128 × 128 on (384×128×64: 0.88–0.91×); a head's
+  // 24 × 16 still gains.
   if (trans_a == Trans::Yes && beta != 0.0f && m * n > 64 * 64) return false;
   return true;
 }

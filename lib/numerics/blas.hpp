@@ -74,8 +74,8 @@ enum class Isa { Sse, Avx, Avx2, Avx512 };
 bool runs_libxsmm(Trans trans_a, Trans trans_b, std::size_t m, std::size_t n, std::size_t k, float alpha, float beta,
                   std::size_t l2_bytes, Isa kernels);
 
-/// The ISA of the kernels libxsmm generates here (libxsmm_get_target_archid: AVX-512 from its
-/// first AVX-512 target, AVX2 below; LIBXSMM_TARGET can lower it).
+/// The ISA of the kernels libxsmm generates here, from libxsmm_get_target_archid (any of its
+/// AVX-512 targets counts as AVX-512; LIBXSMM_TARGET can lower it).
 Isa libxsmm_kernels();
 
 /// This core's L2 cache size as the C library reports it (1 MiB when it cannot tell).

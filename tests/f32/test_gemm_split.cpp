@@ -203,28 +203,37 @@ TEST_CASE("float32: which products run libxsmm's AVX2 kernels (the narrower rule
   using blas::Trans;
   using blas::detail::Isa;
   const std::size_t l2 = std::size_t{512} << 10;  // the Zen 3 the rule was measured on: 512 KiB
-  const auto runs = [&](Trans ta, Trans tb, std::size_t m, std::size_t n, std::size_t k, float beta) {
-    return blas::detail::runs_libxsmm(ta, tb, m, n, k, 1.0f, beta, l2, Isa::Avx2);
+  struct Case {
+    Trans ta, tb;
+    std::size_t m, n, k;
+    float beta;
+    bool libxsmm;
   };
-  // Short sums, up to 256 columns: transformer-tiny's 1536×64×64 and 1536×256×64, a head's 24×16×24
-  CHECK(runs(Trans::No, Trans::No, 1536, 64, 64, 0.0f));
-  CHECK(runs(Trans::No, Trans::No, 1536, 256, 64, 0.0f));
-  CHECK(runs(Trans::No, Trans::No, 24, 16, 24, 1.0f));
-  CHECK(runs(Trans::No, Trans::No, 64, 128, 128, 0.0f));
-  // OpenBLAS from K = 192 (where AVX-512 kernels still run libxsmm), and beyond 256 columns
-  CHECK_FALSE(runs(Trans::No, Trans::No, 1536, 64, 192, 1.0f));
+  const Case cases[] = {
+      // Short sums, up to 256 columns: transformer-tiny's 1536×64×64 and 1536×256×64, a head's 24×16×24
+      {Trans::No, Trans::No, 1536, 64, 64, 0.0f, true},
+      {Trans::No, Trans::No, 1536, 256, 64, 0.0f, true},
+      {Trans::No, Trans::No, 24, 16, 24, 1.0f, true},
+      {Trans::No, Trans::No, 64, 128, 128, 0.0f, true},
+      // OpenBLAS from K = 192 (where AVX-512 kernels still run libxsmm, below), and beyond 256 columns
+      {Trans::No, Trans::No, 1536, 64, 192, 1.0f, false},
+      {Trans::No, Trans::No, 64, 384, 128, 1.0f, false},  // the Bahdanau decoder's gates
+      // A transposed B: the narrowest only
+      {Trans::No, Trans::Yes, 1536, 64, 64, 1.0f, true},
+      {Trans::No, Trans::Yes, 24, 24, 16, 0.0f, true},
+      {Trans::No, Trans::Yes, 1536, 192, 64, 1.0f, false},
+      {Trans::No, Trans::Yes, 1536, 64, 256, 1.0f, false},
+      // A transposed A: beta 0, or a small C when it accumulates
+      {Trans::Yes, Trans::No, 384, 128, 64, 0.0f, true},
+      {Trans::Yes, Trans::No, 384, 128, 64, 1.0f, false},
+      {Trans::Yes, Trans::No, 24, 16, 24, 1.0f, true},
+      {Trans::Yes, Trans::No, 64, 64, 1536, 0.0f, false},
+  };
+  for (const Case& c : cases)
+    CHECK_MESSAGE(blas::detail::runs_libxsmm(c.ta, c.tb, c.m, c.n, c.k, 1.0f, c.beta, l2, Isa::Avx2) == c.libxsmm,
+                  "trans_a=" << int(c.ta) << " trans_b=" << int(c.tb) << " " << c.m << "×" << c.n << "×" << c.k
+                             << " beta=" << c.beta);
   CHECK(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1536, 64, 192, 1.0f, 1.0f, l2, Isa::Avx512));
-  CHECK_FALSE(runs(Trans::No, Trans::No, 64, 384, 128, 1.0f));  // the Bahdanau decoder's gates
-  // A transposed B: the narrowest only
-  CHECK(runs(Trans::No, Trans::Yes, 1536, 64, 64, 1.0f));
-  CHECK(runs(Trans::No, Trans::Yes, 24, 24, 16, 0.0f));
-  CHECK_FALSE(runs(Trans::No, Trans::Yes, 1536, 192, 64, 1.0f));
-  CHECK_FALSE(runs(Trans::No, Trans::Yes, 1536, 64, 256, 1.0f));
-  // A transposed A: beta 0, or a small C when it accumulates
-  CHECK(runs(Trans::Yes, Trans::No, 384, 128, 64, 0.0f));
-  CHECK_FALSE(runs(Trans::Yes, Trans::No, 384, 128, 64, 1.0f));
-  CHECK(runs(Trans::Yes, Trans::No, 24, 16, 24, 1.0f));
-  CHECK_FALSE(runs(Trans::Yes, Trans::No, 64, 64, 1536, 0.0f));
   // Narrower kernels than AVX2 (an AVX-only CPU) keep the narrower rule.
   CHECK_FALSE(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1536, 64, 192, 1.0f, 1.0f, l2, Isa::Avx));
   CHECK(blas::detail::runs_libxsmm(Trans::No, Trans::No, 1536, 64, 64, 1.0f, 1.0f, l2, Isa::Avx));

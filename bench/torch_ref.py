@@ -18,9 +18,15 @@ import ctypes
 import json
 import math
 import resource
+import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError:  # a fresh machine: the comparison needs Debian's PyTorch, not qkv's build or tests
+    sys.exit("torch_ref.py: PyTorch is not installed for " + sys.executable +
+             "; on Debian 12: apt-get install python3-torch, and run this (or bench/compare.py) with "
+             "/usr/bin/python3, the interpreter it installs into (PyTorch 1.13, the version bench/README.md measured)")
 import torch.nn as nn
 import torch.nn.functional as F
 
